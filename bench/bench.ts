@@ -1,0 +1,235 @@
+/**
+ * `deno task bench`: speed of this package against PyTorch on the same
+ * machine, in the same run. Ratios matter, absolute times drift.
+ *
+ *   deno task bench [--json] [--quick] [--only matmul,vit,io] [--backends cpu-onnx,cpu-blas,cpu]
+ *
+ * `speed_vs_torch` = PyTorch seconds / our seconds for the same work
+ * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
+ */
+import { type BackendName, BACKENDS, setupBackend } from "../src/backend/mod.ts";
+import { tf } from "../src/backend/tf.ts";
+import { createVit, vitBlock, vitPreset } from "../src/encoders/mod.ts";
+import { parseCli, runMain } from "../src/util/cli.ts";
+import { Rng } from "../src/util/rng.ts";
+
+/** One benchmark result line. */
+export interface BenchResult {
+  name: string;
+  backend: string;
+  seconds: number;
+  speed_vs_torch: number | null;
+  /** Work-specific numbers (GFLOP/s, memory ratios, …). */
+  extra?: Record<string, number | string>;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Median wall time of `fn` over `repeats` runs after one warm-up. */
+export async function timeIt(fn: () => unknown | Promise<unknown>, repeats: number): Promise<number> {
+  await fn();
+  const times: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    await fn();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return median(times);
+}
+
+interface TorchJob {
+  kind: string;
+  name: string;
+  [k: string]: unknown;
+}
+
+/** Runs jobs in PyTorch (Debian python3-torch) if available; returns seconds by job name. */
+export function runTorch(jobs: TorchJob[]): Map<string, number> | null {
+  const script = new URL("./reference/torch_bench.py", import.meta.url).pathname;
+  let out: Deno.CommandOutput;
+  try {
+    out = new Deno.Command("/usr/bin/python3", { args: [script, JSON.stringify({ jobs })], stderr: "piped" })
+      .outputSync();
+  } catch {
+    return null;
+  }
+  if (!out.success) {
+    const err = new TextDecoder().decode(out.stderr);
+    if (/No module named 'torch'/.test(err)) return null;
+    throw new Error(`PyTorch reference failed:\n${err}`);
+  }
+  const results = new Map<string, number>();
+  for (const line of new TextDecoder().decode(out.stdout).trim().split("\n")) {
+    if (!line) continue;
+    const r = JSON.parse(line);
+    results.set(r.name, r.seconds);
+  }
+  return results;
+}
+
+function vitBlocksWork(depth: number, batch: number, backward: boolean) {
+  const config = vitPreset("visionfm", { depth });
+  const model = createVit(config, { rng: new Rng(0) });
+  const x = tf.randomNormal([batch, 197, 768], 0, 1, "float32", 1);
+  const vars = [...model.params.entries()].filter(([k]) => k.startsWith("blocks.")).map(([, v]) => v);
+  const run = () => {
+    if (!backward) {
+      tf.tidy(() => {
+        let h: tf.Tensor = x;
+        for (let i = 0; i < depth; i++) h = vitBlock(model, i, h);
+        return h;
+      }).dataSync();
+      return;
+    }
+    const { value, grads } = tf.variableGrads(() => {
+      let h: tf.Tensor = x;
+      for (let i = 0; i < depth; i++) h = vitBlock(model, i, h);
+      return tf.mean(tf.square(h)) as tf.Scalar;
+    }, vars);
+    value.dataSync();
+    tf.dispose([value, ...Object.values(grads)]);
+  };
+  const dispose = () => {
+    x.dispose();
+    for (const v of model.params.values()) v.dispose();
+  };
+  return { run, dispose };
+}
+
+async function main() {
+  const { values } = parseCli(Deno.args, {
+    usage: "deno task bench",
+    summary: "Benchmarks this package against PyTorch on the same machine in the same run, and prints ratios.",
+    flags: {
+      json: { type: "boolean", description: "Print one JSON object per result line." },
+      quick: { type: "boolean", description: "Fewer repeats and a single ViT block (for a smoke run)." },
+      only: {
+        type: "string",
+        valueName: "<list>",
+        description: "Comma-separated sections to run.",
+        default: "matmul,vit,io",
+      },
+      backends: {
+        type: "string",
+        valueName: "<list>",
+        description: "Comma-separated tfjs backends to measure.",
+        default: "cpu-onnx,cpu-blas,cpu",
+      },
+    },
+  });
+  const json = !!values.json;
+  const quick = !!values.quick;
+  const sections = new Set(String(values.only).split(","));
+  const backends = String(values.backends).split(",").filter((b) =>
+    (BACKENDS as readonly string[]).includes(b)
+  ) as BackendName[];
+  const depth = quick ? 1 : 2;
+  const batch = 4;
+  const jobs: TorchJob[] = [];
+  if (sections.has("matmul")) jobs.push({ kind: "matmul", name: "matmul_1576x768x3072", m: 1576, k: 768, n: 3072 });
+  if (sections.has("vit")) {
+    jobs.push({
+      kind: "vit_blocks",
+      name: `vitb_${depth}blocks_b${batch}_fwd`,
+      dim: 768,
+      heads: 12,
+      depth,
+      batch,
+      tokens: 197,
+      backward: false,
+    });
+    jobs.push({
+      kind: "vit_blocks",
+      name: `vitb_${depth}blocks_b${batch}_fwdbwd`,
+      dim: 768,
+      heads: 12,
+      depth,
+      batch,
+      tokens: 197,
+      backward: true,
+    });
+  }
+  const torch = jobs.length ? runTorch(jobs) : null;
+  const results: BenchResult[] = [];
+  const report = (r: Omit<BenchResult, "speed_vs_torch">, torchName?: string) => {
+    const ts = torchName && torch ? torch.get(torchName) : undefined;
+    const full: BenchResult = { ...r, speed_vs_torch: ts ? ts / r.seconds : null };
+    results.push(full);
+    if (json) console.log(JSON.stringify(full));
+    else {
+      const ratio = full.speed_vs_torch === null ? "PyTorch n/a" : `${full.speed_vs_torch.toFixed(2)}x PyTorch`;
+      const extra = Object.entries(r).filter(([k]) => !["name", "backend", "seconds"].includes(k)).map(([k, v]) =>
+        `${k}=${v}`
+      ).join(" ");
+      console.log(
+        `${r.name.padEnd(32)} ${r.backend.padEnd(9)} ${r.seconds.toFixed(4).padStart(9)} s  ${ratio}  ${extra}`,
+      );
+    }
+  };
+  if (!json) {
+    console.log(
+      `PyTorch reference: ${torch ? "found (/usr/bin/python3)" : "not available"}; OPENBLAS_CORETYPE=${
+        Deno.env.get("OPENBLAS_CORETYPE") ?? "unset"
+      }`,
+    );
+    if (torch) { for (const [k, v] of torch) console.log(`  torch ${k.padEnd(28)} ${v.toFixed(4)} s`); }
+  }
+  for (const backend of backends) {
+    try {
+      await setupBackend({ backend, log: null });
+    } catch (err) {
+      if (!json) console.log(`${backend}: skipped (${(err as Error).message.split("\n")[0]})`);
+      continue;
+    }
+    if (sections.has("matmul")) {
+      const a = tf.randomNormal([1576, 768]);
+      const b = tf.randomNormal([768, 3072]);
+      const repeats = backend === "cpu" ? 1 : quick ? 3 : 10;
+      const s = await timeIt(() => tf.tidy(() => tf.matMul(a, b)).dataSync(), repeats);
+      report({
+        name: "matmul_1576x768x3072",
+        backend,
+        seconds: s,
+        extra: { gflops: +(2 * 1576 * 768 * 3072 / s / 1e9).toFixed(1) },
+      }, "matmul_1576x768x3072");
+      tf.dispose([a, b]);
+    }
+    if (sections.has("vit")) {
+      for (const backward of [false, true]) {
+        const name = `vitb_${depth}blocks_b${batch}_${backward ? "fwdbwd" : "fwd"}`;
+        const work = vitBlocksWork(depth, batch, backward);
+        const s = await timeIt(work.run, backend === "cpu" ? 1 : quick ? 1 : 3);
+        work.dispose();
+        report({ name, backend, seconds: s }, name);
+      }
+    }
+  }
+  if (sections.has("io")) {
+    const { ioBench } = await import("./io_bench.ts");
+    const r = await ioBench(quick);
+    report({
+      name: "pth_read_retfound_mae",
+      backend: "-",
+      seconds: r.seconds,
+      extra: { peak_rss_vs_file: +r.peakRatio.toFixed(2), file_mib: Math.round(r.fileMiB) },
+    });
+  }
+  if (!json) {
+    const ratio = (n: string) => {
+      const fast = results.find((r) => r.name === n && r.backend !== "cpu" && r.backend !== "-");
+      const slow = results.find((r) => r.name === n && r.backend === "cpu");
+      return fast && slow
+        ? `${n}: ${fast.backend} is ${(slow.seconds / fast.seconds).toFixed(1)}x faster than plain cpu`
+        : "";
+    };
+    for (const n of new Set(results.map((r) => r.name))) {
+      const line = ratio(n);
+      if (line) console.log(line);
+    }
+  }
+}
+
+if (import.meta.main) await runMain(main);

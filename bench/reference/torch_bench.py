@@ -1,0 +1,81 @@
+"""PyTorch side of `deno task bench`: the same work, on the same machine, in the same run.
+
+Usage: /usr/bin/python3 bench/reference/torch_bench.py '<json spec>'
+Prints one JSON object per line: {"name": ..., "seconds": ...}.
+Only the benchmark uses Python; the package never does at run time.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+spec = json.loads(sys.argv[1])
+torch.manual_seed(0)
+torch.set_num_threads(spec.get("threads", os.cpu_count()))
+
+
+def timeit(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def emit(name, seconds, **extra):
+    print(json.dumps({"name": name, "seconds": seconds, **extra}), flush=True)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        a = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+for job in spec["jobs"]:
+    kind = job["kind"]
+    if kind == "matmul":
+        m, k, n = job["m"], job["k"], job["n"]
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        emit(job["name"], timeit(lambda: a @ b, job.get("repeats", 10)))
+    elif kind == "vit_blocks":
+        dim, heads, depth, batch, tokens = job["dim"], job["heads"], job["depth"], job["batch"], job["tokens"]
+        blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        x = torch.randn(batch, tokens, dim)
+        if job["backward"]:
+            def step():
+                blocks.zero_grad(set_to_none=True)
+                blocks(x).square().mean().backward()
+            emit(job["name"], timeit(step, job.get("repeats", 3)))
+        else:
+            with torch.no_grad():
+                emit(job["name"], timeit(lambda: blocks(x), job.get("repeats", 3)))
+    else:
+        raise SystemExit(f"unknown job kind {kind}")

@@ -1,0 +1,34 @@
+/**
+ * retfiner: refine retinal OCT foundation models (RETFound, UrFound,
+ * VisionFM) with clinical text, as in RetFiner (Fecso et al., MICCAI 2025),
+ * and measure what the refinement buys by linear probing.
+ *
+ * The package is split into modules that can be imported on their own:
+ * `backend`, `io`, `dataset`, `encoders`, `losses`, `refine` and `probe`.
+ * This root module re-exports their public API.
+ *
+ * @example
+ * ```ts
+ * import { loadVit, setupBackend } from "@retfiner/retfiner";
+ * await setupBackend();
+ * const { model, mapped } = loadVit("RETFound_oct_weights.pth");
+ * console.log(mapped.layout, model.config.embedDim);
+ * ```
+ * @module
+ */
+export * from "./src/backend/mod.ts";
+export * from "./src/io/mod.ts";
+export * from "./src/dataset/mod.ts";
+export * from "./src/encoders/mod.ts";
+export {
+  BackendError,
+  CheckpointError,
+  DatasetError,
+  EncoderError,
+  ProbeError,
+  RefineError,
+  RetfinerError,
+  UsageError,
+} from "./src/util/errors.ts";
+export { Rng, type RngState } from "./src/util/rng.ts";
+export { type Progress, type ProgressCallback } from "./src/util/progress.ts";

@@ -1,0 +1,206 @@
+/**
+ * Fast single-precision GEMM providers for the accelerated `cpu` backend:
+ * ONNX Runtime's MLAS (shipped inside the `onnxruntime-node` npm package, so a
+ * fresh machine needs nothing else) and a system BLAS through `Deno.dlopen`.
+ * @module
+ */
+import { createRequire } from "node:module";
+import { BackendError } from "../util/errors.ts";
+import { encodeSingleNodeModel } from "./onnx_proto.ts";
+
+/** Shape of one batched product `C[i] = op(A[i]) · op(B[i])`. */
+export interface GemmSpec {
+  /** Number of output matrices. */
+  batch: number;
+  /** Matrices stored in A: 1 (broadcast) or `batch`. */
+  batchA: number;
+  /** Matrices stored in B: 1 (broadcast) or `batch`. */
+  batchB: number;
+  /** Rows of op(A) and C. */
+  m: number;
+  /** Columns of op(B) and C. */
+  n: number;
+  /** Columns of op(A), rows of op(B). */
+  k: number;
+  /** A is stored as k×m and used transposed. */
+  transA: boolean;
+  /** B is stored as n×k and used transposed. */
+  transB: boolean;
+}
+
+/** A GEMM implementation. */
+export interface Gemm {
+  /** Human-readable name, with the library path or version. */
+  readonly name: string;
+  /** Computes the batched product into a new row-major `[batch, m, n]` array. */
+  matmul(a: Float32Array, b: Float32Array, spec: GemmSpec): Float32Array;
+}
+
+// ---------------------------------------------------------------- ONNX Runtime
+
+interface OrtBinding {
+  binding: { InferenceSession: new () => OrtNativeSession };
+  initOrt: () => void;
+}
+interface OrtNativeSession {
+  loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
+  run(feeds: object, fetches: object, options: object): Record<string, { data: Float32Array; dims: number[] }>;
+}
+type OrtTensorCtor = new (type: string, data: Float32Array, dims: number[]) => object;
+
+/**
+ * Loads ONNX Runtime's native binding directly. Its `run` is synchronous (the
+ * package's public API only wraps it in a promise), which is what a tfjs kernel
+ * needs.
+ */
+export async function createOrtGemm(options: { threads?: number } = {}): Promise<Gemm> {
+  let ort: { Tensor: OrtTensorCtor; env: { versions?: { common?: string } } };
+  let native: OrtBinding;
+  try {
+    ort = (await import("onnxruntime-node")).default as unknown as typeof ort;
+    native = (await import("onnxruntime-node/dist/binding.js")).default as unknown as OrtBinding;
+    native.initOrt();
+  } catch (err) {
+    throw new BackendError(`onnxruntime-node could not be loaded: ${(err as Error).message}`, { cause: err });
+  }
+  const Tensor = ort.Tensor;
+  const sessions = new Map<string, OrtNativeSession>();
+  const sessionFor = (transA: boolean, transB: boolean): OrtNativeSession => {
+    const key = `${+transA}${+transB}`;
+    let s = sessions.get(key);
+    if (!s) {
+      const model = encodeSingleNodeModel({
+        opType: "FusedMatMul",
+        domain: "com.microsoft",
+        inputs: [{ name: "A", rank: 3 }, { name: "B", rank: 3 }],
+        outputs: [{ name: "Y", rank: 3 }],
+        attributes: [
+          { name: "transA", int: transA ? 1 : 0 },
+          { name: "transB", int: transB ? 1 : 0 },
+          { name: "alpha", float: 1 },
+        ],
+      });
+      s = new native.binding.InferenceSession();
+      s.loadModel(model.buffer, model.byteOffset, model.byteLength, {
+        graphOptimizationLevel: "disabled",
+        intraOpNumThreads: options.threads ?? 0,
+        interOpNumThreads: 1,
+        executionMode: "sequential",
+      });
+      sessions.set(key, s);
+    }
+    return s;
+  };
+  return {
+    name: `onnxruntime-node ${ort.env.versions?.common ?? ""} (MLAS)`.replace("  ", " "),
+    matmul(a, b, spec) {
+      const { batchA, batchB, m, n, k, transA, transB } = spec;
+      const A = new Tensor("float32", a, [batchA, transA ? k : m, transA ? m : k]);
+      const B = new Tensor("float32", b, [batchB, transB ? n : k, transB ? k : n]);
+      const out = sessionFor(transA, transB).run({ A, B }, { Y: null }, {});
+      return out.Y.data;
+    },
+  };
+}
+
+// ---------------------------------------------------------------- system BLAS
+
+const CBLAS_ROW_MAJOR = 101;
+const CBLAS_NO_TRANS = 111;
+const CBLAS_TRANS = 112;
+
+const sgemmSymbol = {
+  cblas_sgemm: {
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+    ],
+    result: "void",
+  },
+} as const;
+
+/** The BLAS libraries tried, in order, when `RETFINER_BLAS` is not set. */
+export function defaultBlasCandidates(): string[] {
+  if (Deno.build.os === "darwin") return ["/System/Library/Frameworks/Accelerate.framework/Accelerate"];
+  if (Deno.build.os === "windows") return ["libopenblas.dll"];
+  return ["libopenblas.so.0", "libopenblas.so", "libblas.so.3"];
+}
+
+/**
+ * Opens a CBLAS library with `Deno.dlopen`. `path` (or `RETFINER_BLAS`)
+ * overrides the default search list.
+ */
+export function createBlasGemm(path?: string): Gemm {
+  const explicit = path ?? Deno.env.get("RETFINER_BLAS");
+  const candidates = explicit ? [explicit] : defaultBlasCandidates();
+  const failures: string[] = [];
+  for (const candidate of candidates) {
+    let lib;
+    try {
+      lib = Deno.dlopen(candidate, sgemmSymbol);
+    } catch (err) {
+      failures.push(`${candidate}: ${(err as Error).message.split("\n")[0]}`);
+      continue;
+    }
+    const sgemm = lib.symbols.cblas_sgemm;
+    return {
+      name: `BLAS cblas_sgemm (${candidate})`,
+      matmul(a, b, spec) {
+        const { batch, batchA, batchB, m, n, k, transA, transB } = spec;
+        const c = new Float32Array(batch * m * n);
+        const ta = transA ? CBLAS_TRANS : CBLAS_NO_TRANS;
+        const tb = transB ? CBLAS_TRANS : CBLAS_NO_TRANS;
+        const lda = transA ? m : k;
+        const ldb = transB ? k : n;
+        if (batchB === 1 && batchA === batch && !transA) {
+          // Fold the batch into the rows of one product: [batch*m, k] x [k, n].
+          sgemm(CBLAS_ROW_MAJOR, ta, tb, batch * m, n, k, 1, a, lda, b, ldb, 0, c, n);
+          return c;
+        }
+        const sa = batchA === 1 ? 0 : m * k;
+        const sb = batchB === 1 ? 0 : k * n;
+        for (let i = 0; i < batch; i++) {
+          sgemm(
+            CBLAS_ROW_MAJOR,
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            1,
+            a.subarray(i * sa, i * sa + m * k),
+            lda,
+            b.subarray(i * sb, i * sb + k * n),
+            ldb,
+            0,
+            c.subarray(i * m * n, (i + 1) * m * n),
+            n,
+          );
+        }
+        return c;
+      },
+    };
+  }
+  throw new BackendError(`no BLAS library with cblas_sgemm could be opened (${failures.join("; ")})`);
+}
+
+/** Whether a Node-API package can be resolved from the current directory's node_modules. */
+export function resolvableFromCwd(specifier: string): string | undefined {
+  try {
+    return createRequire(`${Deno.cwd()}/`).resolve(specifier);
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,202 @@
+/**
+ * tfjs `cpu` kernels for `BatchMatMul` and `_FusedMatMul` that call a fast
+ * {@link Gemm} instead of tfjs's scalar JavaScript loops. They support
+ * transposes, numpy-style broadcasting of batch dimensions and zero-size
+ * dimensions; other dtypes go to the original kernels.
+ * @module
+ */
+import { tf } from "./tf.ts";
+import type { Gemm } from "./gemm.ts";
+
+type TensorInfo = { dataId: object; shape: number[]; dtype: string };
+type CpuBackend = {
+  data: { get(id: object): { values: unknown } };
+  makeTensorInfo(shape: number[], dtype: string, values?: unknown): TensorInfo;
+  disposeIntermediateTensorInfo(info: TensorInfo): void;
+};
+type KernelArgs = {
+  inputs: Record<string, TensorInfo | undefined>;
+  backend: CpuBackend;
+  attrs?: Record<string, unknown>;
+};
+type KernelFunc = (args: KernelArgs) => TensorInfo | TensorInfo[];
+
+const originals = new Map<string, tf.KernelConfig>();
+let activeGemm: Gemm | undefined;
+
+function sizeOf(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Copies `[batchDims..., rows, cols]` values to the broadcast batch shape `outDims`. */
+function broadcastBatches(values: Float32Array, batchDims: number[], outDims: number[], matSize: number): Float32Array {
+  const rank = outDims.length;
+  const dims = [...new Array(rank - batchDims.length).fill(1), ...batchDims];
+  const strides = new Array(rank).fill(0);
+  let s = 1;
+  for (let d = rank - 1; d >= 0; d--) {
+    strides[d] = dims[d] === 1 ? 0 : s;
+    s *= dims[d];
+  }
+  const total = sizeOf(outDims);
+  const out = new Float32Array(total * matSize);
+  const idx = new Array(rank).fill(0);
+  for (let i = 0; i < total; i++) {
+    let src = 0;
+    for (let d = 0; d < rank; d++) src += idx[d] * strides[d];
+    out.set(values.subarray(src * matSize, (src + 1) * matSize), i * matSize);
+    for (let d = rank - 1; d >= 0; d--) {
+      if (++idx[d] < outDims[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+/** The product of two float32 tensor infos with the active GEMM; returns values and shape. */
+function gemmProduct(
+  gemm: Gemm,
+  a: TensorInfo,
+  b: TensorInfo,
+  aValues: Float32Array,
+  bValues: Float32Array,
+  transA: boolean,
+  transB: boolean,
+) {
+  const ar = a.shape.length;
+  const br = b.shape.length;
+  const m = transA ? a.shape[ar - 1] : a.shape[ar - 2];
+  const kA = transA ? a.shape[ar - 2] : a.shape[ar - 1];
+  const kB = transB ? b.shape[br - 1] : b.shape[br - 2];
+  const n = transB ? b.shape[br - 2] : b.shape[br - 1];
+  if (kA !== kB) {
+    throw new Error(
+      `Error in matMul: inner shapes (${kA}) and (${kB}) of Tensors with shapes ${a.shape} and ${b.shape} ` +
+        `and transposeA=${transA} and transposeB=${transB} must match.`,
+    );
+  }
+  const batchDimsA = a.shape.slice(0, -2);
+  const batchDimsB = b.shape.slice(0, -2);
+  const outBatch = tf.backend_util.assertAndGetBroadcastShape(batchDimsA, batchDimsB);
+  const outShape = [...outBatch, m, n];
+  const batch = sizeOf(outBatch);
+  if (batch === 0 || m === 0 || n === 0 || kA === 0) {
+    return { values: new Float32Array(batch * m * n), shape: outShape };
+  }
+  let batchA = sizeOf(batchDimsA);
+  let batchB = sizeOf(batchDimsB);
+  let av = aValues;
+  let bv = bValues;
+  if (batchA !== 1 && batchA !== batch) {
+    av = broadcastBatches(av, batchDimsA, outBatch, m * kA);
+    batchA = batch;
+  }
+  if (batchB !== 1 && batchB !== batch) {
+    bv = broadcastBatches(bv, batchDimsB, outBatch, kA * n);
+    batchB = batch;
+  }
+  const values = gemm.matmul(av, bv, { batch, batchA, batchB, m, n, k: kA, transA, transB });
+  return { values, shape: outShape };
+}
+
+function batchMatMulKernel(args: KernelArgs): TensorInfo {
+  const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+  const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+  if (!activeGemm || a.dtype !== "float32" || b.dtype !== "float32") {
+    return (originals.get("BatchMatMul")!.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
+  }
+  const aValues = args.backend.data.get(a.dataId).values as Float32Array;
+  const bValues = args.backend.data.get(b.dataId).values as Float32Array;
+  const { values, shape } = gemmProduct(activeGemm, a, b, aValues, bValues, !!transposeA, !!transposeB);
+  return args.backend.makeTensorInfo(shape, "float32", values);
+}
+
+const activationKernels: Record<string, string> = {
+  relu: "Relu",
+  relu6: "Relu6",
+  elu: "Elu",
+  sigmoid: "Sigmoid",
+  leakyrelu: "LeakyRelu",
+  prelu: "Prelu",
+};
+
+function runCpuKernel(name: string, args: KernelArgs): TensorInfo {
+  const config = tf.getKernel(name, "cpu");
+  if (!config) throw new Error(`tfjs cpu kernel ${name} is not registered`);
+  return (config.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
+}
+
+function fusedMatMulKernel(args: KernelArgs): TensorInfo {
+  const { a, b, bias, preluActivationWeights } = args.inputs;
+  const attrs = args.attrs as {
+    transposeA: boolean;
+    transposeB: boolean;
+    activation?: string;
+    leakyreluAlpha?: number;
+  };
+  if (!activeGemm || a!.dtype !== "float32" || b!.dtype !== "float32") {
+    return (originals.get("_FusedMatMul")!.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
+  }
+  const backend = args.backend;
+  let current = batchMatMulKernel({
+    inputs: { a, b },
+    backend,
+    attrs: { transposeA: attrs.transposeA, transposeB: attrs.transposeB },
+  });
+  if (bias) {
+    const added = runCpuKernel("Add", { inputs: { a: current, b: bias }, backend });
+    backend.disposeIntermediateTensorInfo(current);
+    current = added;
+  }
+  const activation = attrs.activation ?? "linear";
+  if (activation !== "linear") {
+    const kernel = activationKernels[activation];
+    if (!kernel) throw new Error(`Activation ${activation} has not been implemented for the CPU backend.`);
+    const inputs = kernel === "Prelu" ? { x: current, alpha: preluActivationWeights } : { x: current };
+    const activated = runCpuKernel(kernel, { inputs, backend, attrs: { alpha: attrs.leakyreluAlpha } });
+    backend.disposeIntermediateTensorInfo(current);
+    current = activated;
+  }
+  return current;
+}
+
+const ourKernels: Record<string, KernelFunc> = {
+  BatchMatMul: batchMatMulKernel,
+  _FusedMatMul: fusedMatMulKernel,
+};
+
+/**
+ * Registers the accelerated `BatchMatMul` and `_FusedMatMul` kernels on the
+ * tfjs `cpu` backend, using `gemm`. Calling it again swaps the GEMM.
+ */
+export function installMatMulKernels(gemm: Gemm): void {
+  for (const name of Object.keys(ourKernels)) {
+    if (!originals.has(name)) {
+      const original = tf.getKernel(name, "cpu");
+      if (!original) throw new Error(`tfjs cpu kernel ${name} is not registered; is the cpu backend loaded?`);
+      originals.set(name, original);
+    }
+    tf.unregisterKernel(name, "cpu");
+    tf.registerKernel({
+      kernelName: name,
+      backendName: "cpu",
+      kernelFunc: ourKernels[name] as unknown as tf.KernelFunc,
+    });
+  }
+  activeGemm = gemm;
+}
+
+/** Restores tfjs's own `cpu` matmul kernels. */
+export function restoreMatMulKernels(): void {
+  for (const [name, config] of originals) {
+    tf.unregisterKernel(name, "cpu");
+    tf.registerKernel(config);
+  }
+  originals.clear();
+  activeGemm = undefined;
+}
+
+/** The GEMM the `cpu` kernels use now, if accelerated. */
+export function activeMatMulGemm(): Gemm | undefined {
+  return activeGemm;
+}

@@ -1,0 +1,28 @@
+/**
+ * Compute backends: one call sets up TensorFlow.js on the fastest available
+ * backend and says which. On a CPU the `cpu` backend gets matrix products from
+ * ONNX Runtime's MLAS or a system BLAS instead of tfjs's JavaScript loops.
+ *
+ * @example
+ * ```ts
+ * import { setupBackend, tf } from "@retfiner/retfiner/backend";
+ * const info = await setupBackend();
+ * const y = tf.matMul(tf.ones([2, 3]), tf.ones([3, 4]));
+ * console.log(info.name, y.shape);
+ * ```
+ * @module
+ */
+export { tensorflow } from "./tf.ts";
+export {
+  type BackendChoice,
+  type BackendInfo,
+  type BackendName,
+  type BackendOptions,
+  BACKENDS,
+  currentBackend,
+  parseBackendChoice,
+  setupBackend,
+} from "./setup.ts";
+export { createBlasGemm, createOrtGemm, defaultBlasCandidates, type Gemm, type GemmSpec } from "./gemm.ts";
+export { activeMatMulGemm, installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
+export type { Tensor, Variable } from "./tf.ts";

@@ -1,0 +1,148 @@
+/**
+ * Picks and initialises the tfjs compute backend, and says what it picked.
+ *
+ * Order tried by `auto`: `tfjs-node-gpu`, `tfjs-node`, `cpu` with ONNX Runtime
+ * matmul (`cpu-onnx`), `cpu` with a system BLAS (`cpu-blas`), plain `cpu`.
+ * A forced choice that is unavailable is an error, never a silent fallback.
+ * @module
+ */
+import { createRequire } from "node:module";
+import { BackendError } from "../util/errors.ts";
+import { tf } from "./tf.ts";
+import { createBlasGemm, createOrtGemm, type Gemm, resolvableFromCwd } from "./gemm.ts";
+import { installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
+
+/** The backends this package knows, in `auto` order. */
+export const BACKENDS = ["tfjs-node-gpu", "tfjs-node", "cpu-onnx", "cpu-blas", "cpu"] as const;
+
+/** A concrete backend choice. */
+export type BackendName = typeof BACKENDS[number];
+
+/** What {@link setupBackend} accepts: a concrete backend or `auto`. */
+export type BackendChoice = BackendName | "auto";
+
+/** What {@link setupBackend} chose. */
+export interface BackendInfo {
+  /** The backend in use. */
+  name: BackendName;
+  /** The tfjs backend name underneath (`tensorflow` or `cpu`). */
+  tfBackend: string;
+  /** What multiplies matrices. */
+  matmul: string;
+  /** Backends tried before this one, each with the reason it was skipped. */
+  skipped: string[];
+}
+
+/** Options for {@link setupBackend}. */
+export interface BackendOptions {
+  /** Backend to use; defaults to `RETFINER_BACKEND` or `auto`. */
+  backend?: BackendChoice;
+  /** Threads for ONNX Runtime (0 = one per core); defaults to `RETFINER_THREADS`. */
+  threads?: number;
+  /** Where to write the one-line report; defaults to `console.error`. Pass `null` for silence. */
+  log?: ((line: string) => void) | null;
+}
+
+let current: BackendInfo | undefined;
+
+/** The backend set up by the last {@link setupBackend} call, if any. */
+export function currentBackend(): BackendInfo | undefined {
+  return current;
+}
+
+/** Parses a backend name (from a flag or `RETFINER_BACKEND`), naming the source on error. */
+export function parseBackendChoice(value: string, source = "--backend"): BackendChoice {
+  if (value === "auto" || (BACKENDS as readonly string[]).includes(value)) return value as BackendChoice;
+  throw new BackendError(`${source}: unknown backend "${value}"; choose one of auto, ${BACKENDS.join(", ")}`);
+}
+
+async function tryNative(pkg: "@tensorflow/tfjs-node-gpu" | "@tensorflow/tfjs-node"): Promise<void> {
+  const resolved = resolvableFromCwd(pkg);
+  if (!resolved) {
+    throw new BackendError(
+      `${pkg} is not installed (install it with internet access: deno install --allow-scripts=npm:${pkg} npm:${pkg}@4.22.0)`,
+    );
+  }
+  try {
+    createRequire(`${Deno.cwd()}/`)(pkg);
+  } catch (err) {
+    throw new BackendError(`${pkg} is installed but failed to load: ${(err as Error).message.split("\n")[0]}`);
+  }
+  if (!(await tf.setBackend("tensorflow"))) {
+    throw new BackendError(`${pkg} loaded but the "tensorflow" backend did not initialise`);
+  }
+}
+
+async function useCpu(gemm: Gemm | undefined): Promise<void> {
+  if (!(await tf.setBackend("cpu"))) throw new BackendError(`tfjs "cpu" backend did not initialise`);
+  // tfjs prints a banner recommending tfjs-node on first use; we already report our choice.
+  (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+  if (gemm) installMatMulKernels(gemm);
+  else restoreMatMulKernels();
+}
+
+async function setupOne(name: BackendName, threads: number | undefined): Promise<BackendInfo> {
+  switch (name) {
+    case "tfjs-node-gpu":
+    case "tfjs-node":
+      await tryNative(name === "tfjs-node-gpu" ? "@tensorflow/tfjs-node-gpu" : "@tensorflow/tfjs-node");
+      return { name, tfBackend: "tensorflow", matmul: `libtensorflow (${name})`, skipped: [] };
+    case "cpu-onnx": {
+      const gemm = await createOrtGemm({ threads });
+      await useCpu(gemm);
+      return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
+    }
+    case "cpu-blas": {
+      const gemm = createBlasGemm();
+      await useCpu(gemm);
+      return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
+    }
+    case "cpu":
+      await useCpu(undefined);
+      return { name, tfBackend: "cpu", matmul: "tfjs JavaScript loops (slow)", skipped: [] };
+  }
+}
+
+/**
+ * Sets up tfjs and reports the choice in one line.
+ *
+ * @example
+ * ```ts
+ * import { setupBackend } from "./setup.ts";
+ * const info = await setupBackend({ backend: "auto" });
+ * console.log(info.name, info.matmul);
+ * ```
+ */
+export async function setupBackend(options: BackendOptions = {}): Promise<BackendInfo> {
+  const envChoice = Deno.env.get("RETFINER_BACKEND");
+  const choice = options.backend ?? (envChoice ? parseBackendChoice(envChoice, "RETFINER_BACKEND") : "auto");
+  const envThreads = Deno.env.get("RETFINER_THREADS");
+  const threads = options.threads ?? (envThreads ? Number(envThreads) : undefined);
+  const log = options.log === undefined ? (line: string) => console.error(line) : options.log;
+  if (choice !== "auto") {
+    try {
+      current = await setupOne(choice, threads);
+    } catch (err) {
+      throw new BackendError(`backend "${choice}" was requested but is unavailable: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    log?.(`backend: ${current.name} (matmul: ${current.matmul})`);
+    return current;
+  }
+  const skipped: string[] = [];
+  for (const name of BACKENDS) {
+    try {
+      const info = await setupOne(name, threads);
+      current = { ...info, skipped };
+      const why = skipped.length
+        ? `; skipped ${skipped.map((s) => s.split(":")[0]).join(", ")} (not installed or failed)`
+        : "";
+      log?.(`backend: ${info.name} (matmul: ${info.matmul})${why}`);
+      return current;
+    } catch (err) {
+      skipped.push(`${name}: ${(err as Error).message}`);
+    }
+  }
+  throw new BackendError(`no backend could be set up:\n  ${skipped.join("\n  ")}`);
+}

@@ -1,0 +1,337 @@
+/**
+ * BERT with cross-attention in every layer — RetFiner's text/multimodal
+ * encoder (method notes §1.4) — with Hugging Face `BertForMaskedLM` names
+ * (`bert.embeddings.*`, `bert.encoder.layer.{i}.attention|crossattention|intermediate|output.*`,
+ * `cls.predictions.*`).
+ *
+ * - Text-only (ITC): no image tokens, so cross-attention is skipped.
+ * - Multimodal (ITM, MLM, GM): every layer cross-attends to the image tokens,
+ *   with an all-ones encoder mask.
+ * - A 2-D attention mask is padding only (the authors commented out the
+ *   decoder's automatic causal mask); a 3-D mask is used as given (GM).
+ * - The MLM head is tied to the word embeddings; it has no pooler.
+ * @module
+ */
+import { tf } from "../backend/tf.ts";
+import type { Tensor } from "../backend/tf.ts";
+import { Rng } from "../util/rng.ts";
+import { EncoderError } from "../util/errors.ts";
+import {
+  attention,
+  gelu,
+  initLayerNorm,
+  layerNormP,
+  linearP,
+  makeParam,
+  mergeHeads,
+  normalValues,
+  param,
+  type Params,
+  splitHeads,
+  uniqueScope,
+} from "./layers.ts";
+
+/** BERT hyper-parameters, as in a Hugging Face `config.json`. */
+export interface BertConfig {
+  /** Vocabulary size. */
+  vocabSize: number;
+  /** Hidden width. */
+  hiddenSize: number;
+  /** Number of layers. */
+  numHiddenLayers: number;
+  /** Attention heads. */
+  numAttentionHeads: number;
+  /** FFN width. */
+  intermediateSize: number;
+  /** Longest sequence the position table covers. */
+  maxPositionEmbeddings: number;
+  /** Token-type vocabulary (2 in BERT). */
+  typeVocabSize: number;
+  /** LayerNorm epsilon (1e-12). */
+  layerNormEps: number;
+  /** Dropout on embeddings and sub-layer outputs during training (0.1). */
+  hiddenDropoutProb: number;
+  /** Dropout on attention probabilities during training (0.1). */
+  attentionProbsDropoutProb: number;
+  /** Whether every layer has a cross-attention block (RetFiner: yes). */
+  addCrossAttention: boolean;
+  /** Std of the N(0, σ²) initialisation of new weights (0.02). */
+  initializerRange: number;
+}
+
+/** bert-base-uncased with cross-attention in all 12 layers (§1.4). */
+export const BERT_BASE_CROSSATTN: BertConfig = {
+  vocabSize: 30522,
+  hiddenSize: 768,
+  numHiddenLayers: 12,
+  numAttentionHeads: 12,
+  intermediateSize: 3072,
+  maxPositionEmbeddings: 512,
+  typeVocabSize: 2,
+  layerNormEps: 1e-12,
+  hiddenDropoutProb: 0.1,
+  attentionProbsDropoutProb: 0.1,
+  addCrossAttention: true,
+  initializerRange: 0.02,
+};
+
+/** A BERT model: config and parameters by Hugging Face name. */
+export interface BertModel {
+  /** Hyper-parameters. */
+  config: BertConfig;
+  /** Parameters by `BertForMaskedLM` state-dict name. */
+  params: Params;
+  /** Prefix of the tfjs variable names. */
+  scope: string;
+}
+
+/** Reads a Hugging Face `config.json` object into a {@link BertConfig}; RetFiner forces cross-attention on. */
+export function bertConfigFromJson(json: Record<string, unknown>, file = "config.json"): BertConfig {
+  const num = (key: string, fallback?: number): number => {
+    const v = json[key] ?? fallback;
+    if (typeof v !== "number" || !Number.isFinite(v)) {
+      throw new EncoderError(`${file}: "${key}" is missing or not a number`);
+    }
+    return v;
+  };
+  if (json.hidden_act !== undefined && json.hidden_act !== "gelu") {
+    throw new EncoderError(`${file}: hidden_act "${json.hidden_act}" is not supported (only exact "gelu")`);
+  }
+  return {
+    vocabSize: num("vocab_size"),
+    hiddenSize: num("hidden_size"),
+    numHiddenLayers: num("num_hidden_layers"),
+    numAttentionHeads: num("num_attention_heads"),
+    intermediateSize: num("intermediate_size"),
+    maxPositionEmbeddings: num("max_position_embeddings", 512),
+    typeVocabSize: num("type_vocab_size", 2),
+    layerNormEps: num("layer_norm_eps", 1e-12),
+    hiddenDropoutProb: num("hidden_dropout_prob", 0.1),
+    attentionProbsDropoutProb: num("attention_probs_dropout_prob", 0.1),
+    addCrossAttention: true,
+    initializerRange: num("initializer_range", 0.02),
+  };
+}
+
+/** The inverse of {@link bertConfigFromJson}, for saving next to exported weights. */
+export function bertConfigToJson(c: BertConfig): Record<string, unknown> {
+  return {
+    architectures: ["BertForMaskedLM"],
+    model_type: "bert",
+    vocab_size: c.vocabSize,
+    hidden_size: c.hiddenSize,
+    num_hidden_layers: c.numHiddenLayers,
+    num_attention_heads: c.numAttentionHeads,
+    intermediate_size: c.intermediateSize,
+    max_position_embeddings: c.maxPositionEmbeddings,
+    type_vocab_size: c.typeVocabSize,
+    layer_norm_eps: c.layerNormEps,
+    hidden_dropout_prob: c.hiddenDropoutProb,
+    attention_probs_dropout_prob: c.attentionProbsDropoutProb,
+    hidden_act: "gelu",
+    add_cross_attention: c.addCrossAttention,
+    is_decoder: true,
+    initializer_range: c.initializerRange,
+    pad_token_id: 0,
+  };
+}
+
+/** The parameter names and shapes of a BERT config, in state-dict order. */
+export function bertParamShapes(c: BertConfig): [string, number[]][] {
+  const H = c.hiddenSize;
+  const out: [string, number[]][] = [
+    ["bert.embeddings.word_embeddings.weight", [c.vocabSize, H]],
+    ["bert.embeddings.position_embeddings.weight", [c.maxPositionEmbeddings, H]],
+    ["bert.embeddings.token_type_embeddings.weight", [c.typeVocabSize, H]],
+    ["bert.embeddings.LayerNorm.weight", [H]],
+    ["bert.embeddings.LayerNorm.bias", [H]],
+  ];
+  const attn = (p: string) => {
+    for (const n of ["query", "key", "value"]) {
+      out.push([`${p}.self.${n}.weight`, [H, H]], [`${p}.self.${n}.bias`, [H]]);
+    }
+    out.push([`${p}.output.dense.weight`, [H, H]], [`${p}.output.dense.bias`, [H]]);
+    out.push([`${p}.output.LayerNorm.weight`, [H]], [`${p}.output.LayerNorm.bias`, [H]]);
+  };
+  for (let i = 0; i < c.numHiddenLayers; i++) {
+    const p = `bert.encoder.layer.${i}`;
+    attn(`${p}.attention`);
+    if (c.addCrossAttention) attn(`${p}.crossattention`);
+    out.push([`${p}.intermediate.dense.weight`, [c.intermediateSize, H]], [`${p}.intermediate.dense.bias`, [
+      c.intermediateSize,
+    ]]);
+    out.push([`${p}.output.dense.weight`, [H, c.intermediateSize]], [`${p}.output.dense.bias`, [H]]);
+    out.push([`${p}.output.LayerNorm.weight`, [H]], [`${p}.output.LayerNorm.bias`, [H]]);
+  }
+  out.push(["cls.predictions.bias", [c.vocabSize]]);
+  out.push(["cls.predictions.transform.dense.weight", [H, H]], ["cls.predictions.transform.dense.bias", [H]]);
+  out.push(["cls.predictions.transform.LayerNorm.weight", [H]], ["cls.predictions.transform.LayerNorm.bias", [H]]);
+  return out;
+}
+
+/**
+ * Creates a BERT with HF's initialisation: weights N(0, 0.02), biases 0,
+ * LayerNorm 1/0 (`init: "zeros"` only allocates, for loading right after).
+ */
+export function createBert(config: BertConfig, options: { rng?: Rng; init?: "random" | "zeros" } = {}): BertModel {
+  if (config.hiddenSize % config.numAttentionHeads !== 0) {
+    throw new EncoderError(
+      `hiddenSize ${config.hiddenSize} is not divisible by numAttentionHeads ${config.numAttentionHeads}`,
+    );
+  }
+  const scope = uniqueScope("bert");
+  const params: Params = new Map();
+  const rng = options.rng ?? new Rng(0, "bert-init");
+  for (const [name, shape] of bertParamShapes(config)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (name.endsWith("LayerNorm.weight")) {
+      initLayerNorm(params, scope, name.slice(0, -".weight".length), shape[0]);
+      continue;
+    }
+    if (name.endsWith("LayerNorm.bias")) continue;
+    const isWeight = name.endsWith(".weight");
+    const values = isWeight && options.init !== "zeros"
+      ? normalValues(rng, n, config.initializerRange)
+      : new Float32Array(n);
+    makeParam(params, scope, name, values, shape);
+  }
+  return { config, params, scope };
+}
+
+/** Inputs of a BERT forward pass. */
+export interface BertInputs {
+  /** Token ids `[B, L]` (int32). */
+  inputIds: Tensor;
+  /** `[B, L]` padding mask (1 = token, 0 = pad), or `[B, L, L]` full mask (GM's causal + padding). */
+  attentionMask: Tensor;
+  /** Image tokens `[B, N, hidden]` to cross-attend to; omit for text-only. */
+  encoderHiddenStates?: Tensor;
+}
+
+/** Options of a BERT forward pass. */
+export interface BertForwardOptions {
+  /** Training mode: enables dropout (needs `rng`). */
+  training?: boolean;
+  /** Generator for dropout masks. */
+  rng?: Rng;
+  /** Collect each layer's cross-attention probabilities `[B, heads, L, N]`. */
+  crossAttentionOut?: Tensor[];
+  /** Collect each layer's self-attention probabilities `[B, heads, L, L]`. */
+  selfAttentionOut?: Tensor[];
+}
+
+function dropout(x: Tensor, rate: number, options: BertForwardOptions): Tensor {
+  if (!options.training || rate <= 0) return x;
+  if (!options.rng) throw new EncoderError("BERT dropout in training mode needs an rng");
+  const keep = 1 - rate;
+  const mask = new Float32Array(x.size);
+  for (let i = 0; i < mask.length; i++) mask[i] = options.rng.uniform() < keep ? 1 / keep : 0;
+  return tf.mul(x, tf.tensor(mask, x.shape));
+}
+
+/** `(1 - mask) * -10000`, broadcastable to `[B, heads, Lq, Lk]` (HF's extended attention mask). */
+export function extendedAttentionMask(mask: Tensor): Tensor {
+  const m = tf.cast(mask, "float32");
+  const ext = m.rank === 2
+    ? tf.reshape(m, [m.shape[0] as number, 1, 1, m.shape[1] as number])
+    : m.rank === 3
+    ? tf.expandDims(m, 1)
+    : undefined;
+  if (!ext) throw new EncoderError(`attention mask must be [B, L] or [B, L, L], got [${mask.shape}]`);
+  return tf.mul(tf.sub(1, ext), -10000);
+}
+
+function attentionBlock(
+  model: BertModel,
+  prefix: string,
+  hidden: Tensor,
+  kvSource: Tensor,
+  mask: Tensor | undefined,
+  options: BertForwardOptions,
+  probsOut?: Tensor[],
+): Tensor {
+  const p = model.params;
+  const heads = model.config.numAttentionHeads;
+  const q = splitHeads(linearP(p, `${prefix}.self.query`, hidden), heads);
+  const k = splitHeads(linearP(p, `${prefix}.self.key`, kvSource), heads);
+  const v = splitHeads(linearP(p, `${prefix}.self.value`, kvSource), heads);
+  const { context, probs } = attention(
+    q,
+    k,
+    v,
+    mask,
+    (x) => dropout(x, model.config.attentionProbsDropoutProb, options),
+  );
+  if (probsOut) probsOut.push(probs);
+  const out = dropout(
+    linearP(p, `${prefix}.output.dense`, mergeHeads(context)),
+    model.config.hiddenDropoutProb,
+    options,
+  );
+  return layerNormP(p, `${prefix}.output.LayerNorm`, tf.add(out, hidden), model.config.layerNormEps);
+}
+
+/** Runs the encoder: `[B, L, hidden]` (HF `sequence_output`). */
+export function bertEncode(model: BertModel, inputs: BertInputs, options: BertForwardOptions = {}): Tensor {
+  const c = model.config;
+  const p = model.params;
+  const [B, L] = inputs.inputIds.shape;
+  if (L > c.maxPositionEmbeddings) {
+    throw new EncoderError(`sequence length ${L} exceeds max_position_embeddings ${c.maxPositionEmbeddings}`);
+  }
+  const ids = tf.cast(inputs.inputIds, "int32");
+  const words = tf.gather(param(p, "bert.embeddings.word_embeddings.weight"), ids);
+  const positions = tf.slice(param(p, "bert.embeddings.position_embeddings.weight"), [0, 0], [L, c.hiddenSize]);
+  const types = tf.slice(param(p, "bert.embeddings.token_type_embeddings.weight"), [0, 0], [1, c.hiddenSize]);
+  let h = tf.add(tf.add(words, positions), types);
+  h = layerNormP(p, "bert.embeddings.LayerNorm", h, c.layerNormEps);
+  h = dropout(h, c.hiddenDropoutProb, options);
+  const selfMask = extendedAttentionMask(inputs.attentionMask);
+  const image = inputs.encoderHiddenStates;
+  if (image && (image.rank !== 3 || image.shape[0] !== B || image.shape[2] !== c.hiddenSize)) {
+    throw new EncoderError(`image tokens must be [${B}, N, ${c.hiddenSize}] to cross-attend, got [${image.shape}]`);
+  }
+  if (image && !c.addCrossAttention) throw new EncoderError("this BERT has no cross-attention blocks");
+  for (let i = 0; i < c.numHiddenLayers; i++) {
+    const lp = `bert.encoder.layer.${i}`;
+    h = attentionBlock(model, `${lp}.attention`, h, h, selfMask, options, options.selfAttentionOut);
+    // §1.4: cross-attention runs only when image tokens are given; the encoder mask is all ones.
+    if (image) {
+      h = attentionBlock(model, `${lp}.crossattention`, h, image, undefined, options, options.crossAttentionOut);
+    }
+    const inter = gelu(linearP(p, `${lp}.intermediate.dense`, h));
+    const out = dropout(linearP(p, `${lp}.output.dense`, inter), c.hiddenDropoutProb, options);
+    h = layerNormP(p, `${lp}.output.LayerNorm`, tf.add(out, h), c.layerNormEps);
+  }
+  return h;
+}
+
+/**
+ * The MLM head (`BertOnlyMLMHead`): dense → GELU → LayerNorm → decoder tied
+ * to the word embeddings, plus `cls.predictions.bias`. `hidden` is `[..., H]`;
+ * returns logits `[..., vocab]`.
+ */
+export function mlmLogits(model: BertModel, hidden: Tensor): Tensor {
+  const p = model.params;
+  const t = layerNormP(
+    p,
+    "cls.predictions.transform.LayerNorm",
+    gelu(linearP(p, "cls.predictions.transform.dense", hidden)),
+    model.config.layerNormEps,
+  );
+  const lead = t.shape.slice(0, -1);
+  const t2 = tf.reshape(t, [-1, model.config.hiddenSize]) as tf.Tensor2D;
+  const logits = tf.fused.matMul({
+    a: t2,
+    b: param(p, "bert.embeddings.word_embeddings.weight") as tf.Tensor2D,
+    transposeB: true,
+    bias: param(p, "cls.predictions.bias"),
+  });
+  return tf.reshape(logits, [...lead, model.config.vocabSize]);
+}
+
+/** The last-layer `[CLS]` vector `[B, H]` of an encoder output. */
+export function clsToken(sequence: Tensor): Tensor {
+  const [B, , H] = sequence.shape;
+  return tf.reshape(tf.slice(sequence, [0, 0, 0], [B, 1, H]), [B, H]);
+}

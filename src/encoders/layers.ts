@@ -1,0 +1,203 @@
+/**
+ * Building blocks shared by the ViT and BERT: parameters keyed by their
+ * PyTorch names, Linear, LayerNorm, exact GELU, attention and initialisers.
+ * All functions are pure tensor computations; callers wrap them in `tf.tidy`.
+ * @module
+ */
+import { tf } from "../backend/tf.ts";
+import type { Tensor, Variable } from "../backend/tf.ts";
+import type { Rng } from "../util/rng.ts";
+import { EncoderError } from "../util/errors.ts";
+
+/** Trainable tensors keyed by their PyTorch state-dict names, e.g. `blocks.0.attn.qkv.weight`. */
+export type Params = Map<string, Variable>;
+
+let instanceCounter = 0;
+
+/** A unique prefix for tfjs variable names (tfjs variable names are global). */
+export function uniqueScope(kind: string): string {
+  return `${kind}_${++instanceCounter}`;
+}
+
+/** Looks a parameter up by its PyTorch name, naming it if missing. */
+export function param(params: Params, name: string): Variable {
+  const p = params.get(name);
+  if (!p) throw new EncoderError(`parameter "${name}" is missing from the model`);
+  return p;
+}
+
+/** Creates a variable named `scope/name` from values. */
+export function makeParam(
+  params: Params,
+  scope: string,
+  name: string,
+  values: Float32Array,
+  shape: number[],
+  trainable = true,
+): void {
+  params.set(name, tf.variable(tf.tensor(values, shape, "float32"), trainable, `${scope}/${name}`));
+}
+
+/** Truncated normal values (mean 0, std, cut at ±2 absolute, as `timm.trunc_normal_`). */
+export function truncNormal(rng: Rng, size: number, std: number, bound = 2): Float32Array {
+  const out = new Float32Array(size);
+  for (let i = 0; i < size; i++) {
+    let v: number;
+    do v = rng.normal() * std; while (v < -bound || v > bound);
+    out[i] = v;
+  }
+  return out;
+}
+
+/** Normal values N(0, std²). */
+export function normalValues(rng: Rng, size: number, std: number): Float32Array {
+  const out = new Float32Array(size);
+  for (let i = 0; i < size; i++) out[i] = rng.normal() * std;
+  return out;
+}
+
+/** Uniform values in [-bound, bound) (PyTorch's default Linear init uses bound = 1/sqrt(fan_in)). */
+export function uniformValues(rng: Rng, size: number, bound: number): Float32Array {
+  const out = new Float32Array(size);
+  for (let i = 0; i < size; i++) out[i] = (rng.uniform() * 2 - 1) * bound;
+  return out;
+}
+
+/** Adds `prefix.weight` [out, in] and `prefix.bias` [out] initialised like PyTorch's `nn.Linear`. */
+export function initLinearDefault(
+  params: Params,
+  scope: string,
+  prefix: string,
+  inDim: number,
+  outDim: number,
+  rng: Rng,
+  bias = true,
+): void {
+  const bound = 1 / Math.sqrt(inDim);
+  makeParam(params, scope, `${prefix}.weight`, uniformValues(rng, outDim * inDim, bound), [outDim, inDim]);
+  if (bias) makeParam(params, scope, `${prefix}.bias`, uniformValues(rng, outDim, bound), [outDim]);
+}
+
+/** Adds `prefix.weight` ~ trunc-normal(std) and a zero bias (timm / HF BERT init). */
+export function initLinearTrunc(
+  params: Params,
+  scope: string,
+  prefix: string,
+  inDim: number,
+  outDim: number,
+  rng: Rng,
+  std = 0.02,
+  bias = true,
+): void {
+  makeParam(params, scope, `${prefix}.weight`, truncNormal(rng, outDim * inDim, std), [outDim, inDim]);
+  if (bias) makeParam(params, scope, `${prefix}.bias`, new Float32Array(outDim), [outDim]);
+}
+
+/** Adds LayerNorm `prefix.weight` = 1 and `prefix.bias` = 0. */
+export function initLayerNorm(params: Params, scope: string, prefix: string, dim: number): void {
+  makeParam(params, scope, `${prefix}.weight`, new Float32Array(dim).fill(1), [dim]);
+  makeParam(params, scope, `${prefix}.bias`, new Float32Array(dim), [dim]);
+}
+
+/**
+ * `nn.Linear`: y = x Wᵀ + b with W stored [out, in] as in PyTorch.
+ * Works on any rank by flattening to 2-D (tfjs's batched-matmul gradient
+ * does not reduce broadcast batch dimensions).
+ */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
+  const inDim = x.shape[x.shape.length - 1];
+  const outDim = weight.shape[0];
+  const lead = x.shape.slice(0, -1);
+  const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inDim]);
+  const y = tf.fused.matMul({ a: x2 as tf.Tensor2D, b: weight as tf.Tensor2D, transposeB: true, bias });
+  return x.rank === 2 ? y : tf.reshape(y, [...lead, outDim]);
+}
+
+/** Linear layer by parameter prefix: `prefix.weight`, optional `prefix.bias`. */
+export function linearP(params: Params, prefix: string, x: Tensor): Tensor {
+  return linear(x, param(params, `${prefix}.weight`), params.get(`${prefix}.bias`));
+}
+
+/** LayerNorm over the last axis with biased variance, as `nn.LayerNorm`. */
+export function layerNorm(
+  x: Tensor,
+  weight: Tensor | undefined,
+  bias: Tensor | undefined,
+  eps: number,
+): Tensor {
+  const axis = x.rank - 1;
+  const { mean, variance } = tf.moments(x, axis, true);
+  let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+  if (weight) y = tf.mul(y, weight);
+  if (bias) y = tf.add(y, bias);
+  return y;
+}
+
+/** LayerNorm by parameter prefix. */
+export function layerNormP(params: Params, prefix: string, x: Tensor, eps: number): Tensor {
+  return layerNorm(x, param(params, `${prefix}.weight`), param(params, `${prefix}.bias`), eps);
+}
+
+/** Exact (erf) GELU, `nn.GELU()`: 0.5·x·(1 + erf(x/√2)). */
+export function gelu(x: Tensor): Tensor {
+  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+}
+
+/**
+ * Scaled dot-product attention on `[B, H, Lq, d]` queries and `[B, H, Lk, d]`
+ * keys/values. `additiveMask` (broadcastable to `[B, H, Lq, Lk]`) holds 0 for
+ * visible and a large negative number for hidden positions; `dropProbs`
+ * (attention dropout) is applied to the probabilities before they weight `v`.
+ * Returns the context `[B, H, Lq, d]` and the attention probabilities.
+ */
+export function attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  additiveMask?: Tensor,
+  dropProbs?: (probs: Tensor) => Tensor,
+): { context: Tensor; probs: Tensor } {
+  const d = q.shape[q.rank - 1] as number;
+  let scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(d));
+  if (additiveMask) scores = tf.add(scores, additiveMask);
+  const probs = tf.softmax(scores);
+  return { context: tf.matMul(dropProbs ? dropProbs(probs) : probs, v), probs };
+}
+
+/** `[B, L, H*d]` → `[B, H, L, d]`. */
+export function splitHeads(x: Tensor, heads: number): Tensor {
+  const [b, l, dim] = x.shape;
+  return tf.transpose(tf.reshape(x, [b, l, heads, dim / heads]), [0, 2, 1, 3]);
+}
+
+/** `[B, H, L, d]` → `[B, L, H*d]`. */
+export function mergeHeads(x: Tensor): Tensor {
+  const [b, h, l, d] = x.shape;
+  return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [b, l, h * d]);
+}
+
+/**
+ * Stochastic depth (`timm.DropPath`): during training, zeroes a residual
+ * branch per sample with probability `rate` and rescales survivors by 1/(1-rate).
+ */
+export function dropPath(x: Tensor, rate: number, rng: Rng | undefined): Tensor {
+  if (rate <= 0 || !rng) return x;
+  const keep = 1 - rate;
+  const b = x.shape[0];
+  const mask = new Float32Array(b);
+  for (let i = 0; i < b; i++) mask[i] = rng.uniform() < keep ? 1 / keep : 0;
+  return tf.mul(x, tf.tensor(mask, [b, ...new Array(x.rank - 1).fill(1)]));
+}
+
+/** Total number of scalar parameters. */
+export function countParams(params: Params): number {
+  let n = 0;
+  for (const p of params.values()) n += p.size;
+  return n;
+}
+
+/** Disposes every variable of a model. */
+export function disposeParams(params: Params): void {
+  for (const p of params.values()) p.dispose();
+  params.clear();
+}

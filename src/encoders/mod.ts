@@ -1,0 +1,79 @@
+/**
+ * Encoders: a timm-exact vision transformer with the RETFound, VisionFM and
+ * UrFound recipes, and a Hugging Face-exact BERT with cross-attention in
+ * every layer. Parameter names are the weight files' names, so loading is a
+ * lookup and export is its inverse.
+ *
+ * @example
+ * ```ts
+ * import { setupBackend, tf } from "@retfiner/retfiner/backend";
+ * import { createVit, vitFeatures, vitPreset } from "@retfiner/retfiner/encoders";
+ * await setupBackend();
+ * const model = createVit(vitPreset("visionfm", { depth: 2 }));
+ * const feats = tf.tidy(() => vitFeatures(model, tf.zeros([1, 3, 224, 224]), "concat"));
+ * console.log(feats.shape); // [1, 1536]
+ * ```
+ * @module
+ */
+export {
+  createVit,
+  type CreateVitOptions,
+  featureDim,
+  gridSize,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  patchEmbed,
+  refineTokenDim,
+  resizePosEmbed,
+  sincosPosEmbed,
+  type TokenMode,
+  VISIONFM_MEAN,
+  VISIONFM_STD,
+  vitBlock,
+  vitBlocks,
+  type VitConfig,
+  type VitFamily,
+  vitFeatures,
+  vitFinalNorm,
+  type VitForwardOptions,
+  type VitModel,
+  vitRefineTokens,
+} from "./vit.ts";
+export {
+  BERT_BASE_CROSSATTN,
+  type BertConfig,
+  bertConfigFromJson,
+  bertConfigToJson,
+  bertEncode,
+  type BertForwardOptions,
+  type BertInputs,
+  type BertModel,
+  bertParamShapes,
+  clsToken,
+  createBert,
+  extendedAttentionMask,
+  mlmLogits,
+} from "./bert.ts";
+export {
+  bertPreset,
+  type BertPresetName,
+  familyStats,
+  inferVitConfig,
+  VIT_PRESETS,
+  vitPreset,
+  type VitPresetName,
+} from "./presets.ts";
+export {
+  bertStateDictForExport,
+  loadBert,
+  type LoadedBert,
+  type LoadedVit,
+  type LoadOptions,
+  type LoadReport,
+  loadStateDict,
+  loadVit,
+  type LoadVitOptions,
+  stateDict,
+  stateDictSize,
+} from "./load.ts";
+export { countParams, disposeParams, gelu, layerNorm, linear, type Params } from "./layers.ts";

@@ -1,0 +1,158 @@
+/**
+ * Named presets for the three foundation models and small CPU-sized configs,
+ * plus inference of a generic timm ViT config from its weights.
+ * @module
+ */
+import type { TensorData } from "../io/tensor.ts";
+import { EncoderError } from "../util/errors.ts";
+import { BERT_BASE_CROSSATTN, type BertConfig } from "./bert.ts";
+import { IMAGENET_MEAN, IMAGENET_STD, VISIONFM_MEAN, VISIONFM_STD, type VitConfig, type VitFamily } from "./vit.ts";
+
+/** Names of the vision presets. */
+export type VitPresetName = "retfound" | "visionfm" | "urfound";
+
+/** The real foundation models' architectures (method notes §1.2). */
+export const VIT_PRESETS: Record<VitPresetName, VitConfig> = {
+  /** RETFound: ViT-L/16 + final norm + new proj 1024→768; drop_path 0.1; ImageNet stats. */
+  retfound: {
+    family: "retfound",
+    imgSize: 224,
+    patchSize: 16,
+    inChans: 3,
+    embedDim: 1024,
+    depth: 24,
+    numHeads: 16,
+    mlpRatio: 4,
+    qkvBias: true,
+    eps: 1e-6,
+    dropPathRate: 0.1,
+    projDim: 768,
+    mean: IMAGENET_MEAN,
+    std: IMAGENET_STD,
+  },
+  /** VisionFM: ViT-B/16 (iBOT-style), all tokens after the final norm; drop_path 0; OCT stats. */
+  visionfm: {
+    family: "visionfm",
+    imgSize: 224,
+    patchSize: 16,
+    inChans: 3,
+    embedDim: 768,
+    depth: 12,
+    numHeads: 12,
+    mlpRatio: 4,
+    qkvBias: true,
+    eps: 1e-6,
+    dropPathRate: 0,
+    projDim: null,
+    mean: VISIONFM_MEAN,
+    std: VISIONFM_STD,
+  },
+  /** UrFound: ViT-B/16, raw last-block tokens (no final norm); drop_path 0.1; ImageNet stats. */
+  urfound: {
+    family: "urfound",
+    imgSize: 224,
+    patchSize: 16,
+    inChans: 3,
+    embedDim: 768,
+    depth: 12,
+    numHeads: 12,
+    mlpRatio: 4,
+    qkvBias: true,
+    eps: 1e-6,
+    dropPathRate: 0.1,
+    projDim: null,
+    mean: IMAGENET_MEAN,
+    std: IMAGENET_STD,
+  },
+};
+
+/** A preset with overrides, e.g. `vitPreset("retfound", { imgSize: 112 })`. */
+export function vitPreset(name: VitPresetName, overrides: Partial<VitConfig> = {}): VitConfig {
+  const base = VIT_PRESETS[name];
+  if (!base) throw new EncoderError(`unknown ViT preset "${name}"; choose retfound, visionfm or urfound`);
+  return { ...base, ...overrides };
+}
+
+/** Normalisation statistics per family: VisionFM's OCT stats, ImageNet otherwise (§1.3, §2.5). */
+export function familyStats(family: VitFamily): { mean: [number, number, number]; std: [number, number, number] } {
+  return family === "visionfm"
+    ? { mean: VISIONFM_MEAN, std: VISIONFM_STD }
+    : { mean: IMAGENET_MEAN, std: IMAGENET_STD };
+}
+
+/**
+ * Infers a ViT config from timm-named weights: width from `cls_token`, depth
+ * from the highest block index, patch size and channels from the patch
+ * projection, image size from `pos_embed`, MLP ratio from `fc1`, qkv bias and
+ * `proj` from their presence. The head count is not stored in the weights; it
+ * defaults to width/64 (true for ViT-B/16 and ViT-L/16) unless given.
+ */
+export function inferVitConfig(
+  tensors: Map<string, TensorData>,
+  family: VitFamily,
+  options: { numHeads?: number; fileName?: string } = {},
+): VitConfig {
+  const file = options.fileName ?? "<weights>";
+  const shape = (k: string): number[] => {
+    const t = tensors.get(k);
+    if (!t) throw new EncoderError(`${file}: cannot infer the ViT config: "${k}" is missing`);
+    return t.shape;
+  };
+  const embedDim = shape("cls_token").at(-1)!;
+  const [, inChans, patchSize] = shape("patch_embed.proj.weight");
+  const tokens = shape("pos_embed")[1];
+  const grid = Math.round(Math.sqrt(tokens - 1));
+  if (grid * grid !== tokens - 1) {
+    throw new EncoderError(`${file}: pos_embed has ${tokens} tokens, not 1 + a square grid`);
+  }
+  let depth = 0;
+  for (const k of tensors.keys()) {
+    const m = /^blocks\.(\d+)\./.exec(k);
+    if (m) depth = Math.max(depth, Number(m[1]) + 1);
+  }
+  if (depth === 0) throw new EncoderError(`${file}: no blocks.* weights found`);
+  const hidden = shape("blocks.0.mlp.fc1.weight")[0];
+  const numHeads = options.numHeads ?? embedDim / 64;
+  if (!Number.isInteger(numHeads) || embedDim % numHeads !== 0) {
+    throw new EncoderError(`${file}: cannot infer the head count for width ${embedDim}; pass numHeads`);
+  }
+  const projDim = tensors.has("proj.weight") ? shape("proj.weight")[0] : family === "retfound" ? 768 : null;
+  const stats = familyStats(family);
+  return {
+    family,
+    imgSize: grid * patchSize,
+    patchSize,
+    inChans,
+    embedDim,
+    depth,
+    numHeads,
+    mlpRatio: hidden / embedDim,
+    qkvBias: tensors.has("blocks.0.attn.qkv.bias"),
+    eps: 1e-6,
+    dropPathRate: family === "visionfm" ? 0 : family === "timm" ? 0 : 0.1,
+    projDim,
+    mean: stats.mean,
+    std: stats.std,
+  };
+}
+
+/** Names of the BERT presets. */
+export type BertPresetName = "bert-base-crossattn" | "small";
+
+/** BERT presets: the authors' bert-base with cross-attention, and a small one for tests and the CPU demo. */
+export function bertPreset(name: BertPresetName, overrides: Partial<BertConfig> = {}): BertConfig {
+  if (name === "bert-base-crossattn") return { ...BERT_BASE_CROSSATTN, ...overrides };
+  if (name === "small") {
+    return {
+      ...BERT_BASE_CROSSATTN,
+      hiddenSize: 192,
+      numHiddenLayers: 4,
+      numAttentionHeads: 4,
+      intermediateSize: 768,
+      maxPositionEmbeddings: 64,
+      vocabSize: 1024,
+      ...overrides,
+    };
+  }
+  throw new EncoderError(`unknown BERT preset "${name}"`);
+}

@@ -1,0 +1,174 @@
+/**
+ * NumPy `.npy` arrays (format versions 1–3): read any numeric dtype in either
+ * byte order; write float32 / uint8 / uint16 / int64 arrays.
+ * @module
+ */
+import { CheckpointError } from "../util/errors.ts";
+import { concatBytes } from "../util/bytes.ts";
+import { writeFileAtomic } from "../util/fs.ts";
+import { type DType, numel, type TensorData, typedView } from "./tensor.ts";
+
+/** A `.npy` array: float/int data in a typed array, plus the NumPy dtype string. */
+export interface NpyArray {
+  /** NumPy dtype descriptor as written in the file, e.g. `<f4`. */
+  descr: string;
+  /** Array shape. */
+  shape: number[];
+  /** Values in C order (Fortran-ordered files are transposed on read). */
+  data:
+    | Float32Array
+    | Float64Array
+    | Uint8Array
+    | Uint16Array
+    | Int8Array
+    | Int16Array
+    | Int32Array
+    | Uint32Array
+    | BigInt64Array;
+}
+
+const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59];
+
+const KINDS: Record<string, { size: number; make: (b: ArrayBuffer, n: number) => NpyArray["data"] }> = {
+  f4: { size: 4, make: (b, n) => new Float32Array(b, 0, n) },
+  f8: { size: 8, make: (b, n) => new Float64Array(b, 0, n) },
+  u1: { size: 1, make: (b, n) => new Uint8Array(b, 0, n) },
+  b1: { size: 1, make: (b, n) => new Uint8Array(b, 0, n) },
+  i1: { size: 1, make: (b, n) => new Int8Array(b, 0, n) },
+  u2: { size: 2, make: (b, n) => new Uint16Array(b, 0, n) },
+  i2: { size: 2, make: (b, n) => new Int16Array(b, 0, n) },
+  i4: { size: 4, make: (b, n) => new Int32Array(b, 0, n) },
+  u4: { size: 4, make: (b, n) => new Uint32Array(b, 0, n) },
+  i8: { size: 8, make: (b, n) => new BigInt64Array(b, 0, n) },
+};
+
+/** Parses `.npy` bytes; `name` is used in error messages. */
+export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
+  if (bytes.length < 10 || !MAGIC.every((m, i) => bytes[i] === m)) {
+    throw new CheckpointError(`${name}: not a .npy file (bad magic)`);
+  }
+  const major = bytes[6];
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let headerLen: number;
+  let start: number;
+  if (major === 1) {
+    headerLen = view.getUint16(8, true);
+    start = 10;
+  } else if (major === 2 || major === 3) {
+    if (bytes.length < 12) throw new CheckpointError(`${name}: truncated .npy header`);
+    headerLen = view.getUint32(8, true);
+    start = 12;
+  } else throw new CheckpointError(`${name}: unsupported .npy version ${major}`);
+  if (start + headerLen > bytes.length) throw new CheckpointError(`${name}: truncated .npy header`);
+  const header = new TextDecoder(major === 3 ? "utf-8" : "latin1").decode(bytes.subarray(start, start + headerLen));
+  const descr = /'descr'\s*:\s*'([^']+)'/.exec(header)?.[1];
+  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
+  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
+  if (!descr || !fortran || shapeText === undefined) {
+    throw new CheckpointError(`${name}: malformed .npy header ${JSON.stringify(header.trim())}`);
+  }
+  const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s.length).map(Number);
+  if (!shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    throw new CheckpointError(`${name}: bad .npy shape (${shapeText})`);
+  }
+  const order = descr[0];
+  const kind = KINDS[descr.slice(1)];
+  if (!kind || !"<>|=".includes(order)) throw new CheckpointError(`${name}: unsupported .npy dtype '${descr}'`);
+  const n = numel(shape);
+  const dataStart = start + headerLen;
+  if (dataStart + n * kind.size > bytes.length) {
+    throw new CheckpointError(
+      `${name}: .npy data is truncated (${bytes.length - dataStart} bytes, needs ${n * kind.size})`,
+    );
+  }
+  const raw = bytes.slice(dataStart, dataStart + n * kind.size);
+  if (order === ">" && kind.size > 1) {
+    for (let i = 0; i < raw.length; i += kind.size) raw.subarray(i, i + kind.size).reverse();
+  }
+  let data = kind.make(raw.buffer, n);
+  if (fortran === "True" && shape.length > 1) {
+    const out = new (data.constructor as new (n: number) => NpyArray["data"])(n);
+    const rank = shape.length;
+    const idx = new Array(rank).fill(0);
+    for (let c = 0; c < n; c++) {
+      // idx is the C-order index of element c; its Fortran-order position:
+      let f = 0;
+      let mul = 1;
+      for (let d = 0; d < rank; d++) {
+        f += idx[d] * mul;
+        mul *= shape[d];
+      }
+      (out as unknown as number[])[c] = (data as unknown as number[])[f];
+      for (let d = rank - 1; d >= 0; d--) {
+        if (++idx[d] < shape[d]) break;
+        idx[d] = 0;
+      }
+    }
+    data = out;
+  }
+  return { descr: `<${descr.slice(1)}`, shape, data };
+}
+
+/** Reads a `.npy` file. */
+export async function readNpy(path: string): Promise<NpyArray> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (err) {
+    throw new CheckpointError(`${path}: cannot read (${(err as Error).message})`, { cause: err });
+  }
+  return parseNpy(bytes, path);
+}
+
+const DESCR: Partial<Record<DType, string>> = {
+  F32: "<f4",
+  F64: "<f8",
+  U8: "|u1",
+  I64: "<i8",
+  I32: "<i4",
+  I16: "<i2",
+  I8: "|i1",
+  BOOL: "|b1",
+};
+
+/** Encodes a tensor as `.npy` bytes (format 1.0). */
+export function encodeNpy(t: TensorData | { descr: "<u2"; shape: number[]; data: Uint16Array }): Uint8Array {
+  const descr = "descr" in t ? t.descr : DESCR[t.dtype];
+  if (!descr) throw new CheckpointError(`encodeNpy: dtype ${(t as TensorData).dtype} has no .npy equivalent`);
+  const shape = t.shape.length === 1 ? `(${t.shape[0]},)` : `(${t.shape.join(", ")})`;
+  let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': ${shape}, }`;
+  const total = 10 + header.length + 1;
+  header += " ".repeat((64 - (total % 64)) % 64) + "\n";
+  const head = new Uint8Array(10);
+  head.set(MAGIC);
+  head[6] = 1;
+  new DataView(head.buffer).setUint16(8, header.length, true);
+  const data = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  return concatBytes([head, new TextEncoder().encode(header), data]);
+}
+
+/** Writes a tensor to a `.npy` file atomically. */
+export async function writeNpy(path: string, t: TensorData): Promise<void> {
+  await writeFileAtomic(path, encodeNpy(t));
+}
+
+/** Converts a parsed `.npy` array to a {@link TensorData} when its dtype maps to one. */
+export function npyToTensor(a: NpyArray, name = "<npy>"): TensorData {
+  const map: Record<string, DType> = {
+    "<f4": "F32",
+    "<f8": "F64",
+    "<u1": "U8",
+    "<b1": "BOOL",
+    "<i1": "I8",
+    "<i2": "I16",
+    "<i4": "I32",
+    "<i8": "I64",
+  };
+  const dtype = map[a.descr];
+  if (!dtype) throw new CheckpointError(`${name}: .npy dtype ${a.descr} has no tensor equivalent`);
+  return {
+    dtype,
+    shape: a.shape,
+    data: typedView(dtype, new Uint8Array(a.data.buffer, a.data.byteOffset, a.data.byteLength)),
+  };
+}

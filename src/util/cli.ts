@@ -1,0 +1,127 @@
+/**
+ * A thin layer over `node:util` `parseArgs` that adds `--help` text generated
+ * from the flag descriptions, choice validation and clear usage errors.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { RetfinerError, UsageError } from "./errors.ts";
+
+/** Description of one command-line flag. */
+export interface FlagSpec {
+  /** `string` flags take a value; `boolean` flags do not. */
+  type: "string" | "boolean";
+  /** What the flag does, shown by `--help`. */
+  description: string;
+  /** Default value, shown by `--help`. */
+  default?: string | boolean;
+  /** Allowed values for a string flag. */
+  choices?: readonly string[];
+  /** Whether the flag may be repeated (values are collected into an array). */
+  multiple?: boolean;
+  /** Placeholder for the value in `--help`, e.g. `<file>`. */
+  valueName?: string;
+}
+
+/** A command's name, summary, flags and examples. */
+export interface CommandSpec {
+  /** How the command is invoked, e.g. `deno task probe`. */
+  usage: string;
+  /** One paragraph describing the command. */
+  summary: string;
+  /** The flags, keyed by long name (without `--`). */
+  flags: Record<string, FlagSpec>;
+  /** Example invocations. */
+  examples?: string[];
+}
+
+/** Parsed flag values. */
+export type FlagValues = Record<string, string | boolean | string[] | undefined>;
+
+/** Renders the `--help` text of a command. */
+export function helpText(spec: CommandSpec): string {
+  const lines = [`Usage: ${spec.usage} [flags]`, "", spec.summary, "", "Flags:"];
+  const entries = Object.entries(spec.flags).sort(([a], [b]) => a.localeCompare(b));
+  const left = entries.map(([name, f]) =>
+    `  --${name}${f.type === "string" ? ` ${f.valueName ?? "<value>"}` : ""}${f.multiple ? " ..." : ""}`
+  );
+  const width = Math.max(...left.map((l) => l.length), 12) + 2;
+  entries.forEach(([_, f], i) => {
+    let desc = f.description;
+    if (f.choices) desc += ` One of: ${f.choices.join(", ")}.`;
+    if (f.default !== undefined && f.default !== false) desc += ` (default: ${f.default})`;
+    lines.push(left[i].padEnd(width) + desc);
+  });
+  lines.push("  --help".padEnd(width) + "Show this help and exit.");
+  if (spec.examples?.length) lines.push("", "Examples:", ...spec.examples.map((e) => `  ${e}`));
+  return lines.join("\n");
+}
+
+/**
+ * Parses `args` against `spec`. Prints help and exits on `--help`; throws
+ * {@link UsageError} naming the flag on unknown flags or bad choices.
+ */
+export function parseCli(args: string[], spec: CommandSpec): { values: FlagValues; positionals: string[] } {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(helpText(spec));
+    Deno.exit(0);
+  }
+  const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
+  for (const [name, f] of Object.entries(spec.flags)) options[name] = { type: f.type, multiple: !!f.multiple };
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}\nRun with --help to see every flag.`);
+  }
+  const values: FlagValues = {};
+  for (const [name, f] of Object.entries(spec.flags)) {
+    const v = (parsed.values as FlagValues)[name] ?? f.default;
+    if (f.choices && v !== undefined) {
+      for (const item of Array.isArray(v) ? v : [v]) {
+        if (!f.choices.includes(String(item))) {
+          throw new UsageError(`--${name}: "${item}" is not one of ${f.choices.join(", ")}`);
+        }
+      }
+    }
+    values[name] = v;
+  }
+  return { values, positionals: parsed.positionals };
+}
+
+/** Parses a numeric flag, throwing a {@link UsageError} that names it. */
+export function numberFlag(
+  values: FlagValues,
+  name: string,
+  options: { integer?: boolean; min?: number } = {},
+): number | undefined {
+  const raw = values[name];
+  if (raw === undefined) return undefined;
+  const n = Number(raw);
+  if (
+    !Number.isFinite(n) || (options.integer && !Number.isInteger(n)) || (options.min !== undefined && n < options.min)
+  ) {
+    throw new UsageError(
+      `--${name}: expected ${options.integer ? "an integer" : "a number"}${
+        options.min !== undefined ? ` >= ${options.min}` : ""
+      }, got "${raw}"`,
+    );
+  }
+  return n;
+}
+
+/**
+ * Runs a CLI entry point: known errors print one clear line and exit 1;
+ * anything else prints its stack and exits 2.
+ */
+export async function runMain(main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (err) {
+    if (err instanceof RetfinerError) {
+      console.error(`error: ${err.message}`);
+      Deno.exit(1);
+    }
+    console.error(err);
+    Deno.exit(2);
+  }
+}
