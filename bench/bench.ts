@@ -110,7 +110,7 @@ async function main() {
         type: "string",
         valueName: "<list>",
         description: "Comma-separated sections to run.",
-        default: "matmul,vit,io",
+        default: "matmul,vit,data,io",
       },
       backends: {
         type: "string",
@@ -152,6 +152,25 @@ async function main() {
       backward: true,
     });
   }
+  let decodePaths: string[] = [];
+  if (sections.has("data")) {
+    const dir = await Deno.makeTempDir();
+    const { generateBenchmark, SYNTH_PRESETS, SYNTH_TASKS } = await import("../src/dataset/mod.ts");
+    await generateBenchmark({
+      root: dir,
+      seed: 0,
+      sizes: { ...SYNTH_PRESETS.tiny, imageSize: 256, task: { train: 64, val: 0, test: 0 } },
+      tasks: SYNTH_TASKS.slice(0, 1),
+    });
+    const { readImageFolderDataset } = await import("../src/dataset/mod.ts");
+    decodePaths = (await readImageFolderDataset(`${dir}/tasks/amd_vs_normal`).catch(() =>
+      null
+    ))?.items.map((i) => i.path) ?? [];
+    if (decodePaths.length === 0) {
+      for await (const e of Deno.readDir(`${dir}/pairs/images`)) decodePaths.push(`${dir}/pairs/images/${e.name}`);
+    }
+    jobs.push({ kind: "decode", name: "decode_preprocess_224", paths: decodePaths, size: 224 });
+  }
   const torch = jobs.length ? runTorch(jobs) : null;
   const results: BenchResult[] = [];
   const report = (r: Omit<BenchResult, "speed_vs_torch">, torchName?: string) => {
@@ -161,9 +180,7 @@ async function main() {
     if (json) console.log(JSON.stringify(full));
     else {
       const ratio = full.speed_vs_torch === null ? "PyTorch n/a" : `${full.speed_vs_torch.toFixed(2)}x PyTorch`;
-      const extra = Object.entries(r).filter(([k]) => !["name", "backend", "seconds"].includes(k)).map(([k, v]) =>
-        `${k}=${v}`
-      ).join(" ");
+      const extra = Object.entries(r.extra ?? {}).map(([k, v]) => `${k}=${v}`).join(" ");
       console.log(
         `${r.name.padEnd(32)} ${r.backend.padEnd(9)} ${r.seconds.toFixed(4).padStart(9)} s  ${ratio}  ${extra}`,
       );
@@ -206,6 +223,18 @@ async function main() {
         report({ name, backend, seconds: s }, name);
       }
     }
+  }
+  if (sections.has("data") && decodePaths.length) {
+    const { loadImageBatch, probingSpec } = await import("../src/dataset/mod.ts");
+    const spec = probingSpec(224, { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] });
+    const idx = decodePaths.map((_, i) => i);
+    const s = await timeIt(() => loadImageBatch(decodePaths, idx, spec), quick ? 1 : 3);
+    report({
+      name: "decode_preprocess_224",
+      backend: "-",
+      seconds: s,
+      extra: { images_per_s: +(decodePaths.length / s).toFixed(1) },
+    }, "decode_preprocess_224");
   }
   if (sections.has("io")) {
     const { ioBench } = await import("./io_bench.ts");

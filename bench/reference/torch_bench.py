@@ -77,5 +77,14 @@ for job in spec["jobs"]:
         else:
             with torch.no_grad():
                 emit(job["name"], timeit(lambda: blocks(x), job.get("repeats", 3)))
+    elif kind == "decode":
+        # The authors' probing path: PIL open → Resize(224, BILINEAR) → Grayscale → ToTensor → RGB → Normalize.
+        from PIL import Image
+        import torchvision.transforms as T
+        tf = T.Compose([T.Resize((job["size"], job["size"]), interpolation=T.InterpolationMode.BILINEAR), T.Grayscale(1),
+                        T.ToTensor(), T.Lambda(lambda x: x.repeat(3, 1, 1)),
+                        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        paths = job["paths"]
+        emit(job["name"], timeit(lambda: [tf(Image.open(p)) for p in paths], job.get("repeats", 3)), images=len(paths))
     else:
         raise SystemExit(f"unknown job kind {kind}")

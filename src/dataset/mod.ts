@@ -1,13 +1,14 @@
 /**
- * Data: tokenization of clinical reports (images, manifests and the synthetic
- * OCT benchmark follow in this module).
+ * Data: B-scan decoding and per-model preprocessing, the authors' probing
+ * augmentations, image-report manifests, probing datasets, batching, the
+ * synthetic OCT benchmark, and report tokenization.
  *
  * @example
  * ```ts
- * import { buildWordPieceVocab, tokenizerFromVocab } from "@retfiner/retfiner/dataset";
- * const tk = tokenizerFromVocab(buildWordPieceVocab(["No subretinal fluid.", "Mild drusen."], { minFrequency: 1 }));
- * const batch = tk.encodeBatch(["Mild drusen."]); // padded to 30 tokens
- * console.log(batch.inputIds.slice(0, 5));
+ * import { loadGreyImage, refinementSpec, toModelInput } from "@retfiner/retfiner/dataset";
+ * const img = await loadGreyImage("scan.png");
+ * const x = toModelInput(img, refinementSpec(224, { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }));
+ * console.log(x.length); // 3 * 224 * 224
  * ```
  * @module
  */
@@ -21,3 +22,39 @@ export {
   tokenizerFromJson,
   tokenizerFromVocab,
 } from "./tokenizer.ts";
+export {
+  decodeBmp,
+  decodeGreyImage,
+  decodeNpyImage,
+  encodePng,
+  type GreyImage,
+  IMAGE_EXTENSIONS,
+  isImagePath,
+  loadGreyImage,
+} from "./image.ts";
+export { resizeGrey, type ResizeMode } from "./resize.ts";
+export { affine, type AffineParams, augmentProbe, inverseAffineMatrix, sampleAffine } from "./augment.ts";
+export { type PreprocessSpec, probingSpec, refinementSpec, toModelInput } from "./preprocess.ts";
+export { type CsvRow, decodeUtf8, parseCsv } from "./csv.ts";
+export {
+  assignSplits,
+  AUTHORS_LAYOUT,
+  type Manifest,
+  type ManifestOptions,
+  type PairRecord,
+  readPairManifest,
+  type SkippedRow,
+} from "./manifest.ts";
+export {
+  classCounts,
+  formatClassCounts,
+  type LabelledImage,
+  type ProbeDataset,
+  readImageFolderDataset,
+  readLabelCsv,
+  readProbeDataset,
+  type Split,
+  SPLITS,
+} from "./folders.ts";
+export { batchIndices, type ImageBatch, InputCache, loadImageBatch, prefetch } from "./batches.ts";
+export * from "./synth/mod.ts";

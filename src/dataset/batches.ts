@@ -1,0 +1,129 @@
+/**
+ * Batching: seeded shuffling, and a prefetching loader that decodes the next
+ * batch (sharp works on libuv threads) while the current one is computed,
+ * with a bounded number of batches in flight. A decoding problem names the
+ * file; with `skipBad` the image is dropped and reported instead.
+ * @module
+ */
+import { DatasetError } from "../util/errors.ts";
+import type { Rng } from "../util/rng.ts";
+import { loadGreyImage } from "./image.ts";
+import { type PreprocessSpec, toModelInput } from "./preprocess.ts";
+
+/** Splits `0..n-1` into batches, shuffled with `rng` if given. */
+export function batchIndices(
+  n: number,
+  batchSize: number,
+  options: { rng?: Rng; dropLast?: boolean } = {},
+): number[][] {
+  if (!(batchSize >= 1)) throw new DatasetError(`batch size must be >= 1, got ${batchSize}`);
+  const order = options.rng ? options.rng.permutation(n) : Array.from({ length: n }, (_, i) => i);
+  const out: number[][] = [];
+  for (let i = 0; i < n; i += batchSize) {
+    const b = order.slice(i, i + batchSize);
+    if (options.dropLast && b.length < batchSize) break;
+    out.push(b);
+  }
+  return out;
+}
+
+/**
+ * Iterates `loaders` in order while keeping up to `depth` of them running
+ * ahead, so the work of batch i+1 overlaps the compute of batch i.
+ */
+export async function* prefetch<T>(loaders: Iterable<() => Promise<T>>, depth = 2): AsyncGenerator<T> {
+  const queue: Promise<T>[] = [];
+  const it = loaders[Symbol.iterator]();
+  const fill = () => {
+    while (queue.length < depth) {
+      const next = it.next();
+      if (next.done) return;
+      const p = next.value();
+      p.catch(() => {}); // handled when awaited
+      queue.push(p);
+    }
+  };
+  fill();
+  while (queue.length) {
+    const value = await queue.shift()!;
+    fill();
+    yield value;
+  }
+}
+
+/** A batch of preprocessed images. */
+export interface ImageBatch {
+  /** `[n, 3, size, size]` normalised inputs. */
+  data: Float32Array;
+  /** Images in the batch (after skipping bad ones). */
+  n: number;
+  /** Indices (into the caller's list) of the images in `data`, in order. */
+  indices: number[];
+  /** Images that failed to load with `skipBad`: path and reason. */
+  skipped: { path: string; reason: string }[];
+}
+
+/** A bounded in-memory cache of preprocessed model inputs keyed by path. */
+export class InputCache {
+  #map = new Map<string, Float32Array>();
+  #bytes = 0;
+  readonly #maxBytes: number;
+
+  /** Creates a cache holding at most `maxBytes` (default 1 GiB). */
+  constructor(maxBytes = 2 ** 30) {
+    this.#maxBytes = maxBytes;
+  }
+
+  /** A cached input, if present. */
+  get(key: string): Float32Array | undefined {
+    return this.#map.get(key);
+  }
+
+  /** Stores an input unless the cache is full. */
+  set(key: string, value: Float32Array): void {
+    if (this.#map.has(key) || this.#bytes + value.byteLength > this.#maxBytes) return;
+    this.#map.set(key, value);
+    this.#bytes += value.byteLength;
+  }
+}
+
+/**
+ * Loads and preprocesses images into one batch. `augment` (an Rng) applies
+ * the probing augmentations; without it, inputs may be served from `cache`.
+ */
+export async function loadImageBatch(
+  paths: string[],
+  indices: number[],
+  spec: PreprocessSpec,
+  options: { augment?: Rng; skipBad?: boolean; cache?: InputCache } = {},
+): Promise<ImageBatch> {
+  const plane = 3 * spec.size * spec.size;
+  const inputs: (Float32Array | undefined)[] = [];
+  const skipped: { path: string; reason: string }[] = [];
+  // Decode all images of the batch concurrently; augmentation draws happen afterwards, in order.
+  const decoded = await Promise.all(indices.map(async (i) => {
+    const path = paths[i];
+    if (!options.augment && options.cache?.get(path)) return { cached: options.cache.get(path)! };
+    try {
+      return { img: await loadGreyImage(path) };
+    } catch (err) {
+      if (options.skipBad && err instanceof DatasetError) return { error: err.message };
+      throw err;
+    }
+  }));
+  const kept: number[] = [];
+  decoded.forEach((d, k) => {
+    const path = paths[indices[k]];
+    if ("error" in d) {
+      skipped.push({ path, reason: d.error! });
+      return;
+    }
+    const x = "cached" in d ? d.cached! : toModelInput(d.img!, spec, { augment: options.augment });
+    if (!options.augment && !("cached" in d)) options.cache?.set(path, x);
+    inputs.push(x);
+    kept.push(indices[k]);
+  });
+  const data = new Float32Array(inputs.length * plane);
+  inputs.forEach((x, k) => data.set(x!, k * plane));
+  return { data, n: inputs.length, indices: kept, skipped };
+}

@@ -1,0 +1,125 @@
+/**
+ * Resampling that matches the authors' two resizes (method notes §1.3, §2.5):
+ * - refinement: torchvision `Resize(BICUBIC)` on a tensor = `F.interpolate(mode="bicubic",
+ *   align_corners=False)` (cubic a = −0.75, no antialias, edge-clamped);
+ * - probing: torchvision `Resize(BILINEAR)` on a PIL image = PIL's bilinear
+ *   (triangle) filter, antialiased when shrinking.
+ * @module
+ */
+import type { GreyImage } from "./image.ts";
+
+/** Resize kernels. */
+export type ResizeMode = "bicubic" | "bilinear";
+
+function torchCubicWeights(t: number): [number, number, number, number] {
+  const A = -0.75;
+  const w0 = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A;
+  const w1 = ((A + 2) * t - (A + 3)) * t * t + 1;
+  const w2 = ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1;
+  return [w0, w1, w2, 1 - w0 - w1 - w2];
+}
+
+/** Per-output-index taps `{index, weight}` along one axis. */
+type Taps = { idx: Int32Array; w: Float32Array; n: number };
+
+function torchBicubicTaps(inSize: number, outSize: number): Taps {
+  const idx = new Int32Array(outSize * 4);
+  const w = new Float32Array(outSize * 4);
+  const scale = inSize / outSize;
+  for (let o = 0; o < outSize; o++) {
+    const src = (o + 0.5) * scale - 0.5;
+    const f = Math.floor(src);
+    const ws = torchCubicWeights(src - f);
+    for (let k = 0; k < 4; k++) {
+      idx[o * 4 + k] = Math.min(inSize - 1, Math.max(0, f - 1 + k));
+      w[o * 4 + k] = ws[k];
+    }
+  }
+  return { idx, w, n: 4 };
+}
+
+/** PIL's `ImagingResample` coefficients for the bilinear (triangle) filter. */
+function pilBilinearTaps(inSize: number, outSize: number): Taps {
+  const scale = inSize / outSize;
+  const filterscale = Math.max(scale, 1);
+  const support = 1 * filterscale;
+  const n = Math.ceil(support) * 2 + 1;
+  const idx = new Int32Array(outSize * n);
+  const w = new Float32Array(outSize * n);
+  for (let o = 0; o < outSize; o++) {
+    const center = (o + 0.5) * scale;
+    let xmin = Math.floor(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    let xmax = Math.floor(center + support + 0.5);
+    if (xmax > inSize) xmax = inSize;
+    const ww: number[] = [];
+    let total = 0;
+    for (let x = xmin; x < xmax; x++) {
+      const t = Math.abs((x - center + 0.5) / filterscale);
+      const v = t < 1 ? 1 - t : 0;
+      ww.push(v);
+      total += v;
+    }
+    for (let k = 0; k < n; k++) {
+      const x = xmin + k;
+      idx[o * n + k] = Math.min(inSize - 1, x);
+      w[o * n + k] = k < ww.length && total !== 0 ? ww[k] / total : 0;
+    }
+  }
+  return { idx, w, n };
+}
+
+function resample(img: GreyImage, outW: number, outH: number, tx: Taps, ty: Taps, round8bit: boolean): GreyImage {
+  const { width: W, height: H, data } = img;
+  const tmp = new Float32Array(outW * H);
+  for (let y = 0; y < H; y++) {
+    for (let o = 0; o < outW; o++) {
+      let s = 0;
+      for (let k = 0; k < tx.n; k++) s += tx.w[o * tx.n + k] * data[y * W + tx.idx[o * tx.n + k]];
+      tmp[y * outW + o] = round8bit ? Math.min(1, Math.max(0, Math.round(s * 255) / 255)) : s;
+    }
+  }
+  const out = new Float32Array(outW * outH);
+  for (let o = 0; o < outH; o++) {
+    for (let x = 0; x < outW; x++) {
+      let s = 0;
+      for (let k = 0; k < ty.n; k++) s += ty.w[o * ty.n + k] * tmp[ty.idx[o * ty.n + k] * outW + x];
+      out[o * outW + x] = round8bit ? Math.min(1, Math.max(0, Math.round(s * 255) / 255)) : s;
+    }
+  }
+  return { width: outW, height: outH, data: out };
+}
+
+/**
+ * Resizes a grey image. `bicubic` follows PyTorch's tensor interpolation;
+ * `bilinear` follows PIL (set `pil8bit` to round each pass to 8 bits, as PIL
+ * does for an 8-bit "L" image).
+ */
+export function resizeGrey(
+  img: GreyImage,
+  width: number,
+  height: number,
+  mode: ResizeMode,
+  options: { pil8bit?: boolean } = {},
+): GreyImage {
+  if (img.width === width && img.height === height) return { width, height, data: img.data.slice() };
+  if (mode === "bicubic") {
+    return resample(
+      img,
+      width,
+      height,
+      torchBicubicTaps(img.width, width),
+      torchBicubicTaps(img.height, height),
+      false,
+    );
+  }
+  // PIL resamples horizontally first only if the width changes, then vertically.
+  return resample(
+    img,
+    width,
+    height,
+    pilBilinearTaps(img.width, width),
+    pilBilinearTaps(img.height, height),
+    !!options.pil8bit,
+  );
+}
