@@ -9,7 +9,7 @@
  */
 import { type BackendName, BACKENDS, setupBackend } from "../src/backend/mod.ts";
 import { tf } from "../src/backend/tf.ts";
-import { createVit, vitBlock, vitPreset } from "../src/encoders/mod.ts";
+import { createVit, disposeParams, vitBlock, vitFeatures, vitPreset } from "../src/encoders/mod.ts";
 import { parseCli, runMain } from "../src/util/cli.ts";
 import { Rng } from "../src/util/rng.ts";
 
@@ -110,7 +110,7 @@ async function main() {
         type: "string",
         valueName: "<list>",
         description: "Comma-separated sections to run.",
-        default: "matmul,vit,data,io",
+        default: "matmul,vit,encode,data,io",
       },
       backends: {
         type: "string",
@@ -150,6 +150,24 @@ async function main() {
       batch,
       tokens: 197,
       backward: true,
+    });
+  }
+  const encodeModels = sections.has("encode")
+    ? (quick ? [["vitb", "visionfm"]] : [["vitb", "visionfm"], ["vitl", "retfound"]]) as [
+      string,
+      "visionfm" | "retfound",
+    ][]
+    : [];
+  for (const [tag, preset] of encodeModels) {
+    const c = vitPreset(preset);
+    jobs.push({
+      kind: "vit_encode",
+      name: `encode_${tag}16_b8`,
+      dim: c.embedDim,
+      heads: c.numHeads,
+      depth: c.depth,
+      batch: 8,
+      repeats: quick ? 1 : 2,
     });
   }
   let decodePaths: string[] = [];
@@ -221,6 +239,30 @@ async function main() {
         const s = await timeIt(work.run, backend === "cpu" ? 1 : quick ? 1 : 3);
         work.dispose();
         report({ name, backend, seconds: s }, name);
+      }
+    }
+  }
+  if (encodeModels.length) {
+    for (const backend of backends.filter((b) => b !== "cpu")) {
+      try {
+        await setupBackend({ backend, log: null });
+      } catch {
+        continue;
+      }
+      for (const [tag, preset] of encodeModels) {
+        const model = createVit(vitPreset(preset), { init: "zeros" });
+        const x = tf.randomNormal([8, 3, 224, 224]);
+        const s = await timeIt(() => {
+          const y = tf.tidy(() => vitFeatures(model, x, "all"));
+          y.dataSync();
+          y.dispose();
+        }, quick ? 1 : 2);
+        x.dispose();
+        disposeParams(model.params);
+        report(
+          { name: `encode_${tag}16_b8`, backend, seconds: s, extra: { images_per_s: +(8 / s).toFixed(2) } },
+          `encode_${tag}16_b8`,
+        );
       }
     }
   }

@@ -77,6 +77,22 @@ for job in spec["jobs"]:
         else:
             with torch.no_grad():
                 emit(job["name"], timeit(lambda: blocks(x), job.get("repeats", 3)))
+    elif kind == "vit_encode":
+        # Full ViT forward (patch embed, CLS, pos embed, blocks, final norm), batch of 224 px images.
+        dim, heads, depth, batch = job["dim"], job["heads"], job["depth"], job["batch"]
+        blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        patch = nn.Conv2d(3, dim, 16, 16)
+        cls = torch.zeros(1, 1, dim)
+        pos = torch.zeros(1, 197, dim)
+        norm = nn.LayerNorm(dim, eps=1e-6)
+        x = torch.randn(batch, 3, 224, 224)
+
+        def encode():
+            h = patch(x).flatten(2).transpose(1, 2)
+            h = torch.cat([cls.expand(batch, -1, -1), h], 1) + pos
+            return norm(blocks(h))
+        with torch.no_grad():
+            emit(job["name"], timeit(encode, job.get("repeats", 2)), images=batch)
     elif kind == "decode":
         # The authors' probing path: PIL open → Resize(224, BILINEAR) → Grayscale → ToTensor → RGB → Normalize.
         from PIL import Image

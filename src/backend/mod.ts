@@ -26,3 +26,4 @@ export {
 export { createBlasGemm, createOrtGemm, defaultBlasCandidates, type Gemm, type GemmSpec } from "./gemm.ts";
 export { activeMatMulGemm, installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 export type { Tensor, Variable } from "./tf.ts";
+export { fusedGelu, fusedLayerNorm, fusedSoftmax, installFusedKernels, uninstallFusedKernels } from "./fused.ts";

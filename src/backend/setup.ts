@@ -11,6 +11,7 @@ import { BackendError } from "../util/errors.ts";
 import { tf } from "./tf.ts";
 import { createBlasGemm, createOrtGemm, type Gemm, resolvableFromCwd } from "./gemm.ts";
 import { installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
+import { installFusedKernels, uninstallFusedKernels } from "./fused.ts";
 
 /** The backends this package knows, in `auto` order. */
 export const BACKENDS = ["tfjs-node-gpu", "tfjs-node", "cpu-onnx", "cpu-blas", "cpu"] as const;
@@ -77,8 +78,14 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
   if (!(await tf.setBackend("cpu"))) throw new BackendError(`tfjs "cpu" backend did not initialise`);
   // tfjs prints a banner recommending tfjs-node on first use; we already report our choice.
   (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
-  if (gemm) installMatMulKernels(gemm);
-  else restoreMatMulKernels();
+  if (gemm) {
+    installMatMulKernels(gemm);
+    installFusedKernels();
+  } else {
+    // Plain `cpu` is tfjs as shipped: its own kernels and composite ops.
+    restoreMatMulKernels();
+    uninstallFusedKernels();
+  }
 }
 
 async function setupOne(name: BackendName, threads: number | undefined): Promise<BackendInfo> {

@@ -5,6 +5,7 @@
  * @module
  */
 import { tf } from "../backend/tf.ts";
+import { fusedGelu, fusedLayerNorm, fusedSoftmax } from "../backend/fused.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
 import type { Rng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
@@ -125,12 +126,7 @@ export function layerNorm(
   bias: Tensor | undefined,
   eps: number,
 ): Tensor {
-  const axis = x.rank - 1;
-  const { mean, variance } = tf.moments(x, axis, true);
-  let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
-  if (weight) y = tf.mul(y, weight);
-  if (bias) y = tf.add(y, bias);
-  return y;
+  return fusedLayerNorm(x, weight, bias, eps);
 }
 
 /** LayerNorm by parameter prefix. */
@@ -140,7 +136,7 @@ export function layerNormP(params: Params, prefix: string, x: Tensor, eps: numbe
 
 /** Exact (erf) GELU, `nn.GELU()`: 0.5·x·(1 + erf(x/√2)). */
 export function gelu(x: Tensor): Tensor {
-  return tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1));
+  return fusedGelu(x);
 }
 
 /**
@@ -158,9 +154,7 @@ export function attention(
   dropProbs?: (probs: Tensor) => Tensor,
 ): { context: Tensor; probs: Tensor } {
   const d = q.shape[q.rank - 1] as number;
-  let scores = tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(d));
-  if (additiveMask) scores = tf.add(scores, additiveMask);
-  const probs = tf.softmax(scores);
+  const probs = fusedSoftmax(tf.matMul(q, k, false, true), 1 / Math.sqrt(d), additiveMask);
   return { context: tf.matMul(dropProbs ? dropProbs(probs) : probs, v), probs };
 }
 

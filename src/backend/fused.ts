@@ -1,0 +1,359 @@
+/**
+ * Fused elementwise kernels for the `cpu` backend: LayerNorm, exact GELU and a
+ * scaled, masked softmax, each one pass over memory with a hand-written
+ * gradient kernel, plus a faster Transpose. tfjs builds these from chains of
+ * generic broadcasting ops, each allocating a buffer; on a CPU those chains,
+ * not the matrix products, dominate a transformer step.
+ *
+ * The ops in this file pick the fused kernel when the active backend is
+ * `cpu` and fall back to the equivalent composite tfjs ops elsewhere.
+ * @module
+ */
+import { tf } from "./tf.ts";
+import type { Tensor } from "./tf.ts";
+
+type TensorInfo = { dataId: object; shape: number[]; dtype: string };
+type CpuBackend = {
+  data: { get(id: object): { values: unknown } };
+  makeTensorInfo(shape: number[], dtype: string, values?: unknown): TensorInfo;
+};
+type KernelArgs = {
+  inputs: Record<string, TensorInfo | undefined>;
+  backend: CpuBackend;
+  attrs?: Record<string, unknown>;
+};
+
+const vals = (b: CpuBackend, t: TensorInfo) => b.data.get(t.dataId).values as Float32Array;
+
+// ------------------------------------------------------------------ erf (Abramowitz & Stegun 7.1.26, |err| < 1.5e-7, as tfjs)
+const ERF_P = 0.3275911;
+const A1 = 0.254829592, A2 = -0.284496736, A3 = 1.421413741, A4 = -1.453152027, A5 = 1.061405429;
+
+function erf(x: number): number {
+  const s = x < 0 ? -1 : 1;
+  const a = Math.abs(x);
+  const t = 1 / (1 + ERF_P * a);
+  return s * (1 - ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t * Math.exp(-a * a));
+}
+
+// ------------------------------------------------------------------ LayerNorm
+function layerNormKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const { x, gamma, beta } = inputs;
+  const eps = attrs!.eps as number;
+  const X = vals(backend, x!);
+  const G = gamma ? vals(backend, gamma) : undefined;
+  const Bv = beta ? vals(backend, beta) : undefined;
+  const d = x!.shape[x!.shape.length - 1];
+  const rows = X.length / d;
+  const Y = new Float32Array(X.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * d;
+    let mean = 0;
+    for (let i = 0; i < d; i++) mean += X[o + i];
+    mean /= d;
+    let v = 0;
+    for (let i = 0; i < d; i++) {
+      const c = X[o + i] - mean;
+      v += c * c;
+    }
+    const rstd = 1 / Math.sqrt(v / d + eps);
+    for (let i = 0; i < d; i++) {
+      let y = (X[o + i] - mean) * rstd;
+      if (G) y *= G[i];
+      if (Bv) y += Bv[i];
+      Y[o + i] = y;
+    }
+  }
+  return backend.makeTensorInfo(x!.shape, "float32", Y);
+}
+
+function layerNormGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo[] {
+  const { dy, x, gamma } = inputs;
+  const eps = attrs!.eps as number;
+  const X = vals(backend, x!);
+  const DY = vals(backend, dy!);
+  const G = gamma ? vals(backend, gamma) : undefined;
+  const d = x!.shape[x!.shape.length - 1];
+  const rows = X.length / d;
+  const DX = new Float32Array(X.length);
+  const DG = new Float64Array(d);
+  const DB = new Float64Array(d);
+  const xhat = new Float32Array(d);
+  for (let r = 0; r < rows; r++) {
+    const o = r * d;
+    let mean = 0;
+    for (let i = 0; i < d; i++) mean += X[o + i];
+    mean /= d;
+    let v = 0;
+    for (let i = 0; i < d; i++) {
+      const c = X[o + i] - mean;
+      v += c * c;
+    }
+    const rstd = 1 / Math.sqrt(v / d + eps);
+    let sumG = 0;
+    let sumGx = 0;
+    for (let i = 0; i < d; i++) {
+      const xh = (X[o + i] - mean) * rstd;
+      xhat[i] = xh;
+      const g = DY[o + i] * (G ? G[i] : 1);
+      sumG += g;
+      sumGx += g * xh;
+      DG[i] += DY[o + i] * xh;
+      DB[i] += DY[o + i];
+    }
+    for (let i = 0; i < d; i++) {
+      const g = DY[o + i] * (G ? G[i] : 1);
+      DX[o + i] = rstd * (g - sumG / d - (xhat[i] * sumGx) / d);
+    }
+  }
+  return [
+    backend.makeTensorInfo(x!.shape, "float32", DX),
+    backend.makeTensorInfo([d], "float32", Float32Array.from(DG)),
+    backend.makeTensorInfo([d], "float32", Float32Array.from(DB)),
+  ];
+}
+
+// ------------------------------------------------------------------ GELU (exact, erf)
+function geluKernel({ inputs, backend }: KernelArgs): TensorInfo {
+  const X = vals(backend, inputs.x!);
+  const Y = new Float32Array(X.length);
+  for (let i = 0; i < X.length; i++) {
+    const v = X[i];
+    Y[i] = 0.5 * v * (1 + erf(v * Math.SQRT1_2));
+  }
+  return backend.makeTensorInfo(inputs.x!.shape, "float32", Y);
+}
+
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+function geluGradKernel({ inputs, backend }: KernelArgs): TensorInfo {
+  const X = vals(backend, inputs.x!);
+  const DY = vals(backend, inputs.dy!);
+  const DX = new Float32Array(X.length);
+  for (let i = 0; i < X.length; i++) {
+    const v = X[i];
+    DX[i] = DY[i] * (0.5 * (1 + erf(v * Math.SQRT1_2)) + v * Math.exp(-0.5 * v * v) * INV_SQRT_2PI);
+  }
+  return backend.makeTensorInfo(inputs.x!.shape, "float32", DX);
+}
+
+// ------------------------------------------------------------------ softmax(scale * x + mask) over the last axis
+/** Offset of row `row` of `[B, H, Lq, Lk]` scores in a mask of shape `[B or 1, 1, Lq or 1, Lk]`. */
+function maskRowOffset(maskShape: number[], xShape: number[], row: number): number {
+  const [, H, Lq, Lk] = xShape;
+  const b = maskShape[0] === 1 ? 0 : Math.floor(row / (H * Lq));
+  const q = maskShape[2] === 1 ? 0 : row % Lq;
+  return (b * maskShape[2] + q) * Lk;
+}
+
+function softmaxKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const { x, mask } = inputs;
+  const scale = attrs!.scale as number;
+  const X = vals(backend, x!);
+  const M = mask ? vals(backend, mask) : undefined;
+  const n = x!.shape[x!.shape.length - 1];
+  const rows = X.length / n;
+  const Y = new Float32Array(X.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * n;
+    const mo = M ? maskRowOffset(mask!.shape, x!.shape, r) : 0;
+    let max = -Infinity;
+    for (let i = 0; i < n; i++) {
+      const v = X[o + i] * scale + (M ? M[mo + i] : 0);
+      Y[o + i] = v;
+      if (v > max) max = v;
+    }
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      const e = Math.exp(Y[o + i] - max);
+      Y[o + i] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let i = 0; i < n; i++) Y[o + i] *= inv;
+  }
+  return backend.makeTensorInfo(x!.shape, "float32", Y);
+}
+
+function softmaxGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const scale = attrs!.scale as number;
+  const Y = vals(backend, inputs.y!);
+  const DY = vals(backend, inputs.dy!);
+  const n = inputs.y!.shape[inputs.y!.shape.length - 1];
+  const DX = new Float32Array(Y.length);
+  for (let o = 0; o < Y.length; o += n) {
+    let dot = 0;
+    for (let i = 0; i < n; i++) dot += DY[o + i] * Y[o + i];
+    for (let i = 0; i < n; i++) DX[o + i] = scale * Y[o + i] * (DY[o + i] - dot);
+  }
+  return backend.makeTensorInfo(inputs.y!.shape, "float32", DX);
+}
+
+// ------------------------------------------------------------------ Transpose (any rank ≤ 6, any dtype with a typed array)
+function transposeKernel(args: KernelArgs): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const x = inputs.x!;
+  const perm = attrs!.perm as number[];
+  const X = backend.data.get(x.dataId).values as Float32Array;
+  if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") {
+    return (originalTranspose!.kernelFunc as unknown as (a: KernelArgs) => TensorInfo)(args);
+  }
+  const rank = x.shape.length;
+  const outShape = perm.map((p) => x.shape[p]);
+  const inStrides = new Array(rank).fill(1);
+  for (let d = rank - 2; d >= 0; d--) inStrides[d] = inStrides[d + 1] * x.shape[d + 1];
+  const srcStride = perm.map((p) => inStrides[p]);
+  const Y = new (X.constructor as Float32ArrayConstructor)(X.length);
+  if (X.length === 0) return backend.makeTensorInfo(outShape, x.dtype, Y);
+  // Walk the output in order; the innermost output axis is copied with a strided loop.
+  const last = rank - 1;
+  const inner = outShape[last];
+  const innerStride = srcStride[last];
+  const idx = new Array(rank).fill(0);
+  let src = 0;
+  for (let o = 0; o < Y.length; o += inner) {
+    let s = src;
+    for (let i = 0; i < inner; i++, s += innerStride) Y[o + i] = X[s];
+    for (let d = last - 1; d >= 0; d--) {
+      idx[d]++;
+      src += srcStride[d];
+      if (idx[d] < outShape[d]) break;
+      src -= srcStride[d] * outShape[d];
+      idx[d] = 0;
+    }
+  }
+  return backend.makeTensorInfo(outShape, x.dtype, Y);
+}
+
+let originalTranspose: tf.KernelConfig | undefined;
+let installed = false;
+
+/** Registers the fused kernels and their gradients on the `cpu` backend (idempotent). */
+export function installFusedKernels(): void {
+  if (installed) return;
+  const reg = (kernelName: string, kernelFunc: unknown) => {
+    if (tf.getKernel(kernelName, "cpu")) tf.unregisterKernel(kernelName, "cpu");
+    tf.registerKernel({ kernelName, backendName: "cpu", kernelFunc: kernelFunc as tf.KernelFunc });
+  };
+  reg("RetfinerLayerNorm", layerNormKernel);
+  reg("RetfinerLayerNormGrad", layerNormGradKernel);
+  reg("RetfinerGelu", geluKernel);
+  reg("RetfinerGeluGrad", geluGradKernel);
+  reg("RetfinerSoftmax", softmaxKernel);
+  reg("RetfinerSoftmaxGrad", softmaxGradKernel);
+  originalTranspose = tf.getKernel("Transpose", "cpu");
+  reg("Transpose", transposeKernel);
+  tf.registerGradient({
+    kernelName: "RetfinerLayerNorm",
+    inputsToSave: ["x", "gamma"],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, gamma] = saved as Tensor[];
+      const [dx, dgamma, dbeta] = tf.engine().runKernel(
+        "RetfinerLayerNormGrad",
+        { dy: dy as Tensor, x, gamma },
+        attrs,
+      ) as Tensor[];
+      return { x: () => dx, gamma: () => dgamma, beta: () => dbeta };
+    },
+  });
+  tf.registerGradient({
+    kernelName: "RetfinerGelu",
+    inputsToSave: ["x"],
+    gradFunc: (dy, saved) => ({
+      x: () => tf.engine().runKernel("RetfinerGeluGrad", { dy: dy as Tensor, x: (saved as Tensor[])[0] }) as Tensor,
+    }),
+  });
+  reg("RetfinerMaskedSoftmax", softmaxKernel);
+  tf.registerGradient({
+    kernelName: "RetfinerSoftmax",
+    outputsToSave: [true],
+    gradFunc: (dy, saved, attrs) => ({
+      x: () =>
+        tf.engine().runKernel("RetfinerSoftmaxGrad", { dy: dy as Tensor, y: (saved as Tensor[])[0] }, attrs) as Tensor,
+    }),
+  });
+  tf.registerGradient({
+    kernelName: "RetfinerMaskedSoftmax",
+    inputsToSave: ["mask"],
+    outputsToSave: [true],
+    gradFunc: (dy, saved, attrs) => {
+      const [mask, y] = saved as Tensor[];
+      return {
+        x: () => tf.engine().runKernel("RetfinerSoftmaxGrad", { dy: dy as Tensor, y }, attrs) as Tensor,
+        // The mask is an additive constant; it gets no gradient.
+        mask: () => tf.zerosLike(mask),
+      };
+    },
+  });
+  installed = true;
+}
+
+/** Restores tfjs's own Transpose (the fused ops then take their composite path). */
+export function uninstallFusedKernels(): void {
+  if (!installed) return;
+  tf.unregisterKernel("Transpose", "cpu");
+  tf.registerKernel(originalTranspose!);
+  for (
+    const k of [
+      "RetfinerLayerNorm",
+      "RetfinerLayerNormGrad",
+      "RetfinerGelu",
+      "RetfinerGeluGrad",
+      "RetfinerSoftmax",
+      "RetfinerMaskedSoftmax",
+      "RetfinerSoftmaxGrad",
+    ]
+  ) {
+    tf.unregisterKernel(k, "cpu");
+  }
+  installed = false;
+}
+
+function fusedAvailable(x: Tensor): boolean {
+  return installed && x.dtype === "float32" && tf.getBackend() === "cpu";
+}
+
+/** LayerNorm over the last axis (biased variance), as `nn.LayerNorm`; `gamma`/`beta` optional. */
+export function fusedLayerNorm(x: Tensor, gamma: Tensor | undefined, beta: Tensor | undefined, eps: number): Tensor {
+  if (fusedAvailable(x) && (!gamma || gamma.rank === 1) && (!beta || beta.rank === 1)) {
+    // The kernel always takes gamma and beta (tfjs cannot save an absent input for the gradient).
+    const d = x.shape[x.rank - 1];
+    return tf.tidy(() =>
+      tf.engine().runKernel("RetfinerLayerNorm", { x, gamma: gamma ?? tf.ones([d]), beta: beta ?? tf.zeros([d]) }, {
+        eps,
+      }) as Tensor
+    );
+  }
+  return tf.tidy(() => {
+    const { mean, variance } = tf.moments(x, x.rank - 1, true);
+    let y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+    if (gamma) y = tf.mul(y, gamma);
+    if (beta) y = tf.add(y, beta);
+    return y;
+  });
+}
+
+/** Exact GELU, `0.5·x·(1 + erf(x/√2))`. */
+export function fusedGelu(x: Tensor): Tensor {
+  if (fusedAvailable(x)) return tf.engine().runKernel("RetfinerGelu", { x }) as Tensor;
+  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
+}
+
+/**
+ * `softmax(scale·x + mask)` over the last axis of `[B, H, Lq, Lk]` scores; `mask`
+ * (additive, no gradient) broadcasts from `[B or 1, 1, Lq or 1, Lk]`.
+ */
+export function fusedSoftmax(x: Tensor, scale: number, mask?: Tensor): Tensor {
+  const maskOk = !mask || (mask.rank === 4 && x.rank === 4 && mask.shape[1] === 1 && mask.shape[3] === x.shape[3] &&
+    (mask.shape[0] === 1 || mask.shape[0] === x.shape[0]) && (mask.shape[2] === 1 || mask.shape[2] === x.shape[2]));
+  if (fusedAvailable(x) && maskOk && (!mask || mask.dtype === "float32")) {
+    return (mask
+      ? tf.engine().runKernel("RetfinerMaskedSoftmax", { x, mask }, { scale })
+      : tf.engine().runKernel("RetfinerSoftmax", { x }, { scale })) as Tensor;
+  }
+  return tf.tidy(() => {
+    let s = scale === 1 ? x : tf.mul(x, scale);
+    if (mask) s = tf.add(s, mask);
+    return tf.softmax(s);
+  });
+}

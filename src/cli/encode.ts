@@ -1,0 +1,152 @@
+/** `deno task encode`: features of B-scans from a vision encoder, to .npy or .safetensors. */
+import { join } from "node:path";
+import { tf } from "../backend/tf.ts";
+import { featureDim, loadVit, type TokenMode, type VitFamily, vitFeatures } from "../encoders/mod.ts";
+import {
+  batchIndices,
+  isImagePath,
+  loadImageBatch,
+  prefetch,
+  readPairManifest,
+  refinementSpec,
+} from "../dataset/mod.ts";
+import { writeNpy, writeSafetensors } from "../io/mod.ts";
+import { numberFlag, parseCli, runMain } from "../util/cli.ts";
+import { DatasetError, UsageError } from "../util/errors.ts";
+import { ProgressBar } from "../util/progress.ts";
+import { writeFileAtomic } from "../util/fs.ts";
+import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+
+async function listImages(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    const p = join(dir, e.name);
+    if (e.isDirectory) out.push(...await listImages(p));
+    else if (e.isFile && isImagePath(e.name)) out.push(p);
+  }
+  return out;
+}
+
+/** Resolves `--input` to image paths: one image, a folder (recursive, sorted) or a manifest. */
+export async function resolveInputs(input: string): Promise<string[]> {
+  let stat: Deno.FileInfo;
+  try {
+    stat = await Deno.stat(input);
+  } catch {
+    throw new DatasetError(`${input}: input not found`);
+  }
+  if (stat.isDirectory) {
+    const paths = (await listImages(input)).sort();
+    if (paths.length === 0) {
+      throw new DatasetError(`${input}: no images (${[".png", ".jpg", ".tif", ".bmp", ".npy"].join(", ")}) found`);
+    }
+    return paths;
+  }
+  if (isImagePath(input)) return [input];
+  if (/\.(csv|jsonl|ndjson)$/i.test(input)) {
+    const head = (await Deno.readTextFile(input)).split(/\r?\n/, 1)[0];
+    const imageColumn = /(^|,|")path("|,|$)/.test(head) && !/(^|,|")image("|,|$)/.test(head) ? "path" : "image";
+    const { records } = await readPairManifest(input, { imageColumn, textColumn: imageColumn });
+    return records.map((r) => r.image);
+  }
+  throw new DatasetError(`${input}: not an image, folder or manifest (.csv/.jsonl)`);
+}
+
+await runMain(async () => {
+  const { values } = parseCli(Deno.args, {
+    usage: "deno task encode",
+    summary:
+      "Encodes B-scans with a vision encoder and writes float32 features: [images, tokens, dim] for --tokens all, " +
+      "[images, dim] for cls and concat. Images are preprocessed with the model's RetFiner recipe (grey, /255, bicubic " +
+      "resize to the model's size, 3 channels, the model's mean/std). For a folder, images are taken recursively in " +
+      "sorted path order; the order is written to <out>.paths.txt.",
+    flags: {
+      weights: {
+        type: "string",
+        valueName: "<file>",
+        description: "Vision encoder weights (.pth, .safetensors, .ckpt) in any supported layout.",
+      },
+      arch: {
+        type: "string",
+        valueName: "<arch>",
+        description: "Model family.",
+        choices: ["auto", "retfound", "visionfm", "urfound", "timm"],
+        default: "auto",
+      },
+      input: {
+        type: "string",
+        valueName: "<path>",
+        description: "An image, a folder of images, or a manifest (.csv/.jsonl with an image or path column).",
+      },
+      tokens: {
+        type: "string",
+        valueName: "<mode>",
+        description:
+          "all: every token where the family's recipe takes them (RETFound: after the final norm, before proj); " +
+          "cls: token 0 of those; concat: the probing representation [mean(patches) ‖ CLS] (VisionFM: [CLS ‖ mean]).",
+        choices: ["all", "cls", "concat"],
+        default: "cls",
+      },
+      out: { type: "string", valueName: "<file>", description: "Output .npy or .safetensors file." },
+      batch: { type: "string", valueName: "<n>", description: "Images per forward pass.", default: "8" },
+      heads: {
+        type: "string",
+        valueName: "<n>",
+        description: "Attention heads, if not width/64 (not stored in weights).",
+      },
+      "no-strict": {
+        type: "boolean",
+        description: "Load matching keys only instead of failing on mismatched weights.",
+      },
+      ...BACKEND_FLAG,
+    },
+    examples: [
+      "deno task encode --weights RETFound_oct_weights.pth --input scans/ --tokens concat --out feats.npy",
+      "deno task encode --weights data/models/visionfm-standin.safetensors --input scan.png --tokens all --out tokens.safetensors",
+    ],
+  });
+  for (const f of ["weights", "input", "out"]) if (!values[f]) throw new UsageError(`--${f} is required (see --help)`);
+  const out = String(values.out);
+  if (!/\.(npy|safetensors)$/.test(out)) throw new UsageError(`--out must end in .npy or .safetensors, got ${out}`);
+  const batch = numberFlag(values, "batch", { integer: true, min: 1 })!;
+  await backendFromFlags(values);
+  const { model, mapped } = loadVit(String(values.weights), {
+    arch: values.arch as VitFamily | "auto",
+    numHeads: numberFlag(values, "heads", { integer: true, min: 1 }),
+    strict: !values["no-strict"],
+  });
+  const c = model.config;
+  console.error(
+    `model: ${c.family} (${mapped.layout} layout) ViT ${c.embedDim}x${c.depth}, ${c.numHeads} heads, ${c.imgSize}px`,
+  );
+  const paths = await resolveInputs(String(values.input));
+  const mode = values.tokens as TokenMode;
+  const spec = refinementSpec(c.imgSize, { mean: c.mean, std: c.std });
+  const tokensPerImage = mode === "all" ? 1 + (c.imgSize / c.patchSize) ** 2 : 1;
+  const dim = featureDim(c, mode);
+  const perImage = tokensPerImage * dim;
+  const features = new Float32Array(paths.length * perImage);
+  const bar = new ProgressBar();
+  const batches = batchIndices(paths.length, batch);
+  let done = 0;
+  for await (const b of prefetch(batches.map((idx) => () => loadImageBatch(paths, idx, spec)), 2)) {
+    const y = tf.tidy(() => vitFeatures(model, tf.tensor(b.data, [b.n, 3, c.imgSize, c.imgSize]), mode));
+    features.set(y.dataSync() as Float32Array, b.indices[0] * perImage);
+    y.dispose();
+    done += b.n;
+    bar.update({ phase: "encode", done, total: paths.length });
+  }
+  bar.finish();
+  const shape = mode === "all" ? [paths.length, tokensPerImage, dim] : [paths.length, dim];
+  const tensor = { dtype: "F32" as const, shape, data: features };
+  if (out.endsWith(".npy")) await writeNpy(out, tensor);
+  else {
+    await writeSafetensors(out, new Map([["features", tensor]]), {
+      "retfiner.tokens": mode,
+      "retfiner.family": c.family,
+      "retfiner.weights": String(values.weights),
+    });
+  }
+  await writeFileAtomic(`${out}.paths.txt`, paths.join("\n") + "\n");
+  console.error(`wrote ${out}: float32 [${shape}] and ${out}.paths.txt`);
+});

@@ -1,0 +1,103 @@
+/** Fused kernels against tfjs's own composite ops: values and gradients. */
+import { assert, assertEquals, maxAbsDiff } from "../_assert.ts";
+import {
+  fusedGelu,
+  fusedLayerNorm,
+  fusedSoftmax,
+  installFusedKernels,
+  setupBackend,
+  uninstallFusedKernels,
+} from "../../src/backend/mod.ts";
+import { tf } from "../../src/backend/tf.ts";
+import { Rng } from "../../src/util/rng.ts";
+
+await setupBackend({ backend: "cpu-onnx", log: null });
+const rng = new Rng(42);
+const rand = (shape: number[], scale = 1) =>
+  tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * scale), shape);
+
+/** Value and gradients of `f` w.r.t. `xs`, computed with the fused kernels on or off. */
+function run(
+  fused: boolean,
+  xs: tf.Tensor[],
+  w: tf.Tensor,
+  f: (...t: tf.Tensor[]) => tf.Tensor,
+): { y: Float32Array; grads: Float32Array[] } {
+  if (fused) installFusedKernels();
+  else uninstallFusedKernels();
+  const g = tf.grads((...t: tf.Tensor[]) => tf.sum(tf.mul(f(...t), w)));
+  const y = f(...xs).dataSync() as Float32Array;
+  const grads = g(xs).map((t) => t.dataSync() as Float32Array);
+  installFusedKernels();
+  return { y, grads };
+}
+
+function compare(label: string, xs: tf.Tensor[], f: (...t: tf.Tensor[]) => tf.Tensor, tol = 2e-5) {
+  const w = rand(f(...xs).shape); // a random cotangent, so every output element matters
+  const a = run(true, xs, w, f);
+  const b = run(false, xs, w, f);
+  const dy = maxAbsDiff(a.y, b.y);
+  assert(dy < tol, `${label} value: ${dy}`);
+  a.grads.forEach((g, i) => {
+    const d = maxAbsDiff(g, b.grads[i]);
+    assert(d < tol * 10, `${label} grad ${i}: ${d}`);
+  });
+}
+
+Deno.test("fused LayerNorm equals the composite (moments) version, with and without affine, values and gradients", () => {
+  const x = rand([3, 5, 16], 2);
+  const g = rand([16]);
+  const b = rand([16]);
+  compare("ln affine", [x, g, b], (x, g, b) => fusedLayerNorm(x, g, b, 1e-6));
+  compare("ln plain", [x], (x) => fusedLayerNorm(x, undefined, undefined, 1e-12));
+});
+
+Deno.test("fused GELU equals 0.5·x·(1+erf(x/√2)) from tfjs ops, values and gradients", () => {
+  compare("gelu", [rand([4, 33], 3)], (x) => fusedGelu(x));
+});
+
+Deno.test("fused scaled/masked softmax equals tf.softmax(scale·x + mask), values and gradients", () => {
+  const x = rand([2, 3, 4, 6], 2);
+  compare("softmax", [x], (x) => fusedSoftmax(x, 0.25));
+  const padMask = tf.tensor([0, 0, -10000, 0, -10000, 0, 0, 0, 0, 0, 0, -10000], [2, 1, 1, 6]);
+  compare("softmax pad mask", [x], (x) => fusedSoftmax(x, 0.5, padMask));
+  const fullMask = tf.mul(tf.sub(1, tf.linalg.bandPart(tf.ones([4, 6]), -1, 0)), -10000).reshape([1, 1, 4, 6]);
+  compare("softmax causal mask", [x], (x) => fusedSoftmax(x, 1, fullMask as tf.Tensor));
+});
+
+Deno.test("fast Transpose equals tfjs's for every permutation used, any rank and dtype", () => {
+  const cases: [number[], number[]][] = [
+    [[2, 3], [1, 0]],
+    [[2, 3, 4, 5], [0, 2, 1, 3]],
+    [[2, 3, 4, 5, 6], [2, 0, 3, 1, 4]],
+    [[2, 1, 3, 4, 2, 3], [0, 2, 4, 1, 3, 5]],
+    [[0, 3], [1, 0]],
+  ];
+  for (const [shape, perm] of cases) {
+    for (const dtype of ["float32", "int32"] as const) {
+      const x = tf.cast(rand(shape, 10), dtype);
+      uninstallFusedKernels();
+      const ref = tf.transpose(x, perm);
+      installFusedKernels();
+      const got = tf.transpose(x, perm);
+      assertEquals(got.shape, ref.shape);
+      assertEquals(Array.from(got.dataSync()), Array.from(ref.dataSync()));
+    }
+  }
+});
+
+Deno.test("fused ops leak no tensors over a long loop", () => {
+  const x = rand([2, 4, 8]);
+  const g = rand([8]);
+  const before = tf.memory().numTensors;
+  for (let i = 0; i < 50; i++) {
+    tf.dispose(
+      tf.tidy(() =>
+        tf.grads((x: tf.Tensor) =>
+          tf.sum(fusedSoftmax(fusedGelu(fusedLayerNorm(x, g, undefined, 1e-6)).reshape([2, 1, 4, 8]), 0.5))
+        )([x])
+      ),
+    );
+  }
+  assertEquals(tf.memory().numTensors, before);
+});
