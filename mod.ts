@@ -20,6 +20,9 @@ export * from "./src/backend/mod.ts";
 export * from "./src/io/mod.ts";
 export * from "./src/dataset/mod.ts";
 export * from "./src/encoders/mod.ts";
+export * from "./src/losses/mod.ts";
+export * from "./src/refine/mod.ts";
+export * from "./src/probe/mod.ts";
 export {
   BackendError,
   CheckpointError,

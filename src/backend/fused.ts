@@ -225,7 +225,31 @@ function transposeKernel(args: KernelArgs): TensorInfo {
   return backend.makeTensorInfo(outShape, x.dtype, Y);
 }
 
+// ------------------------------------------------------------------ UnsortedSegmentSum (the gradient of gather / embedding lookup)
+function unsortedSegmentSumKernel(args: KernelArgs): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const x = inputs.x!;
+  const ids = backend.data.get(inputs.segmentIds!.dataId).values as Int32Array;
+  const numSegments = attrs!.numSegments as number;
+  const X = backend.data.get(x.dataId).values as Float32Array;
+  if (x.dtype !== "float32" || inputs.segmentIds!.shape.length !== 1 || inputs.segmentIds!.shape[0] !== x.shape[0]) {
+    return (originalSegmentSum!.kernelFunc as unknown as (a: KernelArgs) => TensorInfo)(args);
+  }
+  // tfjs builds one mask per segment (O(segments × rows)); summing rows by id is O(rows).
+  const row = x.shape.slice(1).reduce((a, b) => a * b, 1);
+  const out = new Float32Array(numSegments * row);
+  for (let i = 0; i < ids.length; i++) {
+    const s = ids[i];
+    if (s < 0 || s >= numSegments) continue;
+    const o = s * row;
+    const src = i * row;
+    for (let j = 0; j < row; j++) out[o + j] += X[src + j];
+  }
+  return backend.makeTensorInfo([numSegments, ...x.shape.slice(1)], "float32", out);
+}
+
 let originalTranspose: tf.KernelConfig | undefined;
+let originalSegmentSum: tf.KernelConfig | undefined;
 let installed = false;
 
 /** Registers the fused kernels and their gradients on the `cpu` backend (idempotent). */
@@ -243,6 +267,8 @@ export function installFusedKernels(): void {
   reg("RetfinerSoftmaxGrad", softmaxGradKernel);
   originalTranspose = tf.getKernel("Transpose", "cpu");
   reg("Transpose", transposeKernel);
+  originalSegmentSum = tf.getKernel("UnsortedSegmentSum", "cpu");
+  reg("UnsortedSegmentSum", unsortedSegmentSumKernel);
   tf.registerGradient({
     kernelName: "RetfinerLayerNorm",
     inputsToSave: ["x", "gamma"],
@@ -293,6 +319,8 @@ export function uninstallFusedKernels(): void {
   if (!installed) return;
   tf.unregisterKernel("Transpose", "cpu");
   tf.registerKernel(originalTranspose!);
+  tf.unregisterKernel("UnsortedSegmentSum", "cpu");
+  tf.registerKernel(originalSegmentSum!);
   for (
     const k of [
       "RetfinerLayerNorm",

@@ -20,6 +20,8 @@ export interface GreyImage {
   height: number;
   /** Intensities, nominally in [0, 1]. */
   data: Float32Array;
+  /** Bits per sample of the source (8, 16, or 32 for float arrays), when known. */
+  depth?: 8 | 16 | 32;
 }
 
 /** File extensions {@link loadGreyImage} accepts. */
@@ -80,7 +82,7 @@ export function decodeBmp(bytes: Uint8Array, name = "<bmp>"): GreyImage {
       data[y * width + x] = val;
     }
   }
-  return { width, height, data };
+  return { width, height, data, depth: 8 };
 }
 
 /** Scales float values like the authors' NaiveScalerChannel: / 255 or / 65535 only if they exceed 1. */
@@ -114,10 +116,11 @@ export function decodeNpyImage(bytes: Uint8Array, name = "<npy>"): GreyImage {
     for (let i = 0; i < n; i++) data[i] = src[i] as number;
     naiveScale(data);
   } else throw new DatasetError(`${name}: .npy dtype ${arr.descr} is not an image type (uint8, uint16, float32)`);
+  const depth = arr.descr === "<u1" ? 8 : arr.descr === "<u2" ? 16 : 32;
   for (let i = 0; i < n; i++) {
     if (!Number.isFinite(data[i])) throw new DatasetError(`${name}: .npy image contains non-finite values`);
   }
-  return { width, height, data };
+  return { width, height, data, depth };
 }
 
 /** Decodes image bytes by content (PNG, JPEG, TIFF, BMP, .npy). */
@@ -138,14 +141,14 @@ export async function decodeGreyImage(bytes: Uint8Array, name = "<image>"): Prom
       const out = new Float32Array(info.width * info.height);
       const c = info.channels;
       for (let i = 0; i < out.length; i++) out[i] = u16[i * c] / 65535;
-      return { width: info.width, height: info.height, data: out };
+      return { width: info.width, height: info.height, data: out, depth: 16 };
     }
     const { data, info } = await img.raw().toBuffer({ resolveWithObject: true });
     const c = info.channels;
     const out = new Float32Array(info.width * info.height);
     if (c <= 2) { for (let i = 0; i < out.length; i++) out[i] = data[i * c] / 255; }
     else for (let i = 0; i < out.length; i++) out[i] = luma(data[i * c], data[i * c + 1], data[i * c + 2]) / 255;
-    return { width: info.width, height: info.height, data: out };
+    return { width: info.width, height: info.height, data: out, depth: 8 };
   } catch (err) {
     throw new DatasetError(`${name}: cannot decode image (${(err as Error).message})`);
   }

@@ -19,6 +19,8 @@ export interface PreprocessSpec {
   mean: readonly [number, number, number];
   /** Per-channel std. */
   std: readonly [number, number, number];
+  /** Round each bilinear pass to 8 bits for 8-bit sources, as PIL resizes an "L" image (probing, §2.5). */
+  pil8bit?: boolean;
 }
 
 /** The refinement recipe (§1.3): bicubic resize, no augmentation. */
@@ -34,7 +36,7 @@ export function probingSpec(
   size: number,
   stats: { mean: readonly [number, number, number]; std: readonly [number, number, number] },
 ): PreprocessSpec {
-  return { size, resize: "bilinear", mean: stats.mean, std: stats.std };
+  return { size, resize: "bilinear", mean: stats.mean, std: stats.std, pil8bit: true };
 }
 
 /**
@@ -46,7 +48,7 @@ export function toModelInput(
   spec: PreprocessSpec,
   options: { augment?: Rng; out?: Float32Array; offset?: number } = {},
 ): Float32Array {
-  let g = resizeGrey(img, spec.size, spec.size, spec.resize);
+  let g = resizeGrey(img, spec.size, spec.size, spec.resize, { pil8bit: !!spec.pil8bit && img.depth === 8 });
   if (options.augment) g = augmentProbe(g, options.augment);
   const plane = spec.size * spec.size;
   const out = options.out ?? new Float32Array(3 * plane);

@@ -195,3 +195,13 @@ export function disposeParams(params: Params): void {
   for (const p of params.values()) p.dispose();
   params.clear();
 }
+
+/**
+ * Replaces a variable's value with `values` (tfjs's `assign` keeps the source
+ * tensor registered, so the temporary is disposed here to avoid a leak).
+ */
+export function assignValues(v: Variable, values: Float32Array): void {
+  const t = tf.tensor(values, v.shape, "float32");
+  v.assign(t);
+  t.dispose();
+}

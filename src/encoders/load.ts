@@ -3,7 +3,6 @@
  * dicts. Loading is a name lookup: the files' names are the models' names.
  * @module
  */
-import { tf } from "../backend/tf.ts";
 import {
   mapBertWeights,
   type MappedWeights,
@@ -16,7 +15,7 @@ import { numel, type TensorData, toFloat32 } from "../io/tensor.ts";
 import { EncoderError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 import { type BertConfig, bertConfigFromJson, type BertModel, createBert } from "./bert.ts";
-import { initLinearDefault, normalValues, type Params } from "./layers.ts";
+import { assignValues, initLinearDefault, normalValues, type Params } from "./layers.ts";
 import { inferVitConfig } from "./presets.ts";
 import { createVit, gridSize, resizePosEmbed, type VitConfig, type VitFamily, type VitModel } from "./vit.ts";
 
@@ -72,7 +71,8 @@ export function loadStateDict(params: Params, tensors: Map<string, TensorData>, 
   for (const [name, t] of tensors) {
     const p = params.get(name);
     if (!p || report.mismatched.some((m) => m.startsWith(`${name}:`))) continue;
-    p.assign(tf.tensor(toFloat32(t), p.shape, "float32"));
+    // Copy: the optimiser updates parameters in place, and the caller may still hold `tensors`.
+    assignValues(p, toFloat32(t).slice());
   }
   return report;
 }
@@ -258,7 +258,7 @@ export function loadBert(
       : name.endsWith(".weight")
       ? normalValues(rng, p.size, cfg.initializerRange)
       : new Float32Array(p.size);
-    p.assign(tf.tensor(values, p.shape, "float32"));
+    assignValues(p, values);
   }
   return { model, mapped, newlyInitialised };
 }

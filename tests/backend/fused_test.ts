@@ -101,3 +101,17 @@ Deno.test("fused ops leak no tensors over a long loop", () => {
   }
   assertEquals(tf.memory().numTensors, before);
 });
+
+Deno.test("fast UnsortedSegmentSum (gather's gradient) equals tfjs's, repeated and unused ids included", () => {
+  const table = rand([7, 5]);
+  const ids = tf.tensor1d([3, 0, 3, 6, 3, 1], "int32");
+  compare("gather grad", [table], (t) => tf.gather(t, ids));
+  const x = rand([6, 2, 3]);
+  const seg = tf.tensor1d([2, 2, 0, 4, 4, 4], "int32");
+  uninstallFusedKernels();
+  const ref = tf.unsortedSegmentSum(x, seg, 5);
+  installFusedKernels();
+  const got = tf.unsortedSegmentSum(x, seg, 5);
+  assertEquals(got.shape, [5, 2, 3]);
+  assert(maxAbsDiff(got.dataSync(), ref.dataSync()) < 1e-6);
+});

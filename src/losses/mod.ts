@@ -1,0 +1,38 @@
+/**
+ * RetFiner's objectives (method notes §1.5): image-text contrastive (ITC),
+ * image-text matching with hard negatives (ITM), image-conditioned masked
+ * language modelling (MLM) and generative modelling (GM), the token masker,
+ * and the heads they use.
+ *
+ * @example
+ * ```ts
+ * import { maskTokens, MLM_PROB } from "@retfiner/retfiner/losses";
+ * import { Rng } from "@retfiner/retfiner";
+ * const ids = Int32Array.from([101, 2023, 2003, 102, 0, 0]);
+ * const { inputIds, labels } = maskTokens(ids, 1, 6, { prob: MLM_PROB, maskId: 103, randomRange: [106, 30521], rng: new Rng(0) });
+ * ```
+ * @module
+ */
+export {
+  causalPaddingMask,
+  GM_PROB,
+  IGNORE_INDEX,
+  type MaskedTokens,
+  type MaskOptions,
+  maskTokens,
+  MLM_PROB,
+} from "./masker.ts";
+export { createHeads, type HeadsConfig, itmHead } from "./heads.ts";
+export {
+  crossEntropy,
+  type HardNegatives,
+  hardNegativeWeights,
+  ITC_LABEL_SMOOTHING,
+  ITC_TEMPERATURE,
+  itcLoss,
+  type ItcResult,
+  itmLoss,
+  l2normalize,
+  maskedTokenLoss,
+  sampleHardNegatives,
+} from "./objectives.ts";

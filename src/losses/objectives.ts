@@ -1,0 +1,171 @@
+/**
+ * The four RetFiner objectives, as the authors compute them (method notes §1.5):
+ * ITC, ITM with hard negatives, image-conditioned MLM, and GM.
+ * All tensor functions are pure and meant to run inside `tf.variableGrads`.
+ * @module
+ */
+import { tf } from "../backend/tf.ts";
+import type { Tensor } from "../backend/tf.ts";
+import { bertEncode, type BertForwardOptions, type BertModel, clsToken, mlmLogits } from "../encoders/bert.ts";
+import { linearP, type Params } from "../encoders/layers.ts";
+import { RefineError } from "../util/errors.ts";
+import type { Rng } from "../util/rng.ts";
+import { itmHead } from "./heads.ts";
+import { IGNORE_INDEX } from "./masker.ts";
+
+/** τ = 0.07: the authors' temperature is effectively fixed (§1.5). */
+export const ITC_TEMPERATURE = 0.07;
+/** Label smoothing of the ITC cross-entropy. */
+export const ITC_LABEL_SMOOTHING = 0.1;
+
+/**
+ * PyTorch's `F.cross_entropy(logits, targets, label_smoothing=ε)` averaged over
+ * rows: (1−ε)·NLL(target) + ε·mean over classes of −log p.
+ */
+export function crossEntropy(logits: Tensor, targets: Int32Array, labelSmoothing = 0): Tensor {
+  return tf.tidy(() => {
+    const [n, c] = logits.shape;
+    const logp = tf.logSoftmax(logits);
+    const onehot = tf.oneHot(tf.tensor1d(targets, "int32"), c);
+    const nll = tf.neg(tf.sum(tf.mul(logp, onehot), 1));
+    if (labelSmoothing === 0) return tf.div(tf.sum(nll), n);
+    const smooth = tf.neg(tf.mean(logp, 1));
+    return tf.div(tf.sum(tf.add(tf.mul(nll, 1 - labelSmoothing), tf.mul(smooth, labelSmoothing))), n);
+  });
+}
+
+/** What {@link itcLoss} returns. */
+export interface ItcResult {
+  /** `(CE(sim_i2t) + CE(sim_t2i)) / 2`. */
+  loss: Tensor;
+  /** `img · txtᵀ / τ`, `[B, B]`, for hard-negative sampling. */
+  simI2T: Tensor;
+}
+
+/**
+ * Image-text contrastive loss: CLS features through the bias-free heads,
+ * L2-normalised, similarities / τ, symmetric label-smoothed cross-entropy
+ * with in-batch negatives.
+ */
+export function itcLoss(
+  heads: Params,
+  imageCls: Tensor,
+  textCls: Tensor,
+  options: { temperature?: number; labelSmoothing?: number } = {},
+): ItcResult {
+  const tau = options.temperature ?? ITC_TEMPERATURE;
+  const eps = options.labelSmoothing ?? ITC_LABEL_SMOOTHING;
+  const img = l2normalize(linearP(heads, "contra_head_v", imageCls));
+  const txt = l2normalize(linearP(heads, "contra_head_t", textCls));
+  const simI2T = tf.div(tf.matMul(img, txt, false, true), tau);
+  const simT2I = tf.transpose(simI2T);
+  const B = imageCls.shape[0];
+  const targets = Int32Array.from({ length: B }, (_, i) => i);
+  const loss = tf.div(tf.add(crossEntropy(simI2T, targets, eps), crossEntropy(simT2I, targets, eps)), 2);
+  return { loss, simI2T };
+}
+
+/** `x / max(‖x‖₂, 1e-12)` per row (`F.normalize(dim=-1)`). */
+export function l2normalize(x: Tensor): Tensor {
+  return tf.div(x, tf.maximum(tf.norm(x, 2, -1, true), 1e-12));
+}
+
+/** Hard negatives: one image index and one text index per row. */
+export interface HardNegatives {
+  /** For text b, the index of its negative image. */
+  negImage: number[];
+  /** For image b, the index of its negative text. */
+  negText: number[];
+}
+
+function softmaxRows(sim: Float32Array, B: number, transpose: boolean): Float64Array {
+  const w = new Float64Array(B * B);
+  for (let r = 0; r < B; r++) {
+    let max = -Infinity;
+    for (let c = 0; c < B; c++) max = Math.max(max, transpose ? sim[c * B + r] : sim[r * B + c]);
+    let sum = 0;
+    for (let c = 0; c < B; c++) sum += w[r * B + c] = Math.exp((transpose ? sim[c * B + r] : sim[r * B + c]) - max);
+    for (let c = 0; c < B; c++) w[r * B + c] = w[r * B + c] / sum + 1e-4;
+    w[r * B + r] = 0; // fill_diagonal_(0)
+  }
+  return w;
+}
+
+/** The sampling weights `softmax(sim, dim=1) + 1e-4` with a zero diagonal, row-major `[B, B]`. */
+export function hardNegativeWeights(simI2T: Float32Array, batch: number): { i2t: Float64Array; t2i: Float64Array } {
+  return { i2t: softmaxRows(simI2T, batch, false), t2i: softmaxRows(simI2T, batch, true) }; // sim_t2i = sim_i2tᵀ
+}
+
+/**
+ * Samples hard negatives like the authors (§1.5): weights = softmax(sim, dim=1)
+ * + 1e-4 with the diagonal zeroed; a negative image per text from `weights_t2i`
+ * and a negative text per image from `weights_i2t` (`torch.multinomial`).
+ */
+export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rng): HardNegatives {
+  if (batch < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
+  const { i2t: wI2T, t2i: wT2I } = hardNegativeWeights(simI2T, batch);
+  const negImage: number[] = [];
+  const negText: number[] = [];
+  for (let b = 0; b < batch; b++) negImage.push(rng.categorical(wT2I.subarray(b * batch, (b + 1) * batch)));
+  for (let b = 0; b < batch; b++) negText.push(rng.categorical(wI2T.subarray(b * batch, (b + 1) * batch)));
+  return { negImage, negText };
+}
+
+/**
+ * Image-text matching over 3B pairs: (text_b, image_b) → 1, (text_b, image_negImage[b]) → 0,
+ * (text_negText[b], image_b) → 0; the cross-attending BERT's CLS → `itm_head` → 2-way CE.
+ */
+export function itmLoss(
+  bert: BertModel,
+  heads: Params,
+  textIds: Tensor,
+  textMask: Tensor,
+  imageTokens: Tensor,
+  negatives: HardNegatives,
+  options: BertForwardOptions = {},
+): Tensor {
+  const B = textIds.shape[0];
+  const idx = Int32Array.from({ length: B }, (_, i) => i);
+  const texts = tf.concat([textIds, textIds, tf.gather(textIds, Int32Array.from(negatives.negText))], 0);
+  const masks = tf.concat([textMask, textMask, tf.gather(textMask, Int32Array.from(negatives.negText))], 0);
+  const images = tf.concat([
+    imageTokens,
+    tf.gather(imageTokens, Int32Array.from(negatives.negImage)),
+    tf.gather(imageTokens, idx),
+  ], 0);
+  const cls = clsToken(
+    bertEncode(bert, { inputIds: texts, attentionMask: masks, encoderHiddenStates: images }, options),
+  );
+  const labels = new Int32Array(3 * B);
+  labels.fill(1, 0, B);
+  return crossEntropy(itmHead(heads, cls), labels);
+}
+
+/**
+ * Masked-token loss shared by MLM and GM: the cross-attending BERT on masked
+ * ids, the MLM head at the masked positions only (labels ≠ −100), mean CE.
+ * `attentionMask` is `[B, L]` (MLM, bidirectional) or `[B, L, L]` (GM, causal).
+ */
+export function maskedTokenLoss(
+  bert: BertModel,
+  maskedIds: Tensor,
+  labels: Int32Array,
+  attentionMask: Tensor,
+  imageTokens: Tensor,
+  options: BertForwardOptions = {},
+): Tensor {
+  const seq = bertEncode(bert, { inputIds: maskedIds, attentionMask, encoderHiddenStates: imageTokens }, options);
+  const H = seq.shape[2] as number;
+  const positions: number[] = [];
+  const targets: number[] = [];
+  labels.forEach((l, k) => {
+    if (l !== IGNORE_INDEX) {
+      positions.push(k);
+      targets.push(l);
+    }
+  });
+  if (positions.length === 0) throw new RefineError("masked-token loss: no position is masked");
+  // Computing logits only where labels are set gives the same mean CE as the authors' full-sequence loss.
+  const hidden = tf.gather(tf.reshape(seq, [-1, H]), Int32Array.from(positions));
+  return crossEntropy(mlmLogits(bert, hidden), Int32Array.from(targets));
+}

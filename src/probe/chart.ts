@@ -1,0 +1,156 @@
+/**
+ * Charts with plotly.js: the per-task gains figure as Plotly JSON, a
+ * self-contained HTML page (plotly.min.js inlined, so it works offline), and
+ * a static PNG rendered without a browser (jsdom + Plotly's SVG export + sharp).
+ * @module
+ */
+import { createRequire } from "node:module";
+import { JSDOM } from "jsdom";
+import sharp from "sharp";
+import type { Metrics } from "./metrics.ts";
+import type { Comparison } from "./report.ts";
+
+/** A Plotly figure: traces and layout, as `application/vnd.plotly.v1+json`. */
+export interface PlotlyFigure {
+  /** Traces. */
+  data: Record<string, unknown>[];
+  /** Layout. */
+  layout: Record<string, unknown>;
+}
+
+/** Bar chart of the per-task change in `metric` (percentage points, ± sd of the refined seeds), green up, red down. */
+export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title?: string): PlotlyFigure {
+  const tasks = c.tasks.map((t) => t.task);
+  const gains = c.tasks.map((t) => 100 * t.delta[metric]);
+  const o = c.overall[metric];
+  const p = o.test ? ` · Wilcoxon p = ${o.test.pValue.toPrecision(2)}` : "";
+  return {
+    data: [
+      {
+        type: "bar",
+        x: tasks,
+        y: gains,
+        marker: { color: gains.map((g) => (g >= 0 ? "#2a9d8f" : "#e76f51")) },
+        error_y: {
+          type: "data",
+          array: c.tasks.map((t) => 100 * Math.hypot(t.refined[metric].sd, t.baseline[metric].sd) / Math.SQRT2),
+          visible: true,
+          color: "#555",
+        },
+        text: gains.map((g) => `${g >= 0 ? "+" : ""}${g.toFixed(1)}`),
+        textposition: "outside",
+        hovertemplate: "%{x}: %{y:+.2f} pp<extra></extra>",
+        name: `Δ ${metric}`,
+      },
+    ],
+    layout: {
+      title: {
+        text: title ??
+          `${c.refinedName} vs ${c.baselineName}: change in ${metric.toUpperCase()} per task (mean ${
+            o.delta >= 0 ? "+" : ""
+          }${(100 * o.delta).toFixed(1)} pp${p})`,
+        font: { size: 15 },
+      },
+      yaxis: {
+        title: { text: `Δ ${metric.toUpperCase()} (percentage points)` },
+        zeroline: true,
+        zerolinecolor: "#333",
+        zerolinewidth: 1,
+      },
+      xaxis: { tickangle: -20 },
+      margin: { t: 70, b: 110, l: 70, r: 20 },
+      plot_bgcolor: "white",
+      paper_bgcolor: "white",
+      showlegend: false,
+      width: 900,
+      height: 480,
+    },
+  };
+}
+
+/** Grouped bars of baseline and refined `metric` per task, with seed sd error bars. */
+export function absoluteFigure(c: Comparison, metric: keyof Metrics = "bacc"): PlotlyFigure {
+  const tasks = c.tasks.map((t) => t.task);
+  const bar = (
+    name: string,
+    pick: (t: Comparison["tasks"][number]) => { mean: number; sd: number },
+    color: string,
+  ) => ({
+    type: "bar",
+    name,
+    x: tasks,
+    y: c.tasks.map((t) => 100 * pick(t).mean),
+    error_y: { type: "data", array: c.tasks.map((t) => 100 * pick(t).sd), visible: true },
+    marker: { color },
+  });
+  return {
+    data: [
+      bar(c.baselineName, (t) => t.baseline[metric], "#8d99ae"),
+      bar(c.refinedName, (t) => t.refined[metric], "#2b2d42"),
+    ],
+    layout: {
+      barmode: "group",
+      title: { text: `${metric.toUpperCase()} per task (mean ± sd over seeds)` },
+      yaxis: { title: { text: `${metric.toUpperCase()} (%)` } },
+      xaxis: { tickangle: -20 },
+      margin: { t: 60, b: 110, l: 70, r: 20 },
+      width: 900,
+      height: 480,
+    },
+  };
+}
+
+let plotlySource: string | undefined;
+
+/** The plotly.min.js source (from the npm package). */
+export function plotlyJs(): string {
+  if (!plotlySource) plotlySource = Deno.readTextFileSync(createRequire(import.meta.url).resolve("plotly.js-dist-min"));
+  return plotlySource;
+}
+
+/** A self-contained HTML page with the figures (and optional HTML above them). */
+export function figuresHtml(title: string, figures: PlotlyFigure[], preamble = ""): string {
+  const divs = figures.map((_, i) => `<div id="fig${i}"></div>`).join("\n");
+  const calls = figures.map((f, i) =>
+    `Plotly.newPlot("fig${i}", ${JSON.stringify(f.data)}, ${JSON.stringify(f.layout)}, {responsive: true});`
+  ).join("\n");
+  return `<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>${title}</title>
+<style>body{font-family:system-ui,sans-serif;margin:24px;color:#222} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px 8px;text-align:right} th:first-child,td:first-child{text-align:left}</style>
+<script>${plotlyJs()}</script></head>
+<body>
+<h1>${title}</h1>
+${preamble}
+${divs}
+<script>${calls}</script>
+</body></html>
+`;
+}
+
+/** An HTML fragment for a figure (for notebooks): a div and its newPlot call; Plotly must already be loaded. */
+export function figureDiv(figure: PlotlyFigure, id = `retfiner-${crypto.randomUUID().slice(0, 8)}`): string {
+  return `<div id="${id}"></div><script>Plotly.newPlot("${id}", ${JSON.stringify(figure.data)}, ${
+    JSON.stringify(figure.layout)
+  });</script>`;
+}
+
+/** Renders a figure to PNG without a browser: Plotly in jsdom → SVG → sharp. */
+export async function figurePng(figure: PlotlyFigure): Promise<Uint8Array> {
+  const dom = new JSDOM(`<!DOCTYPE html><html><body><div id="c"></div></body></html>`, {
+    pretendToBeVisual: true,
+    runScripts: "outside-only",
+  });
+  const w = dom.window as unknown as Record<string, any>;
+  w.HTMLCanvasElement.prototype.getContext = () => null;
+  w.URL.createObjectURL = () => "";
+  w.eval(plotlyJs());
+  const width = (figure.layout.width as number) ?? 900;
+  const height = (figure.layout.height as number) ?? 480;
+  const div = w.document.getElementById("c");
+  await w.Plotly.newPlot(div, figure.data, figure.layout, { staticPlot: true });
+  const url: string = await w.Plotly.toImage(div, { format: "svg", width, height });
+  const svg = decodeURIComponent(url.replace(/^data:image\/svg\+xml,/, ""));
+  dom.window.close();
+  const png = await sharp(new TextEncoder().encode(svg), { density: 96 }).png().toBuffer();
+  return new Uint8Array(png.buffer, png.byteOffset, png.byteLength);
+}

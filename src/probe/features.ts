@@ -1,0 +1,66 @@
+/**
+ * Probing features: the `concat` representation of each model family
+ * (method notes §2.2) for every image of a dataset, preprocessed with the
+ * probing recipe (bilinear resize, §2.5). In `fast` mode features are computed
+ * once in eval mode; in `faithful` mode training features are recomputed each
+ * epoch with the augmentations and the backbone's stochastic depth active,
+ * as the authors' `model.train(True)` does.
+ * @module
+ */
+import { tf } from "../backend/tf.ts";
+import { batchIndices, type InputCache, loadImageBatch, prefetch } from "../dataset/batches.ts";
+import { probingSpec } from "../dataset/preprocess.ts";
+import { featureDim, vitFeatures, type VitModel } from "../encoders/vit.ts";
+import type { ProgressCallback } from "../util/progress.ts";
+import type { Rng } from "../util/rng.ts";
+
+/** Options of {@link extractFeatures}. */
+export interface FeatureOptions {
+  /** Images per forward pass (default 16). */
+  batchSize?: number;
+  /** Apply the probing augmentations with this generator. */
+  augment?: Rng;
+  /** Training mode: stochastic depth active, drawn from this generator. */
+  dropPath?: Rng;
+  /** Reuse preprocessed inputs (only without augmentation). */
+  cache?: InputCache;
+  /** Progress updates. */
+  onProgress?: ProgressCallback;
+  /** Progress phase label. */
+  phase?: string;
+}
+
+/** `concat` features `[paths.length, 2·D]` in input order. */
+export async function extractFeatures(
+  vit: VitModel,
+  paths: string[],
+  options: FeatureOptions = {},
+): Promise<Float32Array> {
+  const c = vit.config;
+  const spec = probingSpec(c.imgSize, { mean: c.mean, std: c.std });
+  const dim = featureDim(c, "concat");
+  const out = new Float32Array(paths.length * dim);
+  const batches = batchIndices(paths.length, options.batchSize ?? 16);
+  let done = 0;
+  const loaders = batches.map((idx) => () =>
+    loadImageBatch(paths, idx, spec, {
+      augment: options.augment?.fork(`batch/${idx[0]}`),
+      cache: options.augment ? undefined : options.cache,
+    })
+  );
+  for await (const b of prefetch(loaders, 2)) {
+    const y = tf.tidy(() =>
+      vitFeatures(
+        vit,
+        tf.tensor(b.data, [b.n, 3, c.imgSize, c.imgSize]),
+        "concat",
+        options.dropPath ? { training: true, rng: options.dropPath } : {},
+      )
+    );
+    out.set(y.dataSync() as Float32Array, b.indices[0] * dim);
+    y.dispose();
+    done += b.n;
+    options.onProgress?.({ phase: options.phase ?? "features", done, total: paths.length });
+  }
+  return out;
+}

@@ -1,0 +1,62 @@
+/**
+ * Linear probing (method notes §2): features, the authors' head-training
+ * protocol, metrics exactly as scikit-learn, the Wilcoxon signed-rank test,
+ * and paper-style reports and charts.
+ * @module
+ */
+export {
+  argmax,
+  balancedAccuracy,
+  binaryAuc,
+  binaryAveragePrecision,
+  classificationMetrics,
+  matthewsCorrcoef,
+  METRIC_NAMES,
+  type Metrics,
+  weightedF1,
+} from "./metrics.ts";
+export { erfc, mean, normalSf, rankdata, sd, wilcoxon, type WilcoxonResult } from "./stats.ts";
+export {
+  authorsBatchSize,
+  EarlyStopping,
+  type EpochFeatures,
+  evaluateHead,
+  type HeadOptimizer,
+  headOptimizer,
+  initHead,
+  type LinearHead,
+  predictHead,
+  PROBE_DEFAULTS,
+  type ProbeData,
+  type ProbeHyper,
+  probeLr,
+  type ProbeRun,
+  probeWeightDecay,
+  trainHeadEpoch,
+  trainProbe,
+} from "./head.ts";
+export { extractFeatures, type FeatureOptions } from "./features.ts";
+export { type ProbeMode, probeTask, type ProbeTaskOptions, type SeedResult, type TaskResult } from "./protocol.ts";
+export {
+  compareModels,
+  type Comparison,
+  markdownPerTask,
+  markdownSingle,
+  markdownSummary,
+  type MeanSd,
+  type ModelResults,
+  pct,
+  perSeedCsv,
+  type TaskComparison,
+  terminalTable,
+} from "./report.ts";
+export {
+  absoluteFigure,
+  figureDiv,
+  figurePng,
+  figuresHtml,
+  gainsFigure,
+  type PlotlyFigure,
+  plotlyJs,
+} from "./chart.ts";
+export { type ProbeReportFiles, writeProbeReport } from "./outputs.ts";

@@ -1,0 +1,157 @@
+/**
+ * Probing one task with several seeds (method notes §2): features, the head
+ * protocol per seed, and the best state's test metrics.
+ * @module
+ */
+import { InputCache } from "../dataset/batches.ts";
+import type { ProbeDataset, Split } from "../dataset/folders.ts";
+import { featureDim, type VitModel } from "../encoders/vit.ts";
+import type { ProgressCallback } from "../util/progress.ts";
+import { Rng } from "../util/rng.ts";
+import { extractFeatures } from "./features.ts";
+import { PROBE_DEFAULTS, type ProbeHyper, type ProbeRun, probeWeightDecay, trainProbe } from "./head.ts";
+import { classificationMetrics, type Metrics } from "./metrics.ts";
+
+/** `fast`: features once, no augmentation (default). `faithful`: the authors' per-epoch augmented features. */
+export type ProbeMode = "fast" | "faithful";
+
+/** One seed's outcome. */
+export interface SeedResult {
+  /** Seed. */
+  seed: number;
+  /** Test metrics of the best validation state. */
+  metrics: Metrics;
+  /** Epochs trained. */
+  epochs: number;
+  /** Best epoch. */
+  bestEpoch: number;
+  /** Best validation balanced accuracy. */
+  valBacc: number;
+  /** Why training stopped. */
+  stop: ProbeRun["stop"];
+}
+
+/** One task's outcome over all seeds. */
+export interface TaskResult {
+  /** Task (dataset) name. */
+  task: string;
+  /** Class names. */
+  classes: string[];
+  /** Images per split. */
+  sizes: Record<Split, number>;
+  /** Per-seed results. */
+  seeds: SeedResult[];
+  /** Seconds spent computing features. */
+  featureSeconds: number;
+  /** Seconds spent training heads. */
+  trainSeconds: number;
+}
+
+/** Options of {@link probeTask}. */
+export interface ProbeTaskOptions {
+  /** Seeds (the authors: 0–4). */
+  seeds?: number[];
+  /** Mode (default `fast`). */
+  mode?: ProbeMode;
+  /** Protocol overrides; weight decay defaults to the model family's (§2.3). */
+  hyper?: Partial<ProbeHyper>;
+  /** Head batch size (default: the authors' rule). */
+  batchSize?: number;
+  /** Images per feature forward pass. */
+  featureBatch?: number;
+  /** Progress updates. */
+  onProgress?: ProgressCallback;
+}
+
+/**
+ * Probes `vit` on `dataset` with every seed.
+ *
+ * @example
+ * ```ts
+ * import { probeTask } from "./protocol.ts";
+ * // const result = await probeTask(vit, await readProbeDataset("tasks/octid"), { seeds: [0, 1, 2] });
+ * ```
+ */
+export async function probeTask(
+  vit: VitModel,
+  dataset: ProbeDataset,
+  options: ProbeTaskOptions = {},
+): Promise<TaskResult> {
+  const seeds = options.seeds ?? [0, 1, 2, 3, 4];
+  const mode = options.mode ?? "fast";
+  const hyper: ProbeHyper = { ...PROBE_DEFAULTS, weightDecay: probeWeightDecay(vit.config.family), ...options.hyper };
+  const bySplit = (s: Split) => dataset.items.filter((i) => i.split === s);
+  const train = bySplit("train");
+  const val = bySplit("val");
+  const test = bySplit("test");
+  const dim = featureDim(vit.config, "concat");
+  const cache = new InputCache(512 * 2 ** 20);
+  const t0 = performance.now();
+  const feats = (items: typeof train, phase: string) =>
+    extractFeatures(vit, items.map((i) => i.path), {
+      batchSize: options.featureBatch,
+      cache,
+      onProgress: options.onProgress,
+      phase,
+    });
+  const valX = await feats(val, `features ${dataset.name} val`);
+  const testX = await feats(test, `features ${dataset.name} test`);
+  const trainX = mode === "fast" ? await feats(train, `features ${dataset.name} train`) : undefined;
+  let featureSeconds = (performance.now() - t0) / 1000;
+  let trainSeconds = 0;
+  const results: SeedResult[] = [];
+  for (const seed of seeds) {
+    const t1 = performance.now();
+    let extra = 0;
+    const trainFeatures = trainX ?? (async (epoch: number) => {
+      // §2.2/§2.5: augmented images through the backbone in train mode, recomputed every epoch.
+      const t = performance.now();
+      const x = await extractFeatures(vit, train.map((i) => i.path), {
+        batchSize: options.featureBatch,
+        augment: new Rng(seed, `augment/${dataset.name}/${epoch}`),
+        dropPath: new Rng(seed, `droppath/${dataset.name}/${epoch}`),
+      });
+      extra += (performance.now() - t) / 1000;
+      return x;
+    });
+    const run = await trainProbe(
+      {
+        train: trainFeatures,
+        trainLabels: train.map((i) => i.label),
+        val: valX,
+        valLabels: val.map((i) => i.label),
+        test: testX,
+        testLabels: test.map((i) => i.label),
+        dim,
+        classes: dataset.classes.length,
+      },
+      new Rng(seed, `probe/${dataset.name}`),
+      hyper,
+      options.batchSize,
+    );
+    featureSeconds += extra;
+    trainSeconds += (performance.now() - t1) / 1000 - extra;
+    results.push({
+      seed,
+      metrics: classificationMetrics(test.map((i) => i.label), run.testProbs),
+      epochs: run.epochs,
+      bestEpoch: run.bestEpoch,
+      valBacc: run.valBacc,
+      stop: run.stop,
+    });
+    options.onProgress?.({
+      phase: `probe ${dataset.name}`,
+      done: results.length,
+      total: seeds.length,
+      info: { bacc: results.at(-1)!.metrics.bacc },
+    });
+  }
+  return {
+    task: dataset.name,
+    classes: dataset.classes,
+    sizes: { train: train.length, val: val.length, test: test.length },
+    seeds: results,
+    featureSeconds,
+    trainSeconds,
+  };
+}
