@@ -11,6 +11,7 @@
  */
 import { tf } from "./tf.ts";
 import type { Tensor } from "./tf.ts";
+import { installElementwiseKernels, uninstallElementwiseKernels } from "./elementwise.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -25,16 +26,9 @@ type KernelArgs = {
 
 const vals = (b: CpuBackend, t: TensorInfo) => b.data.get(t.dataId).values as Float32Array;
 
-// ------------------------------------------------------------------ erf (Abramowitz & Stegun 7.1.26, |err| < 1.5e-7, as tfjs)
+// ------------------------------------------------------------------ erf coefficients (Abramowitz & Stegun 7.1.26, |err| < 1.5e-7, as tfjs)
 const ERF_P = 0.3275911;
 const A1 = 0.254829592, A2 = -0.284496736, A3 = 1.421413741, A4 = -1.453152027, A5 = 1.061405429;
-
-function erf(x: number): number {
-  const s = x < 0 ? -1 : 1;
-  const a = Math.abs(x);
-  const t = 1 / (1 + ERF_P * a);
-  return s * (1 - ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t * Math.exp(-a * a));
-}
 
 // ------------------------------------------------------------------ LayerNorm
 function layerNormKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
@@ -114,12 +108,20 @@ function layerNormGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo
 }
 
 // ------------------------------------------------------------------ GELU (exact, erf)
+/** 0.5·(1 + erf(x/√2)) given e = exp(−x²/2) (the same exponential A&S's erf needs). */
+function halfOnePlusErf(x: number, e: number): number {
+  const a = Math.abs(x) * Math.SQRT1_2;
+  const t = 1 / (1 + ERF_P * a);
+  const erfAbs = 1 - ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t * e;
+  return 0.5 * (1 + (x < 0 ? -erfAbs : erfAbs));
+}
+
 function geluKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
   const Y = new Float32Array(X.length);
   for (let i = 0; i < X.length; i++) {
     const v = X[i];
-    Y[i] = 0.5 * v * (1 + erf(v * Math.SQRT1_2));
+    Y[i] = v * halfOnePlusErf(v, Math.exp(-0.5 * v * v));
   }
   return backend.makeTensorInfo(inputs.x!.shape, "float32", Y);
 }
@@ -132,7 +134,8 @@ function geluGradKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const DX = new Float32Array(X.length);
   for (let i = 0; i < X.length; i++) {
     const v = X[i];
-    DX[i] = DY[i] * (0.5 * (1 + erf(v * Math.SQRT1_2)) + v * Math.exp(-0.5 * v * v) * INV_SQRT_2PI);
+    const e = Math.exp(-0.5 * v * v); // shared by Φ(x) and the density
+    DX[i] = DY[i] * (halfOnePlusErf(v, e) + v * e * INV_SQRT_2PI);
   }
   return backend.makeTensorInfo(inputs.x!.shape, "float32", DX);
 }
@@ -255,6 +258,7 @@ let installed = false;
 /** Registers the fused kernels and their gradients on the `cpu` backend (idempotent). */
 export function installFusedKernels(): void {
   if (installed) return;
+  installElementwiseKernels();
   const reg = (kernelName: string, kernelFunc: unknown) => {
     if (tf.getKernel(kernelName, "cpu")) tf.unregisterKernel(kernelName, "cpu");
     tf.registerKernel({ kernelName, backendName: "cpu", kernelFunc: kernelFunc as tf.KernelFunc });
@@ -317,6 +321,7 @@ export function installFusedKernels(): void {
 /** Restores tfjs's own Transpose (the fused ops then take their composite path). */
 export function uninstallFusedKernels(): void {
   if (!installed) return;
+  uninstallElementwiseKernels();
   tf.unregisterKernel("Transpose", "cpu");
   tf.registerKernel(originalTranspose!);
   tf.unregisterKernel("UnsortedSegmentSum", "cpu");

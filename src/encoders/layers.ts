@@ -205,3 +205,11 @@ export function assignValues(v: Variable, values: Float32Array): void {
   v.assign(t);
   t.dispose();
 }
+
+/**
+ * `p` broadcast to `shape` by addition. Unlike `tf.broadcastTo` (whose gradient
+ * in tfjs slices and adds once per repetition), its gradient is one sum.
+ */
+export function expandParam(p: Tensor, shape: number[]): Tensor {
+  return tf.add(tf.zeros(shape), p);
+}

@@ -160,11 +160,15 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
     numHeads: options.numHeads ?? stored?.numHeads,
     fileName: path,
   });
+  // Settings the weights cannot show (projection width without its weights, drop-path rate, input
+  // statistics) come from the config this project stores in its safetensors metadata.
   const fromFile: Partial<VitConfig> = stored
     ? {
       dropPathRate: stored.dropPathRate ?? inferred.dropPathRate,
       mean: stored.mean ?? inferred.mean,
       std: stored.std ?? inferred.std,
+      projDim: stored.projDim !== undefined ? stored.projDim : inferred.projDim,
+      eps: stored.eps ?? inferred.eps,
     }
     : {};
   const config: VitConfig = {

@@ -21,6 +21,7 @@ import { EncoderError } from "../util/errors.ts";
 import {
   attention,
   dropPath,
+  expandParam,
   gelu,
   initLayerNorm,
   initLinearDefault,
@@ -258,7 +259,7 @@ export function vitBlocks(
   const x0 = patchEmbed(model, images);
   const B = x0.shape[0];
   const D = model.config.embedDim;
-  const cls = tf.broadcastTo(param(model.params, "cls_token"), [B, 1, D]);
+  const cls = expandParam(param(model.params, "cls_token"), [B, 1, D]);
   let x = tf.add(tf.concat([cls, x0], 1), param(model.params, "pos_embed"));
   for (let i = 0; i < model.config.depth; i++) x = vitBlock(model, i, x, options, attnOut);
   return x;

@@ -57,6 +57,8 @@ function cpuValues(v: Variable): Float32Array | undefined {
  * Applies one AdamW update to `params` (name → variable) with `grads`
  * (name → gradient), at learning rate `lr` (for schedules). Parameters
  * without a gradient are left untouched (their state is not advanced).
+ * `noDecay` exempts parameters from weight decay (MAE's bias/norm groups);
+ * RetFiner itself decays everything.
  */
 export function adamwStep(
   params: Map<string, Variable>,
@@ -64,6 +66,7 @@ export function adamwStep(
   state: AdamWState,
   config: AdamWConfig,
   lr = config.lr,
+  noDecay?: (name: string) => boolean,
 ): void {
   state.step++;
   for (const [name, p] of params) {
@@ -76,7 +79,8 @@ export function adamwStep(
     if (!v) state.v.set(name, v = new Float32Array(p.size));
     const inPlace = cpuValues(p);
     const w = inPlace ?? (p.dataSync() as Float32Array).slice();
-    adamwUpdate(w, gT.dataSync() as Float32Array, m, v, state.step, lr, config);
+    const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
+    adamwUpdate(w, gT.dataSync() as Float32Array, m, v, state.step, lr, hyper);
     if (!inPlace) assignValues(p, w);
   }
 }

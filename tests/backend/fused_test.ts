@@ -115,3 +115,42 @@ Deno.test("fast UnsortedSegmentSum (gather's gradient) equals tfjs's, repeated a
   assertEquals(got.shape, [5, 2, 3]);
   assert(maxAbsDiff(got.dataSync(), ref.dataSync()) < 1e-6);
 });
+
+Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV2 equal tfjs's", () => {
+  const pairs: [number[], number[]][] = [
+    [[3, 4], [3, 4]],
+    [[3, 4], [4]],
+    [[2, 3, 4], [2, 1, 4]],
+    [[2, 1, 4], [1, 3, 1]],
+    [[5], []],
+    [[], [2, 2]],
+    [[4, 1], [1, 6]],
+    [[0, 3], [3]],
+  ];
+  const ops = [tf.add, tf.sub, tf.mul, tf.div] as const;
+  const check = (label: string, f: () => tf.Tensor) => {
+    uninstallFusedKernels();
+    const ref = f();
+    installFusedKernels();
+    const got = f();
+    assertEquals(got.shape, ref.shape, label);
+    assert(maxAbsDiff(got.dataSync(), ref.dataSync()) < 1e-5, label);
+  };
+  for (const [sa, sb] of pairs) {
+    const a = rand(sa);
+    const b = tf.add(tf.abs(rand(sb)), 0.5);
+    ops.forEach((op, i) => check(`op ${i} ${sa} ${sb}`, () => op(a, b)));
+  }
+  const x = rand([3, 4, 5]);
+  for (
+    const [axis, keep] of [[0, false], [[0, 1], true], [2, false], [[1, 2], false], [1, true], [null, false]] as const
+  ) {
+    check(`sum ${axis}`, () => tf.sum(x, axis as never, keep));
+  }
+  check("slice", () => tf.slice(x, [1, 0, 2], [2, 4, 2]));
+  check("slice to end", () => tf.slice(x, [0, 2, 0], [-1, -1, 3]));
+  check("split", () => tf.concat(tf.split(x, [1, 3], 1).map((t, i) => tf.mul(t, i + 1)), 1));
+  check("pad", () => tf.pad(x, [[1, 0], [0, 2], [3, 1]], 0.5));
+  const g = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(tf.slice(t, [0, 1, 1], [2, 2, 3]), 2)));
+  check("slice grad (pad)", () => g([x])[0]);
+});

@@ -1,0 +1,391 @@
+/**
+ * Fast float32 `cpu` kernels for the generic ops a transformer step leans on:
+ * broadcasting Add, Sub, Multiply and RealDiv (one strided pass, no index
+ * arithmetic per element), Sum over leading or trailing axes, and Slice,
+ * SplitV and PadV2 as contiguous-run copies. tfjs's own
+ * versions run at 15–90 M elements/s; these at several hundred. Other dtypes
+ * and layouts go to tfjs's kernels.
+ * @module
+ */
+import { tf } from "./tf.ts";
+
+type TensorInfo = { dataId: object; shape: number[]; dtype: string };
+type CpuBackend = {
+  data: { get(id: object): { values: unknown } };
+  makeTensorInfo(shape: number[], dtype: string, values?: unknown): TensorInfo;
+};
+type KernelArgs = {
+  inputs: Record<string, TensorInfo | undefined>;
+  backend: CpuBackend;
+  attrs?: Record<string, unknown>;
+};
+type KernelFunc = (args: KernelArgs) => TensorInfo;
+
+const originals = new Map<string, tf.KernelConfig>();
+
+function fallback(name: string, args: KernelArgs): TensorInfo {
+  return (originals.get(name)!.kernelFunc as unknown as KernelFunc)(args);
+}
+
+/** Output shape and per-input strides (0 on broadcast axes), with adjacent axes merged where possible. */
+function broadcastPlan(
+  sa: number[],
+  sb: number[],
+): { out: number[]; dims: number[]; stA: number[]; stB: number[] } | null {
+  const rank = Math.max(sa.length, sb.length);
+  const a = [...new Array(rank - sa.length).fill(1), ...sa];
+  const b = [...new Array(rank - sb.length).fill(1), ...sb];
+  const out: number[] = [];
+  for (let i = 0; i < rank; i++) {
+    if (a[i] !== b[i] && a[i] !== 1 && b[i] !== 1) return null;
+    out.push(a[i] === 1 ? b[i] : a[i]); // not max: a size-0 axis broadcasts against 1 to 0
+  }
+  // Merge axes with the same broadcast pattern: (a full, b full), (a full, b bcast), (a bcast, b full).
+  const dims: number[] = [];
+  const kinds: string[] = [];
+  for (let i = 0; i < rank; i++) {
+    if (out[i] === 1) continue;
+    const k = `${a[i] === 1 ? 0 : 1}${b[i] === 1 ? 0 : 1}`;
+    if (kinds.length && kinds[kinds.length - 1] === k) dims[dims.length - 1] *= out[i];
+    else {
+      dims.push(out[i]);
+      kinds.push(k);
+    }
+  }
+  if (dims.length === 0) {
+    dims.push(1);
+    kinds.push("11");
+  }
+  const stA = new Array(dims.length).fill(0);
+  const stB = new Array(dims.length).fill(0);
+  let pa = 1;
+  let pb = 1;
+  for (let i = dims.length - 1; i >= 0; i--) {
+    if (kinds[i][0] === "1") {
+      stA[i] = pa;
+      pa *= dims[i];
+    }
+    if (kinds[i][1] === "1") {
+      stB[i] = pb;
+      pb *= dims[i];
+    }
+  }
+  return { out, dims, stA, stB };
+}
+
+type BinOp = (x: number, y: number) => number;
+
+function binaryKernel(
+  name: string,
+  op: BinOp,
+  inner: (
+    A: Float32Array,
+    B: Float32Array,
+    O: Float32Array,
+    ia: number,
+    ib: number,
+    io: number,
+    n: number,
+    sa: number,
+    sb: number,
+  ) => void,
+): KernelFunc {
+  return (args) => {
+    const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+    if (a.dtype !== "float32" || b.dtype !== "float32") return fallback(name, args);
+    const plan = broadcastPlan(a.shape, b.shape);
+    if (!plan) return fallback(name, args);
+    const A = args.backend.data.get(a.dataId).values as Float32Array;
+    const B = args.backend.data.get(b.dataId).values as Float32Array;
+    const size = plan.out.reduce((x, y) => x * y, 1);
+    const O = new Float32Array(size);
+    if (size > 0) {
+      const { dims, stA, stB } = plan;
+      const last = dims.length - 1;
+      const n = dims[last];
+      const outer = size / n;
+      const idx = new Array(last).fill(0);
+      let ia = 0;
+      let ib = 0;
+      for (let o = 0; o < outer; o++) {
+        inner(A, B, O, ia, ib, o * n, n, stA[last], stB[last]);
+        for (let d = last - 1; d >= 0; d--) {
+          idx[d]++;
+          ia += stA[d];
+          ib += stB[d];
+          if (idx[d] < dims[d]) break;
+          ia -= stA[d] * dims[d];
+          ib -= stB[d] * dims[d];
+          idx[d] = 0;
+        }
+      }
+    }
+    void op;
+    return args.backend.makeTensorInfo(plan.out, "float32", O);
+  };
+}
+
+// Inner loops are written out per op so V8 inlines the arithmetic.
+const addInner = (
+  A: Float32Array,
+  B: Float32Array,
+  O: Float32Array,
+  ia: number,
+  ib: number,
+  io: number,
+  n: number,
+  sa: number,
+  sb: number,
+) => {
+  if (sa === 1 && sb === 1) { for (let i = 0; i < n; i++) O[io + i] = A[ia + i] + B[ib + i]; }
+  else if (sb === 0) {
+    const y = B[ib];
+    for (let i = 0; i < n; i++) O[io + i] = A[ia + i * sa] + y;
+  } else {
+    const x = A[ia];
+    for (let i = 0; i < n; i++) O[io + i] = x + B[ib + i];
+  }
+};
+const subInner = (
+  A: Float32Array,
+  B: Float32Array,
+  O: Float32Array,
+  ia: number,
+  ib: number,
+  io: number,
+  n: number,
+  sa: number,
+  sb: number,
+) => {
+  if (sa === 1 && sb === 1) { for (let i = 0; i < n; i++) O[io + i] = A[ia + i] - B[ib + i]; }
+  else if (sb === 0) {
+    const y = B[ib];
+    for (let i = 0; i < n; i++) O[io + i] = A[ia + i * sa] - y;
+  } else {
+    const x = A[ia];
+    for (let i = 0; i < n; i++) O[io + i] = x - B[ib + i];
+  }
+};
+const mulInner = (
+  A: Float32Array,
+  B: Float32Array,
+  O: Float32Array,
+  ia: number,
+  ib: number,
+  io: number,
+  n: number,
+  sa: number,
+  sb: number,
+) => {
+  if (sa === 1 && sb === 1) { for (let i = 0; i < n; i++) O[io + i] = A[ia + i] * B[ib + i]; }
+  else if (sb === 0) {
+    const y = B[ib];
+    for (let i = 0; i < n; i++) O[io + i] = A[ia + i * sa] * y;
+  } else {
+    const x = A[ia];
+    for (let i = 0; i < n; i++) O[io + i] = x * B[ib + i];
+  }
+};
+const divInner = (
+  A: Float32Array,
+  B: Float32Array,
+  O: Float32Array,
+  ia: number,
+  ib: number,
+  io: number,
+  n: number,
+  sa: number,
+  sb: number,
+) => {
+  if (sa === 1 && sb === 1) { for (let i = 0; i < n; i++) O[io + i] = A[ia + i] / B[ib + i]; }
+  else if (sb === 0) {
+    const y = B[ib];
+    for (let i = 0; i < n; i++) O[io + i] = A[ia + i * sa] / y;
+  } else {
+    const x = A[ia];
+    for (let i = 0; i < n; i++) O[io + i] = x / B[ib + i];
+  }
+};
+
+/** Sum over a prefix or suffix of axes (after dropping size-1 axes from the reduced set). */
+function sumKernel(args: KernelArgs): TensorInfo {
+  const x = args.inputs.x!;
+  if (x.dtype !== "float32") return fallback("Sum", args);
+  const rank = x.shape.length;
+  const raw = args.attrs!.axis as number | number[] | null | undefined;
+  // No axis means every axis (tfjs's parseAxisParam).
+  const list = raw === null || raw === undefined ? x.shape.map((_, i) => i) : Array.isArray(raw) ? raw : [raw];
+  const axes = [...new Set(list.map((a) => (a < 0 ? a + rank : a)))].sort((p, q) => p - q);
+  const keepDims = !!args.attrs!.keepDims;
+  const reduced = new Set(axes);
+  const outShape = keepDims
+    ? x.shape.map((d, i) => (reduced.has(i) ? 1 : d))
+    : x.shape.filter((_, i) => !reduced.has(i));
+  // Axes of size 1 do not matter; classify the rest.
+  const big = x.shape.map((d, i) => ({ d, i })).filter(({ d }) => d !== 1);
+  const flags = big.map(({ i }) => reduced.has(i));
+  const firstKept = flags.indexOf(false);
+  const isPrefix = firstKept === -1 || flags.slice(firstKept).every((f) => !f);
+  const firstRed = flags.indexOf(true);
+  const isSuffix = firstRed === -1 || flags.slice(firstRed).every((f) => f);
+  if (!isPrefix && !isSuffix) return fallback("Sum", args);
+  const X = args.backend.data.get(x.dataId).values as Float32Array;
+  const total = X.length;
+  const redSize = axes.reduce((s, a) => s * x.shape[a], 1);
+  const keepSize = redSize === 0 ? outShape.reduce((s, d) => s * d, 1) : total / redSize;
+  const out = new Float32Array(keepSize);
+  if (total > 0) {
+    if (isSuffix) {
+      for (let r = 0; r < keepSize; r++) {
+        let s = 0;
+        const o = r * redSize;
+        for (let i = 0; i < redSize; i++) s += X[o + i];
+        out[r] = s;
+      }
+    } else {
+      const acc = new Float64Array(keepSize);
+      for (let r = 0; r < redSize; r++) {
+        const o = r * keepSize;
+        for (let i = 0; i < keepSize; i++) acc[i] += X[o + i];
+      }
+      out.set(acc);
+    }
+  }
+  return args.backend.makeTensorInfo(outShape, "float32", out);
+}
+
+/** Copies a box `[begin, begin+size)` of a row-major array into a new contiguous array. */
+function copyBox(
+  X: ArrayLike<number>,
+  shape: number[],
+  begin: number[],
+  size: number[],
+  Out: { [i: number]: number; length: number },
+  outOffset = 0,
+): void {
+  const rank = shape.length;
+  const strides = new Array(rank).fill(1);
+  for (let d = rank - 2; d >= 0; d--) strides[d] = strides[d + 1] * shape[d + 1];
+  // Merge trailing axes taken whole into one contiguous run.
+  let last = rank - 1;
+  let run = rank ? size[last] : 1;
+  while (last > 0 && size[last] === shape[last] && begin[last] === 0) {
+    last--;
+    run *= size[last];
+  }
+  const total = size.reduce((a, b) => a * b, 1);
+  if (total === 0) return;
+  const idx = new Array(Math.max(0, last)).fill(0);
+  let src = 0;
+  for (let d = 0; d < rank; d++) src += begin[d] * strides[d];
+  for (let o = 0; o < total; o += run) {
+    for (let i = 0; i < run; i++) Out[outOffset + o + i] = X[src + i];
+    for (let d = last - 1; d >= 0; d--) {
+      idx[d]++;
+      src += strides[d];
+      if (idx[d] < size[d]) break;
+      src -= strides[d] * size[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+function typedLike(X: unknown, n: number): Float32Array {
+  return new ((X as Float32Array).constructor as Float32ArrayConstructor)(n);
+}
+
+function sliceKernel(args: KernelArgs): TensorInfo {
+  const x = args.inputs.x!;
+  const X = args.backend.data.get(x.dataId).values;
+  if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") return fallback("Slice", args);
+  const begin = (args.attrs!.begin as number[]).map((b, d) => (b < 0 ? b + x.shape[d] : b));
+  const size = (args.attrs!.size as number[]).map((s, d) => (s === -1 ? x.shape[d] - begin[d] : s));
+  const out = typedLike(X, size.reduce((a, b) => a * b, 1));
+  copyBox(X as Float32Array, x.shape, begin, size, out);
+  return args.backend.makeTensorInfo(size, x.dtype, out);
+}
+
+function splitVKernel(args: KernelArgs): TensorInfo[] {
+  const x = args.inputs.x!;
+  const X = args.backend.data.get(x.dataId).values;
+  const axisRaw = args.attrs!.axis as number | number[];
+  const axis0 = Array.isArray(axisRaw) ? axisRaw[0] : axisRaw;
+  const axis = axis0 < 0 ? axis0 + x.shape.length : axis0;
+  const spec = args.attrs!.numOrSizeSplits as number | number[];
+  if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") {
+    return (originals.get("SplitV")!.kernelFunc as unknown as (a: KernelArgs) => TensorInfo[])(args);
+  }
+  let sizes: number[];
+  if (Array.isArray(spec)) {
+    const known = spec.filter((s) => s !== -1).reduce((a, b) => a + b, 0);
+    sizes = spec.map((s) => (s === -1 ? x.shape[axis] - known : s));
+  } else sizes = new Array(spec).fill(x.shape[axis] / spec);
+  const begin = new Array(x.shape.length).fill(0);
+  return sizes.map((s) => {
+    const size = [...x.shape];
+    size[axis] = s;
+    const out = typedLike(X, size.reduce((a, b) => a * b, 1));
+    copyBox(X as Float32Array, x.shape, begin, size, out);
+    begin[axis] += s;
+    return args.backend.makeTensorInfo(size, x.dtype, out);
+  });
+}
+
+function padKernel(args: KernelArgs): TensorInfo {
+  const x = args.inputs.x!;
+  const X = args.backend.data.get(x.dataId).values;
+  if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") return fallback("PadV2", args);
+  const paddings = args.attrs!.paddings as [number, number][];
+  const value = (args.attrs!.constantValue as number) ?? 0;
+  const outShape = x.shape.map((d, i) => paddings[i][0] + d + paddings[i][1]);
+  const out = typedLike(X, outShape.reduce((a, b) => a * b, 1));
+  if (value !== 0) out.fill(value);
+  // Copy each input row (last axis) to its place in the output.
+  const rank = x.shape.length;
+  const outStrides = new Array(rank).fill(1);
+  for (let d = rank - 2; d >= 0; d--) outStrides[d] = outStrides[d + 1] * outShape[d + 1];
+  const total = x.shape.reduce((a, b) => a * b, 1);
+  if (total > 0) {
+    const row = x.shape[rank - 1];
+    const idx = new Array(rank).fill(0);
+    for (let o = 0; o < total; o += row) {
+      let dst = 0;
+      for (let d = 0; d < rank; d++) dst += (idx[d] + paddings[d][0]) * outStrides[d];
+      for (let i = 0; i < row; i++) out[dst + i] = (X as Float32Array)[o + i];
+      for (let d = rank - 2; d >= 0; d--) {
+        if (++idx[d] < x.shape[d]) break;
+        idx[d] = 0;
+      }
+    }
+  }
+  return args.backend.makeTensorInfo(outShape, x.dtype, out);
+}
+
+const KERNELS: Record<string, KernelFunc> = {
+  Slice: sliceKernel,
+  SplitV: splitVKernel as unknown as KernelFunc,
+  PadV2: padKernel,
+  Add: binaryKernel("Add", (x, y) => x + y, addInner),
+  Sub: binaryKernel("Sub", (x, y) => x - y, subInner),
+  Multiply: binaryKernel("Multiply", (x, y) => x * y, mulInner),
+  RealDiv: binaryKernel("RealDiv", (x, y) => x / y, divInner),
+  Sum: sumKernel,
+};
+
+/** Registers the fast elementwise kernels on `cpu` (idempotent). */
+export function installElementwiseKernels(): void {
+  for (const [name, fn] of Object.entries(KERNELS)) {
+    if (!originals.has(name)) originals.set(name, tf.getKernel(name, "cpu")!);
+    tf.unregisterKernel(name, "cpu");
+    tf.registerKernel({ kernelName: name, backendName: "cpu", kernelFunc: fn as unknown as tf.KernelFunc });
+  }
+}
+
+/** Restores tfjs's own kernels. */
+export function uninstallElementwiseKernels(): void {
+  for (const [name, config] of originals) {
+    tf.unregisterKernel(name, "cpu");
+    tf.registerKernel(config);
+  }
+  originals.clear();
+}

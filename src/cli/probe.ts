@@ -1,0 +1,123 @@
+/** `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline. */
+import { basename, join } from "node:path";
+import { formatClassCounts, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
+import { loadVit, type VitFamily, type VitModel } from "../encoders/mod.ts";
+import { type ModelResults, probeTask, terminalTable, writeProbeReport } from "../probe/mod.ts";
+import { compareModels, markdownSingle } from "../probe/report.ts";
+import { numberFlag, parseCli, runMain } from "../util/cli.ts";
+import { UsageError } from "../util/errors.ts";
+import { ProgressBar } from "../util/progress.ts";
+import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+
+function timestamp(): string {
+  return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+}
+
+await runMain(async () => {
+  const { values } = parseCli(Deno.args, {
+    usage: "deno task probe",
+    summary:
+      "Linear probing with the authors' protocol (method notes §2): the concat representation of each model family, " +
+      "a linear head trained with AdamW, warmup + cosine, label smoothing and early stopping on validation balanced " +
+      "accuracy, the best state tested once, over several seeds. With --compare, the second model is compared against " +
+      "the first (the baseline) with a Wilcoxon signed-rank test over task × seed pairs and a per-task gains chart.",
+    flags: {
+      weights: {
+        type: "string",
+        valueName: "<file>",
+        description: "Vision encoder weights (the baseline when --compare is given).",
+      },
+      compare: { type: "string", valueName: "<file>", description: "Refined weights to compare against --weights." },
+      arch: {
+        type: "string",
+        valueName: "<arch>",
+        description: "Model family (both models).",
+        choices: ["auto", "retfound", "visionfm", "urfound", "timm"],
+        default: "auto",
+      },
+      tasks: {
+        type: "string",
+        multiple: true,
+        valueName: "<dir|csv>",
+        description: "Probing datasets: train/val/test/<class>/ folders or path,label,split CSVs (repeatable).",
+      },
+      benchmark: {
+        type: "string",
+        valueName: "<dir>",
+        description: "A synthetic benchmark root: probe all its tasks (tasks/*).",
+      },
+      mode: {
+        type: "string",
+        valueName: "<mode>",
+        description:
+          "fast: features computed once, no augmentation; faithful: the authors' per-epoch augmented features.",
+        choices: ["fast", "faithful"],
+        default: "fast",
+      },
+      seeds: { type: "string", valueName: "<list>", description: "Comma-separated seeds.", default: "0,1,2,3,4" },
+      out: { type: "string", valueName: "<dir>", description: "Output directory (default runs/probe-<timestamp>)." },
+      heads: { type: "string", valueName: "<n>", description: "Attention heads, if not width/64." },
+      "max-epochs": {
+        type: "string",
+        valueName: "<n>",
+        description: "Maximum epochs of the head (the authors: 1000).",
+        default: "1000",
+      },
+      ...BACKEND_FLAG,
+    },
+    examples: [
+      "deno task probe --weights RETFound_oct_weights.pth --tasks data/OCTID --tasks data/OCTDL",
+      "deno task probe --weights data/models/retfound-standin.safetensors --compare runs/X/best-model_X_bscan.safetensors --benchmark runs/cache/synth-small-v1-seed0",
+    ],
+  });
+  if (!values.weights) throw new UsageError("--weights is required (see --help)");
+  const seeds = String(values.seeds).split(",").map((s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--seeds: "${s}" is not a non-negative integer`);
+    return n;
+  });
+  const dirs: string[] = [...((values.tasks as string[] | undefined) ?? [])];
+  if (values.benchmark) {
+    for await (const e of Deno.readDir(join(String(values.benchmark), "tasks"))) {
+      if (e.isDirectory) dirs.push(join(String(values.benchmark), "tasks", e.name));
+    }
+  }
+  if (dirs.length === 0) throw new UsageError("give probing datasets with --tasks (repeatable) or --benchmark");
+  dirs.sort();
+  await backendFromFlags(values);
+  const heads = numberFlag(values, "heads", { integer: true, min: 1 });
+  const load = (p: string): VitModel => loadVit(p, { arch: values.arch as VitFamily | "auto", numHeads: heads }).model;
+  const datasets: ProbeDataset[] = [];
+  for (const d of dirs) {
+    const ds = await readProbeDataset(d);
+    console.error(formatClassCounts(ds));
+    datasets.push(ds);
+  }
+  const out = String(values.out ?? `runs/probe-${timestamp()}`);
+  const bar = new ProgressBar();
+  const probeAll = async (path: string): Promise<ModelResults> => {
+    const vit = load(path);
+    const r: ModelResults = { name: basename(path).replace(/\.(pth|safetensors|ckpt|bin)$/, ""), tasks: [] };
+    for (const ds of datasets) {
+      r.tasks.push(
+        await probeTask(vit, ds, {
+          seeds,
+          mode: values.mode as "fast" | "faithful",
+          hyper: { maxEpochs: numberFlag(values, "max-epochs", { integer: true, min: 1 }) },
+          onProgress: bar.callback,
+        }),
+      );
+    }
+    bar.finish();
+    return r;
+  };
+  const baseline = await probeAll(String(values.weights));
+  const refined = values.compare ? await probeAll(String(values.compare)) : undefined;
+  const { files } = await writeProbeReport(out, { baseline, refined }, {
+    notes: [`mode: ${values.mode}`, `seeds: ${seeds.join(", ")}`],
+  });
+  console.log(refined ? terminalTable(compareModels(baseline, refined)) : markdownSingle(baseline));
+  console.log(
+    `\nreport: ${files.markdown}${files.html ? `, ${files.html}, ${files.png}` : ""}; per-seed results: ${files.csv}`,
+  );
+});

@@ -1,0 +1,317 @@
+/**
+ * The paper's experiment end to end, on any vision encoder (real weights or a
+ * shipped stand-in) and any probing benchmark (by default the synthetic OCT
+ * benchmark): baseline linear probe → RetFiner refinement → probe again →
+ * comparison, report and charts. `deno task refine` with no arguments runs it
+ * on the RETFound-like stand-in; the notebooks drive it cell by cell.
+ *
+ * @example
+ * ```ts
+ * import { runExperiment } from "@retfiner/retfiner/experiment";
+ * const result = await runExperiment({ family: "retfound", runDir: "runs/demo" });
+ * console.log(result.comparison.overall.bacc.delta);
+ * ```
+ * @module
+ */
+import { join } from "node:path";
+import { type ProbeDataset, readImageFolderDataset } from "../dataset/folders.ts";
+import { readPairManifest } from "../dataset/manifest.ts";
+import { type BenchmarkInfo, generateBenchmark, SYNTH_PRESETS, SYNTH_VERSION } from "../dataset/synth/generate.ts";
+import { loadTokenizer } from "../dataset/tokenizer.ts";
+import { loadBert, loadVit } from "../encoders/load.ts";
+import type { VitModel } from "../encoders/vit.ts";
+import { assembleModel, type RetfinerModel } from "../refine/model.ts";
+import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
+import { ALL_LOSSES, type LossWeights, OBJECTIVES } from "../refine/step.ts";
+import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
+import { type ProbeMode, probeTask } from "../probe/protocol.ts";
+import { type ProbeReportFiles, writeProbeReport } from "../probe/outputs.ts";
+import { writeJsonAtomic } from "../util/fs.ts";
+import type { ProgressCallback } from "../util/progress.ts";
+import { standinPath, TEXT_STANDIN } from "../pretrain/paths.ts";
+import { pct } from "../probe/report.ts";
+import { writeFileAtomic } from "../util/fs.ts";
+
+/** The families with a shipped stand-in. */
+export type ExperimentFamily = "retfound" | "visionfm" | "urfound";
+
+/** Paper names of the refined models. */
+export const REFINED_NAMES: Record<ExperimentFamily, string> = {
+  retfound: "RetFiner-R",
+  visionfm: "RetFiner-V",
+  urfound: "RetFiner-U",
+};
+
+/** Display names of the baselines (stand-ins are marked as such). */
+export function baselineName(family: ExperimentFamily, standin: boolean): string {
+  const n = { retfound: "RETFound", visionfm: "VisionFM", urfound: "UrFound" }[family];
+  return standin ? `${n}-like stand-in` : n;
+}
+
+/** Refinement settings of the CPU demo (see the README for how they differ from the paper's). */
+export const DEMO_REFINE: Partial<RefineOptions> = {
+  batchSize: 32,
+  epochs: 3,
+  patience: 3,
+  optimizer: { lr: 2e-4 },
+};
+
+/** Options of {@link runExperiment}. */
+export interface ExperimentOptions {
+  /** Vision family (decides the token and probing recipes). */
+  family: ExperimentFamily;
+  /** Run directory for everything written. */
+  runDir: string;
+  /** Real vision weights; default: the family's stand-in. */
+  weights?: string;
+  /** Text encoder weights + config + tokenizer; default: the text stand-in. */
+  text?: { weights: string; config: string; tokenizer: string };
+  /** Benchmark root; default: the synthetic benchmark under `runs/cache/`, generated if missing. */
+  benchmark?: string;
+  /** Synthetic benchmark size and seed (when generating). */
+  synth?: { size?: keyof typeof SYNTH_PRESETS; seed?: number };
+  /** Pair manifest; default: the benchmark's `pairs/pairs.csv`. */
+  pairs?: string;
+  /** Probing: seeds and mode. */
+  probe?: { seeds?: number[]; mode?: ProbeMode; maxEpochs?: number };
+  /** Task subset (folder names under `tasks/`); default all. */
+  tasks?: string[];
+  /** Refinement settings; default {@link DEMO_REFINE}. */
+  refine?: Partial<RefineOptions>;
+  /** Progress updates (all phases). */
+  onProgress?: ProgressCallback;
+  /** Status lines. */
+  log?: (line: string) => void;
+}
+
+/** What {@link runExperiment} returns. */
+export interface ExperimentResult {
+  /** Baseline probe. */
+  baseline: ModelResults;
+  /** Refined probe. */
+  refined: ModelResults;
+  /** Baseline vs refined. */
+  comparison: Comparison;
+  /** Refinement outcome (history, exported backbone). */
+  refinement: RefineResult;
+  /** Report files. */
+  files: ProbeReportFiles;
+  /** Seconds per phase. */
+  seconds: Record<"benchmark" | "baseline" | "refine" | "refined" | "total", number>;
+}
+
+/** The cache directory of a synthetic benchmark. */
+export function benchmarkDir(size: string, seed: number): string {
+  return join("runs", "cache", `synth-${size}-v${SYNTH_VERSION}-seed${seed}`);
+}
+
+/** Generates (or reuses) the synthetic benchmark. */
+export async function ensureBenchmark(
+  options: { size?: keyof typeof SYNTH_PRESETS; seed?: number; root?: string; onProgress?: ProgressCallback } = {},
+): Promise<{ root: string; info: BenchmarkInfo }> {
+  const size = options.size ?? "small";
+  const seed = options.seed ?? 0;
+  const root = options.root ?? benchmarkDir(size, seed);
+  const info = await generateBenchmark({ root, seed, sizes: SYNTH_PRESETS[size], onProgress: options.onProgress });
+  return { root, info };
+}
+
+/** Loads the probing tasks of a benchmark root (`tasks/*`), sorted. */
+export async function loadTasks(root: string, only?: string[]): Promise<ProbeDataset[]> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(join(root, "tasks"))) {
+    if (e.isDirectory && (!only || only.includes(e.name))) names.push(e.name);
+  }
+  names.sort();
+  return await Promise.all(names.map((n) => readImageFolderDataset(join(root, "tasks", n))));
+}
+
+/** Loads the vision encoder: real weights, or the family's stand-in. */
+export function loadVision(family: ExperimentFamily, weights?: string): VitModel {
+  return loadVit(weights ?? standinPath(family), { arch: weights ? family : "auto" }).model;
+}
+
+/** Builds the RetFiner model around a vision encoder with the given (or stand-in) text side. */
+export function buildModel(vit: VitModel, text?: ExperimentOptions["text"], seed = 0): RetfinerModel {
+  const t = text ?? TEXT_STANDIN;
+  const bert = loadBert(t.weights, t.config).model;
+  return assembleModel(vit, bert, loadTokenizer(t.tokenizer), { seed });
+}
+
+/** Probes every task with one model. */
+export async function probeModel(
+  vit: VitModel,
+  name: string,
+  tasks: ProbeDataset[],
+  probe: ExperimentOptions["probe"] = {},
+  onProgress?: ProgressCallback,
+): Promise<ModelResults> {
+  const r: ModelResults = { name, tasks: [] };
+  for (const ds of tasks) {
+    r.tasks.push(
+      await probeTask(vit, ds, {
+        seeds: probe.seeds ?? [0, 1, 2],
+        mode: probe.mode ?? "fast",
+        hyper: probe.maxEpochs ? { maxEpochs: probe.maxEpochs } : {},
+        onProgress,
+      }),
+    );
+  }
+  return r;
+}
+
+/** Baseline probe → refinement → probe → report. */
+export async function runExperiment(options: ExperimentOptions): Promise<ExperimentResult> {
+  const log = options.log ?? (() => {});
+  const t0 = performance.now();
+  const lap = (() => {
+    let last = performance.now();
+    return () => {
+      const now = performance.now();
+      const s = (now - last) / 1000;
+      last = now;
+      return s;
+    };
+  })();
+  const bench = options.benchmark
+    ? { root: options.benchmark }
+    : await ensureBenchmark({ ...options.synth, onProgress: options.onProgress });
+  const sBench = lap();
+  log(`benchmark: ${bench.root} (${sBench.toFixed(0)} s)`);
+  const tasks = await loadTasks(bench.root, options.tasks);
+  const standin = !options.weights;
+  const vit = loadVision(options.family, options.weights);
+  log(
+    `vision encoder: ${
+      baselineName(options.family, standin)
+    } (ViT ${vit.config.embedDim}×${vit.config.depth}, ${vit.config.imgSize} px)`,
+  );
+  const baseline = await probeModel(
+    vit,
+    baselineName(options.family, standin),
+    tasks,
+    options.probe,
+    options.onProgress,
+  );
+  const sBase = lap();
+  log(
+    `baseline probe: ${tasks.length} tasks × ${(options.probe?.seeds ?? [0, 1, 2]).length} seeds (${
+      sBase.toFixed(0)
+    } s)`,
+  );
+  const model = buildModel(vit, options.text);
+  const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
+  const refinement = await refine({
+    ...DEMO_REFINE,
+    ...options.refine,
+    model,
+    pairs,
+    runDir: options.runDir,
+    onProgress: options.onProgress,
+  });
+  const sRef = lap();
+  log(
+    `refinement: ${refinement.loop.step} steps, ${refinement.loop.history.length} epochs, stopped by ${refinement.stopReason} (${
+      sRef.toFixed(0)
+    } s)`,
+  );
+  const refined = await probeModel(model.vit, REFINED_NAMES[options.family], tasks, options.probe, options.onProgress);
+  const sRefined = lap();
+  const seconds = {
+    benchmark: sBench,
+    baseline: sBase,
+    refine: sRef,
+    refined: sRefined,
+    total: (performance.now() - t0) / 1000,
+  };
+  const { files, comparison } = await writeProbeReport(options.runDir, { baseline, refined }, {
+    notes: [
+      `vision encoder: ${options.weights ?? standinPath(options.family)}`,
+      `refinement: ${refinement.loop.step} optimiser steps over ${refinement.loop.history.length} epochs (${refinement.stopReason}); backbone: ${refinement.backbone.pth}`,
+      `probe: fast mode, seeds ${(options.probe?.seeds ?? [0, 1, 2]).join(", ")}`,
+      `time: ${Object.entries(seconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(", ")}`,
+    ],
+  });
+  await writeJsonAtomic(join(options.runDir, "timing.json"), seconds);
+  return { baseline, refined, comparison: comparison!, refinement, files, seconds };
+}
+
+/** One line of the ablation table. */
+export interface AblationRow {
+  /** Which objectives were used. */
+  losses: LossWeights;
+  /** Label, e.g. "all" or "− itm". */
+  label: string;
+  /** Comparison of this refinement against the shared baseline. */
+  comparison: Comparison;
+}
+
+/** Refines once with all objectives and once without each, from the same start; one shared baseline probe. */
+export async function runAblation(
+  options: ExperimentOptions,
+): Promise<{ baseline: ModelResults; rows: AblationRow[]; markdown: string }> {
+  const bench = options.benchmark
+    ? { root: options.benchmark }
+    : await ensureBenchmark({ ...options.synth, onProgress: options.onProgress });
+  const tasks = await loadTasks(bench.root, options.tasks);
+  const standin = !options.weights;
+  const baseline = await probeModel(
+    loadVision(options.family, options.weights),
+    baselineName(options.family, standin),
+    tasks,
+    options.probe,
+    options.onProgress,
+  );
+  const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
+  const variants: [string, LossWeights][] = [
+    ["all", ALL_LOSSES],
+    ...OBJECTIVES.map((k) => [`− ${k.toUpperCase()}`, { ...ALL_LOSSES, [k]: 0 }] as [string, LossWeights]),
+  ];
+  const rows: AblationRow[] = [];
+  for (const [label, losses] of variants) {
+    const model = buildModel(loadVision(options.family, options.weights), options.text);
+    const dir = join(options.runDir, label === "all" ? "all" : `without-${label.slice(2).toLowerCase()}`);
+    await refine({
+      ...DEMO_REFINE,
+      ...options.refine,
+      losses,
+      model,
+      pairs,
+      runDir: dir,
+      onProgress: options.onProgress,
+    });
+    const refined = await probeModel(
+      model.vit,
+      `${REFINED_NAMES[options.family]} (${label})`,
+      tasks,
+      options.probe,
+      options.onProgress,
+    );
+    rows.push({ label, losses, comparison: compareModels(baseline, refined) });
+    options.log?.(`ablation ${label}: Δ BAcc ${pct(rows.at(-1)!.comparison.overall.bacc.delta)} pp`);
+  }
+  const lines = [
+    "| objectives | BAcc | Δ BAcc vs baseline | p (Wilcoxon) | AUROC | Δ AUROC |",
+    "|---|---|---|---|---|---|",
+  ];
+  lines.push(
+    `| baseline | ${pct(rows[0].comparison.overall.bacc.baseline.mean)} | – | – | ${
+      pct(rows[0].comparison.overall.auroc.baseline.mean)
+    } | – |`,
+  );
+  for (const r of rows) {
+    const b = r.comparison.overall.bacc;
+    const a = r.comparison.overall.auroc;
+    lines.push(
+      `| ${r.label} | ${pct(b.refined.mean)} | ${b.delta >= 0 ? "+" : "−"}${pct(Math.abs(b.delta))} | ${
+        b.test ? b.test.pValue.toPrecision(3) : "n/a"
+      } | ${pct(a.refined.mean)} | ${a.delta >= 0 ? "+" : "−"}${pct(Math.abs(a.delta))} |`,
+    );
+  }
+  const markdown = lines.join("\n");
+  await writeFileAtomic(
+    join(options.runDir, "ablation.md"),
+    `# Ablation: each objective removed in turn\n\n${markdown}\n`,
+  );
+  return { baseline, rows, markdown };
+}

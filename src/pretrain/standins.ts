@@ -1,0 +1,222 @@
+/**
+ * The stand-in foundation models shipped under `data/models/`: small ViTs
+ * shaped like RETFound (wider, with the refinement projection), VisionFM and
+ * UrFound, each MAE-pretrained on unlabelled synthetic B-scans with its
+ * family's input statistics — image-only, as the real models were.
+ * `deno task pretrain` remakes them deterministically.
+ * @module
+ */
+import { tf } from "../backend/tf.ts";
+import { resizeGrey } from "../dataset/resize.ts";
+import { DIAGNOSES, type Diagnosis, samplePathology } from "../dataset/synth/diseases.ts";
+import { renderBscan } from "../dataset/synth/render.ts";
+import { vitPreset } from "../encoders/presets.ts";
+import type { VitConfig, VitFamily } from "../encoders/vit.ts";
+import { floatToHalf, type TensorData } from "../io/tensor.ts";
+import { writeSafetensors } from "../io/safetensors.ts";
+import { adamwStep, createAdamWState, scheduledLr } from "../refine/adamw.ts";
+import type { ProgressCallback } from "../util/progress.ts";
+import { Rng } from "../util/rng.ts";
+import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
+import { standinPath } from "./paths.ts";
+
+/** The families with a stand-in. */
+export type StandinFamily = "retfound" | "visionfm" | "urfound";
+
+/** How a stand-in is made. */
+export interface StandinSpec {
+  /** Encoder architecture and recipe. */
+  vit: VitConfig;
+  /** MAE decoder. */
+  decoder: MaeDecoderConfig;
+  /** Seed of the data and the weights. */
+  seed: number;
+  /** Unlabelled B-scans rendered for pretraining. */
+  images: number;
+  /** Epochs over them. */
+  epochs: number;
+  /** Batch size. */
+  batchSize: number;
+  /** Peak learning rate (cosine after a warmup). */
+  lr: number;
+  /** Warmup epochs. */
+  warmupEpochs: number;
+  /** Masking ratio. */
+  maskRatio: number;
+}
+
+const SIZE = 112;
+const common = { imgSize: SIZE, patchSize: 16, mlpRatio: 4 };
+
+/** The three stand-ins (CPU-sized; the real models are ViT-L/16 and ViT-B/16 at 224 px). */
+export const STANDIN_SPECS: Record<StandinFamily, StandinSpec> = {
+  retfound: {
+    vit: vitPreset("retfound", { ...common, embedDim: 192, depth: 6, numHeads: 3, projDim: 128 }),
+    decoder: { embedDim: 128, depth: 2, numHeads: 4 },
+    seed: 101,
+    images: 6000,
+    epochs: 12,
+    batchSize: 64,
+    lr: 1e-3,
+    warmupEpochs: 1,
+    maskRatio: 0.75,
+  },
+  visionfm: {
+    vit: vitPreset("visionfm", { ...common, embedDim: 128, depth: 6, numHeads: 2 }),
+    decoder: { embedDim: 128, depth: 2, numHeads: 4 },
+    seed: 202,
+    images: 6000,
+    epochs: 12,
+    batchSize: 64,
+    lr: 1e-3,
+    warmupEpochs: 1,
+    maskRatio: 0.75,
+  },
+  urfound: {
+    vit: vitPreset("urfound", { ...common, embedDim: 128, depth: 6, numHeads: 2 }),
+    decoder: { embedDim: 128, depth: 2, numHeads: 4 },
+    seed: 303,
+    images: 6000,
+    epochs: 12,
+    batchSize: 64,
+    lr: 1e-3,
+    warmupEpochs: 1,
+    maskRatio: 0.75,
+  },
+};
+
+const MIX: [Diagnosis, number][] = DIAGNOSES.map((d) => [d, d === "normal" ? 4 : 1]);
+
+/** Renders the unlabelled pretraining scans (grey, resized to the model size). */
+export function pretrainingImages(spec: StandinSpec, onProgress?: ProgressCallback): Float32Array[] {
+  const total = MIX.reduce((s, [, w]) => s + w, 0);
+  const out: Float32Array[] = [];
+  for (let i = 0; i < spec.images; i++) {
+    // A stream of its own: never the pair corpus's or the probing tasks' scans.
+    const rng = new Rng(spec.seed, `pretrain/${i}`);
+    let r = rng.uniform() * total;
+    let dx: Diagnosis = "normal";
+    for (const [d, w] of MIX) {
+      if ((r -= w) < 0) {
+        dx = d;
+        break;
+      }
+    }
+    const img = renderBscan(
+      { eye: rng.uniform() < 0.5 ? "OD" : "OS", pathology: samplePathology(dx, rng), seed: i },
+      rng,
+      256,
+      256,
+    );
+    out.push(resizeGrey(img, spec.vit.imgSize, spec.vit.imgSize, "bicubic").data);
+    onProgress?.({ phase: "render pretraining scans", done: i + 1, total: spec.images });
+  }
+  return out;
+}
+
+/** What {@link pretrainStandin} reports. */
+export interface PretrainResult {
+  /** The written weights. */
+  path: string;
+  /** Mean MAE loss per epoch. */
+  losses: number[];
+  /** Seconds. */
+  seconds: number;
+}
+
+/** Pretrains one stand-in with MAE and writes its encoder (float16 safetensors, config in the metadata). */
+export async function pretrainStandin(
+  family: StandinFamily,
+  options: { out?: string; spec?: Partial<StandinSpec>; onProgress?: ProgressCallback } = {},
+): Promise<PretrainResult> {
+  const spec = { ...STANDIN_SPECS[family], ...options.spec };
+  const t0 = performance.now();
+  const images = pretrainingImages(spec, options.onProgress);
+  const S = spec.vit.imgSize;
+  const plane = S * S;
+  const rng = new Rng(spec.seed, "mae");
+  const model = createMae(spec.vit, spec.decoder, rng.fork("init"));
+  const params = maeParams(model);
+  const opt = { lr: spec.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05 };
+  const state = createAdamWState();
+  const stepsPerEpoch = Math.floor(images.length / spec.batchSize);
+  const schedule = {
+    kind: "cosine" as const,
+    warmupSteps: spec.warmupEpochs * stepsPerEpoch,
+    totalSteps: spec.epochs * stepsPerEpoch,
+    minLr: 0,
+  };
+  // MAE does not decay biases, norms, tokens and embeddings.
+  const noDecay = (name: string) =>
+    name.endsWith(".bias") || params.get(name)!.rank <= 1 || ["cls_token", "mask_token"].includes(name);
+  const [m0, m1, m2] = spec.vit.mean;
+  const [s0, s1, s2] = spec.vit.std;
+  const losses: number[] = [];
+  let step = 0;
+  for (let epoch = 0; epoch < spec.epochs; epoch++) {
+    const order = new Rng(spec.seed, `epoch/${epoch}`).permutation(images.length);
+    let sum = 0;
+    for (let b = 0; b < stepsPerEpoch; b++) {
+      const batch = new Float32Array(spec.batchSize * 3 * plane);
+      for (let k = 0; k < spec.batchSize; k++) {
+        const g = images[order[b * spec.batchSize + k]];
+        const o = k * 3 * plane;
+        for (let i = 0; i < plane; i++) {
+          batch[o + i] = (g[i] - m0) / s0;
+          batch[o + plane + i] = (g[i] - m1) / s1;
+          batch[o + 2 * plane + i] = (g[i] - m2) / s2;
+        }
+      }
+      const stepRng = new Rng(spec.seed, `step/${step}`);
+      const { value, grads } = tf.variableGrads(
+        () =>
+          maeLoss(
+            model,
+            tf.tensor(batch, [spec.batchSize, 3, S, S]),
+            spec.maskRatio,
+            stepRng.fork("mask"),
+            stepRng.fork("drop"),
+          ) as tf.Scalar,
+        [...params.values()],
+      );
+      const byName = new Map<string, tf.Tensor>();
+      for (const [n, p] of params) if (grads[p.name]) byName.set(n, grads[p.name]);
+      adamwStep(params, byName, state, opt, scheduledLr(spec.lr, step, schedule), noDecay);
+      const loss = value.dataSync()[0];
+      tf.dispose([value, ...Object.values(grads)]);
+      sum += loss;
+      step++;
+      options.onProgress?.({
+        phase: `pretrain ${family} epoch ${epoch + 1}/${spec.epochs}`,
+        done: b + 1,
+        total: stepsPerEpoch,
+        info: { mae: loss },
+      });
+    }
+    losses.push(sum / stepsPerEpoch);
+  }
+  const path = options.out ?? standinPath(family);
+  const tensors = new Map<string, TensorData>();
+  for (const [name, v] of model.encoder.params) {
+    if (name.startsWith("proj.")) continue; // RETFound's projection is created new at refinement (§1.2)
+    const f = v.dataSync() as Float32Array;
+    tensors.set(name, { dtype: "F16", shape: [...v.shape], data: Uint16Array.from(f, floatToHalf) });
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  await writeSafetensors(path, tensors, {
+    format: "pt",
+    "retfiner.family": family as VitFamily,
+    "retfiner.vit_config": JSON.stringify(spec.vit),
+    "retfiner.provenance": JSON.stringify({
+      made_by: "deno task pretrain",
+      objective: "MAE, mask ratio 0.75, norm_pix_loss, fixed sin-cos position embeddings",
+      data: `${spec.images} unlabelled synthetic B-scans (seed ${spec.seed}), ${spec.vit.imgSize} px`,
+      epochs: spec.epochs,
+      batch: spec.batchSize,
+      lr: spec.lr,
+      final_loss: losses.at(-1),
+      seconds: Math.round(seconds),
+    }),
+  });
+  return { path, losses, seconds };
+}
