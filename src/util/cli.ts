@@ -60,7 +60,10 @@ export function helpText(spec: CommandSpec): string {
  * Parses `args` against `spec`. Prints help and exits on `--help`; throws
  * {@link UsageError} naming the flag on unknown flags or bad choices.
  */
-export function parseCli(args: string[], spec: CommandSpec): { values: FlagValues; positionals: string[] } {
+export function parseCli(
+  args: string[],
+  spec: CommandSpec,
+): { values: FlagValues; positionals: string[]; given: Set<string> } {
   if (args.includes("--help") || args.includes("-h")) {
     console.log(helpText(spec));
     Deno.exit(0);
@@ -74,6 +77,7 @@ export function parseCli(args: string[], spec: CommandSpec): { values: FlagValue
     throw new UsageError(`${(err as Error).message}\nRun with --help to see every flag.`);
   }
   const values: FlagValues = {};
+  const given = new Set(Object.keys(parsed.values));
   for (const [name, f] of Object.entries(spec.flags)) {
     const v = (parsed.values as FlagValues)[name] ?? f.default;
     if (f.choices && v !== undefined) {
@@ -85,7 +89,49 @@ export function parseCli(args: string[], spec: CommandSpec): { values: FlagValue
     }
     values[name] = v;
   }
-  return { values, positionals: parsed.positionals };
+  return { values, positionals: parsed.positionals, given };
+}
+
+/**
+ * Merges a JSON config file under the command line: flags given on the
+ * command line win, then the file's keys (flag names), then the defaults.
+ * Unknown keys in the file are an error naming them.
+ */
+export async function withConfigFile(
+  values: FlagValues,
+  given: Set<string>,
+  spec: CommandSpec,
+  path: string | undefined,
+): Promise<FlagValues> {
+  if (!path) return values;
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    throw new UsageError(`--config ${path}: ${(err as Error).message}`);
+  }
+  const out = { ...values };
+  for (const [k, v] of Object.entries(json)) {
+    const f = spec.flags[k];
+    if (!f) {
+      throw new UsageError(
+        `--config ${path}: unknown key "${k}" (keys are flag names: ${Object.keys(spec.flags).join(", ")})`,
+      );
+    }
+    if (given.has(k)) continue;
+    if (f.type === "boolean" && typeof v !== "boolean") {
+      throw new UsageError(`--config ${path}: "${k}" must be true or false`);
+    }
+    out[k] = f.type === "boolean" ? v as boolean : Array.isArray(v) ? v.map(String) : String(v);
+    if (f.choices) {
+      for (const item of Array.isArray(out[k]) ? out[k] as string[] : [out[k] as string]) {
+        if (!f.choices.includes(item)) {
+          throw new UsageError(`--config ${path}: "${k}": "${item}" is not one of ${f.choices.join(", ")}`);
+        }
+      }
+    }
+  }
+  return out;
 }
 
 /** Parses a numeric flag, throwing a {@link UsageError} that names it. */

@@ -1,0 +1,108 @@
+/**
+ * `deno task pretrain`: remakes the shipped stand-in foundation models under
+ * data/models/ — three vision stand-ins (MAE on unlabelled synthetic B-scans)
+ * and the text stand-in (MLM on synthetic reports). Deterministic; not part of
+ * the default run.
+ */
+import { join } from "node:path";
+import { bertConfigToJson, bertPreset, bertStateDictForExport } from "../encoders/mod.ts";
+import { writeSafetensors } from "../io/mod.ts";
+import { pretrainStandin, STANDIN_SPECS, type StandinFamily } from "../pretrain/standins.ts";
+import { STANDIN_DIR } from "../pretrain/paths.ts";
+import { pretrainingReports, pretrainTextEncoder } from "../pretrain/text.ts";
+import { numberFlag, parseCli, runMain } from "../util/cli.ts";
+import { floatToHalf, type TensorData } from "../io/mod.ts";
+import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
+import { ProgressBar } from "../util/progress.ts";
+import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+
+/** The text stand-in's architecture (its width is the vision stand-ins' token width). */
+export const TEXT_STANDIN_CONFIG = bertPreset("small", {
+  hiddenSize: 128,
+  numHiddenLayers: 2,
+  numAttentionHeads: 2,
+  intermediateSize: 512,
+  maxPositionEmbeddings: 32,
+});
+
+await runMain(async () => {
+  const { values } = parseCli(Deno.args, {
+    usage: "deno task pretrain",
+    summary:
+      "Pretrains the stand-in foundation models shipped in data/models/: the RETFound-, VisionFM- and UrFound-like " +
+      "vision transformers with MAE on unlabelled synthetic B-scans (image only, like the real models), and the text " +
+      "stand-in BERT with masked language modelling on synthetic reports (text only, like bert-base-uncased). Every " +
+      "draw is seeded: the same command remakes the same weights.",
+    flags: {
+      only: {
+        type: "string",
+        valueName: "<list>",
+        description: "Comma-separated subset of retfound, visionfm, urfound, text.",
+        default: "retfound,visionfm,urfound,text",
+      },
+      out: { type: "string", valueName: "<dir>", description: "Output directory.", default: STANDIN_DIR },
+      images: {
+        type: "string",
+        valueName: "<n>",
+        description: "Override the number of pretraining scans (for a quick run).",
+      },
+      epochs: { type: "string", valueName: "<n>", description: "Override the epochs (for a quick run)." },
+      reports: { type: "string", valueName: "<n>", description: "Reports for the text stand-in.", default: "20000" },
+      ...BACKEND_FLAG,
+    },
+    examples: ["deno task pretrain", "deno task pretrain --only text"],
+  });
+  await backendFromFlags(values);
+  const only = new Set(String(values.only).split(","));
+  const out = String(values.out);
+  const bar = new ProgressBar({ intervalMs: Deno.stderr.isTerminal() ? 200 : 30000 });
+  const images = numberFlag(values, "images", { integer: true, min: 64 });
+  const epochs = numberFlag(values, "epochs", { integer: true, min: 1 });
+  for (const family of Object.keys(STANDIN_SPECS) as StandinFamily[]) {
+    if (!only.has(family)) continue;
+    const r = await pretrainStandin(family, {
+      out: join(out, `${family}-standin.safetensors`),
+      spec: { ...(images ? { images } : {}), ...(epochs ? { epochs } : {}) },
+      onProgress: bar.callback,
+    });
+    bar.finish();
+    console.log(
+      `${family}: ${r.path} (MAE loss per epoch ${r.losses.map((l) => l.toFixed(3)).join(" ")}; ${
+        r.seconds.toFixed(0)
+      } s)`,
+    );
+  }
+  if (only.has("text")) {
+    const t0 = performance.now();
+    const reports = pretrainingReports(numberFlag(values, "reports", { integer: true, min: 128 })!, 7);
+    const r = pretrainTextEncoder(reports, TEXT_STANDIN_CONFIG, {
+      seed: 7,
+      epochs: epochs ?? 4,
+      onProgress: bar.callback,
+    });
+    bar.finish();
+    const dir = join(out, "bert-standin");
+    // float16 keeps the shipped file small; it loads as float32.
+    const sd = new Map<string, TensorData>();
+    for (const [k, t] of bertStateDictForExport(r.bert)) {
+      sd.set(k, { dtype: "F16", shape: t.shape, data: Uint16Array.from(t.data as Float32Array, floatToHalf) });
+    }
+    await writeSafetensors(join(dir, "model.safetensors"), sd, {
+      format: "pt",
+      "retfiner.provenance": JSON.stringify({
+        made_by: "deno task pretrain --only text",
+        objective: "MLM 15%",
+        reports: reports.length,
+        seed: 7,
+        final_loss: r.losses.at(-1),
+      }),
+    });
+    await writeJsonAtomic(join(dir, "config.json"), bertConfigToJson(r.bert.config));
+    await writeFileAtomic(join(dir, "tokenizer.json"), JSON.stringify(r.tokenizer.tokenizerJson));
+    console.log(
+      `text: ${dir} (MLM loss per epoch ${r.losses.map((l) => l.toFixed(3)).join(" ")}; ${
+        ((performance.now() - t0) / 1000).toFixed(0)
+      } s)`,
+    );
+  }
+});

@@ -1,0 +1,94 @@
+/** The CLI tasks: --help lists every flag; refinement on user pairs; clear usage errors. */
+import { assert, assertEquals } from "../_assert.ts";
+import { SYNTH_TINY } from "../refine/_tiny.ts";
+import { tinyFiles } from "../experiment/_tiny_files.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+async function cli(script: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${root}src/cli/${script}.ts`, ...args],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+}
+
+for (
+  const [script, flags] of [
+    ["refine", [
+      "--model",
+      "--weights",
+      "--text-weights",
+      "--pairs",
+      "--authors-layout",
+      "--losses",
+      "--resume",
+      "--ablation",
+      "--config",
+      "--backend",
+      "--batch",
+      "--epochs",
+      "--lr",
+    ]],
+    ["probe", ["--weights", "--compare", "--tasks", "--mode", "--seeds", "--arch", "--benchmark"]],
+    ["encode", ["--weights", "--arch", "--input", "--tokens", "--out", "--batch"]],
+    ["synth", ["--out", "--seed", "--size", "--force"]],
+    ["pretrain", ["--only", "--out", "--images", "--epochs"]],
+  ] as const
+) {
+  Deno.test(`deno task ${script} --help lists its flags`, async () => {
+    const r = await cli(script, ["--help"]);
+    assertEquals(r.code, 0, r.stderr);
+    for (const f of [...flags, "--help"]) assert(r.stdout.includes(f), `${script} --help lacks ${f}`);
+  });
+}
+
+Deno.test("refine on user pairs (manifest) with a config file, resumable, exporting the backbone", async () => {
+  const f = await tinyFiles("visionfm");
+  const out = await Deno.makeTempDir();
+  const config = `${out}/config.json`;
+  await Deno.writeTextFile(config, JSON.stringify({ batch: "12", epochs: "1", lr: "5e-4", seeds: "0" }));
+  const r = await cli("refine", [
+    "--pairs",
+    `${SYNTH_TINY}pairs/pairs.csv`,
+    "--model",
+    "visionfm",
+    "--weights",
+    f.vision,
+    "--text-weights",
+    f.text.weights,
+    "--text-config",
+    f.text.config,
+    "--tokenizer",
+    f.text.tokenizer,
+    "--config",
+    config,
+    "--epochs",
+    "2", // the command line wins over the file
+    "--out",
+    out,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(/pairs: 24 train, 8 val/.test(r.stderr), r.stderr);
+  assert(/epoch 2:/.test(r.stderr) && !/epoch 3:/.test(r.stderr), r.stderr);
+  const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
+  assertEquals(log.filter((e) => e.kind === "step")[0].lr, 5e-4);
+  await Deno.stat(`${out}/best-model_${out.split("/").pop()}_bscan.pth`);
+});
+
+Deno.test("usage errors are one clear line and exit 1", async () => {
+  const bad = await cli("refine", ["--losses", "itc,foo", "--pairs", "x.csv"]);
+  assertEquals(bad.code, 1);
+  assert(/--losses: unknown objective "foo"/.test(bad.stderr), bad.stderr);
+  const unknown = await cli("refine", ["--bogus"]);
+  assertEquals(unknown.code, 1);
+  assert(/Unknown option '--bogus'.*--help/s.test(unknown.stderr), unknown.stderr);
+  const missing = await cli("refine", ["--pairs", "/nonexistent.csv", "--weights", "/nonexistent.pth"]);
+  assertEquals(missing.code, 1);
+  assert(/\/nonexistent\.csv: cannot read manifest/.test(missing.stderr), missing.stderr);
+  const probe = await cli("probe", ["--weights", "x.pth"]);
+  assertEquals(probe.code, 1);
+  assert(/--tasks/.test(probe.stderr));
+});
