@@ -23,6 +23,8 @@ export * from "./src/encoders/mod.ts";
 export * from "./src/losses/mod.ts";
 export * from "./src/refine/mod.ts";
 export * from "./src/probe/mod.ts";
+export * from "./src/experiment/mod.ts";
+export * from "./src/zeroshot/mod.ts";
 export {
   BackendError,
   CheckpointError,

@@ -361,7 +361,38 @@ function padKernel(args: KernelArgs): TensorInfo {
   return args.backend.makeTensorInfo(outShape, x.dtype, out);
 }
 
+/** GatherV2 along one axis without batch dimensions: rows copied with `set`, not element by element. */
+function gatherKernel(args: KernelArgs): TensorInfo {
+  const x = args.inputs.x!;
+  const ind = args.inputs.indices!;
+  const X = args.backend.data.get(x.dataId).values;
+  const batchDims = (args.attrs!.batchDims as number) ?? 0;
+  const axisRaw = args.attrs!.axis as number;
+  const axis = axisRaw < 0 ? axisRaw + x.shape.length : axisRaw;
+  if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64" || batchDims !== 0) {
+    return fallback("GatherV2", args);
+  }
+  const I = args.backend.data.get(ind.dataId).values as Int32Array | Float32Array;
+  const outer = x.shape.slice(0, axis).reduce((a, b) => a * b, 1);
+  const dim = x.shape[axis];
+  const inner = x.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+  const n = I.length;
+  const outShape = [...x.shape.slice(0, axis), ...ind.shape, ...x.shape.slice(axis + 1)];
+  const out = typedLike(X, outer * n * inner);
+  const Xa = X as Float32Array;
+  for (let o = 0; o < outer; o++) {
+    for (let k = 0; k < n; k++) {
+      const idx = I[k];
+      if (idx < 0 || idx >= dim) throw new Error(`GatherV2: index ${idx} is not in [0, ${dim})`);
+      const src = (o * dim + idx) * inner;
+      out.set(Xa.subarray(src, src + inner), (o * n + k) * inner);
+    }
+  }
+  return args.backend.makeTensorInfo(outShape, x.dtype, out);
+}
+
 const KERNELS: Record<string, KernelFunc> = {
+  GatherV2: gatherKernel,
   Slice: sliceKernel,
   SplitV: splitVKernel as unknown as KernelFunc,
   PadV2: padKernel,

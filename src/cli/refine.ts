@@ -16,7 +16,7 @@ import {
   runExperiment,
 } from "../experiment/mod.ts";
 import { buildRetfinerModel, type LossWeights, OBJECTIVES, refine, type RefineOptions } from "../refine/mod.ts";
-import { compareModels, terminalTable, writeProbeReport } from "../probe/mod.ts";
+import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { TEXT_STANDIN } from "../pretrain/paths.ts";
 import { type CommandSpec, numberFlag, parseCli, runMain, withConfigFile } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
@@ -280,6 +280,16 @@ await runMain(async () => {
     const r = await runExperiment(opts);
     bar.finish();
     console.log("\n" + terminalTable(r.comparison));
+    const zs = (x: typeof r.zeroShot.after) => x.tasks.reduce((a, t) => a + t.metrics.bacc, 0) / x.tasks.length;
+    console.log(
+      `\nbeyond the paper: zero-shot balanced accuracy ${pct(zs(r.zeroShot.before))} → ${
+        pct(zs(r.zeroShot.after))
+      } %; ` +
+        `image→report R@5 ${pct(r.zeroShot.before.retrieval.imageToText.r5)} → ${
+          pct(r.zeroShot.after.retrieval.imageToText.r5)
+        } % ` +
+        `(${r.zeroShot.after.retrieval.n} held-out pairs)`,
+    );
     console.log(
       `\nbackend: ${backend.name}; total time ${formatDuration(r.seconds.total)} ` +
         `(benchmark ${r.seconds.benchmark.toFixed(0)} s, baseline probe ${

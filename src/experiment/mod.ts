@@ -30,6 +30,14 @@ import { writeJsonAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { standinPath, TEXT_STANDIN } from "../pretrain/paths.ts";
 import { pct } from "../probe/report.ts";
+import type { PairRecord } from "../dataset/manifest.ts";
+import {
+  retrieval,
+  type RetrievalResult,
+  SYNTH_CLASS_PROMPTS,
+  type ZeroShotResult,
+  zeroShotTask,
+} from "../zeroshot/mod.ts";
 import { writeFileAtomic } from "../util/fs.ts";
 
 /** The families with a shipped stand-in. */
@@ -96,6 +104,8 @@ export interface ExperimentResult {
   refinement: RefineResult;
   /** Report files. */
   files: ProbeReportFiles;
+  /** Zero-shot classification and retrieval before and after refinement (beyond the paper). */
+  zeroShot: { before: ZeroShotSummary; after: ZeroShotSummary };
   /** Seconds per phase. */
   seconds: Record<"benchmark" | "baseline" | "refine" | "refined" | "total", number>;
 }
@@ -160,6 +170,57 @@ export async function probeModel(
   return r;
 }
 
+/** Zero-shot accuracy per task and retrieval on held-out pairs, for one state of the model. */
+export interface ZeroShotSummary {
+  /** Zero-shot metrics per task (test splits). */
+  tasks: ZeroShotResult[];
+  /** Retrieval on validation pairs. */
+  retrieval: RetrievalResult;
+}
+
+/** Zero-shot classification on every task and retrieval on up to `maxPairs` validation pairs. */
+export async function zeroShotSummary(
+  model: RetfinerModel,
+  tasks: ProbeDataset[],
+  pairs: PairRecord[],
+  maxPairs = 200,
+  onProgress?: ProgressCallback,
+): Promise<ZeroShotSummary> {
+  const out: ZeroShotResult[] = [];
+  for (const t of tasks) out.push(await zeroShotTask(model, t, SYNTH_CLASS_PROMPTS, { onProgress }));
+  const val = pairs.filter((p) => p.split === "val").slice(0, maxPairs);
+  return {
+    tasks: out,
+    retrieval: await retrieval(model, val.length >= 2 ? val : pairs.slice(0, maxPairs), { onProgress }),
+  };
+}
+
+/** Markdown for zero-shot and retrieval results before and after refinement. */
+export function zeroShotMarkdown(before: ZeroShotSummary, after: ZeroShotSummary): string {
+  const lines = ["| task | zero-shot BAcc before | after | zero-shot AUROC before | after |", "|---|---|---|---|---|"];
+  after.tasks.forEach((t, i) => {
+    const b = before.tasks[i];
+    lines.push(
+      `| ${t.task} | ${pct(b.metrics.bacc)} | ${pct(t.metrics.bacc)} | ${pct(b.metrics.auroc)} | ${
+        pct(t.metrics.auroc)
+      } |`,
+    );
+  });
+  const r = (x: RetrievalResult["imageToText"]) =>
+    `${pct(x.r1)} / ${pct(x.r5)} / ${pct(x.r10)} (median rank ${x.medianRank})`;
+  lines.push(
+    "",
+    `Retrieval on ${after.retrieval.n} held-out pairs, R@1 / R@5 / R@10 in % (chance R@1 ${
+      pct(1 / after.retrieval.n)
+    }):`,
+    "",
+  );
+  lines.push("| direction | before refinement | after |", "|---|---|---|");
+  lines.push(`| image → report | ${r(before.retrieval.imageToText)} | ${r(after.retrieval.imageToText)} |`);
+  lines.push(`| report → image | ${r(before.retrieval.textToImage)} | ${r(after.retrieval.textToImage)} |`);
+  return lines.join("\n");
+}
+
 /** Baseline probe → refinement → probe → report. */
 export async function runExperiment(options: ExperimentOptions): Promise<ExperimentResult> {
   const log = options.log ?? (() => {});
@@ -201,6 +262,8 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
   );
   const model = buildModel(vit, options.text);
   const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
+  // Before refinement the heads are untrained: this is the chance-level reference.
+  const zsBefore = await zeroShotSummary(model, tasks, pairs, 200, options.onProgress);
   const refinement = await refine({
     ...DEMO_REFINE,
     ...options.refine,
@@ -216,6 +279,7 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
     } s)`,
   );
   const refined = await probeModel(model.vit, REFINED_NAMES[options.family], tasks, options.probe, options.onProgress);
+  const zsAfter = await zeroShotSummary(model, tasks, pairs, 200, options.onProgress);
   const sRefined = lap();
   const seconds = {
     benchmark: sBench,
@@ -231,9 +295,22 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
       `probe: fast mode, seeds ${(options.probe?.seeds ?? [0, 1, 2]).join(", ")}`,
       `time: ${Object.entries(seconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(", ")}`,
     ],
+    extraSections: [{
+      title: "Beyond the paper: zero-shot classification and retrieval",
+      markdown: zeroShotMarkdown(zsBefore, zsAfter),
+    }],
   });
   await writeJsonAtomic(join(options.runDir, "timing.json"), seconds);
-  return { baseline, refined, comparison: comparison!, refinement, files, seconds };
+  await writeJsonAtomic(join(options.runDir, "zeroshot.json"), { before: zsBefore, after: zsAfter });
+  return {
+    baseline,
+    refined,
+    comparison: comparison!,
+    refinement,
+    files,
+    seconds,
+    zeroShot: { before: zsBefore, after: zsAfter },
+  };
 }
 
 /** One line of the ablation table. */
@@ -315,3 +392,4 @@ export async function runAblation(
   );
   return { baseline, rows, markdown };
 }
+export { notebookProgress, showBundle, showFigure, showMarkdown, showScans } from "./notebook.ts";

@@ -18,6 +18,8 @@ import { adamwStep, createAdamWState, scheduledLr } from "../refine/adamw.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
+import { contrastiveLoss, createProjector, nuisanceView, projectorParams } from "./contrastive.ts";
+import { createVit } from "../encoders/vit.ts";
 import { standinPath } from "./paths.ts";
 
 /** The families with a stand-in. */
@@ -41,8 +43,10 @@ export interface StandinSpec {
   lr: number;
   /** Warmup epochs. */
   warmupEpochs: number;
-  /** Masking ratio. */
+  /** Masking ratio (MAE). */
   maskRatio: number;
+  /** `mae` (RETFound's and UrFound's image objective) or `contrastive` (DINO/iBOT-style, for VisionFM). */
+  objective: "mae" | "contrastive";
 }
 
 const SIZE = 112;
@@ -55,33 +59,36 @@ export const STANDIN_SPECS: Record<StandinFamily, StandinSpec> = {
     decoder: { embedDim: 128, depth: 2, numHeads: 4 },
     seed: 101,
     images: 6000,
-    epochs: 12,
+    epochs: 8,
     batchSize: 64,
     lr: 1e-3,
     warmupEpochs: 1,
     maskRatio: 0.75,
+    objective: "mae",
   },
   visionfm: {
     vit: vitPreset("visionfm", { ...common, embedDim: 128, depth: 6, numHeads: 2 }),
     decoder: { embedDim: 128, depth: 2, numHeads: 4 },
     seed: 202,
     images: 6000,
-    epochs: 12,
+    epochs: 6,
     batchSize: 64,
-    lr: 1e-3,
+    lr: 5e-4,
     warmupEpochs: 1,
     maskRatio: 0.75,
+    objective: "contrastive",
   },
   urfound: {
     vit: vitPreset("urfound", { ...common, embedDim: 128, depth: 6, numHeads: 2 }),
     decoder: { embedDim: 128, depth: 2, numHeads: 4 },
     seed: 303,
     images: 6000,
-    epochs: 12,
+    epochs: 8,
     batchSize: 64,
     lr: 1e-3,
     warmupEpochs: 1,
     maskRatio: 0.75,
+    objective: "mae",
   },
 };
 
@@ -135,9 +142,14 @@ export async function pretrainStandin(
   const S = spec.vit.imgSize;
   const plane = S * S;
   const rng = new Rng(spec.seed, "mae");
-  const model = createMae(spec.vit, spec.decoder, rng.fork("init"));
-  const params = maeParams(model);
-  const opt = { lr: spec.lr, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.05 };
+  const mae = spec.objective === "mae" ? createMae(spec.vit, spec.decoder, rng.fork("init")) : undefined;
+  const encoder = mae?.encoder ?? createVit(spec.vit, { rng: rng.fork("init"), sincosPosEmbed: true });
+  const projector = mae ? undefined : createProjector(spec.vit.embedDim, 128, rng.fork("projector"));
+  const params = mae ? maeParams(mae) : new Map([
+    ...[...encoder.params].filter(([k]) => k !== "pos_embed" && !k.startsWith("proj.")),
+    ...projectorParams(projector!),
+  ]);
+  const opt = { lr: spec.lr, beta1: 0.9, beta2: spec.objective === "mae" ? 0.95 : 0.999, eps: 1e-8, weightDecay: 0.05 };
   const state = createAdamWState();
   const stepsPerEpoch = Math.floor(images.length / spec.batchSize);
   const schedule = {
@@ -146,55 +158,74 @@ export async function pretrainStandin(
     totalSteps: spec.epochs * stepsPerEpoch,
     minLr: 0,
   };
-  // MAE does not decay biases, norms, tokens and embeddings.
+  // Biases, norms and tokens are not decayed (MAE's parameter groups).
   const noDecay = (name: string) =>
     name.endsWith(".bias") || params.get(name)!.rank <= 1 || ["cls_token", "mask_token"].includes(name);
   const [m0, m1, m2] = spec.vit.mean;
   const [s0, s1, s2] = spec.vit.std;
+  const put = (batch: Float32Array, k: number, g: Float32Array) => {
+    const o = k * 3 * plane;
+    for (let i = 0; i < plane; i++) {
+      batch[o + i] = (g[i] - m0) / s0;
+      batch[o + plane + i] = (g[i] - m1) / s1;
+      batch[o + 2 * plane + i] = (g[i] - m2) / s2;
+    }
+  };
   const losses: number[] = [];
   let step = 0;
   for (let epoch = 0; epoch < spec.epochs; epoch++) {
     const order = new Rng(spec.seed, `epoch/${epoch}`).permutation(images.length);
     let sum = 0;
     for (let b = 0; b < stepsPerEpoch; b++) {
-      const batch = new Float32Array(spec.batchSize * 3 * plane);
-      for (let k = 0; k < spec.batchSize; k++) {
-        const g = images[order[b * spec.batchSize + k]];
-        const o = k * 3 * plane;
-        for (let i = 0; i < plane; i++) {
-          batch[o + i] = (g[i] - m0) / s0;
-          batch[o + plane + i] = (g[i] - m1) / s1;
-          batch[o + 2 * plane + i] = (g[i] - m2) / s2;
-        }
-      }
       const stepRng = new Rng(spec.seed, `step/${step}`);
-      const { value, grads } = tf.variableGrads(
-        () =>
+      const B = spec.batchSize;
+      let loss: () => tf.Scalar;
+      if (mae) {
+        const batch = new Float32Array(B * 3 * plane);
+        for (let k = 0; k < B; k++) put(batch, k, images[order[b * B + k]]);
+        loss = () =>
           maeLoss(
-            model,
-            tf.tensor(batch, [spec.batchSize, 3, S, S]),
+            mae,
+            tf.tensor(batch, [B, 3, S, S]),
             spec.maskRatio,
             stepRng.fork("mask"),
             stepRng.fork("drop"),
-          ) as tf.Scalar,
-        [...params.values()],
-      );
+          ) as tf.Scalar;
+      } else {
+        const batch = new Float32Array(2 * B * 3 * plane);
+        const aug = stepRng.fork("views");
+        for (let k = 0; k < B; k++) {
+          const g = images[order[b * B + k]];
+          put(batch, k, nuisanceView(g.slice(), S, aug));
+          put(batch, B + k, nuisanceView(g.slice(), S, aug));
+        }
+        loss = () =>
+          contrastiveLoss(
+            encoder,
+            projector!,
+            tf.tensor(batch, [2 * B, 3, S, S]),
+            0.2,
+            stepRng.fork("drop"),
+          ) as tf.Scalar;
+      }
+      const { value, grads } = tf.variableGrads(loss, [...params.values()]);
       const byName = new Map<string, tf.Tensor>();
       for (const [n, p] of params) if (grads[p.name]) byName.set(n, grads[p.name]);
       adamwStep(params, byName, state, opt, scheduledLr(spec.lr, step, schedule), noDecay);
-      const loss = value.dataSync()[0];
+      const l = value.dataSync()[0];
       tf.dispose([value, ...Object.values(grads)]);
-      sum += loss;
+      sum += l;
       step++;
       options.onProgress?.({
-        phase: `pretrain ${family} epoch ${epoch + 1}/${spec.epochs}`,
+        phase: `pretrain ${family} (${spec.objective}) epoch ${epoch + 1}/${spec.epochs}`,
         done: b + 1,
         total: stepsPerEpoch,
-        info: { mae: loss },
+        info: { loss: l },
       });
     }
     losses.push(sum / stepsPerEpoch);
   }
+  const model = { encoder };
   const path = options.out ?? standinPath(family);
   const tensors = new Map<string, TensorData>();
   for (const [name, v] of model.encoder.params) {
@@ -209,7 +240,9 @@ export async function pretrainStandin(
     "retfiner.vit_config": JSON.stringify(spec.vit),
     "retfiner.provenance": JSON.stringify({
       made_by: "deno task pretrain",
-      objective: "MAE, mask ratio 0.75, norm_pix_loss, fixed sin-cos position embeddings",
+      objective: spec.objective === "mae"
+        ? "MAE, mask ratio 0.75, norm_pix_loss, fixed sin-cos position embeddings"
+        : "contrastive views (InfoNCE, tau 0.2) over scanner-nuisance augmentations, fixed sin-cos position embeddings",
       data: `${spec.images} unlabelled synthetic B-scans (seed ${spec.seed}), ${spec.vit.imgSize} px`,
       epochs: spec.epochs,
       batch: spec.batchSize,

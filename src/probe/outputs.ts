@@ -35,7 +35,7 @@ export interface ProbeReportFiles {
 export async function writeProbeReport(
   dir: string,
   models: { baseline: ModelResults; refined?: ModelResults },
-  options: { title?: string; notes?: string[] } = {},
+  options: { title?: string; notes?: string[]; extraSections?: { title: string; markdown: string }[] } = {},
 ): Promise<{ files: ProbeReportFiles; comparison?: Comparison }> {
   const all = [models.baseline, ...(models.refined ? [models.refined] : [])];
   const files: ProbeReportFiles = {
@@ -71,6 +71,7 @@ export async function writeProbeReport(
     md.push("![per-task gains](gains.png)", "");
   }
   for (const m of all) md.push(`## ${m.name}: all metrics per task`, "", markdownSingle(m), "");
+  for (const sct of options.extraSections ?? []) md.push(`## ${sct.title}`, "", sct.markdown, "");
   if (options.notes?.length) md.push("## Notes", "", ...options.notes.map((n) => `- ${n}`), "");
   await writeFileAtomic(files.markdown, md.join("\n"));
   await writeJsonAtomic(files.json, { title, models: all, comparison });

@@ -154,3 +154,16 @@ Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV
   const g = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(tf.slice(t, [0, 1, 1], [2, 2, 3]), 2)));
   check("slice grad (pad)", () => g([x])[0]);
 });
+
+Deno.test("fast GatherV2 equals tfjs's on several axes and index shapes", () => {
+  const x = rand([4, 5, 3]);
+  for (const [axis, ind] of [[0, [3, 0, 3]], [1, [[4, 0], [2, 2]]], [2, [1]], [-1, [2, 0, 1, 1]]] as const) {
+    const indices = tf.tensor(ind as unknown as number[], undefined, "int32");
+    uninstallFusedKernels();
+    const ref = tf.gather(x, indices, axis);
+    installFusedKernels();
+    const got = tf.gather(x, indices, axis);
+    assertEquals(got.shape, ref.shape);
+    assertEquals(Array.from(got.dataSync()), Array.from(ref.dataSync()));
+  }
+});

@@ -36,6 +36,17 @@ for (
     ["encode", ["--weights", "--arch", "--input", "--tokens", "--out", "--batch"]],
     ["synth", ["--out", "--seed", "--size", "--force"]],
     ["pretrain", ["--only", "--out", "--images", "--epochs"]],
+    ["zeroshot", [
+      "--run",
+      "--tasks",
+      "--benchmark",
+      "--prompts",
+      "--pairs",
+      "--itm-rerank",
+      "--attention",
+      "--report",
+    ]],
+    ["notebooks", ["--timeout", "--no-html"]],
   ] as const
 ) {
   Deno.test(`deno task ${script} --help lists its flags`, async () => {

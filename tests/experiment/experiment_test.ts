@@ -36,6 +36,11 @@ Deno.test("end to end on the tiny benchmark: probe, refine, probe, compare, repo
     ]
   ) await Deno.stat(p);
   assert(lines.some((l) => l.startsWith("refinement:")), lines.join("\n"));
+  // Beyond the paper: zero-shot and retrieval before and after, in the report.
+  assertEquals(r.zeroShot.after.tasks.length, 2);
+  assertEquals(r.zeroShot.before.retrieval.n, 8);
+  const md = await Deno.readTextFile(r.files.markdown);
+  assert(md.includes("zero-shot BAcc before") && md.includes("image → report"), "zero-shot section in the report");
 });
 
 Deno.test("ablation: one baseline, five refinements (all, then each objective removed), one table", async () => {

@@ -1,0 +1,141 @@
+/** `deno task zeroshot`: zero-shot classification, image↔report retrieval and attention maps from a saved refinement run. */
+import { join } from "node:path";
+import { tf } from "../backend/tf.ts";
+import { loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
+import { loadImageBatch } from "../dataset/batches.ts";
+import { METRIC_NAMES, pct } from "../probe/mod.ts";
+import {
+  attentionOverlayPng,
+  crossAttentionMaps,
+  loadRun,
+  retrieval,
+  SYNTH_CLASS_PROMPTS,
+  zeroShotTask,
+} from "../zeroshot/mod.ts";
+import { numberFlag, parseCli, runMain } from "../util/cli.ts";
+import { UsageError } from "../util/errors.ts";
+import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
+import { ProgressBar } from "../util/progress.ts";
+import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+
+await runMain(async () => {
+  const { values } = parseCli(Deno.args, {
+    usage: "deno task zeroshot",
+    summary:
+      "Uses a saved refinement run's contrastive and matching heads: zero-shot classification of probing tasks " +
+      "from class descriptions (prompt ensembles), image→report and report→image retrieval (Recall@1/5/10, median rank, " +
+      "optional ITM re-ranking), and cross-attention maps of a report's tokens over a B-scan.",
+    flags: {
+      run: {
+        type: "string",
+        valueName: "<dir>",
+        description:
+          "Refinement run directory (holds best-model_*_bscan.safetensors, text_encoder.safetensors, heads.safetensors, tokenizer.json).",
+      },
+      tasks: {
+        type: "string",
+        multiple: true,
+        valueName: "<dir|csv>",
+        description: "Probing datasets to classify zero-shot (test split).",
+      },
+      benchmark: { type: "string", valueName: "<dir>", description: "A benchmark root: every tasks/* dataset." },
+      prompts: {
+        type: "string",
+        valueName: "<file.json>",
+        description: 'Class descriptions: {"class": ["description", ...]} (default: the synthetic benchmark\'s).',
+      },
+      pairs: {
+        type: "string",
+        valueName: "<manifest>",
+        description: "Image-report pairs for retrieval (the val split if it has one).",
+      },
+      "itm-rerank": {
+        type: "string",
+        valueName: "<k>",
+        description: "Re-rank each image's top-k reports with the ITM head.",
+        default: "0",
+      },
+      attention: {
+        type: "string",
+        valueName: "<image>",
+        description: "B-scan for cross-attention maps (needs --report).",
+      },
+      report: { type: "string", valueName: "<text>", description: "Report text for --attention." },
+      out: { type: "string", valueName: "<dir>", description: "Where to write results (default: <run>/zeroshot)." },
+      ...BACKEND_FLAG,
+    },
+    examples: [
+      "deno task zeroshot --run runs/20261128-101500 --benchmark runs/cache/synth-small-v1-seed0 --pairs runs/cache/synth-small-v1-seed0/pairs/pairs.csv --itm-rerank 16",
+      'deno task zeroshot --run runs/20261128-101500 --attention scan.png --report "od: moderate subretinal fluid."',
+    ],
+  });
+  if (!values.run) throw new UsageError("--run is required (see --help)");
+  await backendFromFlags(values);
+  const run = loadRun(String(values.run));
+  const out = String(values.out ?? join(String(values.run), "zeroshot"));
+  const bar = new ProgressBar();
+  const summary: Record<string, unknown> = {};
+  const dirs = [...((values.tasks as string[] | undefined) ?? [])];
+  if (values.benchmark) {
+    for await (const e of Deno.readDir(join(String(values.benchmark), "tasks"))) {
+      if (e.isDirectory) dirs.push(join(String(values.benchmark), "tasks", e.name));
+    }
+  }
+  if (dirs.length) {
+    const prompts = values.prompts ? JSON.parse(await Deno.readTextFile(String(values.prompts))) : SYNTH_CLASS_PROMPTS;
+    const rows = [
+      `| task | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`,
+      `|---|${METRIC_NAMES.map(() => "---").join("|")}|`,
+    ];
+    const results = [];
+    for (const d of dirs.sort()) {
+      const r = await zeroShotTask(run, await readProbeDataset(d), prompts, { onProgress: bar.callback });
+      results.push(r);
+      rows.push(`| ${r.task} | ${METRIC_NAMES.map((m) => pct(r.metrics[m])).join(" | ")} |`);
+    }
+    bar.finish();
+    summary.zeroShot = results;
+    console.log(`Zero-shot classification (test splits, %):\n\n${rows.join("\n")}\n`);
+  }
+  if (values.pairs) {
+    const all = (await readPairManifest(String(values.pairs))).records;
+    const pairs = all.some((p) => p.split === "val") ? all.filter((p) => p.split === "val") : all;
+    const r = await retrieval(run, pairs, {
+      itmRerank: numberFlag(values, "itm-rerank", { integer: true, min: 0 }),
+      onProgress: bar.callback,
+    });
+    bar.finish();
+    summary.retrieval = r;
+    const f = (x: { r1: number; r5: number; r10: number; medianRank: number }) =>
+      `R@1 ${pct(x.r1)}  R@5 ${pct(x.r5)}  R@10 ${pct(x.r10)}  median rank ${x.medianRank}`;
+    console.log(
+      `Retrieval over ${r.n} pairs (chance R@1 = ${pct(1 / r.n)}):\n  image→report  ${
+        f(r.imageToText)
+      }\n  report→image  ${f(r.textToImage)}` +
+        (r.imageToTextItm ? `\n  image→report, ITM re-ranked  ${f(r.imageToTextItm)}` : ""),
+    );
+  }
+  if (values.attention) {
+    if (!values.report) throw new UsageError("--attention needs --report");
+    const c = run.vit.config;
+    const b = await loadImageBatch([String(values.attention)], [0], refinementSpec(c.imgSize, c));
+    const img = await loadGreyImage(String(values.attention));
+    const { tokens, maps, grid } = crossAttentionMaps(
+      run,
+      tf.tensor(b.data, [1, 3, c.imgSize, c.imgSize]),
+      String(values.report),
+    );
+    const written: string[] = [];
+    for (let t = 1; t < tokens.length - 1; t++) {
+      const p = join(out, `attention_${String(t).padStart(2, "0")}_${tokens[t].replace(/[^a-z0-9]+/gi, "_")}.png`);
+      await writeFileAtomic(
+        p,
+        await attentionOverlayPng(img, maps.subarray(t * grid * grid, (t + 1) * grid * grid), grid),
+      );
+      written.push(p);
+    }
+    summary.attention = { tokens, files: written };
+    console.log(`cross-attention overlays for ${written.length} report tokens in ${out}/`);
+  }
+  await writeJsonAtomic(join(out, "zeroshot.json"), summary);
+});
