@@ -12,6 +12,7 @@
 import { tf } from "./tf.ts";
 import type { Tensor } from "./tf.ts";
 import { installElementwiseKernels, uninstallElementwiseKernels } from "./elementwise.ts";
+import type { VectorMath } from "./gemm.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -116,8 +117,18 @@ function halfOnePlusErf(x: number, e: number): number {
   return 0.5 * (1 + (x < 0 ? -erfAbs : erfAbs));
 }
 
+/**
+ * A vectorised library's GELU (ONNX Runtime's MLAS under `cpu-onnx`), used for
+ * arrays at least this long; below it, a call's fixed cost outweighs the loop.
+ */
+let vectorMath: VectorMath | undefined;
+const VECTOR_MIN = 4096;
+
 function geluKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
+  if (vectorMath && X.length >= VECTOR_MIN) {
+    return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.gelu(X));
+  }
   const Y = new Float32Array(X.length);
   for (let i = 0; i < X.length; i++) {
     const v = X[i];
@@ -131,6 +142,9 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 function geluGradKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
   const DY = vals(backend, inputs.dy!);
+  if (vectorMath && X.length >= VECTOR_MIN) {
+    return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.geluGrad(DY, X));
+  }
   const DX = new Float32Array(X.length);
   for (let i = 0; i < X.length; i++) {
     const v = X[i];
@@ -255,8 +269,13 @@ let originalTranspose: tf.KernelConfig | undefined;
 let originalSegmentSum: tf.KernelConfig | undefined;
 let installed = false;
 
-/** Registers the fused kernels and their gradients on the `cpu` backend (idempotent). */
-export function installFusedKernels(): void {
+/**
+ * Registers the fused kernels and their gradients on the `cpu` backend
+ * (idempotent). `math` computes GELU and its gradient on long arrays; `null`
+ * means plain JavaScript loops; left out, the previous choice stays.
+ */
+export function installFusedKernels(math: VectorMath | null | undefined = vectorMath): void {
+  vectorMath = math ?? undefined;
   if (installed) return;
   installElementwiseKernels();
   const reg = (kernelName: string, kernelFunc: unknown) => {

@@ -6,7 +6,7 @@
  */
 import { createRequire } from "node:module";
 import { BackendError } from "../util/errors.ts";
-import { encodeSingleNodeModel } from "./onnx_proto.ts";
+import { encodeModel, encodeSingleNodeModel } from "./onnx_proto.ts";
 
 /** Shape of one batched product `C[i] = op(A[i]) · op(B[i])`. */
 export interface GemmSpec {
@@ -34,6 +34,16 @@ export interface Gemm {
   readonly name: string;
   /** Computes the batched product into a new row-major `[batch, m, n]` array. */
   matmul(a: Float32Array, b: Float32Array, spec: GemmSpec): Float32Array;
+  /** Vectorised elementwise functions the same library offers, if any. */
+  readonly vectorMath?: VectorMath;
+}
+
+/** Vectorised elementwise functions over flat float32 arrays. */
+export interface VectorMath {
+  /** Exact GELU, `0.5·x·(1 + erf(x/√2))`. */
+  gelu(x: Float32Array): Float32Array;
+  /** Its gradient: `dy · (Φ(x) + x·φ(x))`. */
+  geluGrad(dy: Float32Array, x: Float32Array): Float32Array;
 }
 
 // ---------------------------------------------------------------- ONNX Runtime
@@ -49,6 +59,20 @@ interface OrtNativeSession {
 type OrtTensorCtor = new (type: string, data: Float32Array, dims: number[]) => object;
 
 /**
+ * ONNX Runtime's telemetry layer creates an empty `/tmp/mat-debug-<pid>.log`
+ * when it initialises (observed with onnxruntime-node 1.30 on Linux); left
+ * alone, every run would litter /tmp. We remove it only if it is empty.
+ */
+function removeOrtTelemetryStub(): void {
+  const path = `/tmp/mat-debug-${Deno.pid}.log`;
+  try {
+    if (Deno.statSync(path).size === 0) Deno.removeSync(path);
+  } catch {
+    // Not there (other platforms, other versions): nothing to tidy.
+  }
+}
+
+/**
  * Loads ONNX Runtime's native binding directly. Its `run` is synchronous (the
  * package's public API only wraps it in a promise), which is what a tfjs kernel
  * needs.
@@ -60,11 +84,22 @@ export async function createOrtGemm(options: { threads?: number } = {}): Promise
     ort = (await import("onnxruntime-node")).default as unknown as typeof ort;
     native = (await import("onnxruntime-node/dist/binding.js")).default as unknown as OrtBinding;
     native.initOrt();
+    removeOrtTelemetryStub();
   } catch (err) {
     throw new BackendError(`onnxruntime-node could not be loaded: ${(err as Error).message}`, { cause: err });
   }
   const Tensor = ort.Tensor;
   const sessions = new Map<string, OrtNativeSession>();
+  const load = (model: Uint8Array): OrtNativeSession => {
+    const s = new native.binding.InferenceSession();
+    s.loadModel(model.buffer, model.byteOffset, model.byteLength, {
+      graphOptimizationLevel: "disabled",
+      intraOpNumThreads: options.threads ?? 0,
+      interOpNumThreads: 1,
+      executionMode: "sequential",
+    });
+    return s;
+  };
   const sessionFor = (transA: boolean, transB: boolean): OrtNativeSession => {
     const key = `${+transA}${+transB}`;
     let s = sessions.get(key);
@@ -80,19 +115,50 @@ export async function createOrtGemm(options: { threads?: number } = {}): Promise
           { name: "alpha", float: 1 },
         ],
       });
-      s = new native.binding.InferenceSession();
-      s.loadModel(model.buffer, model.byteOffset, model.byteLength, {
-        graphOptimizationLevel: "disabled",
-        intraOpNumThreads: options.threads ?? 0,
-        interOpNumThreads: 1,
-        executionMode: "sequential",
-      });
+      s = load(model);
       sessions.set(key, s);
     }
     return s;
   };
+  let geluSession: OrtNativeSession | undefined;
+  let geluGradSession: OrtNativeSession | undefined;
+  const vectorMath: VectorMath = {
+    gelu(x) {
+      // com.microsoft Gelu is the exact, erf-based GELU (MLAS's vectorised erf).
+      geluSession ??= load(encodeSingleNodeModel({
+        opType: "Gelu",
+        domain: "com.microsoft",
+        inputs: [{ name: "X", rank: 1 }],
+        outputs: [{ name: "Y", rank: 1 }],
+      }));
+      return geluSession.run({ X: new Tensor("float32", x, [x.length]) }, { Y: null }, {}).Y.data;
+    },
+    geluGrad(dy, x) {
+      geluGradSession ??= load(encodeModel({
+        inputs: [{ name: "dY", rank: 1 }, { name: "X", rank: 1 }],
+        outputs: [{ name: "dX", rank: 1 }],
+        constants: { rsqrt2: Math.SQRT1_2, one: 1, half: 0.5, negHalf: -0.5, rsqrt2pi: 1 / Math.sqrt(2 * Math.PI) },
+        nodes: [
+          { opType: "Mul", inputs: ["X", "rsqrt2"], outputs: ["xs"] },
+          { opType: "Erf", inputs: ["xs"], outputs: ["erf"] },
+          { opType: "Add", inputs: ["erf", "one"], outputs: ["erf1"] },
+          { opType: "Mul", inputs: ["erf1", "half"], outputs: ["cdf"] }, // Φ(x)
+          { opType: "Mul", inputs: ["X", "X"], outputs: ["x2"] },
+          { opType: "Mul", inputs: ["x2", "negHalf"], outputs: ["e0"] },
+          { opType: "Exp", inputs: ["e0"], outputs: ["e1"] },
+          { opType: "Mul", inputs: ["e1", "rsqrt2pi"], outputs: ["pdf"] }, // φ(x)
+          { opType: "Mul", inputs: ["X", "pdf"], outputs: ["xpdf"] },
+          { opType: "Add", inputs: ["cdf", "xpdf"], outputs: ["d"] },
+          { opType: "Mul", inputs: ["dY", "d"], outputs: ["dX"] },
+        ],
+      }));
+      const feeds = { dY: new Tensor("float32", dy, [dy.length]), X: new Tensor("float32", x, [x.length]) };
+      return geluGradSession.run(feeds, { dX: null }, {}).dX.data;
+    },
+  };
   return {
     name: `onnxruntime-node ${ort.env.versions?.common ?? ""} (MLAS)`.replace("  ", " "),
+    vectorMath,
     matmul(a, b, spec) {
       const { batchA, batchB, m, n, k, transA, transB } = spec;
       const A = new Tensor("float32", a, [batchA, transA ? k : m, transA ? m : k]);

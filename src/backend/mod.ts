@@ -23,7 +23,14 @@ export {
   parseBackendChoice,
   setupBackend,
 } from "./setup.ts";
-export { createBlasGemm, createOrtGemm, defaultBlasCandidates, type Gemm, type GemmSpec } from "./gemm.ts";
+export {
+  createBlasGemm,
+  createOrtGemm,
+  defaultBlasCandidates,
+  type Gemm,
+  type GemmSpec,
+  type VectorMath,
+} from "./gemm.ts";
 export { activeMatMulGemm, installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 export type { Tensor, Variable } from "./tf.ts";
 export { fusedGelu, fusedLayerNorm, fusedSoftmax, installFusedKernels, uninstallFusedKernels } from "./fused.ts";

@@ -1,6 +1,6 @@
 /**
  * A minimal ONNX `ModelProto` encoder: just enough protobuf to build the
- * one-node graphs the accelerated kernels hand to ONNX Runtime.
+ * small graphs the accelerated kernels hand to ONNX Runtime.
  * Field numbers follow onnx/onnx.proto.
  * @module
  */
@@ -60,6 +60,32 @@ export interface OnnxValue {
   rank: number;
 }
 
+/** One node of an ONNX graph. */
+export interface OnnxNode {
+  /** Operator type, e.g. `MatMul` or `FusedMatMul`. */
+  opType: string;
+  /** Operator domain: `""` for the default domain, `com.microsoft` for contrib ops. */
+  domain?: string;
+  /** Names of the values the node reads. */
+  inputs: string[];
+  /** Names of the values the node writes. */
+  outputs: string[];
+  /** Node attributes. */
+  attributes?: OnnxAttribute[];
+}
+
+/** A float32 ONNX graph: nodes in topological order, scalar float constants as initializers. */
+export interface OnnxGraph {
+  /** The nodes, each reading graph inputs, constants or earlier nodes' outputs. */
+  nodes: OnnxNode[];
+  /** Graph inputs. */
+  inputs: OnnxValue[];
+  /** Graph outputs. */
+  outputs: OnnxValue[];
+  /** Scalar float32 constants, by name. */
+  constants?: Record<string, number>;
+}
+
 /** A single-node ONNX graph. */
 export interface OnnxSingleNodeGraph {
   /** Operator type, e.g. `MatMul` or `FusedMatMul`. */
@@ -91,8 +117,8 @@ function valueInfo(w: ProtoWriter, field: number, value: OnnxValue): void {
   });
 }
 
-/** Encodes a one-node float32 graph as ONNX model bytes (IR 8, opset 17, com.microsoft 1). */
-export function encodeSingleNodeModel(graph: OnnxSingleNodeGraph): Uint8Array {
+/** Encodes a float32 graph as ONNX model bytes (IR 8, opset 17, com.microsoft 1). */
+export function encodeModel(graph: OnnxGraph): Uint8Array {
   const m = new ProtoWriter();
   m.int(1, 8); // ir_version
   m.string(2, "retfiner"); // producer_name
@@ -105,28 +131,53 @@ export function encodeSingleNodeModel(graph: OnnxSingleNodeGraph): Uint8Array {
     o.int(2, 1);
   });
   m.message(7, (g) => {
-    g.message(1, (n) => {
-      for (const i of graph.inputs) n.string(1, i.name);
-      for (const o of graph.outputs) n.string(2, o.name);
-      n.string(3, `${graph.opType}_0`);
-      n.string(4, graph.opType);
-      for (const a of graph.attributes ?? []) {
-        n.message(5, (attr) => {
-          attr.string(1, a.name);
-          if ("int" in a) {
-            attr.int(20, ATTR_INT);
-            attr.int(3, a.int);
-          } else {
-            attr.int(20, ATTR_FLOAT);
-            attr.float(2, a.float);
-          }
-        });
-      }
-      if (graph.domain) n.string(7, graph.domain);
+    graph.nodes.forEach((node, index) => {
+      g.message(1, (n) => {
+        for (const i of node.inputs) n.string(1, i);
+        for (const o of node.outputs) n.string(2, o);
+        n.string(3, `${node.opType}_${index}`);
+        n.string(4, node.opType);
+        for (const a of node.attributes ?? []) {
+          n.message(5, (attr) => {
+            attr.string(1, a.name);
+            if ("int" in a) {
+              attr.int(20, ATTR_INT);
+              attr.int(3, a.int);
+            } else {
+              attr.int(20, ATTR_FLOAT);
+              attr.float(2, a.float);
+            }
+          });
+        }
+        if (node.domain) n.string(7, node.domain);
+      });
     });
-    g.string(2, graph.opType.toLowerCase());
+    g.string(2, graph.nodes.map((n) => n.opType.toLowerCase()).join("_"));
+    for (const [name, value] of Object.entries(graph.constants ?? {})) {
+      // TensorProto: a 0-d float tensor (no dims), data_type, name, raw_data (little endian).
+      g.message(5, (t) => {
+        t.int(2, ONNX_FLOAT);
+        t.string(8, name);
+        t.bytes(9, new Uint8Array(new Float32Array([value]).buffer));
+      });
+    }
     for (const i of graph.inputs) valueInfo(g, 11, i);
     for (const o of graph.outputs) valueInfo(g, 12, o);
   });
   return m.finish();
+}
+
+/** Encodes a one-node float32 graph as ONNX model bytes (IR 8, opset 17, com.microsoft 1). */
+export function encodeSingleNodeModel(graph: OnnxSingleNodeGraph): Uint8Array {
+  return encodeModel({
+    nodes: [{
+      opType: graph.opType,
+      domain: graph.domain,
+      inputs: graph.inputs.map((i) => i.name),
+      outputs: graph.outputs.map((o) => o.name),
+      attributes: graph.attributes,
+    }],
+    inputs: graph.inputs,
+    outputs: graph.outputs,
+  });
 }

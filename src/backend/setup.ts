@@ -80,7 +80,7 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
   (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
   if (gemm) {
     installMatMulKernels(gemm);
-    installFusedKernels();
+    installFusedKernels(gemm.vectorMath ?? null);
   } else {
     // Plain `cpu` is tfjs as shipped: its own kernels and composite ops.
     restoreMatMulKernels();

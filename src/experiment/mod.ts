@@ -392,4 +392,4 @@ export async function runAblation(
   );
   return { baseline, rows, markdown };
 }
-export { notebookProgress, showBundle, showFigure, showMarkdown, showScans } from "./notebook.ts";
+export { type MimeBundle, notebookProgress, showBundle, showFigure, showMarkdown, showScans } from "./notebook.ts";

@@ -9,7 +9,8 @@ import { encodePng, type GreyImage } from "../dataset/image.ts";
 import { type PlotlyFigure, plotlyJs } from "../probe/chart.ts";
 import { formatDuration, type Progress, type ProgressCallback } from "../util/progress.ts";
 
-type Bundle = Record<string, unknown>;
+/** A Jupyter MIME bundle: MIME type → data, e.g. `{ "text/html": "<b>hi</b>" }`. */
+export type MimeBundle = Record<string, unknown>;
 
 interface JupyterApi {
   display(obj: unknown, options?: { raw?: boolean; update?: boolean; display_id?: string }): Promise<void> | void;
@@ -21,7 +22,7 @@ function jupyter(): JupyterApi | undefined {
 
 /** Shows a MIME bundle in the notebook (no-op outside Jupyter). */
 export async function showBundle(
-  bundle: Bundle,
+  bundle: MimeBundle,
   options: { displayId?: string; update?: boolean } = {},
 ): Promise<void> {
   const j = jupyter();

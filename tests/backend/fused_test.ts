@@ -1,6 +1,8 @@
 /** Fused kernels against tfjs's own composite ops: values and gradients. */
 import { assert, assertEquals, maxAbsDiff } from "../_assert.ts";
 import {
+  activeMatMulGemm,
+  currentBackend,
   fusedGelu,
   fusedLayerNorm,
   fusedSoftmax,
@@ -12,6 +14,7 @@ import { tf } from "../../src/backend/tf.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 await setupBackend({ backend: "cpu-onnx", log: null });
+const activeVectorMath = activeMatMulGemm()!.vectorMath!;
 const rng = new Rng(42);
 const rand = (shape: number[], scale = 1) =>
   tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal() * scale), shape);
@@ -54,6 +57,24 @@ Deno.test("fused LayerNorm equals the composite (moments) version, with and with
 
 Deno.test("fused GELU equals 0.5·x·(1+erf(x/√2)) from tfjs ops, values and gradients", () => {
   compare("gelu", [rand([4, 33], 3)], (x) => fusedGelu(x));
+  // Long enough for ONNX Runtime's vectorised GELU (and its gradient graph) under cpu-onnx.
+  compare("gelu long", [rand([8, 1024], 3)], (x) => fusedGelu(x));
+});
+
+Deno.test("ONNX Runtime's vectorised GELU and gradient match the JavaScript kernel to float precision", () => {
+  const math = currentBackend()!;
+  assertEquals(math.name, "cpu-onnx");
+  const x = rand([16, 1024], 4);
+  const dy = rand([16, 1024]);
+  const grad = (t: tf.Tensor) => tf.grad((v: tf.Tensor) => tf.sum(tf.mul(fusedGelu(v), dy)))(t);
+  const [yOrt, gOrt] = [fusedGelu(x).dataSync(), grad(x).dataSync()];
+  installFusedKernels(null); // JavaScript loops
+  const [yJs, gJs] = [fusedGelu(x).dataSync(), grad(x).dataSync()];
+  installFusedKernels(activeVectorMath);
+  assert(maxAbsDiff(yOrt as Float32Array, yJs as Float32Array) < 2e-6, "gelu values");
+  assert(maxAbsDiff(gOrt as Float32Array, gJs as Float32Array) < 2e-6, "gelu grads");
+  // They are different code paths: the results are not bit-identical.
+  assert(!(yOrt as Float32Array).every((v, i) => v === yJs[i]), "ORT path was not taken");
 });
 
 Deno.test("fused scaled/masked softmax equals tf.softmax(scale·x + mask), values and gradients", () => {

@@ -45,7 +45,15 @@ for (const objective of ["mae", "contrastive"] as const) {
     const out = `${await Deno.makeTempDir()}/s.safetensors`;
     const r = await pretrainStandin("urfound", {
       out,
-      spec: { vit: vitPreset("urfound", { imgSize: 32, patchSize: 8, embedDim: 32, depth: 2, numHeads: 2 }), decoder: { embedDim: 32, depth: 1, numHeads: 2 }, images: 64, epochs: 10, batchSize: 16, objective, lr: 2e-3 },
+      spec: {
+        vit: vitPreset("urfound", { imgSize: 32, patchSize: 8, embedDim: 32, depth: 2, numHeads: 2 }),
+        decoder: { embedDim: 32, depth: 1, numHeads: 2 },
+        images: 64,
+        epochs: 10,
+        batchSize: 16,
+        objective,
+        lr: 2e-3,
+      },
     });
     const late = r.losses.slice(-3).reduce((a, b) => a + b, 0) / 3;
     assert(late < r.losses[0], `${objective} loss ${r.losses.map((l) => l.toFixed(3))}`);
@@ -53,14 +61,25 @@ for (const objective of ["mae", "contrastive"] as const) {
     assertEquals(st.tensors.get("cls_token")!.dtype, "F16");
     assert(JSON.parse(st.metadata["retfiner.provenance"]).objective.length > 0);
     const vit = loadVit(out).model;
-    assertEquals([vit.config.family, vit.config.embedDim, vit.config.numHeads, vit.config.imgSize], ["urfound", 32, 2, 32]);
+    assertEquals([vit.config.family, vit.config.embedDim, vit.config.numHeads, vit.config.imgSize], [
+      "urfound",
+      32,
+      2,
+      32,
+    ]);
   });
 }
 
 Deno.test("text pretraining (MLM on synthetic reports) lowers its loss and is seeded", () => {
   const reports = pretrainingReports(256, 1);
   assertEquals(pretrainingReports(256, 1), reports);
-  const cfg = bertPreset("small", { hiddenSize: 32, numHiddenLayers: 1, numAttentionHeads: 2, intermediateSize: 64, maxPositionEmbeddings: 32 });
+  const cfg = bertPreset("small", {
+    hiddenSize: 32,
+    numHiddenLayers: 1,
+    numAttentionHeads: 2,
+    intermediateSize: 64,
+    maxPositionEmbeddings: 32,
+  });
   const r = pretrainTextEncoder(reports, cfg, { epochs: 4, batchSize: 32, lr: 2e-3, vocabSize: 300 });
   assert(r.losses[3] < r.losses[0], String(r.losses));
   assertEquals(r.bert.config.vocabSize, r.tokenizer.vocabSize);
