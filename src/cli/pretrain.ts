@@ -30,7 +30,7 @@ await runMain(async () => {
     usage: "deno task pretrain",
     summary:
       "Pretrains the stand-in foundation models shipped in data/models/: the RETFound-, VisionFM- and UrFound-like " +
-      "vision transformers with MAE on unlabelled synthetic B-scans (image only, like the real models), and the text " +
+      "vision transformers with image-only self-supervision on unlabelled synthetic B-scans (MAE for the RETFound- and UrFound-like ones, a contrastive objective for the VisionFM-like one), like the real models, and the text " +
       "stand-in BERT with masked language modelling on synthetic reports (text only, like bert-base-uncased). Every " +
       "draw is seeded: the same command remakes the same weights.",
     flags: {
