@@ -3,6 +3,7 @@
  * machine, in the same run. Ratios matter, absolute times drift.
  *
  *   deno task bench [--json] [--quick] [--only matmul,vit,io] [--backends cpu-onnx,cpu-blas,cpu]
+ *   deno task bench --profile [--quick]     (per-kernel breakdown of a refinement step and an encoding batch)
  *
  * `speed_vs_torch` = PyTorch seconds / our seconds for the same work
  * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
@@ -12,6 +13,8 @@ import { tf } from "../src/backend/tf.ts";
 import { createVit, disposeParams, vitBlock, vitFeatures, vitPreset } from "../src/encoders/mod.ts";
 import { parseCli, runMain } from "../src/util/cli.ts";
 import { Rng } from "../src/util/rng.ts";
+import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
+import { REFINE_STANDIN_B32, REFINE_VITB_BERTBASE_B8, type RefineBenchConfig, refineStepWork } from "./refine_step.ts";
 
 /** One benchmark result line. */
 export interface BenchResult {
@@ -46,8 +49,11 @@ interface TorchJob {
   [k: string]: unknown;
 }
 
-/** Runs jobs in PyTorch (Debian python3-torch) if available; returns seconds by job name. */
-export function runTorch(jobs: TorchJob[]): Map<string, number> | null {
+/** One PyTorch result: seconds, plus whatever else the job reports (e.g. `peak_rss_mib`). */
+export type TorchResult = { seconds: number } & Record<string, unknown>;
+
+/** Runs jobs in PyTorch (Debian python3-torch) if available, in one fresh process; results by job name. */
+export function runTorch(jobs: TorchJob[]): Map<string, TorchResult> | null {
   const script = new URL("./reference/torch_bench.py", import.meta.url).pathname;
   let out: Deno.CommandOutput;
   try {
@@ -61,11 +67,11 @@ export function runTorch(jobs: TorchJob[]): Map<string, number> | null {
     if (/No module named 'torch'/.test(err)) return null;
     throw new Error(`PyTorch reference failed:\n${err}`);
   }
-  const results = new Map<string, number>();
+  const results = new Map<string, TorchResult>();
   for (const line of new TextDecoder().decode(out.stdout).trim().split("\n")) {
     if (!line) continue;
     const r = JSON.parse(line);
-    results.set(r.name, r.seconds);
+    results.set(r.name, r);
   }
   return results;
 }
@@ -105,6 +111,11 @@ async function main() {
     summary: "Benchmarks this package against PyTorch on the same machine in the same run, and prints ratios.",
     flags: {
       json: { type: "boolean", description: "Print one JSON object per result line." },
+      profile: {
+        type: "boolean",
+        description:
+          "Instead of timing, break one refinement step (ViT-B/16 + BERT-base, batch 8) and one ViT-B/16 encoding batch (8 images) down by kernel.",
+      },
       quick: { type: "boolean", description: "Fewer repeats and a single ViT block (for a smoke run)." },
       only: {
         type: "string",
@@ -171,32 +182,10 @@ async function main() {
     });
   }
   // Refinement step: ViT-B/16 + BERT-base with cross-attention, batch 8 (quick: the stand-in sizes, batch 32).
-  const refineCfg = quick
-    ? {
-      name: "refine_step_standin_b32",
-      dim: 192,
-      depth: 6,
-      heads: 3,
-      img: 112,
-      text_width: 128,
-      text_layers: 2,
-      text_heads: 2,
-      vocab: 700,
-      batch: 32,
-    }
-    : {
-      name: "refine_step_vitb_bertbase_b8",
-      dim: 768,
-      depth: 12,
-      heads: 12,
-      img: 224,
-      text_width: 768,
-      text_layers: 12,
-      text_heads: 12,
-      vocab: 30522,
-      batch: 8,
-    };
-  if (sections.has("refine")) jobs.push({ kind: "refine_step", repeats: 1, ...refineCfg });
+  const refineCfg = quick ? REFINE_STANDIN_B32 : REFINE_VITB_BERTBASE_B8;
+  if (values.profile) return await profile(refineCfg, quick, json, backends);
+  // The refinement step runs in its own PyTorch process, so that its peak RSS is the step's alone.
+  const torchRefine = sections.has("refine") ? runTorch([{ kind: "refine_step", repeats: 2, ...refineCfg }]) : null;
   let decodePaths: string[] = [];
   if (sections.has("data")) {
     const dir = await Deno.makeTempDir();
@@ -219,7 +208,7 @@ async function main() {
   const torch = jobs.length ? runTorch(jobs) : null;
   const results: BenchResult[] = [];
   const report = (r: Omit<BenchResult, "speed_vs_torch">, torchName?: string) => {
-    const ts = torchName && torch ? torch.get(torchName) : undefined;
+    const ts = torchName ? (torch?.get(torchName) ?? torchRefine?.get(torchName))?.seconds : undefined;
     const full: BenchResult = { ...r, speed_vs_torch: ts ? ts / r.seconds : null };
     results.push(full);
     if (json) console.log(JSON.stringify(full));
@@ -237,7 +226,9 @@ async function main() {
         Deno.env.get("OPENBLAS_CORETYPE") ?? "unset"
       }`,
     );
-    if (torch) { for (const [k, v] of torch) console.log(`  torch ${k.padEnd(28)} ${v.toFixed(4)} s`); }
+    for (const [k, v] of [...(torch ?? []), ...(torchRefine ?? [])]) {
+      console.log(`  torch ${k.padEnd(28)} ${v.seconds.toFixed(4)} s`);
+    }
   }
   for (const backend of backends) {
     try {
@@ -294,83 +285,31 @@ async function main() {
     }
   }
   if (sections.has("refine")) {
-    const { bertPreset } = await import("../src/encoders/mod.ts");
-    const {
-      assembleModel,
-      createTextEncoder,
-      retfinerLosses,
-      modelParams,
-      adamwStep,
-      createAdamWState,
-      ADAMW_DEFAULTS,
-      ALL_LOSSES,
-    } = await import(
-      "../src/refine/mod.ts"
-    );
-    const { tokenizerFromVocab } = await import("../src/dataset/mod.ts");
+    // Each backend's step runs in a fresh Deno process (bench/refine_step.ts) so that VmHWM is the step's peak RSS.
+    const script = new URL("./refine_step.ts", import.meta.url).pathname;
+    const torchRss = torchRefine?.get(refineCfg.name)?.peak_rss_mib as number | undefined;
     for (const backend of backends.filter((b) => b !== "cpu")) {
-      try {
-        await setupBackend({ backend, log: null });
-      } catch {
+      const out = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script, JSON.stringify(refineCfg), backend, "2"],
+        stderr: "piped",
+      }).outputSync();
+      if (!out.success) {
+        if (!json) console.log(`${refineCfg.name} ${backend}: failed\n${new TextDecoder().decode(out.stderr)}`);
         continue;
       }
-      const c = refineCfg;
-      const vocab = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        ...Array.from({ length: c.vocab - 5 }, (_, i) => `w${i}`),
-      ];
-      const tokenizer = tokenizerFromVocab(vocab);
-      const vit = createVit(
-        vitPreset("retfound", {
-          imgSize: c.img,
-          embedDim: c.dim,
-          depth: c.depth,
-          numHeads: c.heads,
-          projDim: c.dim === c.text_width ? null : c.text_width,
-        }),
-        { rng: new Rng(1) },
-      );
-      const bert = createTextEncoder(
-        bertPreset("small", {
-          hiddenSize: c.text_width,
-          numHiddenLayers: c.text_layers,
-          numAttentionHeads: c.text_heads,
-          intermediateSize: 4 * c.text_width,
-          maxPositionEmbeddings: 512,
-        }),
-        tokenizer,
-      );
-      const model = assembleModel(vit, bert, tokenizer);
-      const rng = new Rng(0);
-      const B = c.batch;
-      const ids = new Int32Array(B * 30).map((_, i) => (i % 30 === 0 ? 2 : 5 + rng.int(c.vocab - 5)));
-      const batch = {
-        images: new Float32Array(B * 3 * c.img * c.img).map(() => rng.normal()),
-        inputIds: ids,
-        attentionMask: new Int32Array(B * 30).fill(1),
-        size: B,
-        length: 30,
-      };
-      const params = modelParams(model);
-      const state = createAdamWState();
-      let k = 0;
-      const step = () => {
-        const { value, grads } = tf.variableGrads(
-          () => retfinerLosses(model, batch, ALL_LOSSES, new Rng(k++), true).total as tf.Scalar,
-          [...params.values()],
-        );
-        const byName = new Map<string, tf.Tensor>();
-        for (const [n, p] of params) if (grads[p.name]) byName.set(n, grads[p.name]);
-        adamwStep(params, byName, state, ADAMW_DEFAULTS);
-        tf.dispose([value, ...Object.values(grads)]);
-      };
-      const s = await timeIt(step, 1);
-      for (const p of params.values()) p.dispose();
-      report({ name: c.name, backend, seconds: s, extra: { pairs_per_s: +(B / s).toFixed(2) } }, c.name);
+      const r = JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
+      report({
+        name: refineCfg.name,
+        backend,
+        seconds: r.seconds,
+        extra: {
+          pairs_per_s: +(refineCfg.batch / r.seconds).toFixed(2),
+          peak_rss_mib: Math.round(r.peak_rss_mib),
+          ...(torchRss
+            ? { torch_peak_rss_mib: Math.round(torchRss), rss_vs_torch: +(r.peak_rss_mib / torchRss).toFixed(2) }
+            : {}),
+        },
+      }, refineCfg.name);
     }
   }
   if (sections.has("probe")) {
@@ -447,6 +386,34 @@ async function main() {
       const line = ratio(n);
       if (line) console.log(line);
     }
+  }
+}
+
+/** `--profile`: per-kernel tables of one refinement step and one encoding batch on the first fast backend. */
+async function profile(cfg: RefineBenchConfig, quick: boolean, json: boolean, backends: BackendName[]) {
+  const backend = backends.find((b) => b !== "cpu") ?? "cpu";
+  const info = await setupBackend({ backend, log: null });
+  const out: Record<string, KernelProfile> = {};
+  const work = refineStepWork(cfg);
+  work.step(); // warm-up
+  out[cfg.name] = await profileKernels(work.step);
+  work.dispose();
+  const vit = createVit(vitPreset("visionfm", quick ? { imgSize: 112, depth: 2 } : {}), { rng: new Rng(2) });
+  const x = tf.randomNormal([8, 3, quick ? 112 : 224, quick ? 112 : 224]);
+  const encode = () => {
+    const y = tf.tidy(() => vitFeatures(vit, x, "all"));
+    y.dataSync();
+    y.dispose();
+  };
+  encode();
+  const encName = quick ? "encode_vitb16_2blocks_112_b8" : "encode_vitb16_b8";
+  out[encName] = await profileKernels(encode);
+  x.dispose();
+  disposeParams(vit.params);
+  if (json) console.log(JSON.stringify({ backend: info.name, profiles: out }));
+  else {
+    console.log(`backend ${info.name} (matmul: ${info.matmul})`);
+    for (const [name, p] of Object.entries(out)) console.log(`\n${formatProfile(name, p)}`);
   }
 }
 

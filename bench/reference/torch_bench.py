@@ -149,7 +149,10 @@ for job in spec["jobs"]:
             (itc + itm_loss + mlm + gm).backward()
             opt.step()
 
-        emit(job["name"], timeit(step, job.get("repeats", 2)), pairs=B)
+        import resource
+        seconds = timeit(step, job.get("repeats", 2))
+        # Peak RSS of this whole process (Linux reports KiB); bench.ts runs this job in a process of its own.
+        emit(job["name"], seconds, pairs=B, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     elif kind == "decode":
         # The authors' probing path: PIL open → Resize(224, BILINEAR) → Grayscale → ToTensor → RGB → Normalize.
         from PIL import Image

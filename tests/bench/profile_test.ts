@@ -1,0 +1,27 @@
+/** The bench's per-kernel profiler: kernels are grouped by name, op scopes are not double-counted. */
+import { assert, assertEquals } from "../_assert.ts";
+import { setupBackend } from "../../src/backend/mod.ts";
+import { tf } from "../../src/backend/tf.ts";
+import { formatProfile, profileKernels } from "../../bench/profile.ts";
+
+Deno.test("profileKernels groups kernel calls by name and skips custom-gradient op scopes", async () => {
+  await setupBackend({ backend: "cpu", log: null });
+  const a = tf.ones([16, 16]);
+  const p = await profileKernels(() => {
+    tf.tidy(() => {
+      let h = a;
+      for (let i = 0; i < 3; i++) h = tf.add(tf.matMul(h, a), 1);
+      // logSoftmax is a custom-gradient op: its `__op` scope must not be counted on top of its kernels.
+      return tf.logSoftmax(h);
+    });
+  });
+  const byName = new Map(p.rows.map((r) => [r.kernel, r]));
+  assertEquals(byName.get("BatchMatMul")?.calls, 3);
+  assertEquals(byName.get("Add")?.calls, 3);
+  assert(![...byName.keys()].some((k) => k.endsWith("__op")), `op scopes listed: ${[...byName.keys()]}`);
+  assert(p.rows.every((r, i) => i === 0 || p.rows[i - 1].ms >= r.ms), "rows sorted by time");
+  const table = formatProfile("demo", p, 2);
+  assert(table.includes("BatchMatMul") || table.includes("more kernels"), table);
+  assert(table.includes("outside kernels"), table);
+  a.dispose();
+});
