@@ -6,6 +6,7 @@ import { loadImageBatch } from "../dataset/batches.ts";
 import { METRIC_NAMES, pct } from "../probe/mod.ts";
 import {
   attentionOverlayPng,
+  attentionPeak,
   crossAttentionMaps,
   loadRun,
   retrieval,
@@ -126,7 +127,9 @@ await runMain(async () => {
       String(values.report),
     );
     const written: string[] = [];
+    const peaks: number[] = [];
     for (let t = 1; t < tokens.length - 1; t++) {
+      peaks.push(attentionPeak(maps.subarray(t * grid * grid, (t + 1) * grid * grid)));
       const p = join(out, `attention_${String(t).padStart(2, "0")}_${tokens[t].replace(/[^a-z0-9]+/gi, "_")}.png`);
       await writeFileAtomic(
         p,
@@ -134,8 +137,13 @@ await runMain(async () => {
       );
       written.push(p);
     }
-    summary.attention = { tokens, files: written };
+    summary.attention = { tokens, files: written, peak: peaks };
     console.log(`cross-attention overlays for ${written.length} report tokens in ${out}/`);
+    // Overlays are min-max stretched: say how peaked the maps really are (1 = uniform over the patches).
+    console.log(
+      `attention peak (max/mean; 1 = uniform, ${grid * grid} = one patch): ` +
+        tokens.slice(1, -1).map((tk, i) => `${tk} ${peaks[i].toFixed(2)}`).join(", "),
+    );
   }
   await writeJsonAtomic(join(out, "zeroshot.json"), summary);
 });

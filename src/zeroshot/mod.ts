@@ -338,7 +338,25 @@ export function crossAttentionMaps(
   return { tokens: pieces, maps: values, grid };
 }
 
-/** Renders an attention map `[grid, grid]` over a grey image as a PNG heat overlay. */
+/**
+ * How peaked an attention map is: its maximum over its mean (1 = uniform over
+ * the patches; `grid²` = all mass on one patch). Overlays are stretched from
+ * the map's minimum to its maximum, so read them together with this number.
+ */
+export function attentionPeak(map: ArrayLike<number>): number {
+  let max = -Infinity;
+  let sum = 0;
+  for (let i = 0; i < map.length; i++) {
+    max = Math.max(max, map[i]);
+    sum += map[i];
+  }
+  return sum > 0 ? max / (sum / map.length) : 0;
+}
+
+/**
+ * Renders an attention map `[grid, grid]` over a grey image as a PNG heat
+ * overlay, the map stretched from its minimum (clear) to its maximum (red-yellow).
+ */
 export async function attentionOverlayPng(
   image: GreyImage,
   map: Float32Array,
@@ -347,11 +365,16 @@ export async function attentionOverlayPng(
 ): Promise<Uint8Array> {
   const base = resizeGrey(image, size, size, "bilinear").data;
   const heat = resizeGrey({ width: grid, height: grid, data: map }, size, size, "bilinear").data;
-  let max = 0;
-  for (const v of heat) max = Math.max(max, v);
+  let max = -Infinity;
+  let min = Infinity;
+  for (const v of heat) {
+    max = Math.max(max, v);
+    min = Math.min(min, v);
+  }
+  const range = max - min;
   const rgb = new Uint8Array(size * size * 3);
   for (let i = 0; i < size * size; i++) {
-    const h = max > 0 ? heat[i] / max : 0;
+    const h = range > 0 ? (heat[i] - min) / range : 0;
     const g = Math.min(1, Math.max(0, base[i]));
     // Grey scan, with attention in red-yellow (alpha grows with attention).
     const a = 0.6 * h;

@@ -3,9 +3,11 @@ import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { loadGreyImage, readImageFolderDataset, refinementSpec } from "../../src/dataset/mod.ts";
 import { loadImageBatch } from "../../src/dataset/batches.ts";
+import sharp from "sharp";
 import { refine } from "../../src/refine/mod.ts";
 import {
   attentionOverlayPng,
+  attentionPeak,
   classEmbeddings,
   crossAttentionMaps,
   loadRun,
@@ -80,4 +82,23 @@ Deno.test("cross-attention maps: one distribution over patches per report token,
   }
   const png = await attentionOverlayPng(await loadGreyImage(p.image), maps.subarray(16, 32), grid, 64);
   assertEquals(Array.from(png.subarray(1, 4)), [0x50, 0x4e, 0x47]);
+});
+
+Deno.test("attention overlays are stretched min-to-max, and attentionPeak says how peaked the map is", async () => {
+  const grid = 4;
+  // A near-uniform map with one slightly stronger patch (row 1, column 2).
+  const map = new Float32Array(grid * grid).fill(1 / 16 - 0.001 / 15);
+  map[1 * grid + 2] = 1 / 16 + 0.001;
+  const peak = attentionPeak(map);
+  assert(peak > 1 && peak < 1.02, `peak ${peak}`);
+  assertEquals(attentionPeak(new Float32Array([0, 0, 1, 0])), 4);
+  const image = { width: 64, height: 64, data: new Float32Array(64 * 64).fill(0.5) };
+  const png = await attentionOverlayPng(image, map, grid, 64);
+  const { data } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
+  const px = (x: number, y: number) => Array.from(data.subarray(3 * (y * 64 + x), 3 * (y * 64 + x) + 3));
+  // Centre of the strong patch: full heat (red-yellow, blue suppressed); a far corner: the grey scan untouched.
+  const hot = px(2 * 16 + 8, 1 * 16 + 8);
+  const cold = px(0, 63);
+  assert(hot[0] > 200 && hot[2] < 80, `hot pixel ${hot}`);
+  assertEquals(cold, [128, 128, 128]);
 });
