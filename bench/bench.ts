@@ -65,6 +65,12 @@ export function runTorch(jobs: TorchJob[]): Map<string, TorchResult> | null {
   if (!out.success) {
     const err = new TextDecoder().decode(out.stderr);
     if (/No module named 'torch'/.test(err)) return null;
+    const missing = /No module named '([\w.]+)'/.exec(err)?.[1];
+    if (missing) {
+      const pkg = { PIL: "python3-pil", torchvision: "python3-torchvision" }[missing] ??
+        `the Debian package of ${missing}`;
+      throw new Error(`PyTorch reference (${script}) needs the Python module '${missing}': apt-get install ${pkg}`);
+    }
     throw new Error(`PyTorch reference failed:\n${err}`);
   }
   const results = new Map<string, TorchResult>();

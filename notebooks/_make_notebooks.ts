@@ -142,7 +142,12 @@ await rf.showFigure({
     },
     {
       cell_type: "markdown",
-      source: `## After refinement: probe again and compare`,
+      source: `## After refinement: probe again and compare
+
+With the quick settings (two epochs on 640 pairs: 80 optimiser steps) refinement has barely started: on this benchmark
+ITC stays at chance for the first 250–350 steps, while the model finds image features of the pathologies that
+generalise across pairs (README, *What the default run shows*). Expect changes near zero here. The full settings
+(\`RETFINER_NOTEBOOK_QUICK=0\`, 700 steps) give the README's table.`,
     },
     {
       cell_type: "code",

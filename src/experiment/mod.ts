@@ -58,10 +58,10 @@ export function baselineName(family: ExperimentFamily, standin: boolean): string
 
 /** Refinement settings of the CPU demo (see the README for how they differ from the paper's). */
 export const DEMO_REFINE: Partial<RefineOptions> = {
-  batchSize: 32,
-  epochs: 3,
+  batchSize: 16,
+  epochs: 7,
   patience: 3,
-  optimizer: { lr: 2e-4 },
+  optimizer: { lr: 3e-4 },
 };
 
 /** Options of {@link runExperiment}. */
