@@ -18,6 +18,11 @@ export interface KernelProfile {
   wallMs: number;
   /** Kernels by total time, descending. */
   rows: KernelRow[];
+  /**
+   * tfjs's peak tensor-byte count during the work. tfjs counts every tensor, so a reshape view of a buffer counts
+   * again: an upper bound on live tensor memory, not a measurement of it (the bench's peak RSS is that).
+   */
+  peakBytes: number;
 }
 
 /** Runs `fn` once under `tf.profile` and groups the kernel times by name. */
@@ -37,14 +42,16 @@ export async function profileKernels(fn: () => void): Promise<KernelProfile> {
     row.ms += ms;
     by.set(k.name, row);
   }
-  return { wallMs, rows: [...by.values()].sort((a, b) => b.ms - a.ms) };
+  return { wallMs, rows: [...by.values()].sort((a, b) => b.ms - a.ms), peakBytes: info.peakBytes };
 }
 
 /** A plain-text table of the `top` kernels, with the time outside kernels (JS glue, optimiser, profiler). */
 export function formatProfile(title: string, p: KernelProfile, top = 20): string {
   const kernelMs = p.rows.reduce((a, r) => a + r.ms, 0);
   const lines = [
-    `${title}: ${p.wallMs.toFixed(0)} ms wall, ${kernelMs.toFixed(0)} ms in kernels`,
+    `${title}: ${p.wallMs.toFixed(0)} ms wall, ${kernelMs.toFixed(0)} ms in kernels, tfjs peak tensor count ${
+      (p.peakBytes / 2 ** 20).toFixed(0)
+    } MiB (views counted again)`,
     `  ${"kernel".padEnd(28)} ${"calls".padStart(6)} ${"ms".padStart(9)} ${"share".padStart(6)}`,
   ];
   for (const r of p.rows.slice(0, top)) {

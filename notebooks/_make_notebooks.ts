@@ -55,7 +55,7 @@ const QUICK = (Deno.env.get("RETFINER_NOTEBOOK_QUICK") ?? "1") !== "0";
 // Outputs go to the repository's runs/ folder whether Jupyter started in notebooks/ or at the root.
 const ROOT = Deno.cwd().endsWith("/notebooks") ? ".." : ".";
 const backend = await rf.setupBackend({ log: null });
-rf.showMarkdown(\`**Compute backend:** \\\`\${backend.name}\\\` — matrix products by \${backend.matmul}\${backend.skipped.length ? \` (not available: \${backend.skipped.map((s) => s.split(":")[0]).join(", ")})\` : ""}\`);`,
+await rf.showMarkdown(\`**Compute backend:** \\\`\${backend.name}\\\` — matrix products by \${backend.matmul}\${backend.skipped.length ? \` (not available: \${backend.skipped.map((s) => s.split(":")[0]).join(", ")})\` : ""}\`);`,
     },
     {
       cell_type: "markdown",
@@ -73,7 +73,7 @@ const WEIGHTS: string = Deno.env.get("RETFINER_WEIGHTS") ?? "";
 
 const vit = rf.loadVision("${family}", WEIGHTS || undefined);
 const c = vit.config;
-rf.showMarkdown(\`Loaded **\${WEIGHTS || "the ${f.title}-like stand-in"}**: ViT width \${c.embedDim}, depth \${c.depth}, \${c.numHeads} heads, patch \${c.patchSize}, input \${c.imgSize} px, family \\\`\${c.family}\\\`, \${rf.countParams(vit.params).toLocaleString()} parameters.\`);`,
+await rf.showMarkdown(\`Loaded **\${WEIGHTS || "the ${f.title}-like stand-in"}**: ViT width \${c.embedDim}, depth \${c.depth}, \${c.numHeads} heads, patch \${c.patchSize}, input \${c.imgSize} px, family \\\`\${c.family}\\\`, \${rf.countParams(vit.params).toLocaleString()} parameters.\`);`,
     },
     {
       cell_type: "markdown",
@@ -97,7 +97,7 @@ await rf.showScans(await Promise.all(examples.map(async (p) => ({ image: await r
       source: `const TASKS = QUICK ? ["amd_vs_normal", "glaucoma_vs_normal", "normal_drusen_cnv"] : undefined;
 const SEEDS = QUICK ? [0, 1] : [0, 1, 2];
 const tasks = await rf.loadTasks(bench.root, TASKS);
-rf.showMarkdown(tasks.map((t) => "\`\`\`\\n" + rf.formatClassCounts(t) + "\\n\`\`\`").join("\\n"));`,
+await rf.showMarkdown(tasks.map((t) => "\`\`\`\\n" + rf.formatClassCounts(t) + "\\n\`\`\`").join("\\n"));`,
     },
     {
       cell_type: "markdown",
@@ -112,7 +112,7 @@ tested once. Fast mode caches the features.`,
       tags: ["expect-output"],
       source:
         `const baseline = await rf.probeModel(vit, rf.baselineName("${family}", !WEIGHTS), tasks, { seeds: SEEDS }, rf.notebookProgress());
-rf.showMarkdown(rf.markdownSingle(baseline));`,
+await rf.showMarkdown(rf.markdownSingle(baseline));`,
     },
     {
       cell_type: "markdown",
@@ -125,10 +125,12 @@ updates in place; the loss curves follow.`,
       cell_type: "code",
       tags: ["expect-output"],
       source: `const model = rf.buildModel(vit);
+// Zero-shot classification and image↔report retrieval before refinement (beyond the paper; compared at the end).
+const zsBefore = await rf.zeroShotSummary(model, tasks, pairs, QUICK ? 100 : 200);
 const runDir = \`\${ROOT}/runs/notebook-${family}-\${Date.now()}\`;
 const trainPairs = QUICK ? [...pairs.filter((p) => p.split === "train").slice(0, 640), ...pairs.filter((p) => p.split === "val").slice(0, 96)] : pairs;
 const result = await rf.refine({ ...rf.DEMO_REFINE, model, pairs: trainPairs, runDir, epochs: QUICK ? 2 : rf.DEMO_REFINE.epochs, onProgress: rf.notebookProgress() });
-rf.showMarkdown(\`Stopped by **\${result.stopReason}** after \${result.loop.step} steps; best epoch \${result.loop.bestEpoch + 1}.\`);`,
+await rf.showMarkdown(\`Stopped by **\${result.stopReason}** after \${result.loop.step} steps; best epoch \${result.loop.bestEpoch + 1}.\`);`,
     },
     {
       cell_type: "code",
@@ -155,12 +157,26 @@ generalise across pairs (README, *What the default run shows*). Expect changes n
       source:
         `const refined = await rf.probeModel(model.vit, rf.REFINED_NAMES["${family}"], tasks, { seeds: SEEDS }, rf.notebookProgress());
 const comparison = rf.compareModels(baseline, refined);
-rf.showMarkdown(rf.markdownSummary(comparison) + "\\n\\n" + rf.markdownPerTask(comparison));`,
+await rf.showMarkdown(rf.markdownSummary(comparison) + "\\n\\n" + rf.markdownPerTask(comparison));`,
     },
     {
       cell_type: "code",
       tags: ["expect-output"],
       source: `await rf.showFigure(rf.gainsFigure(comparison));`,
+    },
+    {
+      cell_type: "markdown",
+      source: `## Beyond the paper: zero-shot classification and retrieval
+
+The refined model also has a text side. With it, each task can be classified without training, by comparing a scan's
+image feature with descriptions of the classes (ITC features), and reports can be retrieved for scans. Chance is
+1/classes for the accuracy and 5/n for R@5.`,
+    },
+    {
+      cell_type: "code",
+      tags: ["expect-output"],
+      source: `const zsAfter = await rf.zeroShotSummary(model, tasks, pairs, QUICK ? 100 : 200);
+await rf.showMarkdown(rf.zeroShotMarkdown(zsBefore, zsAfter));`,
     },
     {
       cell_type: "markdown",
@@ -174,7 +190,7 @@ saved beside it.`,
       cell_type: "code",
       tags: ["expect-output"],
       source: `const { files } = await rf.writeProbeReport(runDir, { baseline, refined });
-rf.showMarkdown([\`- backbone: \\\`\${result.backbone.pth}\\\`\`, \`- safetensors: \\\`\${result.backbone.safetensors}\\\`\`, \`- report: \\\`\${files.markdown}\\\`\`, \`- chart: \\\`\${files.html}\\\`\`].join("\\n"));`,
+await rf.showMarkdown([\`- backbone: \\\`\${result.backbone.pth}\\\`\`, \`- safetensors: \\\`\${result.backbone.safetensors}\\\`\`, \`- report: \\\`\${files.markdown}\\\`\`, \`- chart: \\\`\${files.html}\\\`\`].join("\\n"));`,
     },
   ];
   return {

@@ -20,6 +20,8 @@ Deno.test("profileKernels groups kernel calls by name and skips custom-gradient 
   assertEquals(byName.get("Add")?.calls, 3);
   assert(![...byName.keys()].some((k) => k.endsWith("__op")), `op scopes listed: ${[...byName.keys()]}`);
   assert(p.rows.every((r, i) => i === 0 || p.rows[i - 1].ms >= r.ms), "rows sorted by time");
+  // tfjs counted at least the input and one 16×16 float32 product at once.
+  assert(p.peakBytes >= 2 * 16 * 16 * 4, `peak ${p.peakBytes}`);
   const table = formatProfile("demo", p, 2);
   assert(table.includes("BatchMatMul") || table.includes("more kernels"), table);
   assert(table.includes("outside kernels"), table);
