@@ -13,6 +13,7 @@ import { tf } from "../src/backend/tf.ts";
 import { createVit, disposeParams, vitBlock, vitFeatures, vitPreset } from "../src/encoders/mod.ts";
 import { parseCli, runMain } from "../src/util/cli.ts";
 import { Rng } from "../src/util/rng.ts";
+import { timeIt } from "./measure.ts";
 import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
 import { REFINE_STANDIN_B32, REFINE_VITB_BERTBASE_B8, type RefineBenchConfig, refineStepWork } from "./refine_step.ts";
 
@@ -24,23 +25,6 @@ export interface BenchResult {
   speed_vs_torch: number | null;
   /** Work-specific numbers (GFLOP/s, memory ratios, …). */
   extra?: Record<string, number | string>;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-/** Median wall time of `fn` over `repeats` runs after one warm-up. */
-export async function timeIt(fn: () => unknown | Promise<unknown>, repeats: number): Promise<number> {
-  await fn();
-  const times: number[] = [];
-  for (let i = 0; i < repeats; i++) {
-    const t0 = performance.now();
-    await fn();
-    times.push((performance.now() - t0) / 1000);
-  }
-  return median(times);
 }
 
 interface TorchJob {

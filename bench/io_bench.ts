@@ -5,6 +5,7 @@
  * in a fresh process so the peak is its own.
  */
 import { mapVisionWeights, readPth, type TensorData, writePth } from "../src/io/mod.ts";
+import { peakRssMiB } from "./measure.ts";
 
 /** The RETFound MAE checkpoint's tensors: ViT-L encoder + 8-block 512-wide decoder. */
 export function retfoundMaeShapes(): [string, number[]][] {
@@ -40,11 +41,6 @@ export function retfoundMaeShapes(): [string, number[]][] {
     [P * P * 3],
   ]);
   return s;
-}
-
-function peakRssMiB(): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  return Number(/VmHWM:\s+(\d+)/.exec(status)![1]) / 1024;
 }
 
 if (Deno.args[0] === "--read") {

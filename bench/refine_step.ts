@@ -23,6 +23,7 @@ import {
 } from "../src/refine/mod.ts";
 import { tokenizerFromVocab } from "../src/dataset/mod.ts";
 import { Rng } from "../src/util/rng.ts";
+import { peakRssMiB, timeIt } from "./measure.ts";
 
 /** Sizes of the benchmarked refinement step (mirrored by bench/reference/torch_bench.py's `refine_step`). */
 export interface RefineBenchConfig {
@@ -127,22 +128,11 @@ export function refineStepWork(c: RefineBenchConfig): { step: () => void; dispos
   return { step, dispose };
 }
 
-/** Peak resident set size of this process so far (VmHWM), MiB. */
-export function peakRssMiB(): number {
-  return Number(/VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync("/proc/self/status"))![1]) / 1024;
-}
-
 if (import.meta.main) {
   const cfg = JSON.parse(Deno.args[0]) as RefineBenchConfig;
   await setupBackend({ backend: Deno.args[1] as BackendName, log: null });
   const work = refineStepWork(cfg);
-  work.step(); // warm-up: kernels compiled, optimiser state allocated
-  const times: number[] = [];
-  for (let i = 0; i < Number(Deno.args[2] ?? 2); i++) {
-    const t0 = performance.now();
-    work.step();
-    times.push((performance.now() - t0) / 1000);
-  }
-  times.sort((a, b) => a - b);
-  console.log(JSON.stringify({ seconds: times[Math.floor(times.length / 2)], peak_rss_mib: peakRssMiB() }));
+  // One warm-up step (kernels compiled, optimiser state allocated), then the median of the timed ones.
+  const seconds = await timeIt(work.step, Number(Deno.args[2] ?? 2));
+  console.log(JSON.stringify({ seconds, peak_rss_mib: peakRssMiB() }));
 }
