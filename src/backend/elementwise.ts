@@ -8,6 +8,7 @@
  * @module
  */
 import { tf } from "./tf.ts";
+import { allocFloat32 } from "./pool.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -98,7 +99,7 @@ function binaryKernel(
     const A = args.backend.data.get(a.dataId).values as Float32Array;
     const B = args.backend.data.get(b.dataId).values as Float32Array;
     const size = plan.out.reduce((x, y) => x * y, 1);
-    const O = new Float32Array(size);
+    const O = allocFloat32(size); // every element is written below
     if (size > 0) {
       const { dims, stA, stB } = plan;
       const last = dims.length - 1;
@@ -233,7 +234,7 @@ function sumKernel(args: KernelArgs): TensorInfo {
   const total = X.length;
   const redSize = axes.reduce((s, a) => s * x.shape[a], 1);
   const keepSize = redSize === 0 ? outShape.reduce((s, d) => s * d, 1) : total / redSize;
-  const out = new Float32Array(keepSize);
+  const out = allocFloat32(keepSize, total === 0); // written in full below unless x is empty
   if (total > 0) {
     if (isSuffix) {
       for (let r = 0; r < keepSize; r++) {
@@ -290,7 +291,9 @@ function copyBox(
   }
 }
 
-function typedLike(X: unknown, n: number): Float32Array {
+/** A new array of `X`'s type (float32 ones from the pool, so their contents are arbitrary unless `zero`). */
+function typedLike(X: unknown, n: number, zero = false): Float32Array {
+  if (X instanceof Float32Array) return allocFloat32(n, zero);
   return new ((X as Float32Array).constructor as Float32ArrayConstructor)(n);
 }
 
@@ -338,7 +341,7 @@ function padKernel(args: KernelArgs): TensorInfo {
   const paddings = args.attrs!.paddings as [number, number][];
   const value = (args.attrs!.constantValue as number) ?? 0;
   const outShape = x.shape.map((d, i) => paddings[i][0] + d + paddings[i][1]);
-  const out = typedLike(X, outShape.reduce((a, b) => a * b, 1));
+  const out = typedLike(X, outShape.reduce((a, b) => a * b, 1), true);
   if (value !== 0) out.fill(value);
   // Copy each input row (last axis) to its place in the output.
   const rank = x.shape.length;

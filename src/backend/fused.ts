@@ -13,6 +13,7 @@ import { tf } from "./tf.ts";
 import type { Tensor } from "./tf.ts";
 import { installElementwiseKernels, uninstallElementwiseKernels } from "./elementwise.ts";
 import type { VectorMath } from "./gemm.ts";
+import { allocFloat32 } from "./pool.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -40,7 +41,7 @@ function layerNormKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const Bv = beta ? vals(backend, beta) : undefined;
   const d = x!.shape[x!.shape.length - 1];
   const rows = X.length / d;
-  const Y = new Float32Array(X.length);
+  const Y = allocFloat32(X.length);
   for (let r = 0; r < rows; r++) {
     const o = r * d;
     let mean = 0;
@@ -70,7 +71,7 @@ function layerNormGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo
   const G = gamma ? vals(backend, gamma) : undefined;
   const d = x!.shape[x!.shape.length - 1];
   const rows = X.length / d;
-  const DX = new Float32Array(X.length);
+  const DX = allocFloat32(X.length);
   const DG = new Float64Array(d);
   const DB = new Float64Array(d);
   const xhat = new Float32Array(d);
@@ -129,7 +130,7 @@ function geluKernel({ inputs, backend }: KernelArgs): TensorInfo {
   if (vectorMath && X.length >= VECTOR_MIN) {
     return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.gelu(X));
   }
-  const Y = new Float32Array(X.length);
+  const Y = allocFloat32(X.length);
   for (let i = 0; i < X.length; i++) {
     const v = X[i];
     Y[i] = v * halfOnePlusErf(v, Math.exp(-0.5 * v * v));
@@ -145,7 +146,7 @@ function geluGradKernel({ inputs, backend }: KernelArgs): TensorInfo {
   if (vectorMath && X.length >= VECTOR_MIN) {
     return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.geluGrad(DY, X));
   }
-  const DX = new Float32Array(X.length);
+  const DX = allocFloat32(X.length);
   for (let i = 0; i < X.length; i++) {
     const v = X[i];
     const e = Math.exp(-0.5 * v * v); // shared by Φ(x) and the density
@@ -170,7 +171,7 @@ function softmaxKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const M = mask ? vals(backend, mask) : undefined;
   const n = x!.shape[x!.shape.length - 1];
   const rows = X.length / n;
-  const Y = new Float32Array(X.length);
+  const Y = allocFloat32(X.length);
   for (let r = 0; r < rows; r++) {
     const o = r * n;
     const mo = M ? maskRowOffset(mask!.shape, x!.shape, r) : 0;
@@ -197,7 +198,7 @@ function softmaxGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const Y = vals(backend, inputs.y!);
   const DY = vals(backend, inputs.dy!);
   const n = inputs.y!.shape[inputs.y!.shape.length - 1];
-  const DX = new Float32Array(Y.length);
+  const DX = allocFloat32(Y.length);
   for (let o = 0; o < Y.length; o += n) {
     let dot = 0;
     for (let i = 0; i < n; i++) dot += DY[o + i] * Y[o + i];
@@ -211,16 +212,25 @@ function transposeKernel(args: KernelArgs): TensorInfo {
   const { inputs, backend, attrs } = args;
   const x = inputs.x!;
   const perm = attrs!.perm as number[];
-  const X = backend.data.get(x.dataId).values as Float32Array;
+  const X = backend.data.get(x.dataId).values as ArrayLike<number>;
   if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") {
     return (originalTranspose!.kernelFunc as unknown as (a: KernelArgs) => TensorInfo)(args);
   }
   const rank = x.shape.length;
   const outShape = perm.map((p) => x.shape[p]);
+  const moved = perm.filter((p) => x.shape[p] !== 1);
+  if (moved.every((p, i) => i === 0 || moved[i - 1] < p)) {
+    // Only size-1 axes move (or none: tfjs asks for identity perms, e.g. in matMul's gradient): the layout is
+    // unchanged, so share the buffer as tfjs's Reshape does.
+    (backend as unknown as { incRef(id: object): void }).incRef(x.dataId);
+    return { dataId: x.dataId, shape: outShape, dtype: x.dtype };
+  }
   const inStrides = new Array(rank).fill(1);
   for (let d = rank - 2; d >= 0; d--) inStrides[d] = inStrides[d + 1] * x.shape[d + 1];
   const srcStride = perm.map((p) => inStrides[p]);
-  const Y = new (X.constructor as Float32ArrayConstructor)(X.length);
+  const Y = X instanceof Float32Array
+    ? allocFloat32(X.length)
+    : new (X.constructor as Float32ArrayConstructor)(X.length);
   if (X.length === 0) return backend.makeTensorInfo(outShape, x.dtype, Y);
   // Walk the output in order; the innermost output axis is copied with a strided loop.
   const last = rank - 1;
@@ -254,7 +264,7 @@ function unsortedSegmentSumKernel(args: KernelArgs): TensorInfo {
   }
   // tfjs builds one mask per segment (O(segments × rows)); summing rows by id is O(rows).
   const row = x.shape.slice(1).reduce((a, b) => a * b, 1);
-  const out = new Float32Array(numSegments * row);
+  const out = allocFloat32(numSegments * row, true); // accumulated into
   for (let i = 0; i < ids.length; i++) {
     const s = ids[i];
     if (s < 0 || s >= numSegments) continue;

@@ -32,8 +32,13 @@ export interface GemmSpec {
 export interface Gemm {
   /** Human-readable name, with the library path or version. */
   readonly name: string;
-  /** Computes the batched product into a new row-major `[batch, m, n]` array. */
-  matmul(a: Float32Array, b: Float32Array, spec: GemmSpec): Float32Array;
+  /**
+   * Computes the batched product as a row-major `[batch, m, n]` array: into `out` when given and the
+   * implementation can write there (BLAS can; ONNX Runtime's binding always returns its own copy), else a new one.
+   */
+  matmul(a: Float32Array, b: Float32Array, spec: GemmSpec, out?: Float32Array): Float32Array;
+  /** Whether `matmul` writes into the `out` it is given (so callers may pass a pooled buffer). */
+  readonly writesOut?: boolean;
   /** Vectorised elementwise functions the same library offers, if any. */
   readonly vectorMath?: VectorMath;
 }
@@ -223,9 +228,10 @@ export function createBlasGemm(path?: string): Gemm {
     const sgemm = lib.symbols.cblas_sgemm;
     return {
       name: `BLAS cblas_sgemm (${candidate})`,
-      matmul(a, b, spec) {
+      writesOut: true,
+      matmul(a, b, spec, out) {
         const { batch, batchA, batchB, m, n, k, transA, transB } = spec;
-        const c = new Float32Array(batch * m * n);
+        const c = out ?? new Float32Array(batch * m * n);
         const ta = transA ? CBLAS_TRANS : CBLAS_NO_TRANS;
         const tb = transB ? CBLAS_TRANS : CBLAS_NO_TRANS;
         const lda = transA ? m : k;

@@ -7,6 +7,7 @@
  */
 import { tf } from "./tf.ts";
 import type { Gemm } from "./gemm.ts";
+import { allocFloat32 } from "./pool.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -81,7 +82,7 @@ function gemmProduct(
   const outShape = [...outBatch, m, n];
   const batch = sizeOf(outBatch);
   if (batch === 0 || m === 0 || n === 0 || kA === 0) {
-    return { values: new Float32Array(batch * m * n), shape: outShape };
+    return { values: allocFloat32(batch * m * n, true), shape: outShape };
   }
   let batchA = sizeOf(batchDimsA);
   let batchB = sizeOf(batchDimsB);
@@ -95,7 +96,9 @@ function gemmProduct(
     bv = broadcastBatches(bv, batchDimsB, outBatch, kA * n);
     batchB = batch;
   }
-  const values = gemm.matmul(av, bv, { batch, batchA, batchB, m, n, k: kA, transA, transB });
+  // With beta = 0 a GEMM overwrites its output, so a pooled (unzeroed) buffer is fine.
+  const out = gemm.writesOut ? allocFloat32(batch * m * n) : undefined;
+  const values = gemm.matmul(av, bv, { batch, batchA, batchB, m, n, k: kA, transA, transB }, out);
   return { values, shape: outShape };
 }
 

@@ -33,4 +33,13 @@ export {
 } from "./gemm.ts";
 export { activeMatMulGemm, installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 export type { Tensor, Variable } from "./tf.ts";
+export {
+  allocFloat32,
+  type BufferPoolStats,
+  bufferPoolStats,
+  drainBufferPool,
+  installBufferPool,
+  uninstallBufferPool,
+} from "./pool.ts";
+export { installLeanTape, leanTapeFreed, uninstallLeanTape } from "./lean_tape.ts";
 export { fusedGelu, fusedLayerNorm, fusedSoftmax, installFusedKernels, uninstallFusedKernels } from "./fused.ts";

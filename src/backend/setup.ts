@@ -12,6 +12,8 @@ import { tf } from "./tf.ts";
 import { createBlasGemm, createOrtGemm, type Gemm, resolvableFromCwd } from "./gemm.ts";
 import { installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 import { installFusedKernels, uninstallFusedKernels } from "./fused.ts";
+import { installBufferPool, uninstallBufferPool } from "./pool.ts";
+import { installLeanTape, uninstallLeanTape } from "./lean_tape.ts";
 
 /** The backends this package knows, in `auto` order. */
 export const BACKENDS = ["tfjs-node-gpu", "tfjs-node", "cpu-onnx", "cpu-blas", "cpu"] as const;
@@ -81,10 +83,14 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
   if (gemm) {
     installMatMulKernels(gemm);
     installFusedKernels(gemm.vectorMath ?? null);
+    installBufferPool(tf.backend());
+    installLeanTape();
   } else {
     // Plain `cpu` is tfjs as shipped: its own kernels and composite ops.
     restoreMatMulKernels();
     uninstallFusedKernels();
+    uninstallBufferPool();
+    uninstallLeanTape();
   }
 }
 

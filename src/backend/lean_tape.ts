@@ -1,0 +1,103 @@
+/**
+ * Frees memory during tfjs's backward pass as PyTorch's autograd does.
+ *
+ * tfjs (4.22, `engine.gradients` and `tape.backpropagateGradients`) keeps every
+ * tensor a gradient function saved and every intermediate gradient alive until
+ * the whole backward pass ends, so a training step's peak memory holds the
+ * forward activations and all of their gradients at once. PyTorch frees each
+ * node's saved tensors and its output gradients as soon as that node's
+ * backward has run.
+ *
+ * Installed, each tape node's gradient function is wrapped: when the backward
+ * pass moves on to the next node, the previous node's saved tensors and the
+ * gradients of its outputs are disposed (except any tensor the node's own
+ * gradient handed on unchanged). Each tensor's gradient is read only by the
+ * node that produced the tensor, and tfjs walks the tape once in reverse, so
+ * nothing freed is read again. Only outermost gradients are affected; inside
+ * higher-order gradients (`gradientDepth > 0`) the tape behaves as tfjs's.
+ * @module
+ */
+import { tf } from "./tf.ts";
+
+type Tensor = tf.Tensor;
+type TapeNode = { saved?: Tensor[]; gradient?: (dys: Tensor[]) => Record<string, () => Tensor> };
+type EngineInternals = {
+  state: { activeTape: TapeNode[] | null; gradientDepth: number };
+  addTapeNode(...args: unknown[]): void;
+  gradients(...args: unknown[]): unknown;
+};
+
+/** The node whose backward ran last, with what may be freed once the next one starts. */
+let pending: { saved: Tensor[]; dys: Tensor[]; passedOn: Set<Tensor> } | undefined;
+let original: Pick<EngineInternals, "addTapeNode" | "gradients"> | undefined;
+let freedTensors = 0;
+
+function releasePending(): void {
+  if (!pending) return;
+  const { saved, dys, passedOn } = pending;
+  pending = undefined;
+  for (const t of saved) {
+    if (!t.isDisposed) {
+      t.dispose();
+      freedTensors++;
+    }
+  }
+  for (const t of dys) {
+    if (t && !t.isDisposed && !passedOn.has(t)) {
+      t.dispose();
+      freedTensors++;
+    }
+  }
+}
+
+/** Tensors the lean tape has freed early since it was installed (for tests and the bench). */
+export function leanTapeFreed(): number {
+  return freedTensors;
+}
+
+/** Wraps tfjs's tape so the backward pass frees as it goes (idempotent). */
+export function installLeanTape(): void {
+  if (original) return;
+  const engine = tf.engine() as unknown as EngineInternals;
+  const { addTapeNode, gradients } = engine;
+  original = { addTapeNode, gradients };
+  engine.gradients = function (this: EngineInternals, ...args: unknown[]) {
+    try {
+      return gradients.apply(this, args);
+    } finally {
+      // tfjs's own clean-up has freed the last node's tensors; forget them so a later pass cannot touch them.
+      if (this.state.gradientDepth === 0) pending = undefined;
+    }
+  };
+  engine.addTapeNode = function (this: EngineInternals, ...args: unknown[]) {
+    addTapeNode.apply(this, args);
+    const tape = this.state.activeTape!;
+    const node = tape[tape.length - 1];
+    const gradient = node.gradient;
+    if (!gradient) return;
+    node.gradient = (dys: Tensor[]) => {
+      if (this.state.gradientDepth !== 0) return gradient(dys);
+      releasePending();
+      const thunks = gradient(dys);
+      const passedOn = new Set<Tensor>();
+      pending = { saved: node.saved ?? [], dys, passedOn };
+      const wrapped: Record<string, () => Tensor> = {};
+      for (const [name, thunk] of Object.entries(thunks)) {
+        wrapped[name] = () => {
+          const dx = thunk();
+          passedOn.add(dx);
+          return dx;
+        };
+      }
+      return wrapped;
+    };
+  };
+}
+
+/** Restores tfjs's own tape. */
+export function uninstallLeanTape(): void {
+  if (!original) return;
+  Object.assign(tf.engine() as unknown as EngineInternals, original);
+  original = undefined;
+  pending = undefined;
+}

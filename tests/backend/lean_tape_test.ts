@@ -1,0 +1,73 @@
+/** The lean tape frees during the backward pass and gives the same gradients as tfjs's own. */
+import { assert, maxAbsDiff } from "../_assert.ts";
+import {
+  fusedGelu,
+  fusedLayerNorm,
+  fusedSoftmax,
+  installLeanTape,
+  leanTapeFreed,
+  setupBackend,
+  uninstallLeanTape,
+} from "../../src/backend/mod.ts";
+import { tf } from "../../src/backend/tf.ts";
+import { Rng } from "../../src/util/rng.ts";
+
+await setupBackend({ backend: "cpu-onnx", log: null });
+const rng = new Rng(3);
+const rand = (shape: number[]) =>
+  tf.variable(tf.tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => rng.normal()), shape));
+
+// A small transformer-like block: tensors used several times (residuals, shared weights), fused custom-gradient ops,
+// a transpose and a split, so gradients accumulate and pass through unchanged in places.
+const w1 = rand([16, 32]);
+const w2 = rand([32, 16]);
+const g = rand([16]);
+const b = rand([16]);
+const x = rand([2, 5, 16]);
+/** Identity whose gradient hands its dy on unchanged: the lean tape must not free that dy. */
+const passThrough = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+  value: (args[0] as tf.Tensor).clone(),
+  gradFunc: (dy: tf.Tensor | tf.Tensor[]) => dy as tf.Tensor,
+}));
+function loss(): tf.Scalar {
+  const h = passThrough(fusedLayerNorm(x, g, b, 1e-6)) as tf.Tensor;
+  const a = fusedGelu(tf.matMul(tf.reshape(h, [10, 16]), w1));
+  const y = tf.add(tf.reshape(tf.matMul(a, w2), [2, 5, 16]), x);
+  const att = fusedSoftmax(tf.matMul(y, y, false, true), 0.25);
+  const z = tf.matMul(att, y);
+  const [p, q] = tf.split(tf.transpose(z, [0, 2, 1]), 2, 1);
+  return tf.add(tf.sum(tf.mul(p, q)), tf.sum(tf.mul(z, y))) as tf.Scalar;
+}
+
+function gradsWith(lean: boolean): Float32Array[] {
+  if (lean) installLeanTape();
+  else uninstallLeanTape();
+  const { value, grads } = tf.variableGrads(loss, [w1, w2, g, b, x]);
+  const out = [w1, w2, g, b, x].map((v) => grads[v.name].dataSync() as Float32Array);
+  tf.dispose([value, ...Object.values(grads)]);
+  installLeanTape();
+  return out;
+}
+
+Deno.test("lean tape: gradients equal tfjs's own tape, and no tensor leaks", () => {
+  const reference = gradsWith(false);
+  const before = tf.memory().numTensors;
+  const freed0 = leanTapeFreed();
+  const lean = gradsWith(true);
+  for (let i = 0; i < 3; i++) gradsWith(true);
+  assert(leanTapeFreed() > freed0, "the lean tape freed nothing early");
+  assert(tf.memory().numTensors === before, `tensors leaked: ${before} -> ${tf.memory().numTensors}`);
+  for (let i = 0; i < reference.length; i++) {
+    const d = maxAbsDiff(lean[i], reference[i]);
+    assert(d === 0, `gradient ${i} differs from tfjs's tape by ${d}`);
+  }
+});
+
+Deno.test("lean tape: higher-order gradients are left to tfjs", () => {
+  const f = (t: tf.Tensor) => tf.sum(tf.mul(tf.mul(t, t), t));
+  const ddf = tf.grad(tf.grad(f));
+  const t = tf.tensor1d([1, 2, 3]);
+  const d = ddf(t).dataSync(); // d²/dt² of Σt³ = 6t
+  assert(maxAbsDiff(d, new Float32Array([6, 12, 18])) < 1e-5, `second derivative wrong: ${d}`);
+  t.dispose();
+});
