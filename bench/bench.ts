@@ -212,7 +212,7 @@ async function main() {
   };
   if (!json) {
     console.log(
-      `PyTorch reference: ${torch ? "found (/usr/bin/python3)" : "not available"}; OPENBLAS_CORETYPE=${
+      `PyTorch reference: ${torch || torchRefine ? "found (/usr/bin/python3)" : "not available"}; OPENBLAS_CORETYPE=${
         Deno.env.get("OPENBLAS_CORETYPE") ?? "unset"
       }`,
     );

@@ -32,10 +32,10 @@ const MIN_POOLED = 1 << 14;
 const FLOOR_BYTES = 256 * 2 ** 20;
 
 /**
- * The pool keeps at most what the workload has itself held at once (its high-water mark of live pooled
- * buffers): a training step frees its activations at the end of the backward pass and allocates the same
- * shapes again in the next forward pass, so keeping that much makes the next step allocation-free without
- * raising the peak. Oldest buffers are evicted first, so shapes that stop recurring age out.
+ * Buffers in use plus buffers pooled are kept within the most the workload has itself had in use at once (its
+ * high-water mark): a training step frees its activations during the backward pass and allocates the same shapes
+ * again in the next forward pass, so pooling up to that much makes the next step nearly allocation-free without
+ * raising its peak footprint. Oldest buffers are evicted first, so shapes that stop recurring age out.
  */
 function currentLimit(): number {
   return fixedLimit ?? Math.max(FLOOR_BYTES, liveHighWater);
@@ -100,6 +100,7 @@ export function allocFloat32(n: number, zero = false): Float32Array {
     return reused;
   }
   counters.misses++;
+  evictUntil(currentLimit() - liveBytes);
   const fresh = new Float32Array(n);
   poolable.add(fresh);
   ownerOf.set(fresh.buffer, fresh);
@@ -111,14 +112,9 @@ function retire(values: Float32Array): void {
   if (poolable.delete(values)) liveBytes -= values.byteLength;
 }
 
-function giveBack(values: Float32Array): void {
-  retire(values);
-  const limit = currentLimit();
-  if (values.byteLength > limit) {
-    counters.dropped++;
-    return;
-  }
-  while (pooledBytes + values.byteLength > limit) {
+/** Drops the oldest pooled buffers until the pool holds at most `bytes`. */
+function evictUntil(bytes: number): void {
+  while (pooledBytes > Math.max(0, bytes) && byAge.size) {
     const oldest = byAge.values().next().value!;
     byAge.delete(oldest);
     const list = free.get(oldest.length)!;
@@ -126,6 +122,18 @@ function giveBack(values: Float32Array): void {
     pooledBytes -= oldest.byteLength;
     counters.dropped++;
   }
+}
+
+function giveBack(values: Float32Array): void {
+  retire(values);
+  // Invariant: buffers in use plus buffers pooled stay within the limit, so the pool never raises the footprint
+  // above the workload's own high-water mark.
+  const room = currentLimit() - liveBytes;
+  if (values.byteLength > room) {
+    counters.dropped++;
+    return;
+  }
+  evictUntil(room - values.byteLength);
   let list = free.get(values.length);
   if (!list) free.set(values.length, list = []);
   list.push(values);

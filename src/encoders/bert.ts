@@ -294,14 +294,31 @@ export function bertEncode(model: BertModel, inputs: BertInputs, options: BertFo
   if (image && !c.addCrossAttention) throw new EncoderError("this BERT has no cross-attention blocks");
   for (let i = 0; i < c.numHiddenLayers; i++) {
     const lp = `bert.encoder.layer.${i}`;
-    h = attentionBlock(model, `${lp}.attention`, h, h, selfMask, options, options.selfAttentionOut);
-    // §1.4: cross-attention runs only when image tokens are given; the encoder mask is all ones.
-    if (image) {
-      h = attentionBlock(model, `${lp}.crossattention`, h, image, undefined, options, options.crossAttentionOut);
-    }
-    const inter = gelu(linearP(p, `${lp}.intermediate.dense`, h));
-    const out = dropout(linearP(p, `${lp}.output.dense`, inter), c.hiddenDropoutProb, options);
-    h = layerNormP(p, `${lp}.output.LayerNorm`, tf.add(out, h), c.layerNormEps);
+    // One tidy per layer frees its intermediates when it is done (the tape keeps what gradients need). Attention
+    // maps asked for are returned from the tidy so they stay in the caller's scope.
+    const selfMaps: Tensor[] = [];
+    const crossMaps: Tensor[] = [];
+    const [next, ...maps] = tf.tidy(() => {
+      let x = attentionBlock(model, `${lp}.attention`, h, h, selfMask, options, options.selfAttentionOut && selfMaps);
+      // §1.4: cross-attention runs only when image tokens are given; the encoder mask is all ones.
+      if (image) {
+        x = attentionBlock(
+          model,
+          `${lp}.crossattention`,
+          x,
+          image,
+          undefined,
+          options,
+          options.crossAttentionOut && crossMaps,
+        );
+      }
+      const inter = gelu(linearP(p, `${lp}.intermediate.dense`, x));
+      const out = dropout(linearP(p, `${lp}.output.dense`, inter), c.hiddenDropoutProb, options);
+      return [layerNormP(p, `${lp}.output.LayerNorm`, tf.add(out, x), c.layerNormEps), ...selfMaps, ...crossMaps];
+    });
+    if (options.selfAttentionOut) options.selfAttentionOut.push(...maps.slice(0, selfMaps.length));
+    if (options.crossAttentionOut) options.crossAttentionOut.push(...maps.slice(selfMaps.length));
+    h = next;
   }
   return h;
 }

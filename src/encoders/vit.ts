@@ -261,7 +261,17 @@ export function vitBlocks(
   const D = model.config.embedDim;
   const cls = expandParam(param(model.params, "cls_token"), [B, 1, D]);
   let x = tf.add(tf.concat([cls, x0], 1), param(model.params, "pos_embed"));
-  for (let i = 0; i < model.config.depth; i++) x = vitBlock(model, i, x, options, attnOut);
+  for (let i = 0; i < model.config.depth; i++) {
+    // One tidy per block frees its intermediates as soon as the block is done (tensors a gradient needs are kept by
+    // the tape), instead of holding every block's until the caller's scope ends.
+    const [y, ...probs] = tf.tidy(() => {
+      const local: Tensor[] = [];
+      const out = vitBlock(model, i, x, options, attnOut ? local : undefined);
+      return [out, ...local];
+    });
+    attnOut?.push(...probs);
+    x = y;
+  }
   return x;
 }
 

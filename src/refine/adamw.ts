@@ -46,8 +46,8 @@ export function createAdamWState(): AdamWState {
 
 type CpuBackend = { data: { get(id: object): { values: unknown } } };
 
-/** The mutable backing array of a variable on the cpu backend, or undefined elsewhere. */
-function cpuValues(v: Variable): Float32Array | undefined {
+/** The `cpu` backend's own array behind `v` (no copy, and, unlike `dataSync()`, not handed out for keeps). */
+function cpuValues(v: Tensor): Float32Array | undefined {
   if (tf.getBackend() !== "cpu") return undefined;
   const values = (tf.backend() as unknown as CpuBackend).data.get(v.dataId).values;
   return values instanceof Float32Array ? values : undefined;
@@ -80,7 +80,8 @@ export function adamwStep(
     const inPlace = cpuValues(p);
     const w = inPlace ?? (p.dataSync() as Float32Array).slice();
     const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
-    adamwUpdate(w, gT.dataSync() as Float32Array, m, v, state.step, lr, hyper);
+    // Read the gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
+    adamwUpdate(w, cpuValues(gT) ?? (gT.dataSync() as Float32Array), m, v, state.step, lr, hyper);
     if (!inPlace) assignValues(p, w);
   }
 }
