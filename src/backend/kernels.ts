@@ -97,8 +97,9 @@ function gemmProduct(
     batchB = batch;
   }
   // With beta = 0 a GEMM overwrites its output, so a pooled (unzeroed) buffer is fine.
-  const out = gemm.writesOut ? allocFloat32(batch * m * n) : undefined;
-  const values = gemm.matmul(av, bv, { batch, batchA, batchB, m, n, k: kA, transA, transB }, out);
+  const spec = { batch, batchA, batchB, m, n, k: kA, transA, transB };
+  const out = gemm.writesOut?.(spec) ? allocFloat32(batch * m * n) : undefined;
+  const values = gemm.matmul(av, bv, spec, out);
   return { values, shape: outShape };
 }
 

@@ -29,6 +29,8 @@ export {
   defaultBlasCandidates,
   type Gemm,
   type GemmSpec,
+  HYBRID_BLAS_MIN,
+  hybridGemm,
   type VectorMath,
 } from "./gemm.ts";
 export { activeMatMulGemm, installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";

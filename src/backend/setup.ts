@@ -9,7 +9,14 @@
 import { createRequire } from "node:module";
 import { BackendError } from "../util/errors.ts";
 import { tf } from "./tf.ts";
-import { createBlasGemm, createOrtGemm, type Gemm, resolvableFromCwd } from "./gemm.ts";
+import {
+  createBlasGemm,
+  createOrtGemm,
+  defaultBlasCandidates,
+  type Gemm,
+  hybridGemm,
+  resolvableFromCwd,
+} from "./gemm.ts";
 import { installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 import { installFusedKernels, uninstallFusedKernels } from "./fused.ts";
 import { installBufferPool, uninstallBufferPool } from "./pool.ts";
@@ -94,6 +101,31 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
   }
 }
 
+let blasProbe: { gemm?: Gemm } | undefined;
+
+/**
+ * OpenBLAS (or Accelerate on macOS, or whatever `RETFINER_BLAS` names), if it opens: the BLAS `cpu-onnx` hands its
+ * large products to. A plain reference `libblas.so.3` is not used for this, being slower than ONNX Runtime.
+ * `RETFINER_HYBRID=0` turns the hand-off off.
+ */
+function optimisedBlas(): Gemm | undefined {
+  if (Deno.env.get("RETFINER_HYBRID") === "0") return undefined;
+  if (!blasProbe) {
+    blasProbe = {};
+    const explicit = Deno.env.get("RETFINER_BLAS");
+    const candidates = explicit ? [explicit] : defaultBlasCandidates().filter((c) => !/libblas\.so/.test(c));
+    for (const c of candidates) {
+      try {
+        blasProbe.gemm = createBlasGemm(c);
+        break;
+      } catch {
+        // Not installed: ONNX Runtime does every product.
+      }
+    }
+  }
+  return blasProbe.gemm;
+}
+
 async function setupOne(name: BackendName, threads: number | undefined): Promise<BackendInfo> {
   switch (name) {
     case "tfjs-node-gpu":
@@ -101,7 +133,8 @@ async function setupOne(name: BackendName, threads: number | undefined): Promise
       await tryNative(name === "tfjs-node-gpu" ? "@tensorflow/tfjs-node-gpu" : "@tensorflow/tfjs-node");
       return { name, tfBackend: "tensorflow", matmul: `libtensorflow (${name})`, skipped: [] };
     case "cpu-onnx": {
-      const gemm = await createOrtGemm({ threads });
+      const ort = await createOrtGemm({ threads });
+      const gemm = optimisedBlas() ? hybridGemm(ort, optimisedBlas()!) : ort;
       await useCpu(gemm);
       return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
     }

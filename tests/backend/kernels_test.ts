@@ -3,6 +3,8 @@ import {
   createBlasGemm,
   createOrtGemm,
   type Gemm,
+  type GemmSpec,
+  hybridGemm,
   installMatMulKernels,
   restoreMatMulKernels,
   setupBackend,
@@ -17,6 +19,8 @@ let blasError = "";
 try {
   createBlasGemm();
   gemms.push({ name: "blas", make: () => createBlasGemm() });
+  // A threshold low enough that the cases below exercise both halves of the hybrid.
+  gemms.push({ name: "hybrid", make: async () => hybridGemm(await createOrtGemm(), createBlasGemm(), 100) });
 } catch (err) {
   blasError = (err as Error).message;
 }
@@ -218,6 +222,37 @@ Deno.test("forcing an unavailable backend is an error, auto degrades with a reas
   assert(/skipped tfjs-node-gpu, tfjs-node/.test(lines[0]), lines[0]);
   assertEquals(info.skipped.length, 2);
   await setupBackend({ backend: "cpu", log: null });
+});
+
+Deno.test({
+  name: "hybrid GEMM: large products go to BLAS (into the caller's buffer), small ones to ONNX Runtime",
+  ignore: blasError !== "",
+  fn: async () => {
+    const calls: string[] = [];
+    const spy = (name: string, g: Gemm): Gemm => ({
+      ...g,
+      matmul: (a, b, spec, out) => (calls.push(name), g.matmul(a, b, spec, out)),
+    });
+    const hybrid = hybridGemm(spy("ort", await createOrtGemm()), spy("blas", createBlasGemm()), 1000);
+    const spec = (m: number, n: number, k: number): GemmSpec => ({
+      batch: 1,
+      batchA: 1,
+      batchB: 1,
+      m,
+      n,
+      k,
+      transA: false,
+      transB: false,
+    });
+    const small = spec(4, 5, 6); // 120 multiply-adds
+    const large = spec(10, 10, 10); // 1000
+    assertEquals([hybrid.writesOut!(small), hybrid.writesOut!(large)], [false, true]);
+    hybrid.matmul(new Float32Array(24).fill(1), new Float32Array(30).fill(1), small);
+    const out = new Float32Array(100);
+    const c = hybrid.matmul(new Float32Array(100).fill(1), new Float32Array(100).fill(2), large, out);
+    assertEquals(calls, ["ort", "blas"]);
+    assert(c === out && out.every((v) => v === 20), "the large product was not written into the given buffer");
+  },
 });
 
 Deno.test("RETFINER_BLAS pointing at a missing library is a clear error", () => {
