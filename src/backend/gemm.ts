@@ -277,18 +277,18 @@ export function resolvableFromCwd(specifier: string): string | undefined {
   }
 }
 
-/** Products with at least this many multiply-adds per matrix (m·n·k) go to BLAS in {@link hybridGemm}. */
+/** Products with at least this many multiply-adds in all (batch·m·n·k) go to BLAS in {@link hybridGemm}. */
 export const HYBRID_BLAS_MIN = 2 ** 27;
 
 /**
  * ONNX Runtime for small and batched products, a BLAS for large ones. Measured here (2 cores, OpenBLAS 0.3 with
  * `OPENBLAS_CORETYPE=Haswell`), OpenBLAS runs the transformer-sized products (e.g. 1576×768×3072) 1.3–2× faster
- * than MLAS and writes straight into a pooled buffer, while MLAS is as fast or faster on the small products of the
- * stand-in models and on batched attention products. Small products stay on ONNX Runtime, so results of small
- * models are the same as with ONNX Runtime alone.
+ * than MLAS and writes straight into a pooled buffer (ONNX Runtime's binding always returns a fresh copy, which
+ * V8 must collect), while MLAS is as fast or faster on the small products of the stand-in models. Small products stay
+ * on ONNX Runtime, so results of small models are the same as with ONNX Runtime alone.
  */
 export function hybridGemm(ort: Gemm, blas: Gemm, minMultiplyAdds = HYBRID_BLAS_MIN): Gemm {
-  const large = (spec: GemmSpec) => spec.m * spec.n * spec.k >= minMultiplyAdds;
+  const large = (spec: GemmSpec) => spec.batch * spec.m * spec.n * spec.k >= minMultiplyAdds;
   return {
     name: `${ort.name}; products of ≥ 2^${Math.log2(minMultiplyAdds).toFixed(0)} multiply-adds: ${blas.name}`,
     vectorMath: ort.vectorMath,

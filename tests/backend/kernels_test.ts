@@ -245,11 +245,11 @@ Deno.test({
       transB: false,
     });
     const small = spec(4, 5, 6); // 120 multiply-adds
-    const large = spec(10, 10, 10); // 1000
+    const large = { ...spec(5, 10, 10), batch: 2, batchA: 2, batchB: 2 }; // 2 × 500
     assertEquals([hybrid.writesOut!(small), hybrid.writesOut!(large)], [false, true]);
     hybrid.matmul(new Float32Array(24).fill(1), new Float32Array(30).fill(1), small);
     const out = new Float32Array(100);
-    const c = hybrid.matmul(new Float32Array(100).fill(1), new Float32Array(100).fill(2), large, out);
+    const c = hybrid.matmul(new Float32Array(100).fill(1), new Float32Array(200).fill(2), large, out);
     assertEquals(calls, ["ort", "blas"]);
     assert(c === out && out.every((v) => v === 20), "the large product was not written into the given buffer");
   },
