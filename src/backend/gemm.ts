@@ -26,6 +26,11 @@ export interface GemmSpec {
   transA: boolean;
   /** B is stored as n×k and used transposed. */
   transB: boolean;
+  /**
+   * Add the product to what `out` holds (BLAS's beta = 1) instead of overwriting it; only where
+   * {@link Gemm.writesOut} says `out` is written. Used to fold a bias into the product.
+   */
+  accumulate?: boolean;
 }
 
 /** A GEMM implementation. */
@@ -232,13 +237,14 @@ export function createBlasGemm(path?: string): Gemm {
       matmul(a, b, spec, out) {
         const { batch, batchA, batchB, m, n, k, transA, transB } = spec;
         const c = out ?? new Float32Array(batch * m * n);
+        const beta = out && spec.accumulate ? 1 : 0;
         const ta = transA ? CBLAS_TRANS : CBLAS_NO_TRANS;
         const tb = transB ? CBLAS_TRANS : CBLAS_NO_TRANS;
         const lda = transA ? m : k;
         const ldb = transB ? k : n;
         if (batchB === 1 && batchA === batch && !transA) {
           // Fold the batch into the rows of one product: [batch*m, k] x [k, n].
-          sgemm(CBLAS_ROW_MAJOR, ta, tb, batch * m, n, k, 1, a, lda, b, ldb, 0, c, n);
+          sgemm(CBLAS_ROW_MAJOR, ta, tb, batch * m, n, k, 1, a, lda, b, ldb, beta, c, n);
           return c;
         }
         const sa = batchA === 1 ? 0 : m * k;
@@ -256,7 +262,7 @@ export function createBlasGemm(path?: string): Gemm {
             lda,
             b.subarray(i * sb, i * sb + k * n),
             ldb,
-            0,
+            beta,
             c.subarray(i * m * n, (i + 1) * m * n),
             n,
           );

@@ -63,6 +63,7 @@ function gemmProduct(
   bValues: Float32Array,
   transA: boolean,
   transB: boolean,
+  rowBias?: Float32Array,
 ) {
   const ar = a.shape.length;
   const br = b.shape.length;
@@ -82,7 +83,7 @@ function gemmProduct(
   const outShape = [...outBatch, m, n];
   const batch = sizeOf(outBatch);
   if (batch === 0 || m === 0 || n === 0 || kA === 0) {
-    return { values: allocFloat32(batch * m * n, true), shape: outShape };
+    return { values: allocFloat32(batch * m * n, true), shape: outShape, biasAdded: false };
   }
   let batchA = sizeOf(batchDimsA);
   let batchB = sizeOf(batchDimsB);
@@ -97,10 +98,16 @@ function gemmProduct(
     batchB = batch;
   }
   // With beta = 0 a GEMM overwrites its output, so a pooled (unzeroed) buffer is fine.
-  const spec = { batch, batchA, batchB, m, n, k: kA, transA, transB };
+  const spec = { batch, batchA, batchB, m, n, k: kA, transA, transB, accumulate: false };
   const out = gemm.writesOut?.(spec) ? allocFloat32(batch * m * n) : undefined;
+  const biasAdded = !!(out && rowBias && rowBias.length === n);
+  if (biasAdded) {
+    // Fold the bias into the product: start C at the bias rows and let the GEMM add A·B (beta = 1).
+    for (let r = 0; r < batch * m; r++) out!.set(rowBias!, r * n);
+    spec.accumulate = true;
+  }
   const values = gemm.matmul(av, bv, spec, out);
-  return { values, shape: outShape };
+  return { values, shape: outShape, biasAdded };
 }
 
 function batchMatMulKernel(args: KernelArgs): TensorInfo {
@@ -142,12 +149,17 @@ function fusedMatMulKernel(args: KernelArgs): TensorInfo {
     return (originals.get("_FusedMatMul")!.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
   }
   const backend = args.backend;
-  let current = batchMatMulKernel({
-    inputs: { a, b },
-    backend,
-    attrs: { transposeA: attrs.transposeA, transposeB: attrs.transposeB },
-  });
-  if (bias) {
+  // A bias over the last axis only (shape [n], or [1, ..., n]) can be folded into the GEMM.
+  const outRank = Math.max(a!.shape.length, b!.shape.length);
+  const rowBias = bias && bias.dtype === "float32" && bias.shape.length <= outRank &&
+      bias.shape.slice(0, -1).every((d) => d === 1)
+    ? backend.data.get(bias.dataId).values as Float32Array
+    : undefined;
+  const aValues = backend.data.get(a!.dataId).values as Float32Array;
+  const bValues = backend.data.get(b!.dataId).values as Float32Array;
+  const product = gemmProduct(activeGemm, a!, b!, aValues, bValues, !!attrs.transposeA, !!attrs.transposeB, rowBias);
+  let current = backend.makeTensorInfo(product.shape, "float32", product.values);
+  if (bias && !product.biasAdded) {
     const added = runCpuKernel("Add", { inputs: { a: current, b: bias }, backend });
     backend.disposeIntermediateTensorInfo(current);
     current = added;

@@ -147,10 +147,19 @@ for (const g of gemms) {
     const rng = new Rng(2);
     const activations = ["linear", "relu", "relu6", "elu", "sigmoid", "leakyrelu", "prelu"] as const;
     for (const activation of activations) {
-      for (const [as, bs, ta, tb] of [[[6, 5], [4, 5], false, true], [[3, 6, 5], [6, 4], true, false]] as const) {
+      // Row biases ([4], [1, 4], [1, 1, 4]) are folded into a BLAS product; full ones ([6, 4], [5, 4]) are added.
+      const cases = [
+        [[6, 5], [4, 5], false, true, [4]],
+        [[6, 5], [4, 5], false, true, [1, 4]],
+        [[6, 5], [4, 5], false, true, [6, 4]],
+        [[3, 6, 5], [6, 4], true, false, [4]],
+        [[3, 6, 5], [6, 4], true, false, [1, 1, 4]],
+        [[3, 6, 5], [6, 4], true, false, [5, 4]],
+      ] as const;
+      for (const [as, bs, ta, tb, biasShape] of cases) {
         const a = randomTensor(rng, [...as]);
         const b = randomTensor(rng, [...bs]);
-        const bias = randomTensor(rng, [4]);
+        const bias = randomTensor(rng, [...biasShape]);
         const alpha = activation === "prelu" ? randomTensor(rng, [4]) : undefined;
         const run = () =>
           tf.fused.matMul({
