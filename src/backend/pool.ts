@@ -9,8 +9,8 @@
  * of those allocations (and their page faults).
  *
  * Safety: a buffer goes back to the pool only when nothing else can see it. It
- * must have come from {@link allocFloat32}, be held by exactly one live tfjs
- * data entry when that entry is freed, never have been returned by `readSync`
+ * must have come from {@link allocFloat32}, be let go by the last tfjs data
+ * entry that held it, never have been returned by `readSync`
  * (`dataSync()`, `data()`, `array()` hand out the backing array itself on the
  * `cpu` backend), and never have had a view of it stored as another tensor's
  * values (tfjs's contiguous `slice` does that). Anything else is left to V8.
