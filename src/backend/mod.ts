@@ -1,7 +1,10 @@
 /**
  * Compute backends: one call sets up TensorFlow.js on the fastest available
  * backend and says which. On a CPU the `cpu` backend gets matrix products from
- * ONNX Runtime's MLAS or a system BLAS instead of tfjs's JavaScript loops.
+ * ONNX Runtime's MLAS or a system BLAS instead of tfjs's JavaScript loops,
+ * fused kernels for the transformer's elementwise work, a pool that recycles
+ * kernel output buffers (so V8 is not made to collect garbage every 64 MB),
+ * and a backward pass that frees saved tensors as it goes, as PyTorch does.
  *
  * @example
  * ```ts
