@@ -8,7 +8,7 @@
  * @module
  */
 import { tf } from "./tf.ts";
-import { allocFloat32 } from "./pool.ts";
+import { allocFloat32, allocLike } from "./pool.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -291,19 +291,13 @@ function copyBox(
   }
 }
 
-/** A new array of `X`'s type (float32 ones from the pool, so their contents are arbitrary unless `zero`). */
-function typedLike(X: unknown, n: number, zero = false): Float32Array {
-  if (X instanceof Float32Array) return allocFloat32(n, zero);
-  return new ((X as Float32Array).constructor as Float32ArrayConstructor)(n);
-}
-
 function sliceKernel(args: KernelArgs): TensorInfo {
   const x = args.inputs.x!;
   const X = args.backend.data.get(x.dataId).values;
   if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") return fallback("Slice", args);
   const begin = (args.attrs!.begin as number[]).map((b, d) => (b < 0 ? b + x.shape[d] : b));
   const size = (args.attrs!.size as number[]).map((s, d) => (s === -1 ? x.shape[d] - begin[d] : s));
-  const out = typedLike(X, size.reduce((a, b) => a * b, 1));
+  const out = allocLike(X as Float32Array, size.reduce((a, b) => a * b, 1));
   copyBox(X as Float32Array, x.shape, begin, size, out);
   return args.backend.makeTensorInfo(size, x.dtype, out);
 }
@@ -327,7 +321,7 @@ function splitVKernel(args: KernelArgs): TensorInfo[] {
   return sizes.map((s) => {
     const size = [...x.shape];
     size[axis] = s;
-    const out = typedLike(X, size.reduce((a, b) => a * b, 1));
+    const out = allocLike(X as Float32Array, size.reduce((a, b) => a * b, 1));
     copyBox(X as Float32Array, x.shape, begin, size, out);
     begin[axis] += s;
     return args.backend.makeTensorInfo(size, x.dtype, out);
@@ -341,7 +335,7 @@ function padKernel(args: KernelArgs): TensorInfo {
   const paddings = args.attrs!.paddings as [number, number][];
   const value = (args.attrs!.constantValue as number) ?? 0;
   const outShape = x.shape.map((d, i) => paddings[i][0] + d + paddings[i][1]);
-  const out = typedLike(X, outShape.reduce((a, b) => a * b, 1), true);
+  const out = allocLike(X as Float32Array, outShape.reduce((a, b) => a * b, 1), true);
   if (value !== 0) out.fill(value);
   // Copy each input row (last axis) to its place in the output.
   const rank = x.shape.length;
@@ -381,7 +375,7 @@ function gatherKernel(args: KernelArgs): TensorInfo {
   const inner = x.shape.slice(axis + 1).reduce((a, b) => a * b, 1);
   const n = I.length;
   const outShape = [...x.shape.slice(0, axis), ...ind.shape, ...x.shape.slice(axis + 1)];
-  const out = typedLike(X, outer * n * inner);
+  const out = allocLike(X as Float32Array, outer * n * inner);
   const Xa = X as Float32Array;
   for (let o = 0; o < outer; o++) {
     for (let k = 0; k < n; k++) {

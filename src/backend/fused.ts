@@ -13,7 +13,7 @@ import { tf } from "./tf.ts";
 import type { Tensor } from "./tf.ts";
 import { installElementwiseKernels, uninstallElementwiseKernels } from "./elementwise.ts";
 import type { VectorMath } from "./gemm.ts";
-import { allocFloat32 } from "./pool.ts";
+import { allocFloat32, allocLike } from "./pool.ts";
 
 type TensorInfo = { dataId: object; shape: number[]; dtype: string };
 type CpuBackend = {
@@ -228,9 +228,7 @@ function transposeKernel(args: KernelArgs): TensorInfo {
   const inStrides = new Array(rank).fill(1);
   for (let d = rank - 2; d >= 0; d--) inStrides[d] = inStrides[d + 1] * x.shape[d + 1];
   const srcStride = perm.map((p) => inStrides[p]);
-  const Y = X instanceof Float32Array
-    ? allocFloat32(X.length)
-    : new (X.constructor as Float32ArrayConstructor)(X.length);
+  const Y = allocLike(X as Float32Array, X.length);
   if (X.length === 0) return backend.makeTensorInfo(outShape, x.dtype, Y);
   // Walk the output in order; the innermost output axis is copied with a strided loop.
   const last = rank - 1;

@@ -57,14 +57,15 @@ function broadcastBatches(values: Float32Array, batchDims: number[], outDims: nu
 /** The product of two float32 tensor infos with the active GEMM; returns values and shape. */
 function gemmProduct(
   gemm: Gemm,
+  backend: CpuBackend,
   a: TensorInfo,
   b: TensorInfo,
-  aValues: Float32Array,
-  bValues: Float32Array,
   transA: boolean,
   transB: boolean,
   rowBias?: Float32Array,
 ) {
+  const aValues = backend.data.get(a.dataId).values as Float32Array;
+  const bValues = backend.data.get(b.dataId).values as Float32Array;
   const ar = a.shape.length;
   const br = b.shape.length;
   const m = transA ? a.shape[ar - 1] : a.shape[ar - 2];
@@ -116,9 +117,7 @@ function batchMatMulKernel(args: KernelArgs): TensorInfo {
   if (!activeGemm || a.dtype !== "float32" || b.dtype !== "float32") {
     return (originals.get("BatchMatMul")!.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
   }
-  const aValues = args.backend.data.get(a.dataId).values as Float32Array;
-  const bValues = args.backend.data.get(b.dataId).values as Float32Array;
-  const { values, shape } = gemmProduct(activeGemm, a, b, aValues, bValues, !!transposeA, !!transposeB);
+  const { values, shape } = gemmProduct(activeGemm, args.backend, a, b, !!transposeA, !!transposeB);
   return args.backend.makeTensorInfo(shape, "float32", values);
 }
 
@@ -155,9 +154,7 @@ function fusedMatMulKernel(args: KernelArgs): TensorInfo {
       bias.shape.slice(0, -1).every((d) => d === 1)
     ? backend.data.get(bias.dataId).values as Float32Array
     : undefined;
-  const aValues = backend.data.get(a!.dataId).values as Float32Array;
-  const bValues = backend.data.get(b!.dataId).values as Float32Array;
-  const product = gemmProduct(activeGemm, a!, b!, aValues, bValues, !!attrs.transposeA, !!attrs.transposeB, rowBias);
+  const product = gemmProduct(activeGemm, backend, a!, b!, !!attrs.transposeA, !!attrs.transposeB, rowBias);
   let current = backend.makeTensorInfo(product.shape, "float32", product.values);
   if (bias && !product.biasAdded) {
     const added = runCpuKernel("Add", { inputs: { a: current, b: bias }, backend });

@@ -107,6 +107,15 @@ export function allocFloat32(n: number, zero = false): Float32Array {
   return fresh;
 }
 
+/**
+ * A new array of `like`'s type and length `n`: float32 ones come from {@link allocFloat32} (so their contents are
+ * arbitrary unless `zero`), other types are new (and zeroed).
+ */
+export function allocLike<T extends ArrayBufferView>(like: T, n: number, zero = false): T {
+  if (like instanceof Float32Array) return allocFloat32(n, zero) as unknown as T;
+  return new (like.constructor as new (n: number) => T)(n);
+}
+
 /** Marks a handed-out array as never coming back (it was exposed or viewed). */
 function retire(values: Float32Array): void {
   if (poolable.delete(values)) liveBytes -= values.byteLength;

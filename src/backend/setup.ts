@@ -134,7 +134,8 @@ async function setupOne(name: BackendName, threads: number | undefined): Promise
       return { name, tfBackend: "tensorflow", matmul: `libtensorflow (${name})`, skipped: [] };
     case "cpu-onnx": {
       const ort = await createOrtGemm({ threads });
-      const gemm = optimisedBlas() ? hybridGemm(ort, optimisedBlas()!) : ort;
+      const blas = optimisedBlas();
+      const gemm = blas ? hybridGemm(ort, blas) : ort;
       await useCpu(gemm);
       return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
     }
