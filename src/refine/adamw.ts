@@ -53,12 +53,101 @@ function cpuValues(v: Tensor): Float32Array | undefined {
   return values instanceof Float32Array ? values : undefined;
 }
 
+/** Largest value a bound may reach before the exact check runs (float32's maximum is about 3.4e38). */
+const SAFE_BOUND = 1e38;
+/** Elements per chunk of the exact check's scratch buffers. */
+const CHECK_CHUNK = 1 << 16;
+
+/** √(Σ xᵢ²) in float64: an upper bound of max |xᵢ| that is NaN or ∞ as soon as one value is. */
+function rootSumSquares(x: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i] * x[i];
+  return Math.sqrt(s);
+}
+
+function firstNonFinite(x: ArrayLike<number>, from = 0, to = x.length): number {
+  for (let i = from; i < to; i++) if (!Number.isFinite(x[i])) return i;
+  return -1;
+}
+
+interface PendingUpdate {
+  name: string;
+  p: Variable;
+  g: ArrayLike<number>;
+  hyper: AdamWConfig;
+}
+
+/**
+ * Throws if the update of one parameter would leave a non-finite value in the
+ * weights or either moment. A cheap bound (root sums of squares) clears
+ * almost every case; when it cannot, the update is run for real on scratch
+ * copies, chunk by chunk, with the very function that applies it.
+ */
+function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Float32Array, t: number, lr: number): void {
+  const { name, g, hyper } = u;
+  const G = rootSumSquares(g);
+  if (!Number.isFinite(G)) {
+    const i = firstNonFinite(g);
+    throw new RefineError(`non-finite gradient of ${name} (${g[i]} at index ${i})`);
+  }
+  const W = rootSumSquares(w);
+  const M = rootSumSquares(m);
+  const V = rootSumSquares(v);
+  for (const [what, x, r] of [["weights", w, W], ["first moment", m, M], ["second moment", v, V]] as const) {
+    if (!Number.isFinite(r)) {
+      const i = firstNonFinite(x);
+      throw new RefineError(`${name}: the ${what} are already non-finite before the update (${x[i]} at index ${i})`);
+    }
+  }
+  // m' is a convex combination of m and g, v' of v and g²; the step is at most stepSize·|m'|/ε.
+  const stepSize = lr / (1 - Math.pow(hyper.beta1, t));
+  const wBound = W * Math.abs(1 - lr * hyper.weightDecay) + (stepSize * Math.max(M, G)) / hyper.eps;
+  if (Math.max(V, G * G) <= SAFE_BOUND && wBound <= SAFE_BOUND) return;
+  const sw = new Float32Array(Math.min(CHECK_CHUNK, w.length));
+  const sm = new Float32Array(sw.length);
+  const sv = new Float32Array(sw.length);
+  for (let off = 0; off < w.length; off += CHECK_CHUNK) {
+    const end = Math.min(w.length, off + CHECK_CHUNK);
+    const n = end - off;
+    sw.set(w.subarray(off, end));
+    sm.set(m.subarray(off, end));
+    sv.set(v.subarray(off, end));
+    const [cw, cm, cv] = [sw.subarray(0, n), sm.subarray(0, n), sv.subarray(0, n)];
+    const gs = g instanceof Float32Array ? g.subarray(off, end) : Array.from({ length: n }, (_, i) => g[off + i]);
+    adamwUpdate(cw, gs, cm, cv, t, lr, hyper);
+    for (const [what, x] of [["weights", cw], ["first moment", cm], ["second moment", cv]] as const) {
+      const i = firstNonFinite(x);
+      if (i >= 0) {
+        throw new RefineError(
+          `the AdamW update would make ${name} non-finite (its ${what} at index ${off + i} would become ${x[i]}, ` +
+            `learning rate ${lr}, gradient there ${g[off + i]})`,
+        );
+      }
+    }
+  }
+}
+
 /**
  * Applies one AdamW update to `params` (name → variable) with `grads`
  * (name → gradient), at learning rate `lr` (for schedules). Parameters
  * without a gradient are left untouched (their state is not advanced).
  * `noDecay` exempts parameters from weight decay (MAE's bias/norm groups);
  * RetFiner itself decays everything.
+ *
+ * The update is all or nothing: every gradient, and every weight and moment
+ * the update would produce, is checked first, so a non-finite value (a
+ * diverged loss, a learning rate far too large) throws before any parameter
+ * or optimiser state changes.
+ *
+ * @param params The parameters, updated in place.
+ * @param grads Their gradients, by the same names.
+ * @param state Optimiser state (step count and moments), advanced in place.
+ * @param config Hyper-parameters.
+ * @param lr Learning rate of this step (default `config.lr`).
+ * @param noDecay Names exempt from weight decay.
+ * @throws {RefineError} A gradient has another size than its parameter; a gradient, weight or moment is
+ *   non-finite; or the update would make one non-finite (it names the parameter, the index and the value).
+ *   Nothing has been changed when it throws.
  */
 export function adamwStep(
   params: Map<string, Variable>,
@@ -68,20 +157,34 @@ export function adamwStep(
   lr = config.lr,
   noDecay?: (name: string) => boolean,
 ): void {
-  state.step++;
+  const t = state.step + 1;
+  const pending: PendingUpdate[] = [];
   for (const [name, p] of params) {
     const gT = grads.get(name);
     if (!gT) continue;
     if (gT.size !== p.size) throw new RefineError(`gradient of ${name} has ${gT.size} values, the parameter ${p.size}`);
+    const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
+    // Read the gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
+    pending.push({ name, p, g: cpuValues(gT) ?? (gT.dataSync() as Float32Array), hyper });
+  }
+  // First every check, then every write: a throw leaves parameters and state as they were.
+  const zeros = new Float32Array(0);
+  for (const u of pending) {
+    const w = cpuValues(u.p) ?? (u.p.dataSync() as Float32Array);
+    const m = state.m.get(u.name) ?? zeros;
+    const v = state.v.get(u.name) ?? zeros;
+    const fresh = m.length === 0 ? new Float32Array(w.length) : undefined;
+    checkUpdate(u, w, fresh ?? m, fresh ?? v, t, lr);
+  }
+  state.step = t;
+  for (const { name, p, g, hyper } of pending) {
     let m = state.m.get(name);
     let v = state.v.get(name);
     if (!m) state.m.set(name, m = new Float32Array(p.size));
     if (!v) state.v.set(name, v = new Float32Array(p.size));
     const inPlace = cpuValues(p);
     const w = inPlace ?? (p.dataSync() as Float32Array).slice();
-    const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
-    // Read the gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
-    adamwUpdate(w, cpuValues(gT) ?? (gT.dataSync() as Float32Array), m, v, state.step, lr, hyper);
+    adamwUpdate(w, g, m, v, t, lr, hyper);
     if (!inPlace) assignValues(p, w);
   }
 }

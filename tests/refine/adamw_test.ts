@@ -1,4 +1,5 @@
-import { assertAllClose, assertAlmostEquals } from "../_assert.ts";
+import { assert, assertAllClose, assertAlmostEquals, assertEquals, assertThrows } from "../_assert.ts";
+import { RefineError } from "../../src/util/errors.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import type { Tensor, Variable } from "../../src/backend/tf.ts";
@@ -36,4 +37,54 @@ Deno.test("learning-rate schedules: constant (authors) and warmup + half-cosine"
   assertAlmostEquals(scheduledLr(1, 9, s), 1, 1e-12);
   assertAlmostEquals(scheduledLr(1, 60, s), 0.5, 1e-12);
   assertAlmostEquals(scheduledLr(1, 110, s), 0, 1e-12);
+});
+
+function snapshot(params: Map<string, Variable>, state: ReturnType<typeof createAdamWState>) {
+  return {
+    step: state.step,
+    w: [...params].map(([k, p]) => [k, Array.from(p.dataSync())]),
+    m: [...state.m].map(([k, x]) => [k, Array.from(x)]),
+    v: [...state.v].map(([k, x]) => [k, Array.from(x)]),
+  };
+}
+
+Deno.test("AdamW is all or nothing: a non-finite gradient or update throws before any parameter or moment changes", async () => {
+  await setupBackend({ backend: "cpu-onnx", log: null });
+  const params = new Map<string, Variable>([
+    ["a", tf.variable(tf.tensor(f("init_w"), [4, 3]), true, "adamw_fault_a")],
+    ["b", tf.variable(tf.tensor(f("init_b"), [3]), true, "adamw_fault_b")],
+  ]);
+  const state = createAdamWState();
+  const grads = (ga: number[], gb: number[]) =>
+    new Map<string, Tensor>([["a", tf.tensor(ga, [4, 3])], ["b", tf.tensor(gb, [3])]]);
+  const ok = grads(Array.from(f("gw0")), Array.from(f("gb0")));
+  adamwStep(params, ok, state, { ...ADAMW_DEFAULTS, lr: 1e-2 });
+  const before = snapshot(params, state);
+  // "a" is fine; "b" has a NaN gradient: "a" must not be updated either.
+  assertThrows(
+    () => adamwStep(params, grads(Array.from(f("gw1")), [0.1, NaN, 0.2]), state, { ...ADAMW_DEFAULTS, lr: 1e-2 }),
+    /non-finite gradient of b \(NaN at index 1\)/,
+    RefineError,
+  );
+  assertEquals(snapshot(params, state), before);
+  // Finite gradients, but the step overflows float32 (the weights would become ±Infinity).
+  assertThrows(
+    () => adamwStep(params, ok, state, { ...ADAMW_DEFAULTS, lr: 1e39 }),
+    /the AdamW update would make a non-finite \(its weights at index 0 would become -?Infinity/,
+    RefineError,
+  );
+  assertEquals(snapshot(params, state), before);
+  // A gradient so large that its square overflows the second moment (float32) while the weights stay finite.
+  assertThrows(
+    () => adamwStep(params, grads(Array.from(f("gw1")), [0.1, 1e30, 0.2]), state, { ...ADAMW_DEFAULTS, lr: 1e-2 }),
+    /the AdamW update would make b non-finite \(its second moment at index 1 would become Infinity/,
+    RefineError,
+  );
+  assertEquals(snapshot(params, state), before);
+  // A large but representable step is applied, and ends up finite.
+  adamwStep(params, ok, state, { ...ADAMW_DEFAULTS, lr: 1e30 });
+  assertEquals(state.step, 2);
+  assert(params.get("a")!.dataSync().every(Number.isFinite));
+  assert(Math.abs(params.get("a")!.dataSync()[0]) > 1e29);
+  for (const p of params.values()) p.dispose();
 });
