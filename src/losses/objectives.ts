@@ -100,9 +100,27 @@ export function hardNegativeWeights(simI2T: Float32Array, batch: number): { i2t:
  * Samples hard negatives like the authors (§1.5): weights = softmax(sim, dim=1)
  * + 1e-4 with the diagonal zeroed; a negative image per text from `weights_t2i`
  * and a negative text per image from `weights_i2t` (`torch.multinomial`).
+ *
+ * @param simI2T Image-to-text similarities, row-major `[batch, batch]`.
+ * @param batch The batch size B.
+ * @param rng The generator of the draws.
+ * @returns One negative image per text and one negative text per image.
+ * @throws {RefineError} The batch has fewer than 2 pairs, or a similarity is NaN or infinite (the features have
+ *   diverged; `torch.multinomial` refuses such weights too).
  */
 export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rng): HardNegatives {
   if (batch < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
+  if (simI2T.length !== batch * batch) {
+    throw new RefineError(`ITM negative sampling: ${simI2T.length} similarities for a batch of ${batch}`);
+  }
+  for (let i = 0; i < simI2T.length; i++) {
+    if (!Number.isFinite(simI2T[i])) {
+      throw new RefineError(
+        `ITM negative sampling: image-text similarity [${Math.floor(i / batch)}, ${i % batch}] is ${simI2T[i]} ` +
+          "(the image or text features are non-finite)",
+      );
+    }
+  }
   const { i2t: wI2T, t2i: wT2I } = hardNegativeWeights(simI2T, batch);
   const negImage: number[] = [];
   const negText: number[] = [];

@@ -1,5 +1,6 @@
 /** Each objective against PyTorch on fixed inputs (masks and negatives given explicitly). */
-import { assert, assertAllClose, assertAlmostEquals, assertEquals } from "../_assert.ts";
+import { assert, assertAllClose, assertAlmostEquals, assertEquals, assertThrows } from "../_assert.ts";
+import { RefineError } from "../../src/util/errors.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
@@ -57,6 +58,19 @@ Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; samp
     const total = row.reduce((x, y) => x + y, 0);
     row.forEach((wj, j) => assert(Math.abs(counts[b * 6 + j] / 20000 - wj / total) < 0.015, `row ${b} col ${j}`));
   }
+});
+
+Deno.test("hard-negative sampling refuses non-finite similarities with a typed error naming the entry", () => {
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    const sim = f("itc.sim_i2t").slice();
+    sim[1 * 6 + 4] = bad;
+    assertThrows(
+      () => sampleHardNegatives(sim, 6, new Rng(1)),
+      new RegExp(`similarity \\[1, 4\\] is ${bad}`),
+      RefineError,
+    );
+  }
+  assertThrows(() => sampleHardNegatives(new Float32Array(35), 6, new Rng(1)), /35 similarities/, RefineError);
 });
 
 Deno.test("ITM matches PyTorch over 3B pairs with the given negatives", () => {
