@@ -97,20 +97,39 @@ export function bertConfigFromJson(json: Record<string, unknown>, file = "config
   if (json.hidden_act !== undefined && json.hidden_act !== "gelu") {
     throw new EncoderError(`${file}: hidden_act "${json.hidden_act}" is not supported (only exact "gelu")`);
   }
-  return {
-    vocabSize: num("vocab_size"),
-    hiddenSize: num("hidden_size"),
-    numHiddenLayers: num("num_hidden_layers"),
-    numAttentionHeads: num("num_attention_heads"),
-    intermediateSize: num("intermediate_size"),
-    maxPositionEmbeddings: num("max_position_embeddings", 512),
-    typeVocabSize: num("type_vocab_size", 2),
-    layerNormEps: num("layer_norm_eps", 1e-12),
-    hiddenDropoutProb: num("hidden_dropout_prob", 0.1),
-    attentionProbsDropoutProb: num("attention_probs_dropout_prob", 0.1),
-    addCrossAttention: true,
-    initializerRange: num("initializer_range", 0.02),
+  // Sizes come from an untrusted file: checked before anything is allocated.
+  const int = (key: string, lo: number, hi: number, fallback?: number): number => {
+    const v = num(key, fallback);
+    if (!Number.isInteger(v) || v < lo || v > hi) {
+      throw new EncoderError(`${file}: "${key}" = ${v} is not an integer in [${lo}, ${hi}]`);
+    }
+    return v;
   };
+  const frac = (key: string, fallback: number, lo: number, hi: number): number => {
+    const v = num(key, fallback);
+    if (!(v >= lo && v < hi)) throw new EncoderError(`${file}: "${key}" = ${v} is not in [${lo}, ${hi})`);
+    return v;
+  };
+  const cfg: BertConfig = {
+    vocabSize: int("vocab_size", 1, 1_000_000),
+    hiddenSize: int("hidden_size", 1, 16384),
+    numHiddenLayers: int("num_hidden_layers", 1, 256),
+    numAttentionHeads: int("num_attention_heads", 1, 1024),
+    intermediateSize: int("intermediate_size", 1, 65536),
+    maxPositionEmbeddings: int("max_position_embeddings", 1, 65536, 512),
+    typeVocabSize: int("type_vocab_size", 1, 1024, 2),
+    layerNormEps: frac("layer_norm_eps", 1e-12, Number.MIN_VALUE, 1),
+    hiddenDropoutProb: frac("hidden_dropout_prob", 0.1, 0, 1),
+    attentionProbsDropoutProb: frac("attention_probs_dropout_prob", 0.1, 0, 1),
+    addCrossAttention: true,
+    initializerRange: frac("initializer_range", 0.02, 0, 10),
+  };
+  if (cfg.hiddenSize % cfg.numAttentionHeads !== 0) {
+    throw new EncoderError(
+      `${file}: "num_attention_heads" = ${cfg.numAttentionHeads} does not divide "hidden_size" = ${cfg.hiddenSize}`,
+    );
+  }
+  return cfg;
 }
 
 /** The inverse of {@link bertConfigFromJson}, for saving next to exported weights. */

@@ -3,20 +3,22 @@
  * dicts. Loading is a name lookup: the files' names are the models' names.
  * @module
  */
+import { dirname, join } from "node:path";
 import {
+  describeUnwrap,
   mapBertWeights,
   type MappedWeights,
   mapVisionWeights,
   readWeightFile,
+  readWeights,
   type VisionLayout,
 } from "../io/weights.ts";
-import { readSafetensors } from "../io/safetensors.ts";
 import { numel, type TensorData, toFloat32 } from "../io/tensor.ts";
-import { EncoderError } from "../util/errors.ts";
+import { CheckpointError, EncoderError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 import { type BertConfig, bertConfigFromJson, type BertModel, createBert } from "./bert.ts";
 import { assignValues, initLinearDefault, normalValues, type Params } from "./layers.ts";
-import { inferVitConfig } from "./presets.ts";
+import { inferVitConfig, validateVitConfig, vitArchFromName } from "./presets.ts";
 import { createVit, gridSize, resizePosEmbed, type VitConfig, type VitFamily, type VitModel } from "./vit.ts";
 
 /** What {@link loadStateDict} found. */
@@ -37,6 +39,11 @@ export interface LoadOptions {
   allowMissing?: (name: string) => boolean;
   /** File name for messages. */
   fileName?: string;
+  /**
+   * What the strict-mode error suggests for loading anyway; default "pass strict: false". Tasks with a
+   * `--no-strict` flag name it; tasks without one pass "" (no hint).
+   */
+  strictHint?: string;
 }
 
 /**
@@ -65,7 +72,9 @@ export function loadStateDict(params: Params, tensors: Map<string, TensorData>, 
       `${options.fileName ?? "weights"} do not match the model:` + list("missing", report.missing) +
         list("unexpected", report.unexpected) +
         list("wrong shape", report.mismatched) +
-        `\n  (pass strict: false / --no-strict to load the matching keys only)`,
+        ((options.strictHint ?? "pass strict: false")
+          ? `\n  (${options.strictHint ?? "pass strict: false"} to load the matching keys only)`
+          : ""),
     );
   }
   for (const [name, t] of tensors) {
@@ -86,6 +95,38 @@ export function stateDict(params: Params): Map<string, TensorData> {
   return out;
 }
 
+/**
+ * The lines a non-strict load prints, as PyTorch's `load_state_dict` returns
+ * them: missing, unexpected and mis-shaped keys, and the file's keys dropped
+ * on purpose.
+ * @param report What {@link loadStateDict} found.
+ * @param dropped Keys of the file dropped before matching, with reasons.
+ * @returns One line per non-empty list.
+ */
+export function formatLoadReport(report: LoadReport, dropped: string[] = []): string[] {
+  const list = (label: string, xs: string[]) =>
+    xs.length ? [`${label} (${xs.length}): ${xs.slice(0, 20).join(", ")}${xs.length > 20 ? ", …" : ""}`] : [];
+  const lines = [
+    ...list("missing keys (left at their initial values)", report.missing),
+    ...list("unexpected keys (ignored)", report.unexpected),
+    ...list("keys with a different shape (ignored)", report.mismatched),
+    ...list("dropped from the file", dropped),
+  ];
+  return lines.length ? lines : ["all keys matched"];
+}
+
+/** How the family (token and probing recipe) of a vision checkpoint was decided. */
+export interface FamilyDecision {
+  /** The family used. */
+  family: VitFamily;
+  /** What decided it. */
+  source: "option" | "metadata" | "stored-config" | "layout" | "file-name" | "default";
+  /** Human-readable reason, printed by the tasks. */
+  reason: string;
+  /** True when nothing in the file says so (file name or default): the message says how to set it. */
+  guess: boolean;
+}
+
 /** A loaded vision encoder and where it came from. */
 export interface LoadedVit {
   /** The model. */
@@ -94,6 +135,12 @@ export interface LoadedVit {
   mapped: MappedWeights<VisionLayout>;
   /** Parameters not in the file that were freshly initialised (RETFound's `proj`). */
   newlyInitialised: string[];
+  /** How the family was decided. */
+  family: FamilyDecision;
+  /** Notices printed while loading (family, stripped prefixes, guessed head count, non-strict report…). */
+  notices: string[];
+  /** Key matching result (empty lists in a strict load). */
+  report: LoadReport;
 }
 
 /** Options of {@link loadVit}. */
@@ -102,7 +149,7 @@ export interface LoadVitOptions {
   arch?: VitFamily | "auto";
   /** Input size; the position embedding is interpolated bicubically if it differs from the file's. */
   imgSize?: number;
-  /** Attention heads (not stored in weights; default width/64). */
+  /** Attention heads (not stored in weights; default: a stored config, else width/64 with a notice). */
   numHeads?: number;
   /** Strict key matching (default true). */
   strict?: boolean;
@@ -110,74 +157,268 @@ export interface LoadVitOptions {
   rng?: Rng;
   /** Overrides applied to the inferred config (e.g. `dropPathRate`). */
   overrides?: Partial<VitConfig>;
+  /** Where notices go (default `console.log`; `null` keeps them only in the result). */
+  log?: ((line: string) => void) | null;
+  /** Name of the flag that sets the family, for the "how to set it" part of guesses (default `--arch`). */
+  archFlag?: string;
+  /** Hint in the strict-mode error (see {@link LoadOptions.strictHint}). */
+  strictHint?: string;
 }
 
-function familyFromPath(path: string): VitFamily | undefined {
-  // §1.2: the authors pick the model by substring of the weights path.
+/**
+ * The family a path names (§1.2: the authors pick the model by substring of
+ * the weights path), also the paper's release names RetFiner-R/-U/-V.
+ * @param path The weights path.
+ * @returns The family, or undefined when the name says nothing.
+ */
+export function familyFromPath(path: string): VitFamily | undefined {
   const p = path.toLowerCase();
   if (p.includes("retfound")) return "retfound";
   if (p.includes("visionfm") || p.includes("vfm")) return "visionfm";
   if (p.includes("urfound")) return "urfound";
+  const base = p.split(/[\\/]/).pop() ?? "";
+  const m = /retfiner[-_]([ruv])(?![a-z])/.exec(base);
+  if (m) return ({ r: "retfound", u: "urfound", v: "visionfm" } as const)[m[1] as "r" | "u" | "v"];
   return undefined;
 }
 
-/** The ViT config stored in a safetensors file's metadata by this project's exports, if any. */
-function safetensorsConfig(path: string): Partial<VitConfig> | undefined {
+const FAMILIES: readonly VitFamily[] = ["retfound", "visionfm", "urfound", "timm"];
+
+/** What a checkpoint stores about its own architecture and family. */
+interface StoredInfo {
+  /** The config this project writes (`retfiner.vit_config`), unchecked. */
+  config?: Partial<VitConfig>;
+  /** Where `config` came from, for messages. */
+  configWhere?: string;
+  /** Family from metadata. */
+  family?: VitFamily;
+  /** Where `family` came from. */
+  familyWhere?: string;
+  /** Architecture name (`args.model`, `args.arch`, config.json `architecture`). */
+  arch?: { name: string; where: string };
+  /** Head count stated by a config.json. */
+  numHeads?: { value: number; where: string };
+}
+
+function parseJsonField(raw: unknown, where: string): Record<string, unknown> {
+  if (raw instanceof Map) return Object.fromEntries([...raw].map(([k, v]) => [String(k), v]));
+  if (typeof raw !== "string") throw new CheckpointError(`${where} is not a JSON string`);
+  if (raw.length > 65536) throw new CheckpointError(`${where} is ${raw.length} characters long (at most 65536)`);
   try {
-    const raw = readSafetensors(path, { headerOnly: true }).metadata["retfiner.vit_config"];
-    return raw ? JSON.parse(raw) as Partial<VitConfig> : undefined;
-  } catch {
-    return undefined;
+    const v = JSON.parse(raw);
+    if (!v || typeof v !== "object" || Array.isArray(v)) throw new Error("not an object");
+    return v;
+  } catch (err) {
+    throw new CheckpointError(`${where} is not a JSON object (${(err as Error).message})`);
   }
 }
 
+function readStoredInfo(path: string, top: Map<string, unknown>, metadata: Record<string, string>): StoredInfo {
+  const info: StoredInfo = {};
+  const setFamily = (v: unknown, where: string) => {
+    if (v === undefined || v === null) return;
+    if (!FAMILIES.includes(v as VitFamily)) {
+      throw new CheckpointError(`${path}: ${where} = ${JSON.stringify(v)} is not one of ${FAMILIES.join(", ")}`);
+    }
+    info.family ??= v as VitFamily;
+    info.familyWhere ??= where;
+  };
+  // safetensors metadata written by this package.
+  if (metadata["retfiner.vit_config"] !== undefined) {
+    info.config = parseJsonField(metadata["retfiner.vit_config"], `${path}: retfiner.vit_config`) as Partial<VitConfig>;
+    info.configWhere = "retfiner.vit_config";
+    setFamily(info.config.family, "retfiner.vit_config.family");
+  }
+  setFamily(metadata["retfiner.family"], "retfiner.family metadata");
+  // .pth exports of this package: OrderedDict metadata (`_metadata["retfiner"]`), as PyTorch keeps module versions.
+  const pthMeta = top.get("_metadata");
+  const ours = pthMeta instanceof Map ? pthMeta.get("retfiner") : undefined;
+  if (ours instanceof Map) {
+    if (ours.get("vit_config") !== undefined && !info.config) {
+      info.config = parseJsonField(ours.get("vit_config"), `${path}: _metadata.retfiner.vit_config`) as Partial<
+        VitConfig
+      >;
+      info.configWhere = "_metadata.retfiner.vit_config";
+    }
+    setFamily(ours.get("family"), "_metadata.retfiner.family");
+  }
+  // Training scripts' argparse.Namespace (RETFound, MAE, DINO): args.model / args.arch.
+  const args = top.get("args");
+  if (args && typeof args === "object") {
+    for (const key of ["model", "arch"]) {
+      const v = args instanceof Map ? args.get(key) : (args as Record<string, unknown>)[key];
+      if (typeof v === "string" && !info.arch) info.arch = { name: v, where: `args.${key}` };
+    }
+  }
+  // A config.json beside the weights (timm / Hugging Face hub layout), if it describes a ViT.
+  const cfgPath = join(dirname(path), "config.json");
+  try {
+    const st = Deno.statSync(cfgPath);
+    if (st.isFile && st.size < 1 << 20 && cfgPath !== path) {
+      const json = JSON.parse(Deno.readTextFileSync(cfgPath));
+      const name = json?.architecture ?? json?.arch ?? json?.model_name;
+      if (typeof name === "string" && vitArchFromName(name) && !info.arch) {
+        info.arch = { name, where: `${cfgPath} "architecture"` };
+      }
+      const heads = json?.model_args?.num_heads ?? json?.num_heads;
+      if (typeof heads === "number") info.numHeads = { value: heads, where: `${cfgPath} num_heads` };
+    }
+  } catch {
+    // no readable config.json beside the file: nothing stated
+  }
+  return info;
+}
+
+function decideFamily(
+  path: string,
+  layout: VisionLayout,
+  stored: StoredInfo,
+  options: LoadVitOptions,
+): FamilyDecision {
+  const flag = options.archFlag ?? "--arch";
+  if (options.arch && options.arch !== "auto") {
+    return { family: options.arch, source: "option", reason: `set by ${flag}`, guess: false };
+  }
+  if (stored.family) {
+    return {
+      family: stored.family,
+      source: "metadata",
+      reason: `stored in the file (${stored.familyWhere})`,
+      guess: false,
+    };
+  }
+  const byLayout: Partial<Record<VisionLayout, [VitFamily, string]>> = {
+    retfound: ["retfound", `RETFound MAE release layout ("model" with timm ViT keys)`],
+    dinov2: ["retfound", `RETFound DINOv2 release layout (teacher, layer scale)`],
+    visionfm: ["visionfm", `VisionFM release layout ("teacher" with DINO/iBOT keys)`],
+    urfound: ["urfound", `UrFound release layout ("model" with bert_encoder/bert_mlp)`],
+  };
+  const l = byLayout[layout];
+  if (l) return { family: l[0], source: "layout", reason: l[1], guess: false };
+  const how = `if it is wrong, set ${flag} retfound|visionfm|urfound|timm`;
+  const named = familyFromPath(path);
+  if (named) {
+    return {
+      family: named,
+      source: "file-name",
+      reason: `a guess from the file name, like the authors' code (no metadata or layout says it); ${how}`,
+      guess: true,
+    };
+  }
+  if (layout === "mae-finetuned") {
+    return {
+      family: "retfound",
+      source: "layout",
+      reason: `a guess: the layout of RETFound's fine-tuning script (global pool), which UrFound's shares; ${how}`,
+      guess: true,
+    };
+  }
+  if (layout === "retfiner-backbone") {
+    return {
+      family: "retfound",
+      source: "layout",
+      reason: `a guess: a flat backbone with a proj layer, as RETFound's refined export; ${how}`,
+      guess: true,
+    };
+  }
+  return {
+    family: "timm",
+    source: "default",
+    reason: `a guess: nothing in the file or its name says which model this is (${layout} layout), so the plain ` +
+      `timm recipe (ImageNet statistics) is used; ${how}`,
+    guess: true,
+  };
+}
+
 /**
- * Loads a vision encoder from a weight file in any supported layout.
+ * Loads a vision encoder from a weight file in any supported layout, deciding
+ * its family once (option, stored metadata, layout, then the file name) and
+ * printing how, with every other notice (prefixes stripped, head count guessed,
+ * non-strict report).
  *
  * @example
  * ```ts
  * import { loadVit } from "./load.ts";
- * const { model, mapped } = loadVit("RETFound_oct_weights.pth", { arch: "auto" });
- * console.log(mapped.layout, model.config.embedDim);
+ * const { model, mapped, family } = loadVit("RETFound_oct_weights.pth", { arch: "auto" });
+ * console.log(mapped.layout, family.reason, model.config.embedDim);
  * ```
+ * @param path Weight file, `*.index.json` or model folder.
+ * @param options See {@link LoadVitOptions}.
+ * @returns The model, how it was recognised, and the notices.
+ * @throws {CheckpointError} for unreadable or unrecognised files and bad stored configs.
+ * @throws {EncoderError} for a config that fails validation or keys that do not match in strict mode.
  */
 export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
-  const top = readWeightFile(path);
+  const log = options.log === undefined ? (line: string) => console.log(line) : options.log;
+  const notices: string[] = [];
+  const notice = (line: string) => {
+    notices.push(line);
+    log?.(line);
+  };
+  const { top, metadata } = readWeights(path);
   const mapped = mapVisionWeights(top, { fileName: path });
-  const stored = safetensorsConfig(path);
-  let family: VitFamily;
-  if (options.arch && options.arch !== "auto") family = options.arch;
-  else {
-    const byLayout: Partial<Record<VisionLayout, VitFamily>> = {
-      retfound: "retfound",
-      visionfm: "visionfm",
-      urfound: "urfound",
-    };
-    family = stored?.family ?? byLayout[mapped.layout] ?? familyFromPath(path) ??
-      (mapped.layout === "retfiner-backbone" ? "retfound" : "timm");
+  const stored = readStoredInfo(path, top, metadata);
+  const family = decideFamily(path, mapped.layout, stored, options);
+  notice(`${path}: family ${family.family} — ${family.reason}`);
+  if (mapped.container?.length || mapped.stripped?.size) {
+    notice(
+      `${path}: ${mapped.layout} layout; ${
+        describeUnwrap({ container: mapped.container ?? [], stripped: mapped.stripped ?? new Map() })
+      }`,
+    );
   }
-  const inferred = inferVitConfig(mapped.tensors, family, {
-    numHeads: options.numHeads ?? stored?.numHeads,
-    fileName: path,
-  });
-  // Settings the weights cannot show (projection width without its weights, drop-path rate, input
-  // statistics) come from the config this project stores in its safetensors metadata.
-  const fromFile: Partial<VitConfig> = stored
+  // The head count is not in the weights: option, stored config, stated architecture, else width/64.
+  const width = mapped.tensors.get("cls_token")?.shape.at(-1) ?? 0;
+  let numHeads = options.numHeads ?? (typeof stored.config?.numHeads === "number" ? stored.config.numHeads : undefined);
+  if (numHeads === undefined && stored.numHeads) numHeads = stored.numHeads.value;
+  if (numHeads === undefined && stored.arch) {
+    const a = vitArchFromName(stored.arch.name);
+    if (a && a.embedDim === width) numHeads = a.numHeads;
+    else {
+      notice(
+        `${path}: ${stored.arch.where} = "${stored.arch.name}" ${
+          a
+            ? `(width ${a.embedDim}) does not describe these ${width}-wide weights`
+            : "is not an architecture name known here"
+        }; not used`,
+      );
+    }
+  }
+  const headsGuessed = numHeads === undefined;
+  const inferred = inferVitConfig(mapped.tensors, family.family, { numHeads, fileName: path });
+  if (headsGuessed) {
+    notice(
+      `${path}: ${inferred.numHeads} attention heads = width ${inferred.embedDim}/64 — a guess (the head count is not ` +
+        `stored in the weights; right for ViT-B/16 and ViT-L/16); set --heads if the model has another`,
+    );
+  }
+  // Settings the weights cannot show (projection width without its weights, drop-path rate, input statistics)
+  // come from the config this project stores beside its exports.
+  const st = stored.config;
+  const fromFile: Partial<VitConfig> = st
     ? {
-      dropPathRate: stored.dropPathRate ?? inferred.dropPathRate,
-      mean: stored.mean ?? inferred.mean,
-      std: stored.std ?? inferred.std,
-      projDim: stored.projDim !== undefined ? stored.projDim : inferred.projDim,
-      eps: stored.eps ?? inferred.eps,
+      dropPathRate: st.dropPathRate ?? inferred.dropPathRate,
+      mean: st.mean ?? inferred.mean,
+      std: st.std ?? inferred.std,
+      projDim: st.projDim !== undefined ? st.projDim : inferred.projDim,
+      eps: st.eps ?? inferred.eps,
     }
     : {};
   const config: VitConfig = {
     ...inferred,
     ...fromFile,
-    family,
+    family: family.family,
     ...options.overrides,
     ...(options.imgSize ? { imgSize: options.imgSize } : {}),
   };
+  // Checked before anything is allocated: the stored config is untrusted input.
+  validateVitConfig(config, `${path}: ${st ? stored.configWhere : "config inferred from the weights"}`);
+  if (config.globalPool) {
+    notice(
+      `${path}: a global-pool fine-tune (fc_norm, no norm): its pooled feature is fc_norm(mean of patch tokens) ` +
+        `(--tokens pooled); recipes that take tokens after the final norm apply fc_norm to each token`,
+    );
+  }
   const tensors = new Map(mapped.tensors);
   const fileGrid = inferred.imgSize / inferred.patchSize;
   const grid = gridSize(config);
@@ -192,7 +433,15 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
   const model = createVit(config, { init: "zeros" });
   const newlyInitialised: string[] = [];
   const fresh = (name: string) => config.projDim !== null && name.startsWith("proj.") && !tensors.has(name);
-  loadStateDict(model.params, tensors, { strict: options.strict, allowMissing: fresh, fileName: path });
+  const report = loadStateDict(model.params, tensors, {
+    strict: options.strict,
+    allowMissing: fresh,
+    fileName: path,
+    strictHint: options.strictHint,
+  });
+  if (options.strict === false) {
+    for (const line of formatLoadReport(report, mapped.dropped)) notice(`${path}: --no-strict: ${line}`);
+  }
   if (config.projDim !== null && !tensors.has("proj.weight")) {
     // §1.2: RETFound's projection is new, with nn.Linear's default init.
     const tmp: Params = new Map();
@@ -210,7 +459,7 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
       newlyInitialised.push(name);
     }
   }
-  return { model, mapped, newlyInitialised };
+  return { model, mapped, newlyInitialised, family, notices, report };
 }
 
 /** A loaded BERT. */
@@ -219,21 +468,55 @@ export interface LoadedBert {
   model: BertModel;
   /** What was dropped from the file. */
   mapped: MappedWeights<"hf-bert">;
-  /** Parameters absent from the file and initialised N(0, 0.02) (the cross-attention blocks of a plain BERT). */
+  /**
+   * Parameters absent from the file and initialised as Hugging Face does: the cross-attention blocks of a plain
+   * BERT, and the MLM head of a file without one (`BertModel`, `BertForSequenceClassification`).
+   */
   newlyInitialised: string[];
+  /** Notices printed while loading. */
+  notices: string[];
+  /** Key matching result. */
+  report: LoadReport;
+}
+
+/** Options of {@link loadBert}. */
+export interface LoadBertOptions {
+  /** Strict key matching (default true). */
+  strict?: boolean;
+  /** Generator for the newly initialised weights. */
+  rng?: Rng;
+  /** Where notices go (default `console.log`; `null` keeps them only in the result). */
+  log?: ((line: string) => void) | null;
+  /** Hint in the strict-mode error (see {@link LoadOptions.strictHint}). */
+  strictHint?: string;
 }
 
 /**
- * Loads a Hugging Face BERT (`pytorch_model.bin` / `model.safetensors` +
- * `config.json`) with cross-attention in every layer. Cross-attention blocks
- * absent from the file (plain bert-base-uncased) are initialised as HF does:
- * weights N(0, 0.02), biases 0, LayerNorm 1/0 (§1.4).
+ * Loads a Hugging Face BERT (`pytorch_model.bin` / `model.safetensors`, a
+ * sharded `*.index.json` or the model folder, + `config.json`) with
+ * cross-attention in every layer. Cross-attention blocks absent from the file
+ * (plain bert-base-uncased) are initialised as HF does: weights N(0, 0.02),
+ * biases 0, LayerNorm 1/0 (§1.4). A file without the MLM head gets one the
+ * same way (the decoder is tied to the word embeddings, its bias 0), with a
+ * notice.
+ * @param weightsPath Weight file, index or folder.
+ * @param config A config, or the path of a `config.json`.
+ * @param options See {@link LoadBertOptions}.
+ * @returns The model, what was dropped and what was initialised.
+ * @throws {EncoderError} for a bad config or keys that do not match in strict mode.
+ * @throws {CheckpointError} for unreadable files.
  */
 export function loadBert(
   weightsPath: string,
   config: BertConfig | string,
-  options: { strict?: boolean; rng?: Rng } = {},
+  options: LoadBertOptions = {},
 ): LoadedBert {
+  const log = options.log === undefined ? (line: string) => console.log(line) : options.log;
+  const notices: string[] = [];
+  const notice = (line: string) => {
+    notices.push(line);
+    log?.(line);
+  };
   let cfg: BertConfig;
   if (typeof config === "string") {
     let json: Record<string, unknown>;
@@ -245,15 +528,34 @@ export function loadBert(
     cfg = bertConfigFromJson(json, config);
   } else cfg = config;
   const mapped = mapBertWeights(readWeightFile(weightsPath), { fileName: weightsPath });
+  if (mapped.container?.length || mapped.stripped?.size) {
+    notice(
+      `${weightsPath}: ${
+        describeUnwrap({ container: mapped.container ?? [], stripped: mapped.stripped ?? new Map() })
+      }`,
+    );
+  }
   const tensors = new Map(mapped.tensors);
   // The MLM decoder is tied to the word embeddings; its bias is cls.predictions.bias.
   for (const tied of ["cls.predictions.decoder.weight", "cls.predictions.decoder.bias"]) {
     if (tensors.delete(tied)) mapped.dropped.push(`${tied} (tied)`);
   }
+  const isHead = (name: string) => name.startsWith("cls.predictions.");
+  const headMissing = ![...tensors.keys()].some(isHead);
   const model = createBert(cfg, { init: "zeros" });
   const isCross = (name: string) => name.includes(".crossattention.");
-  loadStateDict(model.params, tensors, { strict: options.strict, allowMissing: isCross, fileName: weightsPath });
-  const newlyInitialised = [...model.params.keys()].filter((n) => isCross(n) && !tensors.has(n));
+  const report = loadStateDict(model.params, tensors, {
+    strict: options.strict,
+    allowMissing: (n) => isCross(n) || (headMissing && isHead(n)),
+    fileName: weightsPath,
+    strictHint: options.strictHint,
+  });
+  if (options.strict === false) {
+    for (const line of formatLoadReport(report, mapped.dropped)) notice(`${weightsPath}: --no-strict: ${line}`);
+  }
+  const newlyInitialised = [...model.params.keys()].filter((n) =>
+    (isCross(n) || (headMissing && isHead(n))) && !tensors.has(n)
+  );
   const rng = options.rng ?? new Rng(0, "bert-crossattn-init");
   for (const name of newlyInitialised) {
     const p = model.params.get(name)!;
@@ -264,7 +566,14 @@ export function loadBert(
       : new Float32Array(p.size);
     assignValues(p, values);
   }
-  return { model, mapped, newlyInitialised };
+  if (headMissing) {
+    notice(
+      `${weightsPath}: no MLM head in the file (a BertModel or classification checkpoint): cls.predictions.* ` +
+        `initialised as Hugging Face does (transform dense N(0, ${cfg.initializerRange}), LayerNorm 1/0, bias 0; ` +
+        `decoder tied to the word embeddings)`,
+    );
+  }
+  return { model, mapped, newlyInitialised, notices, report };
 }
 
 /** A state dict for Hugging Face: adds the tied decoder weight and bias back. */

@@ -112,7 +112,7 @@ export function inferVitConfig(
   }
   if (depth === 0) throw new EncoderError(`${file}: no blocks.* weights found`);
   const hidden = shape("blocks.0.mlp.fc1.weight")[0];
-  const numHeads = options.numHeads ?? embedDim / 64;
+  const numHeads = options.numHeads ?? Math.max(1, Math.round(embedDim / 64));
   if (!Number.isInteger(numHeads) || embedDim % numHeads !== 0) {
     throw new EncoderError(`${file}: cannot infer the head count for width ${embedDim}; pass numHeads`);
   }
@@ -133,7 +133,100 @@ export function inferVitConfig(
     projDim,
     mean: stats.mean,
     std: stats.std,
+    layerScale: tensors.has("blocks.0.ls1.gamma"),
+    globalPool: tensors.has("fc_norm.weight") && !tensors.has("norm.weight"),
   };
+}
+
+/** Width, depth and heads of timm's named ViT sizes. */
+const VIT_SIZES: Record<string, { embedDim: number; depth: number; numHeads: number }> = {
+  tiny: { embedDim: 192, depth: 12, numHeads: 3 },
+  small: { embedDim: 384, depth: 12, numHeads: 6 },
+  base: { embedDim: 768, depth: 12, numHeads: 12 },
+  large: { embedDim: 1024, depth: 24, numHeads: 16 },
+  huge: { embedDim: 1280, depth: 32, numHeads: 16 },
+  giant: { embedDim: 1408, depth: 40, numHeads: 16 },
+  giant2: { embedDim: 1536, depth: 40, numHeads: 24 },
+};
+
+/**
+ * Reads a timm-style architecture name (`vit_large_patch16`, `vit_base_patch16_224`,
+ * `vit_large_patch14_dinov2`, `RETFound_mae` → ViT-L/16, `RETFound_dinov2` → ViT-L/14) as stored in checkpoints'
+ * `args.model` / `args.arch` or a `config.json`.
+ * @param name The stored name.
+ * @returns Width, depth, heads and (when named) patch size, or undefined for a name it does not know.
+ */
+export function vitArchFromName(
+  name: string,
+): { embedDim: number; depth: number; numHeads: number; patchSize?: number } | undefined {
+  const n = name.toLowerCase();
+  if (n === "retfound_mae") return { ...VIT_SIZES.large, patchSize: 16 };
+  if (n === "retfound_dinov2") return { ...VIT_SIZES.large, patchSize: 14 };
+  const m = /vit_(tiny|small|base|large|huge|giant2|giant)_patch(\d+)/.exec(n) ??
+    /vit_(tiny|small|base|large|huge|giant2|giant)\b/.exec(n);
+  if (!m) return undefined;
+  return { ...VIT_SIZES[m[1]], ...(m[2] ? { patchSize: Number(m[2]) } : {}) };
+}
+
+const FAMILIES = ["retfound", "visionfm", "urfound", "timm"];
+
+/**
+ * Checks a ViT configuration (from a file's metadata, a stored config, or
+ * shapes) before anything is allocated: a known family, positive integer sizes
+ * within sane bounds, heads dividing the width, finite statistics.
+ * @param config The configuration to check.
+ * @param where The file (and field prefix) named in errors, e.g. `x.safetensors: retfiner.vit_config`.
+ * @returns The same config.
+ * @throws {EncoderError} naming the file and the field at fault.
+ */
+export function validateVitConfig(config: VitConfig, where: string): VitConfig {
+  const bad = (field: string, value: unknown, want: string): never => {
+    throw new EncoderError(`${where}.${field} = ${JSON.stringify(value)} is not ${want}`);
+  };
+  const int = (field: keyof VitConfig, lo: number, hi: number) => {
+    const v = config[field] as unknown;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < lo || v > hi) {
+      bad(field, v, `an integer in [${lo}, ${hi}]`);
+    }
+  };
+  if (!FAMILIES.includes(config.family as string)) bad("family", config.family, `one of ${FAMILIES.join(", ")}`);
+  int("imgSize", 1, 8192);
+  int("patchSize", 1, 1024);
+  int("inChans", 1, 16);
+  int("embedDim", 1, 16384);
+  int("depth", 1, 256);
+  int("numHeads", 1, 1024);
+  if (config.embedDim % config.numHeads !== 0) {
+    bad("numHeads", config.numHeads, `a divisor of embedDim ${config.embedDim}`);
+  }
+  if (config.imgSize % config.patchSize !== 0) {
+    bad("imgSize", config.imgSize, `a multiple of patchSize ${config.patchSize}`);
+  }
+  const grid = config.imgSize / config.patchSize;
+  if (grid * grid > 65536) bad("imgSize", config.imgSize, `at most 256 patches a side at patch ${config.patchSize}`);
+  const hidden = config.embedDim * config.mlpRatio;
+  if (
+    typeof config.mlpRatio !== "number" || !Number.isFinite(config.mlpRatio) || config.mlpRatio <= 0 || hidden > 65536
+  ) {
+    bad("mlpRatio", config.mlpRatio, "a positive finite ratio giving an MLP width of at most 65536");
+  }
+  if (config.projDim !== null) int("projDim", 1, 16384);
+  if (typeof config.eps !== "number" || !(config.eps > 0 && config.eps < 1)) bad("eps", config.eps, "in (0, 1)");
+  if (typeof config.dropPathRate !== "number" || !(config.dropPathRate >= 0 && config.dropPathRate < 1)) {
+    bad("dropPathRate", config.dropPathRate, "in [0, 1)");
+  }
+  for (const field of ["mean", "std"] as const) {
+    const v = config[field] as unknown;
+    if (
+      !Array.isArray(v) || v.length !== 3 ||
+      v.some((x) => typeof x !== "number" || !Number.isFinite(x) || Math.abs(x) > 1e3 || (field === "std" && x <= 0))
+    ) bad(field, v, `three finite numbers${field === "std" ? " > 0" : ""}`);
+  }
+  for (const field of ["qkvBias", "layerScale", "globalPool"] as const) {
+    const v = config[field] as unknown;
+    if (v !== undefined && typeof v !== "boolean") bad(field, v, "true or false");
+  }
+  return config;
 }
 
 /** Names of the BERT presets. */

@@ -81,6 +81,16 @@ export interface VitConfig {
   mean: [number, number, number];
   /** Per-channel normalisation std of this model's inputs. */
   std: [number, number, number];
+  /**
+   * Layer scale in every block (`blocks.{i}.ls1.gamma`, `ls2.gamma`, as DINOv2 / timm `init_values`): each residual
+   * branch is multiplied by a learned per-channel vector. Default false.
+   */
+  layerScale?: boolean;
+  /**
+   * Global-pool fine-tune (RETFound's fine-tuning script, `global_pool=True`): the final norm is `fc_norm` (there is
+   * no `norm`) and the pooled feature is `fc_norm(mean of patch tokens)`. Default false.
+   */
+  globalPool?: boolean;
 }
 
 /** A vision transformer: its config and its parameters keyed by timm names. */
@@ -93,8 +103,12 @@ export interface VitModel {
   scope: string;
 }
 
-/** How token features are read out (see the module table). */
-export type TokenMode = "all" | "cls" | "concat";
+/**
+ * How token features are read out (see the module table); `pooled` is the
+ * model's own pooled feature: `fc_norm(mean of patch tokens)` for a
+ * global-pool fine-tune, otherwise the CLS token of `all`.
+ */
+export type TokenMode = "all" | "cls" | "concat" | "pooled";
 
 /** Options for creating a model. */
 export interface CreateVitOptions {
@@ -182,8 +196,13 @@ export function createVit(config: VitConfig, options: CreateVitOptions = {}): Vi
     initLayerNorm(params, scope, `${p}.norm2`, D);
     lin(`${p}.mlp.fc1`, D, hidden);
     lin(`${p}.mlp.fc2`, hidden, D);
+    if (config.layerScale) {
+      // timm / DINOv2 LayerScale init_values (1e-5 in DINOv2).
+      add(`${p}.ls1.gamma`, new Float32Array(D).fill(zeros ? 0 : 1e-5), [D]);
+      add(`${p}.ls2.gamma`, new Float32Array(D).fill(zeros ? 0 : 1e-5), [D]);
+    }
   }
-  initLayerNorm(params, scope, "norm", D);
+  initLayerNorm(params, scope, config.globalPool ? "fc_norm" : "norm", D);
   if (config.projDim) {
     // RETFound's refinement projection is a new nn.Linear with PyTorch's default init (§1.2).
     if (zeros) lin("proj", D, config.projDim);
@@ -236,13 +255,15 @@ export function vitBlock(
   const [q, k, v] = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]));
   const { context, probs } = attention(q, k, v);
   if (attnOut) attnOut.push(probs);
-  const a = linearP(params, `${p}.attn.proj`, mergeHeads(context));
+  let a = linearP(params, `${p}.attn.proj`, mergeHeads(context));
+  if (model.config.layerScale) a = tf.mul(a, param(params, `${p}.ls1.gamma`));
   x = tf.add(x, dropPath(a, rate, options.rng));
-  const m = linearP(
+  let m = linearP(
     params,
     `${p}.mlp.fc2`,
     gelu(linearP(params, `${p}.mlp.fc1`, layerNormP(params, `${p}.norm2`, x, eps))),
   );
+  if (model.config.layerScale) m = tf.mul(m, param(params, `${p}.ls2.gamma`));
   return tf.add(x, dropPath(m, rate, options.rng));
 }
 
@@ -275,9 +296,9 @@ export function vitBlocks(
   return x;
 }
 
-/** The final `norm`, per token. */
+/** The final `norm` (`fc_norm` for a global-pool fine-tune, which has no other), per token. */
 export function vitFinalNorm(model: VitModel, tokens: Tensor): Tensor {
-  return layerNormP(model.params, "norm", tokens, model.config.eps);
+  return layerNormP(model.params, model.config.globalPool ? "fc_norm" : "norm", tokens, model.config.eps);
 }
 
 /**
@@ -309,6 +330,7 @@ function concatMeanCls(tokens: Tensor, clsFirst: boolean): Tensor {
  * - `all`: `[B, 1+N, D]`, where the family's refinement recipe takes tokens,
  *   but for RETFound before the new projection (after the final norm).
  * - `cls`: token 0 of `all`, `[B, D]`.
+ * - `pooled`: a global-pool fine-tune's `fc_norm(mean of patch tokens)`; otherwise as `cls`.
  * - `concat`: the probing representation (§2.2), `[B, 2D]`.
  */
 export function vitFeatures(
@@ -319,6 +341,11 @@ export function vitFeatures(
 ): Tensor {
   const x = vitBlocks(model, images, options);
   const family = model.config.family;
+  if (mode === "pooled" && model.config.globalPool) {
+    // RETFound fine-tuning (global_pool=True): fc_norm(x[:, 1:].mean(1)).
+    const [B, L, D] = x.shape;
+    return layerNormP(model.params, "fc_norm", tf.mean(tf.slice(x, [0, 1, 0], [B, L - 1, D]), 1), model.config.eps);
+  }
   if (mode === "concat") {
     if (family === "visionfm") return concatMeanCls(vitFinalNorm(model, x), true);
     // §2.2: final norm deleted; fc_norm = LayerNorm(2D) frozen at weight 1, bias 0.
@@ -326,7 +353,7 @@ export function vitFeatures(
   }
   const all = family === "urfound" ? x : vitFinalNorm(model, x);
   if (mode === "all") return all;
-  const [B, , D] = all.shape;
+  const [B, , D] = all.shape; // cls, and pooled without global pooling
   return tf.reshape(tf.slice(all, [0, 0, 0], [B, 1, D]), [B, D]);
 }
 

@@ -8,10 +8,19 @@ import { CheckpointError } from "../util/errors.ts";
 import { readPth } from "./pth.ts";
 import { readSafetensors } from "./safetensors.ts";
 import { fileSource } from "./source.ts";
+import { dirname, join } from "node:path";
 import type { TensorData } from "./tensor.ts";
 
 /** Source layouts recognised for a vision backbone. */
-export type VisionLayout = "retfound" | "visionfm" | "urfound" | "timm" | "retfiner-backbone" | "lightning";
+export type VisionLayout =
+  | "retfound"
+  | "mae-finetuned"
+  | "dinov2"
+  | "visionfm"
+  | "urfound"
+  | "timm"
+  | "retfiner-backbone"
+  | "lightning";
 
 /** A state dict in project names, with what was dropped and why. */
 export interface MappedWeights<L extends string = string> {
@@ -23,192 +32,456 @@ export interface MappedWeights<L extends string = string> {
   dropped: string[];
   /** The file they came from. */
   fileName: string;
+  /** Where in the checkpoint the weights were found (container keys from the top). */
+  container?: string[];
+  /** Wrapper prefixes stripped, with how many keys each. */
+  stripped?: Map<string, number>;
 }
 
 function isTensor(v: unknown): v is TensorData {
   return !!v && typeof v === "object" && "dtype" in v && "shape" in v && "data" in v;
 }
 
+/** What a weight file (or a sharded checkpoint) holds, before any layout is recognised. */
+export interface WeightFileContents {
+  /** The top-level object (a Map): a state dict or a container of one. */
+  top: Map<string, unknown>;
+  /** safetensors metadata (merged over shards); empty for pickles. */
+  metadata: Record<string, string>;
+  /** The files actually read (one, or every shard of a sharded checkpoint). */
+  files: string[];
+}
+
+const INDEX_NAMES = ["model.safetensors.index.json", "pytorch_model.bin.index.json"];
+const SINGLE_NAMES = ["model.safetensors", "pytorch_model.bin"];
+/** At most this many shards in one index (the largest public checkpoints have a few hundred). */
+const MAX_SHARDS = 1024;
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Says what a file that is not a weight container is, from its first bytes, or returns undefined. */
+function notWeightsReason(path: string, head: Uint8Array, size: number): string | undefined {
+  const text = new TextDecoder("utf-8", { fatal: false }).decode(head).replace(/^\uFEFF/, "");
+  if (text.startsWith("version https://git-lfs.github.com/spec/")) {
+    const m = /\nsize (\d+)/.exec(text);
+    return `${path}: this is a Git LFS pointer file (${size} bytes), not the weights` +
+      (m ? ` (the real file has ${m[1]} bytes)` : "") +
+      `. Fetch the real file: \`git lfs install && git lfs pull\` in the clone, or download it directly` +
+      ` (on Hugging Face: the "resolve/main/…" URL, not "blob/main/…")`;
+  }
+  const t = text.trimStart().toLowerCase();
+  if (t.startsWith("<!doctype html") || t.startsWith("<html") || t.startsWith("<?xml") || t.startsWith("<head")) {
+    return `${path}: this is an HTML/XML page (${size} bytes), not weights — most likely a failed download ` +
+      `(a login, consent or "file too large to scan" page was saved instead). Download the file again with a direct ` +
+      `link (Google Drive: confirm the large-file warning; Hugging Face: use the "resolve/main/…" URL)`;
+  }
+  if (t.startsWith("{") || t.startsWith("[")) {
+    return `${path}: this is a JSON text file, not weights (a config.json or index?); pass the weight file ` +
+      `(.pth/.bin/.safetensors), a *.index.json of a sharded checkpoint, or the model folder`;
+  }
+  return undefined;
+}
+
+/** Reads a sharded Hugging Face checkpoint from its `*.index.json`: every shard, merged. */
+function readSharded(indexPath: string): WeightFileContents {
+  let index: unknown;
+  try {
+    index = JSON.parse(Deno.readTextFileSync(indexPath));
+  } catch (err) {
+    throw new CheckpointError(`${indexPath}: cannot read the shard index (${(err as Error).message})`);
+  }
+  const map = (index as { weight_map?: unknown })?.weight_map;
+  if (!map || typeof map !== "object" || Array.isArray(map)) {
+    throw new CheckpointError(`${indexPath}: a shard index needs a "weight_map" object (tensor name → shard file)`);
+  }
+  const wanted = new Map<string, string>(); // tensor → shard
+  const shards: string[] = [];
+  for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
+    if (typeof shard !== "string" || !/^[A-Za-z0-9._-]+$/.test(shard) || shard.startsWith(".")) {
+      throw new CheckpointError(
+        `${indexPath}: weight_map["${name}"] must be a shard file name in the same folder, got ${
+          JSON.stringify(shard)
+        }`,
+      );
+    }
+    wanted.set(name, shard);
+    if (!shards.includes(shard)) shards.push(shard);
+    if (shards.length > MAX_SHARDS) throw new CheckpointError(`${indexPath}: more than ${MAX_SHARDS} shards`);
+  }
+  const dir = dirname(indexPath);
+  const top = new Map<string, unknown>();
+  const metadata: Record<string, string> = {};
+  const files: string[] = [];
+  for (const shard of shards) {
+    const file = join(dir, shard);
+    if (!isFile(file)) throw new CheckpointError(`${indexPath}: shard ${shard} is missing (looked for ${file})`);
+    const part = readWeights(file);
+    files.push(file);
+    Object.assign(metadata, part.metadata);
+    for (const [k, v] of part.top) {
+      if (wanted.get(k) !== shard) {
+        if (wanted.has(k)) {
+          throw new CheckpointError(`${file}: holds "${k}", which the index puts in ${wanted.get(k)}`);
+        }
+        continue; // not listed in the index (HF ignores such entries too)
+      }
+      top.set(k, v);
+    }
+  }
+  const absent = [...wanted.keys()].filter((k) => !top.has(k));
+  if (absent.length) {
+    throw new CheckpointError(
+      `${indexPath}: ${absent.length} tensors listed in the index are not in their shards: ${
+        absent.slice(0, 5).join(", ")
+      }${absent.length > 5 ? ", …" : ""}`,
+    );
+  }
+  return { top, metadata, files };
+}
+
 /**
- * Reads a weight file of any supported container: PyTorch `.pth`/`.bin`/
- * `.ckpt` (zip or legacy) or safetensors, decided by content, not extension.
- * Returns the top-level object (a Map).
+ * Reads a weight file of any supported container and returns its top-level
+ * object with the safetensors metadata: PyTorch `.pth`/`.bin`/`.ckpt` (zip or
+ * legacy) or safetensors, decided by content, not extension; a sharded Hugging
+ * Face checkpoint given by its `*.index.json`; or a Hugging Face model folder
+ * (its index, `model.safetensors` or `pytorch_model.bin`).
+ * @param path File, index or folder.
+ * @returns The top-level object, metadata and the files read.
+ * @throws {CheckpointError} for a Git LFS pointer, an HTML page, a JSON file, a folder without weights, or a corrupt
+ *   file, each named with what it is and what to do.
  */
-export function readWeightFile(path: string): Map<string, unknown> {
+export function readWeights(path: string): WeightFileContents {
+  let stat: Deno.FileInfo;
+  try {
+    stat = Deno.statSync(path);
+  } catch {
+    throw new CheckpointError(`${path}: weight file not found`);
+  }
+  if (stat.isDirectory) {
+    for (const name of [...INDEX_NAMES, ...SINGLE_NAMES]) {
+      if (isFile(join(path, name))) return readWeights(join(path, name));
+    }
+    throw new CheckpointError(
+      `${path}: is a folder without weights; expected a weight file, or a Hugging Face model folder holding one of ${
+        [...INDEX_NAMES, ...SINGLE_NAMES].join(", ")
+      }`,
+    );
+  }
+  if (path.endsWith(".index.json")) return readSharded(path);
   const src = fileSource(path);
   let head: Uint8Array;
   try {
-    head = src.read(0, Math.min(16, src.size));
+    head = src.read(0, Math.min(512, src.size));
   } finally {
     src.close();
   }
   const isZipOrPickle = (head[0] === 0x50 && head[1] === 0x4b) || head[0] === 0x80;
-  const top = isZipOrPickle || head.length < 9 ? readPth(path).value : readSafetensors(path).tensors;
-  if (!(top instanceof Map)) throw new CheckpointError(`${path}: the checkpoint's top level is not a dict`);
-  return top as Map<string, unknown>;
+  if (!isZipOrPickle) {
+    const why = notWeightsReason(path, head, stat.size);
+    if (why) throw new CheckpointError(why);
+  }
+  if (isZipOrPickle || head.length < 9) {
+    const top = readPth(path).value;
+    if (!(top instanceof Map)) {
+      throw new CheckpointError(
+        `${path}: the checkpoint's top level is not a dict of tensors (a whole pickled model or another object?); ` +
+          `save model.state_dict() instead`,
+      );
+    }
+    return { top: top as Map<string, unknown>, metadata: {}, files: [path] };
+  }
+  const st = readSafetensors(path);
+  return { top: st.tensors as Map<string, unknown>, metadata: st.metadata, files: [path] };
 }
 
-/** A dict of tensors from a Map, dropping (and listing) non-tensor entries. */
-function tensorDict(map: Map<unknown, unknown>, where: string, dropped: string[]): Map<string, TensorData> {
-  const out = new Map<string, TensorData>();
-  for (const [k, v] of map) {
-    if (isTensor(v)) out.set(String(k), v);
-    else dropped.push(`${where}${String(k)} (not a tensor)`);
+/**
+ * Reads a weight file (see {@link readWeights}) and returns only its top-level object (a Map).
+ * @param path File, `*.index.json` or Hugging Face folder.
+ * @returns The top-level object.
+ * @throws {CheckpointError} as {@link readWeights}.
+ */
+export function readWeightFile(path: string): Map<string, unknown> {
+  return readWeights(path).top;
+}
+
+/** Keys of a container that never hold the weights (training state). */
+const TRAINING_STATE =
+  /^(optimizer|optimizer_states?|optim|scaler|lr_scheduler|lr_schedulers|scheduler|loops|callbacks|amp|epoch|iteration|global_step|best_.*|args|config|hyper_parameters|pytorch-lightning_version|_metadata)$/;
+
+/** Containers a state dict is found in, most preferred first (DINO's teacher before its student, as VisionFM's loader). */
+const CONTAINERS = [
+  "teacher",
+  "state_dict",
+  "model",
+  "model_state_dict",
+  "module",
+  "net",
+  "network",
+  "model_ema",
+  "ema",
+  "student",
+];
+
+/** Wrapper prefixes stripped from vision keys, repeatedly and in any order (timm's clean_state_dict, VisionFM's loader). */
+const VISION_WRAPPERS = ["module.", "_orig_mod.", "backbone.", "encoder.", "model.", "vision_encoder.", "visual."];
+/** Wrapper prefixes stripped from BERT keys ("encoder." is part of BERT's own names, so it is not one). */
+const TEXT_WRAPPERS = ["module.", "_orig_mod.", "model.", "text_encoder."];
+
+/** A state dict found inside a checkpoint, with wrapper prefixes stripped. */
+export interface UnwrappedStateDict {
+  /** Where it was found: container keys from the top, e.g. `["teacher"]`; empty for a flat state dict. */
+  container: string[];
+  /** Tensors by cleaned name. */
+  tensors: Map<string, TensorData>;
+  /** Original key of each cleaned name. */
+  original: Map<string, string>;
+  /** Wrapper prefixes stripped, with how many keys each. */
+  stripped: Map<string, number>;
+  /** Keys not taken, each with the reason. */
+  dropped: string[];
+}
+
+function stripWrappers(key: string, wrappers: string[], stripped: Map<string, number>): string {
+  let k = key;
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const w of wrappers) {
+      if (k.startsWith(w) && k.length > w.length) {
+        k = k.slice(w.length);
+        stripped.set(w, (stripped.get(w) ?? 0) + 1);
+        changed = true;
+      }
+    }
   }
+  return k;
+}
+
+/** Candidate state dicts: every Map reachable through container keys (depth ≤ 3), the top itself first. */
+function candidates(top: Map<unknown, unknown>): { path: string[]; dict: Map<unknown, unknown> }[] {
+  const out: { path: string[]; dict: Map<unknown, unknown> }[] = [{ path: [], dict: top }];
+  const walk = (m: Map<unknown, unknown>, path: string[]) => {
+    if (path.length >= 3) return;
+    const keys = [...m.keys()].map(String);
+    const ordered = [...CONTAINERS.filter((c) => keys.includes(c)), ...keys.filter((k) => !CONTAINERS.includes(k))];
+    for (const k of ordered) {
+      if (TRAINING_STATE.test(k)) continue;
+      const v = m.get(k);
+      if (v instanceof Map) {
+        out.push({ path: [...path, k], dict: v });
+        walk(v, [...path, k]);
+      }
+    }
+  };
+  walk(top, []);
   return out;
 }
 
-function subDict(top: Map<string, unknown>, key: string, file: string): Map<unknown, unknown> {
-  const v = top.get(key);
-  if (!(v instanceof Map)) throw new CheckpointError(`${file}: key "${key}" is not a dict`);
-  return v;
+/**
+ * Finds the state dict inside a checkpoint — at the top, or inside the usual
+ * containers (`teacher`, `state_dict`, `model`, `module`, `student`, …, also
+ * nested) — and strips wrapper prefixes (`module.`, `_orig_mod.`, `backbone.`,
+ * `encoder.`, `model.`, …) repeatedly and in any order.
+ * @param top The checkpoint's top-level object.
+ * @param kind Which model's keys to look for: decides the wrappers and how candidates are scored.
+ * @param file File name for messages.
+ * @returns The best candidate (most keys of the wanted model), cleaned.
+ * @throws {CheckpointError} when no candidate holds such keys, or two keys clean to the same name.
+ */
+export function unwrapStateDict(
+  top: Map<string, unknown>,
+  kind: "vision" | "text",
+  file = "<weights>",
+): UnwrappedStateDict {
+  const wrappers = kind === "vision" ? VISION_WRAPPERS : TEXT_WRAPPERS;
+  const wanted = kind === "vision"
+    ? (k: string) => VIT_KEY.test(k) || /^blocks\.\d+\./.test(k)
+    : (k: string) => /^(bert\.)?(embeddings|encoder\.layer\.\d+)\./.test(k);
+  let best: { path: string[]; dict: Map<unknown, unknown>; score: number } | undefined;
+  for (const c of candidates(top as Map<unknown, unknown>)) {
+    let score = 0;
+    const scratch = new Map<string, number>();
+    for (const [k, v] of c.dict) if (isTensor(v) && wanted(stripWrappers(String(k), wrappers, scratch))) score++;
+    if (score > 0 && (!best || score > best.score)) best = { ...c, score };
+  }
+  if (!best) {
+    const keys = [...top.keys()].map(String);
+    throw new CheckpointError(
+      `${file}: no ${kind === "vision" ? "ViT" : "BERT"} weights found (top-level keys: ${keys.slice(0, 8).join(", ")}${
+        keys.length > 8 ? ", …" : ""
+      }); expected a state dict (blocks.*, cls_token… / embeddings.*, encoder.layer.*), at the top or under ` +
+        `${CONTAINERS.map((c) => `"${c}"`).join(", ")}`,
+    );
+  }
+  const dropped: string[] = [];
+  const where = best.path.length ? `${best.path.join(".")}.` : "";
+  if (best.path.length) {
+    for (const k of top.keys()) {
+      if (k !== best.path[0]) dropped.push(`${k} (${TRAINING_STATE.test(k) ? "training state" : "not the weights"})`);
+    }
+  }
+  const stripped = new Map<string, number>();
+  const tensors = new Map<string, TensorData>();
+  const original = new Map<string, string>();
+  for (const [k0, v] of best.dict) {
+    const k = String(k0);
+    if (!isTensor(v)) {
+      dropped.push(`${where}${k} (not a tensor)`);
+      continue;
+    }
+    const clean = stripWrappers(k, wrappers, stripped);
+    if (tensors.has(clean)) {
+      throw new CheckpointError(
+        `${file}: keys "${where}${original.get(clean)}" and "${where}${k}" both become "${clean}" once wrapper ` +
+          `prefixes are stripped; which one is meant is unclear`,
+      );
+    }
+    tensors.set(clean, v);
+    original.set(clean, `${where}${k}`);
+  }
+  return { container: best.path, tensors, original, stripped, dropped };
+}
+
+/** One line saying where the weights were found and which prefixes were stripped. */
+export function describeUnwrap(u: { container: string[]; stripped: Map<string, number> }): string {
+  const where = u.container.length ? `under "${u.container.join(".")}"` : "at the top level";
+  const pre = [...u.stripped].map(([p, n]) => `"${p}" (${n} keys)`).join(", ");
+  return `weights found ${where}${pre ? `; stripped ${pre}` : ""}`;
 }
 
 const VIT_KEY =
-  /^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|blocks\.\d+\..+|norm\.(weight|bias)|proj\.(weight|bias))$/;
+  /^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|blocks\.\d+\.(norm[12]\.(weight|bias)|attn\.(qkv|proj)\.(weight|bias)|mlp\.fc[12]\.(weight|bias)|ls[12]\.gamma)|(fc_)?norm\.(weight|bias)|proj\.(weight|bias))$/;
 
-function keepVitKeys(tensors: Map<string, TensorData>, dropped: string[], keepProj: boolean): Map<string, TensorData> {
-  const out = new Map<string, TensorData>();
-  for (const [k, v] of tensors) {
-    if (VIT_KEY.test(k) && (keepProj || !k.startsWith("proj."))) out.set(k, v);
-    else {
-      const why = k.startsWith("decoder") || k === "mask_token"
-        ? "MAE decoder"
-        : k.startsWith("head.")
-        ? "classification head"
-        : k.startsWith("bert_")
-        ? "UrFound text branch"
-        : "not part of the vision backbone";
-      dropped.push(`${k} (${why})`);
-    }
-  }
-  return out;
-}
-
-function stripPrefix(tensors: Map<string, TensorData>, prefix: string, dropped: string[]): Map<string, TensorData> {
-  const out = new Map<string, TensorData>();
-  for (const [k, v] of tensors) {
-    if (k.startsWith(prefix)) out.set(k.slice(prefix.length), v);
-    else dropped.push(`${k} (outside "${prefix}")`);
-  }
-  return out;
+function dropReason(k: string, layout: VisionLayout): string {
+  if ((layout === "visionfm" || layout === "dinov2") && k.startsWith("head.")) return "DINO/iBOT head (pretraining only)";
+  if (k.startsWith("decoder") || k === "mask_token") return "MAE decoder / masked-image token (pretraining only)";
+  if (k === "masked_embed") return "iBOT masked-image token (pretraining only)";
+  if (k.startsWith("head.") || k.startsWith("head_dist.")) return "classification head";
+  if (k.startsWith("dino_head.") || k.startsWith("ibot_head.")) return "DINO/iBOT head (pretraining only)";
+  if (k.startsWith("bert_")) return "UrFound text branch";
+  if (/^blocks\.\d+\.attn\.relative_position/.test(k)) return "relative position bias (not supported)";
+  return "not part of the vision backbone";
 }
 
 /** Recognises the layout of a vision checkpoint's top-level dict. */
 export function detectVisionLayout(top: Map<string, unknown>, file = "<weights>"): VisionLayout {
-  if (top.get("teacher") instanceof Map) return "visionfm";
-  const sd = top.get("state_dict");
-  if (sd instanceof Map && [...sd.keys()].some((k) => String(k).includes("vision_encoder."))) return "lightning";
-  const model = top.get("model");
-  if (model instanceof Map) {
-    return [...model.keys()].some((k) => /^bert_(encoder|mlp)\./.test(String(k))) ? "urfound" : "retfound";
-  }
-  const keys = [...top.keys()].map(String);
-  const flat = keys.map((k) => k.replace(/^(module\.|backbone\.)/, ""));
-  if (flat.some((k) => k.startsWith("blocks.0."))) return flat.includes("proj.weight") ? "retfiner-backbone" : "timm";
-  throw new CheckpointError(
-    `${file}: cannot tell which vision checkpoint layout this is (top-level keys: ${keys.slice(0, 8).join(", ")}${
-      keys.length > 8 ? ", …" : ""
-    }); ` +
-      `expected a RETFound/UrFound "model" dict, a VisionFM "teacher" dict, or a timm state dict with blocks.*`,
-  );
+  return classify(top, unwrapStateDict(top, "vision", file));
+}
+
+function classify(top: Map<string, unknown>, u: UnwrappedStateDict): VisionLayout {
+  const keys = [...u.tensors.keys()];
+  if (u.stripped.has("vision_encoder.")) return "lightning";
+  if (keys.some((k) => /^blocks\.\d+\.ls[12]\.gamma$/.test(k))) return "dinov2";
+  const c = u.container[0];
+  if (c === "teacher" || c === "student") return "visionfm";
+  if (keys.some((k) => /^bert_(encoder|mlp)\./.test(k))) return "urfound";
+  if (keys.includes("fc_norm.weight") && !keys.includes("norm.weight")) return "mae-finetuned";
+  if (c === "model") return "retfound";
+  if (keys.includes("proj.weight")) return "retfiner-backbone";
+  void top;
+  return "timm";
 }
 
 /**
- * Maps a vision checkpoint to timm parameter names.
- * - RETFound: `model`, drop `decoder_*`, `mask_token`, `head.*`.
- * - VisionFM: `teacher`, strip `backbone.`, drop the DINO `head.*` and `masked_embed`.
- * - UrFound: `model`, drop the MAE decoder and `bert_encoder.*` / `bert_mlp.*`.
- * - timm / RetFiner backbone export: flat state dict (`module.`/`backbone.` stripped).
- * - Lightning refinement checkpoint (§1.7): `state_dict`, keys under `model.vision_encoder.`.
+ * Maps a vision checkpoint to timm parameter names. The state dict is found
+ * and cleaned by {@link unwrapStateDict}; the layout is then recognised from
+ * the keys:
+ * - `retfound`: RETFound MAE release (`model`; decoder, `mask_token`, `head.*` dropped).
+ * - `mae-finetuned`: RETFound's fine-tuning script with global pooling (`fc_norm.*`, no `norm.*`; `head.*` dropped).
+ * - `dinov2`: RETFound's DINOv2 release (`teacher`, layer scale, `mask_token` and `dino_head` dropped;
+ *   `mlp.w12`/`mlp.w3` renamed to `fc1`/`fc2` as RETFound's code does, when they are a plain MLP).
+ * - `visionfm`: `teacher`, DINO/iBOT head and `masked_embed` dropped.
+ * - `urfound`: `model`, MAE decoder and `bert_encoder.*` / `bert_mlp.*` dropped.
+ * - `lightning`: RetFiner's Lightning checkpoint (`state_dict`, `model.vision_encoder.`).
+ * - `retfiner-backbone` / `timm`: a flat state dict (with or without `proj`).
+ * @param top The checkpoint's top-level object.
+ * @param options `layout` forces a layout; `fileName` is used in messages.
+ * @returns The tensors in timm names, the layout, and what was dropped and stripped.
+ * @throws {CheckpointError} when no ViT weights are found or a SwiGLU MLP is met.
  */
 export function mapVisionWeights(
   top: Map<string, unknown>,
   options: { layout?: VisionLayout; fileName?: string } = {},
 ): MappedWeights<VisionLayout> {
   const file = options.fileName ?? "<weights>";
-  const layout = options.layout ?? detectVisionLayout(top, file);
-  const dropped: string[] = [];
-  let tensors: Map<string, TensorData>;
-  switch (layout) {
-    case "retfound":
-    case "urfound":
-      for (const k of top.keys()) if (k !== "model") dropped.push(`${k} (training state)`);
-      tensors = keepVitKeys(tensorDict(subDict(top, "model", file), "model.", dropped), dropped, true);
-      break;
-    case "visionfm":
-      for (const k of top.keys()) if (k !== "teacher") dropped.push(`${k} (training state)`);
-      tensors = keepVitKeys(
-        stripPrefix(tensorDict(subDict(top, "teacher", file), "teacher.", dropped), "backbone.", dropped),
-        dropped,
-        false,
+  const u = unwrapStateDict(top, "vision", file);
+  const layout = options.layout ?? classify(top, u);
+  const dropped = [...u.dropped];
+  const renamed = new Map<string, TensorData>();
+  for (const [k, v] of u.tensors) {
+    const m = /^(blocks\.\d+\.mlp\.)(w12|w3)\.(weight|bias)$/.exec(k);
+    if (!m) {
+      renamed.set(k, v);
+      continue;
+    }
+    // RETFound's code renames w12 → fc1 and w3 → fc2; that is a plain GELU MLP only when w12 is not a fused SwiGLU.
+    const w12 = u.tensors.get(`${m[1]}w12.weight`);
+    const w3 = u.tensors.get(`${m[1]}w3.weight`);
+    if (!w12 || !w3 || w12.shape[0] !== w3.shape[1]) {
+      throw new CheckpointError(
+        `${file}: ${
+          u.original.get(k)
+        } belongs to a SwiGLU MLP (w12 [${w12?.shape}] = two fused halves, w3 [${w3?.shape}]); ` +
+          `SwiGLU blocks (DINOv2 ViT-g) are not supported — only the GELU MLP of ViT-B/L`,
       );
-      break;
-    case "lightning": {
-      for (const k of top.keys()) if (k !== "state_dict") dropped.push(`${k} (training state)`);
-      const all = tensorDict(subDict(top, "state_dict", file), "state_dict.", dropped);
-      // §1.7: the prefix is model.vision_encoder. (model.vision_encoder.model. for MAE-style wrappers).
-      const prefix = [...all.keys()].some((k) => k.startsWith("model.vision_encoder.model."))
-        ? "model.vision_encoder.model."
-        : "model.vision_encoder.";
-      tensors = keepVitKeys(stripPrefix(all, prefix, dropped), dropped, true);
-      break;
     }
-    case "timm":
-    case "retfiner-backbone": {
-      const flat = new Map<string, TensorData>();
-      for (const [k, v] of tensorDict(top, "", dropped)) flat.set(k.replace(/^(module\.|backbone\.)/, ""), v);
-      tensors = keepVitKeys(flat, dropped, true);
-      break;
-    }
+    renamed.set(`${m[1]}${m[2] === "w12" ? "fc1" : "fc2"}.${m[3]}`, v);
+  }
+  const tensors = new Map<string, TensorData>();
+  const keepProj = layout !== "visionfm" && layout !== "dinov2";
+  for (const [k, v] of renamed) {
+    if (VIT_KEY.test(k) && (keepProj || !k.startsWith("proj."))) tensors.set(k, v);
+    else dropped.push(`${u.original.get(k) ?? k} (${dropReason(k, layout)})`);
   }
   if (!tensors.has("cls_token") || !tensors.has("patch_embed.proj.weight")) {
     throw new CheckpointError(
-      `${file}: recognised as a ${layout} checkpoint but it has no cls_token / patch_embed.proj.weight`,
+      `${file}: recognised as a ${layout} checkpoint (${describeUnwrap(u)}) but it has no cls_token / ` +
+        `patch_embed.proj.weight`,
     );
   }
-  return { layout, tensors, dropped, fileName: file };
+  return { layout, tensors, dropped, fileName: file, container: u.container, stripped: u.stripped };
 }
 
 /**
- * Maps a Hugging Face BERT checkpoint (`pytorch_model.bin` or
- * `model.safetensors`, `BertForMaskedLM` or `BertModel`, or a RetFiner
- * Lightning checkpoint's text encoder) to `BertForMaskedLM` names
- * (`bert.embeddings.*`, `bert.encoder.layer.{i}.*`, `cls.predictions.*`).
- * TensorFlow-era `LayerNorm.gamma/beta` become `weight/bias`.
+ * Maps a Hugging Face BERT checkpoint (`BertForMaskedLM`, `BertModel`,
+ * `BertForSequenceClassification`, or a RetFiner Lightning checkpoint's text
+ * encoder; containers and wrapper prefixes as {@link unwrapStateDict}) to
+ * `BertForMaskedLM` names (`bert.embeddings.*`, `bert.encoder.layer.{i}.*`,
+ * `cls.predictions.*`). TensorFlow-era `LayerNorm.gamma/beta` become
+ * `weight/bias`. A file keeping only `cls.predictions.decoder.bias` (the tied
+ * twin of `cls.predictions.bias`) gives `cls.predictions.bias`.
+ * @param top The checkpoint's top-level object.
+ * @param options `fileName` for messages.
+ * @returns Tensors in `BertForMaskedLM` names and what was dropped.
+ * @throws {CheckpointError} when no BERT embeddings are found.
  */
 export function mapBertWeights(
   top: Map<string, unknown>,
   options: { fileName?: string } = {},
 ): MappedWeights<"hf-bert"> {
   const file = options.fileName ?? "<weights>";
-  const dropped: string[] = [];
-  let source: Map<unknown, unknown> = top;
-  if (top.get("state_dict") instanceof Map) source = top.get("state_dict") as Map<unknown, unknown>;
-  const raw = tensorDict(source, "", dropped);
-  const prefixes = ["model.text_encoder.", "text_encoder.", "module.", ""];
-  const prefix = prefixes.find((p) =>
-    [...raw.keys()].some((k) => k.startsWith(`${p}bert.embeddings.`) || k.startsWith(`${p}embeddings.word_embeddings`))
-  );
-  if (prefix === undefined) {
-    throw new CheckpointError(
-      `${file}: no BERT embeddings found (expected keys like bert.embeddings.word_embeddings.weight)`,
-    );
-  }
+  const u = unwrapStateDict(top, "text", file);
+  const dropped = [...u.dropped];
   const tensors = new Map<string, TensorData>();
-  for (const [k0, v] of raw) {
-    if (!k0.startsWith(prefix)) {
-      dropped.push(`${k0} (not part of the text encoder)`);
-      continue;
-    }
-    let k = k0.slice(prefix.length);
+  for (const [k0, v] of u.tensors) {
+    const orig = u.original.get(k0) ?? k0;
+    let k = k0;
     if (k.startsWith("embeddings.") || k.startsWith("encoder.") || k.startsWith("pooler.")) k = `bert.${k}`;
     k = k.replace(/LayerNorm\.gamma$/, "LayerNorm.weight").replace(/LayerNorm\.beta$/, "LayerNorm.bias");
-    if (k.startsWith("bert.pooler.")) dropped.push(`${k0} (pooler: RetFiner's BERT has none)`);
-    else if (k === "bert.embeddings.position_ids") dropped.push(`${k0} (buffer)`);
-    else if (k.startsWith("cls.seq_relationship")) dropped.push(`${k0} (next-sentence head)`);
+    if (k.startsWith("bert.pooler.")) dropped.push(`${orig} (pooler: RetFiner's BERT has none)`);
+    else if (k === "bert.embeddings.position_ids") dropped.push(`${orig} (buffer)`);
+    else if (k.startsWith("cls.seq_relationship")) dropped.push(`${orig} (next-sentence head)`);
+    else if (k.startsWith("classifier.")) dropped.push(`${orig} (sequence-classification head)`);
     else if (k.startsWith("bert.") || k.startsWith("cls.predictions.")) tensors.set(k, v);
-    else dropped.push(`${k0} (not part of BertForMaskedLM)`);
+    else dropped.push(`${orig} (not part of BertForMaskedLM)`);
   }
-  return { layout: "hf-bert", tensors, dropped, fileName: file };
+  if (!tensors.has("cls.predictions.bias") && tensors.has("cls.predictions.decoder.bias")) {
+    tensors.set("cls.predictions.bias", tensors.get("cls.predictions.decoder.bias")!);
+  }
+  return { layout: "hf-bert", tensors, dropped, fileName: file, container: u.container, stripped: u.stripped };
 }
