@@ -2,6 +2,7 @@ import { assert, assertAllClose, assertEquals, assertRejects, maxAbsDiff } from 
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
 import { affine, type AffineParams, loadGreyImage, resizeGrey, toModelInput } from "../../src/dataset/mod.ts";
 import { DatasetError } from "../../src/util/errors.ts";
+import { encodeNpy } from "../../src/io/mod.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { augmentProbe } from "../../src/dataset/augment.ts";
 
@@ -33,18 +34,21 @@ Deno.test("decodes PNG, 8/16-bit TIFF, BMP, RGB (PIL grey weights) and .npy to t
 Deno.test("bad images give a DatasetError naming the file", async () => {
   await assertRejects(
     () => loadGreyImage(`${dir}not_an_image.png`),
-    /not_an_image\.png: cannot decode image/,
+    /not_an_image\.png: truncated or corrupt PNG header/,
     DatasetError,
   );
   await assertRejects(() => loadGreyImage(`${dir}missing.png`), /missing\.png: image file not found/, DatasetError);
   const empty = await Deno.makeTempFile({ suffix: ".png" });
   await assertRejects(() => loadGreyImage(empty), /image file is empty/, DatasetError);
-  const npy3d = await Deno.makeTempFile({ suffix: ".npy" });
-  const { encodeNpy } = await import("../../src/io/mod.ts");
-  await Deno.writeFile(npy3d, encodeNpy({ dtype: "F32", shape: [2, 3, 4], data: new Float32Array(24) }));
-  await assertRejects(() => loadGreyImage(npy3d), /expected a 2-D B-scan array, got shape \(2,3,4\)/, DatasetError);
+  const npy4d = await Deno.makeTempFile({ suffix: ".npy" });
+  await Deno.writeFile(npy4d, encodeNpy({ dtype: "F32", shape: [2, 2, 3, 4], data: new Float32Array(48) }));
+  await assertRejects(
+    () => loadGreyImage(npy4d),
+    /expected a 2-D B-scan or a 3-D volume.*got shape \(2,2,3,4\)/,
+    DatasetError,
+  );
   await Deno.remove(empty);
-  await Deno.remove(npy3d);
+  await Deno.remove(npy4d);
 });
 
 Deno.test("bicubic resize matches torch F.interpolate(bicubic, align_corners=False)", async () => {
