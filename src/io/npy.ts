@@ -6,7 +6,7 @@
 import { CheckpointError } from "../util/errors.ts";
 import { concatBytes } from "../util/bytes.ts";
 import { writeFileAtomic } from "../util/fs.ts";
-import { type DType, numel, type TensorData, typedView } from "./tensor.ts";
+import { type DType, makeTensor, numel, type TensorData, typedView } from "./tensor.ts";
 
 /** A `.npy` array: float/int data in a typed array, plus the NumPy dtype string. */
 export interface NpyArray {
@@ -166,9 +166,10 @@ export function npyToTensor(a: NpyArray, name = "<npy>"): TensorData {
   };
   const dtype = map[a.descr];
   if (!dtype) throw new CheckpointError(`${name}: .npy dtype ${a.descr} has no tensor equivalent`);
-  return {
+  return makeTensor(
     dtype,
-    shape: a.shape,
-    data: typedView(dtype, new Uint8Array(a.data.buffer, a.data.byteOffset, a.data.byteLength)),
-  };
+    a.shape,
+    typedView(dtype, new Uint8Array(a.data.buffer, a.data.byteOffset, a.data.byteLength)),
+    name,
+  );
 }

@@ -24,6 +24,36 @@ export interface PyGlobal {
   build?(obj: unknown, state: unknown): unknown;
 }
 
+/** Resource limits of {@link unpickle}; see {@link DEFAULT_PICKLE_LIMITS}. */
+export interface PickleLimits {
+  /**
+   * Work units: every opcode costs 1, and every opcode or allowed global that
+   * walks a container or copies text costs its length more.
+   */
+  maxWork: number;
+  /** Bytes of strings, bytes objects and container slots the pickle may create. */
+  maxBytes: number;
+  /** Nodes of the result counted as a tree (shared parts counted every time they are reached). */
+  maxTreeNodes: number;
+  /** Nesting depth of the result. */
+  maxDepth: number;
+  /** Elements of a dict key (tuples of tuples …) counted as a tree. */
+  maxKeyElements: number;
+}
+
+/**
+ * The defaults: far above what any state dict or training checkpoint needs
+ * (a ViT-L checkpoint's pickle does ~10^5 units of work) and far below what
+ * would strain memory.
+ */
+export const DEFAULT_PICKLE_LIMITS: Readonly<PickleLimits> = Object.freeze({
+  maxWork: 200_000_000,
+  maxBytes: 256 * 2 ** 20,
+  maxTreeNodes: 20_000_000,
+  maxDepth: 256,
+  maxKeyElements: 4096,
+});
+
 /** Options of {@link unpickle}. */
 export interface UnpickleOptions {
   /** Allowed globals by `module.name`. */
@@ -34,10 +64,72 @@ export interface UnpickleOptions {
   fileName?: string;
   /** Where the pickle starts in `bytes` (default 0). */
   offset?: number;
+  /** Resource limits (default {@link DEFAULT_PICKLE_LIMITS}). */
+  limits?: Partial<PickleLimits>;
+  /** Values the result may contain that are leaves (not walked by the result check), e.g. tensors. */
+  isLeaf?: (v: object) => boolean;
 }
 
 /** Thrown when a pickle names a global that is not allowed. */
 export class UnsafePickleError extends CheckpointError {}
+
+/** Thrown when a pickle ends before its STOP opcode (the bytes given are a prefix of it). */
+export class PickleTruncatedError extends CheckpointError {}
+
+/** Thrown when a pickle exceeds one of its {@link PickleLimits}. */
+export class PickleLimitError extends CheckpointError {}
+
+/**
+ * Python's repr-like text of a dict key, refusing keys larger than `limit`
+ * elements when expanded (a tuple DAG can stand for 2^40 elements in 600 bytes).
+ */
+function keyText(k: unknown[], limit: number, fail: (msg: string) => never): string {
+  const sizes = new Map<unknown[], number>();
+  const size = (a: unknown[], depth: number): number => {
+    let n = sizes.get(a);
+    if (n !== undefined) return n;
+    if (depth > limit) return Infinity;
+    sizes.set(a, Infinity); // a cycle counts as too large
+    n = 1;
+    for (const x of a) {
+      n += Array.isArray(x) ? size(x, depth + 1) : 1;
+      if (n > limit) break;
+    }
+    sizes.set(a, n);
+    return n;
+  };
+  if (size(k, 0) > limit) {
+    fail(`a dict key is a tuple of more than ${limit} elements when expanded; a weights file never needs one`);
+  }
+  const text = (x: unknown): string =>
+    Array.isArray(x)
+      ? `(${x.map(text).join(", ")}${x.length === 1 ? "," : ""})`
+      : typeof x === "string"
+      ? JSON.stringify(x)
+      : typeof x === "bigint"
+      ? x.toString()
+      : x instanceof Uint8Array
+      ? `b${JSON.stringify(String.fromCharCode(...x.subarray(0, 64)))}`
+      : String(x);
+  return text(k);
+}
+
+/** Globals that are nn.Module classes or that a pickled whole model names. */
+function wholeModelHint(bytes: Uint8Array, module: string, name: string): boolean {
+  if (!/^[A-Z]/.test(name)) return false;
+  if (module.startsWith("torch.nn.modules") || module.startsWith("timm.models")) return true;
+  // Every pickled nn.Module's __dict__ has these attribute names.
+  const has = (text: string) => {
+    const pat = new TextEncoder().encode(text);
+    for (let i = bytes.indexOf(pat[0]); i >= 0 && i + pat.length <= bytes.length; i = bytes.indexOf(pat[0], i + 1)) {
+      let ok = true;
+      for (let j = 1; j < pat.length && ok; j++) ok = bytes[i + j] === pat[j];
+      if (ok) return true;
+    }
+    return false;
+  };
+  return has("_modules") && has("_parameters");
+}
 
 /** An attribute-bag object for allow-listed plain classes such as `argparse.Namespace`. */
 export function plainClass(qualname: string): PyGlobal {
@@ -60,6 +152,7 @@ export function plainClass(qualname: string): PyGlobal {
  */
 export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: unknown; end: number } {
   const file = options.fileName ?? "<pickle>";
+  const limits: PickleLimits = { ...DEFAULT_PICKLE_LIMITS, ...options.limits };
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const dec = new TextDecoder("utf-8", { fatal: true });
   const latin1 = new TextDecoder("latin1");
@@ -68,12 +161,32 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
   const metastack: unknown[][] = [];
   const memo = new Map<number, unknown>();
   const objectGlobals = new WeakMap<object, PyGlobal>();
+  let work = 0;
+  let allocated = 0;
 
   const fail = (msg: string): never => {
     throw new CheckpointError(`${file}: ${msg} (pickle byte ${pos})`);
   };
+  const limitHit = (what: string, limit: number): never => {
+    throw new PickleLimitError(
+      `${file}: refused to load: the pickle exceeds its budget of ${limit} ${what} (pickle byte ${pos}); ` +
+        `a weights file needs far less, so this file is malformed or hostile. Nothing from the file was executed.`,
+    );
+  };
+  /** Charges `n` units of work (walking or copying `n` items). */
+  const charge = (n: number) => {
+    work += n;
+    if (work > limits.maxWork) limitHit("work units", limits.maxWork);
+  };
+  /** Charges `n` bytes of created objects. */
+  const alloc = (n: number) => {
+    allocated += n;
+    if (allocated > limits.maxBytes) limitHit("bytes of objects", limits.maxBytes);
+  };
   const need = (n: number) => {
-    if (n < 0 || pos + n > bytes.length) fail(`pickle is truncated: needs ${n} more bytes`);
+    if (n < 0 || pos + n > bytes.length) {
+      throw new PickleTruncatedError(`${file}: pickle is truncated: needs ${n} more bytes (pickle byte ${pos})`);
+    }
   };
   const u8 = () => {
     need(1);
@@ -101,18 +214,22 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     need(8);
     const v = view.getBigUint64(pos, true);
     pos += 8;
-    if (v > BigInt(bytes.length)) fail(`length ${v} exceeds the pickle size`);
+    if (v > BigInt(bytes.length)) need(Number.MAX_SAFE_INTEGER);
     return Number(v);
   };
   const take = (n: number) => {
     need(n);
+    charge(n);
+    alloc(n);
     const out = bytes.subarray(pos, pos + n);
     pos += n;
     return out;
   };
   const line = () => {
     const end = bytes.indexOf(0x0a, pos);
-    if (end < 0) fail("pickle is truncated: unterminated text line");
+    if (end < 0) throw new PickleTruncatedError(`${file}: pickle is truncated: unterminated text line`);
+    charge(end - pos);
+    alloc(end - pos);
     const s = latin1.decode(bytes.subarray(pos, end));
     pos = end + 1;
     return s;
@@ -141,6 +258,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
   };
   const signedLE = (b: Uint8Array): number | bigint => {
     if (b.length === 0) return 0;
+    if (b.length > 256) fail(`integer of ${b.length} bytes; a weights file has no integers that large`);
     let v = 0n;
     for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
     if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
@@ -150,6 +268,13 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     const key = `${module}.${name}`;
     const g = options.globals.get(key);
     if (!g) {
+      if (wholeModelHint(bytes, module, name)) {
+        throw new UnsafePickleError(
+          `${file}: refused to load: this file is a whole pickled model (class ${key}), not a state dict; loading ` +
+            `it would run that class's code. Nothing from the file was executed. In PyTorch, where the class is ` +
+            `importable, save only its weights: torch.save(model.state_dict(), path)`,
+        );
+      }
       throw new UnsafePickleError(
         `${file}: refused to load: the pickle names the global "${key}", which is not on the allow-list of ` +
           `globals a weights file needs. Nothing from the file was executed. ` +
@@ -158,10 +283,23 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     }
     return g;
   };
+  /** Length of a value as a global's arguments see it (what walking it once costs). */
+  const shallow = (v: unknown): number =>
+    Array.isArray(v) || typeof v === "string" || v instanceof Uint8Array
+      ? v.length
+      : v instanceof Map || v instanceof Set
+      ? v.size
+      : 1;
   const callGlobal = (callable: unknown, args: unknown, kwargs?: Map<unknown, unknown>) => {
     const g = callable as PyGlobal;
     if (!g || typeof g.call !== "function") fail("REDUCE target is not an allowed global");
     if (!Array.isArray(args)) fail("REDUCE arguments are not a tuple");
+    // A global may walk its arguments (and pairs inside them) once: charge for that.
+    let cost = 1;
+    for (const a of args as unknown[]) cost += shallow(a);
+    if (kwargs) cost += kwargs.size;
+    charge(cost);
+    alloc(8 * cost);
     const result = g.call(args as unknown[], kwargs);
     if (result !== null && typeof result === "object") objectGlobals.set(result, g);
     return result;
@@ -171,11 +309,20 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     if (items.length % 2) fail("SETITEMS has an odd number of items");
     for (let i = 0; i < items.length; i += 2) (dict as Map<unknown, unknown>).set(items[i], items[i + 1]);
   };
-  const toKey = (k: unknown) => (Array.isArray(k) ? JSON.stringify(k) : k);
+  const toKey = (k: unknown) => {
+    if (k instanceof Map || k instanceof Set) fail("a dict key is a dict or set (unhashable in Python)");
+    if (!Array.isArray(k)) return k;
+    const text = keyText(k, limits.maxKeyElements, fail);
+    charge(text.length);
+    alloc(2 * text.length);
+    return text;
+  };
 
   for (;;) {
     const opPos = pos;
     const op = u8();
+    charge(1);
+    alloc(8);
     switch (op) {
       case 0x80: // PROTO
         u8();
@@ -183,8 +330,11 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
       case 0x95: // FRAME
         u64();
         break;
-      case 0x2e: // STOP
-        return { value: pop(), end: pos };
+      case 0x2e: { // STOP
+        const value = pop();
+        checkResult(value, file, limits, options.isLeaf, charge);
+        return { value, end: pos };
+      }
       case 0x28: // MARK
         metastack.push(stack);
         stack = [];
@@ -239,7 +389,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
       }
       case 0x4c: { // LONG (text)
         const s = line().trim().replace(/L$/, "");
-        if (!/^-?\d+$/.test(s)) fail(`bad LONG "${s}"`);
+        if (!/^-?\d{1,600}$/.test(s)) fail(`bad or oversized LONG "${s.slice(0, 40)}"`);
         const v = BigInt(s);
         stack.push(v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
         break;
@@ -434,17 +584,28 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
         break;
       }
       case 0x62: { // BUILD
+        // Like PyTorch's weights-only unpickler: BUILD only on objects whose type takes state (here: objects made
+        // by an allowed global that defines `build`, and dicts, whose BUILD state is attributes such as
+        // `_metadata`, not items). Anything else (a list, a tensor, a plain value) is refused.
         const state = pop();
         const obj = top();
         const g = obj !== null && typeof obj === "object" ? objectGlobals.get(obj) : undefined;
+        charge(shallow(state));
         if (g?.build) {
           stack[stack.length - 1] = g.build(obj, state);
-        } else if (obj instanceof Map && state instanceof Map) {
-          for (const [k, v] of state) obj.set(k, v);
-        } else if (obj !== null && typeof obj === "object" && state instanceof Map) {
-          for (const [k, v] of state) (obj as Record<string, unknown>)[String(k)] = v;
-        } else if (state !== null) {
-          fail("BUILD on an object that does not accept state");
+        } else if (obj instanceof Map && (state === null || state instanceof Map || Array.isArray(state))) {
+          // OrderedDict attributes (state_dict()._metadata): PyTorch keeps them off the items; so do we.
+        } else {
+          const kind = Array.isArray(obj)
+            ? "a list or tuple"
+            : obj instanceof Map
+            ? "a dict with non-dict state"
+            : obj === null || typeof obj !== "object"
+            ? `a ${obj === null ? "None" : typeof obj} value`
+            : g
+            ? "an object whose type takes no state"
+            : "an object that does not accept state";
+          fail(`BUILD (setting an object's state) on ${kind} is not allowed in a weights file`);
         }
         break;
       }
@@ -475,6 +636,85 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
       default:
         pos = opPos;
         fail(`unknown pickle opcode 0x${op.toString(16)}; the file is corrupt or not a pickle`);
+    }
+  }
+}
+
+function children(v: unknown, isLeaf?: (v: object) => boolean): unknown[] | undefined {
+  if (v === null || typeof v !== "object" || ArrayBuffer.isView(v)) return undefined;
+  if (Array.isArray(v)) return v;
+  if (v instanceof Map) {
+    const out: unknown[] = [];
+    for (const [k, x] of v) out.push(k, x);
+    return out;
+  }
+  if (v instanceof Set) return [...v];
+  if (isLeaf?.(v)) return undefined;
+  if (typeof (v as PyObject).__class__ === "string") return Object.values(v);
+  return undefined;
+}
+
+/**
+ * Checks the unpickled result in time linear in its distinct objects: no
+ * container contains itself, nesting is at most `maxDepth`, and the result
+ * counted as a tree (every shared part counted each time it is reached, as any
+ * naive walk of it would) has at most `maxTreeNodes` nodes.
+ */
+function checkResult(
+  root: unknown,
+  file: string,
+  limits: PickleLimits,
+  isLeaf: ((v: object) => boolean) | undefined,
+  charge: (n: number) => void,
+): void {
+  const done = new Map<object, number>(); // tree size of each finished container
+  const onPath = new Set<object>();
+  const rootKids = children(root, isLeaf);
+  if (!rootKids) return;
+  type Frame = { node: object; kids: unknown[]; i: number; size: number };
+  const frames: Frame[] = [{ node: root as object, kids: rootKids, i: 0, size: 1 }];
+  onPath.add(root as object);
+  const refuse = (msg: string): never => {
+    throw new PickleLimitError(`${file}: refused to load: ${msg}; a weights file never needs this`);
+  };
+  while (frames.length) {
+    const f = frames[frames.length - 1];
+    if (f.i < f.kids.length) {
+      const kid = f.kids[f.i++];
+      charge(1);
+      const known = kid !== null && typeof kid === "object" ? done.get(kid) : undefined;
+      if (known !== undefined) {
+        f.size += known;
+      } else {
+        const grand = children(kid, isLeaf);
+        if (!grand) f.size += 1;
+        else {
+          if (onPath.has(kid as object)) refuse("the pickle builds a container that contains itself");
+          if (frames.length >= limits.maxDepth) refuse(`the pickle nests containers more than ${limits.maxDepth} deep`);
+          onPath.add(kid as object);
+          frames.push({ node: kid as object, kids: grand, i: 0, size: 1 });
+        }
+      }
+      if (f.size > limits.maxTreeNodes) {
+        refuse(
+          `the pickle's result has more than ${limits.maxTreeNodes} objects when its shared parts are counted ` +
+            `each time they are reached`,
+        );
+      }
+    } else {
+      frames.pop();
+      onPath.delete(f.node);
+      done.set(f.node, f.size);
+      if (frames.length) {
+        const parent = frames[frames.length - 1];
+        parent.size += f.size;
+        if (parent.size > limits.maxTreeNodes) {
+          refuse(
+            `the pickle's result has more than ${limits.maxTreeNodes} objects when its shared parts are counted ` +
+              `each time they are reached`,
+          );
+        }
+      }
     }
   }
 }

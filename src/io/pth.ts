@@ -6,9 +6,25 @@
  * @module
  */
 import { CheckpointError } from "../util/errors.ts";
-import { plainClass, type PyGlobal, type PyObject, unpickle } from "./pickle.ts";
+import {
+  type PickleLimits,
+  PickleTruncatedError,
+  plainClass,
+  type PyGlobal,
+  type PyObject,
+  unpickle,
+} from "./pickle.ts";
 import { type ByteSource, fileSource, memorySource } from "./source.ts";
-import { type DType, DTYPE_SIZE, numel, type TensorData, type TypedData, typedView } from "./tensor.ts";
+import {
+  type DType,
+  DTYPE_SIZE,
+  isTensorData,
+  lazyTensor,
+  numel,
+  type TensorData,
+  type TypedData,
+  typedView,
+} from "./tensor.ts";
 import { looksLikeZip, ZipReader } from "./zip.ts";
 
 /** Storage classes PyTorch pickles, and their element types. */
@@ -31,18 +47,24 @@ interface StorageType {
   qualname: string;
 }
 
+/** A storage as a persistent id names it: a window of `length` elements at `base` of the root storage `key`. */
 interface StorageRef {
   storage: true;
   key: string;
   dtype: DType;
+  /** Elements of the root storage. */
   numel: number;
-  viewOffset?: number;
-  viewSize?: number;
+  base: number;
+  length: number;
 }
 
 /** What {@link readPth} returns. */
 export interface PthContents {
-  /** The unpickled object: dicts are `Map`s, tensors {@link TensorData}. */
+  /**
+   * The unpickled object: dicts are `Map`s, tensors {@link TensorData} whose
+   * `data` is read from the file when first accessed (so tensors that are
+   * dropped, such as optimizer state, are never read).
+   */
   value: unknown;
   /** `zip` (PyTorch ≥ 1.6) or `legacy`. */
   format: "zip" | "legacy";
@@ -54,7 +76,19 @@ export interface PthContents {
 export interface ReadPthOptions {
   /** Verify each record's CRC-32 (default true). */
   verifyCrc?: boolean;
+  /** Limits of the pickle VM (default {@link DEFAULT_PICKLE_LIMITS}). */
+  limits?: Partial<PickleLimits>;
 }
+
+/**
+ * How many elements more than its storage holds a strided tensor (stride 0,
+ * overlapping windows) may have when it is copied out: PyTorch keeps such a
+ * tensor as a view; this package materialises tensors, so it bounds the copy
+ * (per tensor, and in total per file).
+ */
+export const MAX_VIEW_EXPANSION = 2 ** 24;
+const MAX_FILE_EXPANSION = 2 ** 26;
+const MAX_RANK = 64;
 
 function isContiguous(shape: number[], stride: number[]): boolean {
   let expected = 1;
@@ -65,36 +99,12 @@ function isContiguous(shape: number[], stride: number[]): boolean {
   return true;
 }
 
-/** Materialises a strided view of `storage` as a contiguous tensor. */
-function viewTensor(
-  file: string,
-  storage: TypedData,
-  dtype: DType,
-  offset: number,
-  shape: number[],
-  stride: number[],
-): TensorData {
-  if (
-    !shape.every((d) => Number.isInteger(d) && d >= 0) || stride.length !== shape.length ||
-    !stride.every((s) => Number.isInteger(s) && s >= 0)
-  ) {
-    throw new CheckpointError(`${file}: tensor has invalid size [${shape}] or stride [${stride}]`);
-  }
+/** Copies a strided view of `storage` out as C-contiguous data (the bounds were checked when it was read). */
+function viewData(storage: TypedData, offset: number, shape: number[], stride: number[]): TypedData {
   const n = numel(shape);
-  if (n === 0) return { dtype, shape, data: storage.subarray(0, 0) as TypedData };
-  let maxIndex = offset;
-  for (let d = 0; d < shape.length; d++) maxIndex += (shape[d] - 1) * stride[d];
-  if (!Number.isInteger(offset) || offset < 0 || maxIndex >= storage.length) {
-    throw new CheckpointError(
-      `${file}: tensor of size [${shape}], stride [${stride}] at storage offset ${offset} reaches element ${maxIndex} of a ${storage.length}-element storage`,
-    );
-  }
+  if (n === 0) return storage.subarray(0, 0) as TypedData;
   if (isContiguous(shape, stride)) {
-    return {
-      dtype,
-      shape,
-      data: (offset === 0 && n === storage.length ? storage : storage.subarray(offset, offset + n)) as TypedData,
-    };
+    return (offset === 0 && n === storage.length ? storage : storage.subarray(offset, offset + n)) as TypedData;
   }
   const out = new (storage.constructor as new (n: number) => TypedData)(n);
   const idx = new Array(shape.length).fill(0);
@@ -109,7 +119,7 @@ function viewTensor(
       idx[d] = 0;
     }
   }
-  return { dtype, shape, data: out };
+  return out;
 }
 
 function swapBytes(bytes: Uint8Array, size: number): void {
@@ -118,21 +128,233 @@ function swapBytes(bytes: Uint8Array, size: number): void {
 }
 
 function asIntList(file: string, v: unknown, what: string): number[] {
-  if (!Array.isArray(v) || !v.every((x) => typeof x === "number")) {
-    throw new CheckpointError(`${file}: tensor ${what} is not a tuple of ints`);
+  if (!Array.isArray(v) || v.length > MAX_RANK || !v.every((x) => Number.isSafeInteger(x) && x >= 0)) {
+    throw new CheckpointError(
+      `${file}: tensor ${what} is not a tuple of at most ${MAX_RANK} non-negative ints: ${
+        JSON.stringify(Array.isArray(v) ? v.slice(0, 8) : typeof v)
+      }`,
+    );
   }
   return v as number[];
 }
 
+/** Reads a file's storages on demand, once each; checks that every reference to a storage agrees. */
+class StorageTable {
+  readonly #declared = new Map<string, { dtype: DType; numel: number }>();
+  readonly #loaded = new Map<string, TypedData>();
+  #expansion = 0;
+
+  /**
+   * @param file names the file in errors
+   * @param storageTypes the allowed storage-type globals
+   * @param checkRoot checks a declared storage against the file before anything is read (throws if it cannot be)
+   * @param loadRoot reads a root storage's elements
+   */
+  constructor(
+    readonly file: string,
+    readonly storageTypes: Set<PyGlobal>,
+    readonly checkRoot: (key: string, dtype: DType, numel: number) => void,
+    readonly loadRoot: (key: string, dtype: DType, numel: number) => TypedData,
+  ) {}
+
+  /** A persistent id → a storage reference, checked against the file and earlier references. */
+  ref(pid: unknown): StorageRef {
+    const file = this.file;
+    if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5) {
+      throw new CheckpointError(`${file}: unknown persistent id (only PyTorch storages are allowed)`);
+    }
+    const [, cls, key, , n, viewMeta] = pid as [string, PyGlobal, unknown, unknown, unknown, unknown];
+    if (!this.storageTypes.has(cls)) throw new CheckpointError(`${file}: persistent id names an unknown storage type`);
+    const type = cls.call([]) as StorageType;
+    if (!Number.isSafeInteger(n) || (n as number) < 0) {
+      throw new CheckpointError(`${file}: storage "${String(key)}" has invalid size ${String(n)}`);
+    }
+    if (typeof key !== "string" && typeof key !== "number") {
+      throw new CheckpointError(`${file}: storage key is not a string`);
+    }
+    const ref: StorageRef = {
+      storage: true,
+      key: String(key),
+      dtype: type.storageDtype,
+      numel: n as number,
+      base: 0,
+      length: n as number,
+    };
+    const prev = this.#declared.get(ref.key);
+    if (prev && (prev.dtype !== ref.dtype || prev.numel !== ref.numel)) {
+      throw new CheckpointError(
+        `${file}: storage "${ref.key}" is declared both as ${prev.numel} ${prev.dtype} and as ${ref.numel} ` +
+          `${ref.dtype} elements; PyTorch never saves one storage as two types`,
+      );
+    }
+    if (!prev) this.checkRoot(ref.key, ref.dtype, ref.numel);
+    this.#declared.set(ref.key, { dtype: ref.dtype, numel: ref.numel });
+    if (viewMeta !== null && viewMeta !== undefined) {
+      // Legacy storage views: (view key, offset, size) inside the root storage.
+      if (!Array.isArray(viewMeta) || viewMeta.length !== 3) {
+        throw new CheckpointError(`${file}: storage "${ref.key}" has malformed view metadata`);
+      }
+      const [, off, len] = viewMeta;
+      if (!Number.isSafeInteger(off) || !Number.isSafeInteger(len) || off < 0 || len < 0 || off + len > ref.numel) {
+        throw new CheckpointError(
+          `${file}: storage view [${String(off)}, +${
+            String(len)
+          }] lies outside its ${ref.numel}-element storage "${ref.key}"`,
+        );
+      }
+      ref.base = off;
+      ref.length = len;
+    }
+    return ref;
+  }
+
+  /** The elements of a storage reference (its root storage is read on first use). */
+  data(ref: StorageRef): TypedData {
+    let root = this.#loaded.get(ref.key);
+    if (!root) {
+      root = this.loadRoot(ref.key, ref.dtype, ref.numel);
+      if (root.length !== ref.numel) {
+        throw new CheckpointError(`${this.file}: storage "${ref.key}" has ${root.length} elements, not ${ref.numel}`);
+      }
+      this.#loaded.set(ref.key, root);
+    }
+    return ref.base === 0 && ref.length === root.length
+      ? root
+      : root.subarray(ref.base, ref.base + ref.length) as TypedData;
+  }
+
+  /** `_rebuild_tensor(_v2)`: checks the view against its storage now; reads nothing until `.data` is used. */
+  tensor(args: unknown[]): TensorData {
+    const file = this.file;
+    const [storage, offset, size, stride] = args as [StorageRef, unknown, unknown, unknown];
+    if (!storage || typeof storage !== "object" || (storage as StorageRef).storage !== true) {
+      throw new CheckpointError(`${file}: _rebuild_tensor without a storage`);
+    }
+    const shape = asIntList(file, size, "size");
+    const strides = asIntList(file, stride, "stride");
+    if (strides.length !== shape.length) {
+      throw new CheckpointError(`${file}: tensor size [${shape}] and stride [${strides}] differ in length`);
+    }
+    if (!Number.isSafeInteger(offset) || (offset as number) < 0) {
+      throw new CheckpointError(`${file}: tensor has invalid storage offset ${String(offset)}`);
+    }
+    const n = numel(shape);
+    const where = `${file}: tensor of size [${shape}], stride [${strides}] at storage offset ${offset}`;
+    if (n > 0) {
+      let maxIndex = offset as number;
+      for (let d = 0; d < shape.length; d++) maxIndex += (shape[d] - 1) * strides[d];
+      if (!(maxIndex < storage.length)) {
+        throw new CheckpointError(`${where} reaches element ${maxIndex} of a ${storage.length}-element storage`);
+      }
+      if (!isContiguous(shape, strides) && n > storage.length) {
+        const extra = n - storage.length;
+        this.#expansion += extra;
+        if (extra > MAX_VIEW_EXPANSION || this.#expansion > MAX_FILE_EXPANSION) {
+          throw new CheckpointError(
+            `${where} repeats a ${storage.length}-element storage as ${n} elements (stride 0 or overlapping ` +
+              `windows). PyTorch keeps such a tensor as a view; this package copies tensors out and allows at most ` +
+              `${MAX_VIEW_EXPANSION} elements more than the storage per tensor (${MAX_FILE_EXPANSION} per file). ` +
+              `Save it with .contiguous() or .clone() if it is real`,
+          );
+        }
+      }
+    }
+    return lazyTensor(storage.dtype, shape, () => viewData(this.data(storage), offset as number, shape, strides), file);
+  }
+}
+
+/** Reads a numpy scalar's raw bytes. */
+function numpyScalar(file: string, dtype: unknown, raw: unknown): number | bigint | boolean {
+  const d = dtype as PyObject;
+  if (!(raw instanceof Uint8Array) || !d || d.__class__ !== "numpy.dtype") {
+    throw new CheckpointError(`${file}: malformed numpy scalar`);
+  }
+  const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const le = d.byteorder !== ">";
+  const need = Number(String(d.descr).slice(1)) || 0;
+  if (raw.length !== need) {
+    throw new CheckpointError(`${file}: numpy scalar of type ${d.descr} has ${raw.length} bytes`);
+  }
+  const readers: Record<string, () => number | bigint | boolean> = {
+    f8: () => v.getFloat64(0, le),
+    f4: () => v.getFloat32(0, le),
+    i8: () => v.getBigInt64(0, le),
+    i4: () => v.getInt32(0, le),
+    i2: () => v.getInt16(0, le),
+    i1: () => v.getInt8(0),
+    u8: () => v.getBigUint64(0, le),
+    u4: () => v.getUint32(0, le),
+    u2: () => v.getUint16(0, le),
+    u1: () => v.getUint8(0),
+    b1: () => v.getUint8(0) !== 0,
+  };
+  const reader = readers[String(d.descr)];
+  if (!reader) throw new CheckpointError(`${file}: unsupported numpy scalar dtype "${d.descr}"`);
+  const out = reader();
+  return typeof out === "bigint" && out <= BigInt(Number.MAX_SAFE_INTEGER) && out >= BigInt(Number.MIN_SAFE_INTEGER)
+    ? Number(out)
+    : out;
+}
+
+const NUMPY_ARRAY_TYPES: Record<string, [number, new (b: ArrayBuffer, o: number, n: number) => TypedData]> = {
+  f8: [8, Float64Array],
+  f4: [4, Float32Array],
+  f2: [2, Uint16Array],
+  i8: [8, BigInt64Array],
+  i4: [4, Int32Array],
+  i2: [2, Int16Array],
+  i1: [1, Int8Array],
+  u1: [1, Uint8Array],
+  b1: [1, Uint8Array],
+};
+
+/**
+ * A numpy array pickled inside a checkpoint (`numpy.core.multiarray._reconstruct` + BUILD): loaded as a plain
+ * `{__class__: "numpy.ndarray", descr, shape, data}` object, not a tensor (PyTorch would not load it into a model).
+ */
+function numpyArrayGlobal(file: string, ndarray: PyGlobal): PyGlobal {
+  return {
+    call: ([cls]) => {
+      if (cls !== ndarray) throw new CheckpointError(`${file}: numpy _reconstruct of a type other than numpy.ndarray`);
+      return { __class__: "numpy.ndarray", descr: "", shape: [], data: new Uint8Array(0) } as PyObject;
+    },
+    build(obj, state) {
+      const [, shape, dtype, fortran, raw] = Array.isArray(state) ? state : [];
+      const d = dtype as PyObject;
+      const what = `${file}: a numpy array inside the checkpoint`;
+      if (!d || d.__class__ !== "numpy.dtype") throw new CheckpointError(`${what} has a malformed dtype`);
+      const kind = NUMPY_ARRAY_TYPES[String(d.descr)];
+      if (!kind) {
+        throw new CheckpointError(
+          `${what} has dtype "${d.descr}", which is not loaded (only numeric arrays are; object arrays would need ` +
+            `code to run). Save plain tensors or numbers instead`,
+        );
+      }
+      if (fortran === true) throw new CheckpointError(`${what} is in Fortran order, which is not supported`);
+      if (!Array.isArray(shape) || !shape.every((x) => Number.isSafeInteger(x) && x >= 0)) {
+        throw new CheckpointError(`${what} has an invalid shape`);
+      }
+      if (!(raw instanceof Uint8Array) || raw.length !== numel(shape) * kind[0]) {
+        throw new CheckpointError(`${what} of shape [${shape}] and dtype ${d.descr} does not hold its data`);
+      }
+      const bytes = raw.slice();
+      if (d.byteorder === ">") swapBytes(bytes, kind[0]);
+      const o = obj as PyObject;
+      o.descr = `${kind[0] === 1 ? "|" : "<"}${d.descr}`;
+      o.shape = [...shape];
+      o.data = new kind[1](bytes.buffer, 0, bytes.length / kind[0]);
+      return o;
+    },
+  };
+}
+
 /**
  * The allow-list: exactly the globals a PyTorch state dict (plus the harmless
- * extras found in real checkpoints: argparse.Namespace, numpy scalars) needs.
+ * extras found in real checkpoints: argparse.Namespace, numpy scalars and
+ * numeric arrays) needs, with numpy ≥ 2's `numpy._core` spellings beside
+ * numpy 1's `numpy.core`.
  */
-function torchGlobals(
-  file: string,
-  loadStorage: (ref: StorageRef) => TypedData,
-  pending?: PendingTensor[],
-): Map<string, PyGlobal> {
+function torchGlobals(file: string, table: () => StorageTable, storageTypes: Set<PyGlobal>): Map<string, PyGlobal> {
   const g = new Map<string, PyGlobal>();
   const dictLike: PyGlobal = {
     call: (args) => {
@@ -144,39 +366,32 @@ function torchGlobals(
   g.set("collections.OrderedDict", dictLike);
   g.set("builtins.dict", dictLike);
   g.set("__builtin__.dict", dictLike);
-  const rebuild = (args: unknown[]): unknown => {
-    const [storage, offset, size, stride] = args as [StorageRef, number, unknown, unknown];
-    if (!storage || (storage as StorageRef).storage !== true) {
-      throw new CheckpointError(`${file}: _rebuild_tensor without a storage`);
-    }
-    const shape = asIntList(file, size, "size");
-    const strides = asIntList(file, stride, "stride");
-    if (pending) {
-      const p: PendingTensor = { pending: true, storage, offset, shape, stride: strides };
-      pending.push(p);
-      return p;
-    }
-    return viewTensor(file, loadStorage(storage), storage.dtype, offset, shape, strides);
-  };
+  const rebuild = (args: unknown[]): unknown => table().tensor(args);
   g.set("torch._utils._rebuild_tensor_v2", { call: rebuild });
   g.set("torch._utils._rebuild_tensor", { call: rebuild });
-  g.set("torch._utils._rebuild_parameter", { call: (args) => args[0] });
-  g.set("torch._utils._rebuild_parameter_with_state", { call: (args) => args[0] });
+  const parameter = (args: unknown[]) => {
+    if (!isTensorData(args[0])) throw new CheckpointError(`${file}: _rebuild_parameter of something not a tensor`);
+    return args[0];
+  };
+  g.set("torch._utils._rebuild_parameter", { call: parameter });
+  g.set("torch._utils._rebuild_parameter_with_state", { call: parameter });
   for (const [qualname, dtype] of Object.entries(STORAGE_DTYPES)) {
-    g.set(qualname, { call: () => ({ storageDtype: dtype, qualname }) as StorageType });
+    const t: PyGlobal = { call: () => ({ storageDtype: dtype, qualname }) as StorageType };
+    storageTypes.add(t);
+    g.set(qualname, t);
   }
   for (
     const name of ["float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"]
   ) {
     g.set(`torch.${name}`, { call: () => `torch.${name}` });
   }
-  g.set("torch.Size", { call: (args) => [...((args[0] as unknown[]) ?? [])] });
+  g.set("torch.Size", { call: (args) => [...(Array.isArray(args[0]) ? args[0] : [])] });
   g.set("torch.device", { call: (args) => args.join(":") });
   g.set("argparse.Namespace", plainClass("argparse.Namespace"));
   // Protocol-2 pickles name builtins "__builtin__" (Python 2 spelling).
   for (const mod of ["builtins", "__builtin__"]) {
-    g.set(`${mod}.set`, { call: (args) => new Set((args[0] as unknown[]) ?? []) });
-    g.set(`${mod}.frozenset`, { call: (args) => new Set((args[0] as unknown[]) ?? []) });
+    g.set(`${mod}.set`, { call: (args) => new Set(Array.isArray(args[0]) ? args[0] : []) });
+    g.set(`${mod}.frozenset`, { call: (args) => new Set(Array.isArray(args[0]) ? args[0] : []) });
   }
   g.set("_codecs.encode", {
     call: ([text, encoding]) => {
@@ -196,64 +411,19 @@ function torchGlobals(
       return obj;
     },
   });
-  g.set("numpy.core.multiarray.scalar", {
-    call: ([dtype, raw]) => {
-      const d = dtype as PyObject;
-      if (!(raw instanceof Uint8Array) || !d || d.__class__ !== "numpy.dtype") {
-        throw new CheckpointError(`${file}: malformed numpy scalar`);
-      }
-      const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-      const le = d.byteorder !== ">";
-      const readers: Record<string, () => number | bigint | boolean> = {
-        f8: () => v.getFloat64(0, le),
-        f4: () => v.getFloat32(0, le),
-        i8: () => v.getBigInt64(0, le),
-        i4: () => v.getInt32(0, le),
-        i2: () => v.getInt16(0, le),
-        i1: () => v.getInt8(0),
-        u8: () => v.getBigUint64(0, le),
-        u4: () => v.getUint32(0, le),
-        u2: () => v.getUint16(0, le),
-        u1: () => v.getUint8(0),
-        b1: () => v.getUint8(0) !== 0,
-      };
-      const reader = readers[String(d.descr)];
-      if (!reader) throw new CheckpointError(`${file}: unsupported numpy scalar dtype "${d.descr}"`);
-      const out = reader();
-      return typeof out === "bigint" && out <= BigInt(Number.MAX_SAFE_INTEGER) && out >= BigInt(Number.MIN_SAFE_INTEGER)
-        ? Number(out)
-        : out;
+  const scalar: PyGlobal = { call: ([dtype, raw]) => numpyScalar(file, dtype, raw) };
+  const ndarray: PyGlobal = {
+    call: () => {
+      throw new CheckpointError(`${file}: numpy.ndarray called directly; only _reconstruct is supported`);
     },
-  });
+  };
+  const reconstruct = numpyArrayGlobal(file, ndarray);
+  g.set("numpy.ndarray", ndarray);
+  for (const core of ["numpy.core", "numpy._core"]) {
+    g.set(`${core}.multiarray.scalar`, scalar);
+    g.set(`${core}.multiarray._reconstruct`, reconstruct);
+  }
   return g;
-}
-
-interface PendingTensor {
-  pending: true;
-  storage: StorageRef;
-  offset: number;
-  shape: number[];
-  stride: number[];
-}
-
-function storageRefFromPid(file: string, pid: unknown): StorageRef {
-  if (!Array.isArray(pid) || pid[0] !== "storage") {
-    throw new CheckpointError(`${file}: unknown persistent id ${JSON.stringify(String(pid))}`);
-  }
-  const [, cls, key, , n, viewMeta] = pid as [string, PyGlobal, unknown, unknown, unknown, unknown];
-  // The storage type arrives as the class itself (a GLOBAL); calling our stand-in yields its dtype.
-  const type = cls && typeof cls.call === "function" ? cls.call([]) as StorageType : undefined;
-  if (!type || !type.storageDtype) throw new CheckpointError(`${file}: persistent id names an unknown storage type`);
-  if (typeof n !== "number" || !Number.isInteger(n) || n < 0) {
-    throw new CheckpointError(`${file}: storage has invalid size ${String(n)}`);
-  }
-  const ref: StorageRef = { storage: true, key: String(key), dtype: type.storageDtype, numel: n };
-  if (Array.isArray(viewMeta) && viewMeta.length === 3) {
-    ref.key = String(viewMeta[0]);
-    ref.viewOffset = Number(viewMeta[1]);
-    ref.viewSize = Number(viewMeta[2]);
-  }
-  return ref;
 }
 
 function readZipPth(src: ByteSource, options: ReadPthOptions): unknown {
@@ -268,43 +438,82 @@ function readZipPth(src: ByteSource, options: ReadPthOptions): unknown {
     if (order !== "little" && order !== "big") throw new CheckpointError(`${file}: unknown byteorder "${order}"`);
     bigEndian = order === "big";
   }
-  const storages = new Map<string, TypedData>();
-  const loadStorage = (ref: StorageRef): TypedData => {
-    let s = storages.get(ref.key);
-    if (!s) {
-      const name = `${prefix}data/${ref.key}`;
-      if (!zip.entries.has(name)) throw new CheckpointError(`${file}: storage record "${name}" is missing`);
-      const bytes = zip.read(name, { verifyCrc: options.verifyCrc });
-      const size = DTYPE_SIZE[ref.dtype];
-      if (bytes.length < ref.numel * size) {
-        throw new CheckpointError(
-          `${file}: storage "${name}" has ${bytes.length} bytes, needs ${
-            ref.numel * size
-          } for ${ref.numel} ${ref.dtype}`,
-        );
-      }
-      if (bigEndian) swapBytes(bytes, size);
-      s = typedView(ref.dtype, bytes.subarray(0, ref.numel * size));
-      storages.set(ref.key, s);
+  const storageTypes = new Set<PyGlobal>();
+  const table = new StorageTable(file, storageTypes, (key, dtype, n) => {
+    const name = `${prefix}data/${key}`;
+    const entry = zip.entries.get(name);
+    if (!entry) throw new CheckpointError(`${file}: storage record "${name}" is missing`);
+    if (entry.size !== n * DTYPE_SIZE[dtype]) {
+      throw new CheckpointError(
+        `${file}: storage record "${name}" has ${entry.size} bytes, but the pickle declares ${n} ${dtype} ` +
+          `elements (${n * DTYPE_SIZE[dtype]} bytes)`,
+      );
     }
-    return s;
-  };
+  }, (key, dtype) => {
+    try {
+      const bytes = zip.read(`${prefix}data/${key}`, { verifyCrc: options.verifyCrc });
+      if (bigEndian) swapBytes(bytes, DTYPE_SIZE[dtype]);
+      return typedView(dtype, bytes);
+    } finally {
+      src.close(); // lazy reads reopen the file; no handle is kept between them
+    }
+  });
   const bytes = zip.read(pkl, { verifyCrc: options.verifyCrc });
   return unpickle(bytes, {
     fileName: file,
-    globals: torchGlobals(file, loadStorage),
-    persistentLoad: (pid) => storageRefFromPid(file, pid),
+    globals: torchGlobals(file, () => table, storageTypes),
+    persistentLoad: (pid) => table.ref(pid),
+    limits: options.limits,
+    isLeaf: isTensorData,
   }).value;
 }
 
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 
-function readLegacyPth(src: ByteSource): unknown {
+function readLegacyPth(src: ByteSource, options: ReadPthOptions): unknown {
   const file = src.name;
-  const bytes = src.read(0, src.size);
-  const noGlobals = { fileName: file, globals: new Map<string, PyGlobal>() };
+  const storageTypes = new Set<PyGlobal>();
+  const offsets = new Map<string, number>();
+  const table = new StorageTable(file, storageTypes, (key, dtype, n) => {
+    if (n * DTYPE_SIZE[dtype] > src.size) {
+      throw new CheckpointError(
+        `${file}: storage "${key}" declares ${n} ${dtype} elements, more than the ${src.size}-byte file holds`,
+      );
+    }
+  }, (key, dtype, n) => {
+    const at = offsets.get(key);
+    if (at === undefined) throw new CheckpointError(`${file}: storage "${key}" has no data in the file`);
+    try {
+      return typedView(dtype, src.read(at, n * DTYPE_SIZE[dtype]));
+    } finally {
+      src.close();
+    }
+  });
+  // The five pickles come first and are small next to the storages after them: read a prefix, longer if needed.
+  let length = Math.min(src.size, 1 << 20);
+  for (;;) {
+    const bytes = src.read(0, length);
+    try {
+      return parseLegacy(bytes, file, table, storageTypes, offsets, src, options);
+    } catch (err) {
+      if (!(err instanceof PickleTruncatedError) || length === src.size) throw err;
+      length = Math.min(src.size, length * 4);
+    }
+  }
+}
+
+function parseLegacy(
+  bytes: Uint8Array,
+  file: string,
+  table: StorageTable,
+  storageTypes: Set<PyGlobal>,
+  offsets: Map<string, number>,
+  src: ByteSource,
+  options: ReadPthOptions,
+): unknown {
+  const noGlobals = { fileName: file, globals: new Map<string, PyGlobal>(), limits: options.limits };
   const magic = unpickle(bytes, noGlobals);
-  if (BigInt(magic.value as number | bigint) !== LEGACY_MAGIC) {
+  if (typeof magic.value !== "bigint" || magic.value !== LEGACY_MAGIC) {
     throw new CheckpointError(`${file}: starts with a pickle but is not a PyTorch checkpoint (no torch magic number)`);
   }
   const proto = unpickle(bytes, { ...noGlobals, offset: magic.end });
@@ -316,64 +525,46 @@ function readLegacyPth(src: ByteSource): unknown {
   if (info instanceof Map && info.get("little_endian") === false) {
     throw new CheckpointError(`${file}: big-endian legacy checkpoints are not supported`);
   }
-  const pending: PendingTensor[] = [];
-  const refs = new Map<string, StorageRef>();
+  const declared = new Map<string, StorageRef>();
   const main = unpickle(bytes, {
     fileName: file,
     offset: sysInfo.end,
-    globals: torchGlobals(file, () => {
-      throw new CheckpointError(`${file}: storage read before its data`);
-    }, pending),
+    globals: torchGlobals(file, () => table, storageTypes),
     persistentLoad: (pid) => {
-      const ref = storageRefFromPid(file, pid);
-      const root = Array.isArray(pid) ? String(pid[2]) : ref.key;
-      if (!refs.has(root)) refs.set(root, { ...ref, key: root, viewOffset: undefined, viewSize: undefined });
+      const ref = table.ref(pid);
+      declared.set(ref.key, ref);
       return ref;
     },
+    limits: options.limits,
+    isLeaf: isTensorData,
   });
   const keys = unpickle(bytes, { ...noGlobals, offset: main.end });
   if (!Array.isArray(keys.value)) throw new CheckpointError(`${file}: legacy storage key list is missing`);
+  // The storages follow, each as an int64 element count and its elements: note where each one is.
   let pos = keys.end;
-  const storages = new Map<string, TypedData>();
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  offsets.clear();
   for (const key of keys.value as unknown[]) {
-    const ref = refs.get(String(key));
+    const ref = declared.get(String(key));
     if (!ref) throw new CheckpointError(`${file}: legacy storage "${key}" is listed but never used`);
-    if (pos + 8 > bytes.length) throw new CheckpointError(`${file}: truncated before storage "${key}"`);
-    const n = Number(view.getBigInt64(pos, true));
+    if (offsets.has(ref.key)) throw new CheckpointError(`${file}: legacy storage "${key}" is listed twice`);
+    if (pos + 8 > src.size) throw new CheckpointError(`${file}: truncated before storage "${key}"`);
+    const head = src.read(pos, 8);
+    const n = Number(new DataView(head.buffer, head.byteOffset, 8).getBigInt64(0, true));
     pos += 8;
+    if (n !== ref.numel) {
+      throw new CheckpointError(`${file}: storage "${key}" holds ${n} elements, the pickle declares ${ref.numel}`);
+    }
     const size = DTYPE_SIZE[ref.dtype];
-    if (n < 0 || pos + n * size > bytes.length) {
+    if (pos + n * size > src.size) {
       throw new CheckpointError(`${file}: storage "${key}" (${n} elements) runs past the end of the file`);
     }
-    storages.set(String(key), typedView(ref.dtype, bytes.slice(pos, pos + n * size)));
+    offsets.set(ref.key, pos);
     pos += n * size;
   }
-  const resolve = (v: unknown): unknown => {
-    if (v && typeof v === "object" && (v as PendingTensor).pending === true) {
-      const p = v as PendingTensor;
-      let s = storages.get(p.storage.key);
-      if (!s) throw new CheckpointError(`${file}: storage "${p.storage.key}" has no data`);
-      if (p.storage.viewOffset !== undefined) {
-        s = s.subarray(p.storage.viewOffset, p.storage.viewOffset + p.storage.viewSize!) as TypedData;
-      }
-      return viewTensor(file, s, p.storage.dtype, p.offset, p.shape, p.stride);
-    }
-    if (v instanceof Map) {
-      for (const [k, x] of v) v.set(k, resolve(x));
-      return v;
-    }
-    if (Array.isArray(v)) {
-      for (let i = 0; i < v.length; i++) v[i] = resolve(v[i]);
-      return v;
-    }
-    if (v && typeof v === "object" && "__class__" in (v as object)) {
-      const o = v as Record<string, unknown>;
-      for (const k of Object.keys(o)) o[k] = resolve(o[k]);
-    }
-    return v;
-  };
-  return resolve(main.value);
+  for (const key of declared.keys()) {
+    if (!offsets.has(key)) throw new CheckpointError(`${file}: storage "${key}" is used but has no data`);
+  }
+  return main.value;
 }
 
 /**
@@ -391,7 +582,7 @@ export function readPth(input: string | Uint8Array, options: ReadPthOptions = {}
   try {
     const head = src.read(0, Math.min(src.size, 512));
     if (looksLikeZip(head)) return { value: readZipPth(src, options), format: "zip", fileName: src.name };
-    if (head[0] === 0x80) return { value: readLegacyPth(src), format: "legacy", fileName: src.name };
+    if (head[0] === 0x80) return { value: readLegacyPth(src, options), format: "legacy", fileName: src.name };
     if (head.length >= 262 && new TextDecoder().decode(head.subarray(257, 262)) === "ustar") {
       throw new CheckpointError(
         `${src.name}: this is PyTorch's very old tar-based format (before 0.4); load it in PyTorch and re-save it: ` +

@@ -8,7 +8,7 @@ import { CheckpointError } from "../util/errors.ts";
 import { concatBytes } from "../util/bytes.ts";
 import { writeChunksAtomic } from "../util/fs.ts";
 import { type ByteSource, fileSource, memorySource } from "./source.ts";
-import { type DType, DTYPE_SIZE, numel, tensorBytes, type TensorData, typedView } from "./tensor.ts";
+import { type DType, DTYPE_SIZE, lazyTensor, numel, tensorBytes, type TensorData, typedView } from "./tensor.ts";
 
 const MAX_HEADER = 100_000_000;
 
@@ -63,12 +63,12 @@ function parseHeader(src: ByteSource): { entries: HeaderEntry[]; metadata: Recor
     if (typeof e?.dtype !== "string" || !(e.dtype in DTYPE_SIZE)) {
       throw new CheckpointError(`${file}: tensor "${name}" has unsupported dtype ${JSON.stringify(e?.dtype)}`);
     }
-    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) {
+    if (!Array.isArray(e.shape) || e.shape.length > 64 || !e.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
       throw new CheckpointError(`${file}: tensor "${name}" has invalid shape ${JSON.stringify(e.shape)}`);
     }
     if (
       !Array.isArray(e.data_offsets) || e.data_offsets.length !== 2 ||
-      !e.data_offsets.every((d) => Number.isInteger(d) && d >= 0)
+      !e.data_offsets.every((d) => Number.isSafeInteger(d) && d >= 0)
     ) {
       throw new CheckpointError(`${file}: tensor "${name}" has invalid data_offsets ${JSON.stringify(e.data_offsets)}`);
     }
@@ -105,7 +105,15 @@ function parseHeader(src: ByteSource): { entries: HeaderEntry[]; metadata: Recor
   return { entries, metadata, dataStart };
 }
 
-/** Reads a safetensors file (or bytes), one tensor at a time; `headerOnly` skips the data. */
+/**
+ * Reads a safetensors file (or bytes). The whole header is checked before
+ * anything else; each tensor's data is read from the file when its `.data` is
+ * first used (tensors that are dropped are never read).
+ * @param input a path or the file's bytes
+ * @param options `headerOnly` returns no tensors, only the metadata
+ * @returns the tensors by name, in file order, and the `__metadata__` map
+ * @throws {CheckpointError} naming the file when the header is malformed or disagrees with the data section
+ */
 export function readSafetensors(
   input: string | Uint8Array,
   options: { headerOnly?: boolean } = {},
@@ -116,11 +124,16 @@ export function readSafetensors(
     const tensors = new Map<string, TensorData>();
     if (options.headerOnly) return { tensors, metadata };
     for (const e of entries) {
-      tensors.set(e.name, {
-        dtype: e.dtype,
-        shape: e.shape,
-        data: typedView(e.dtype, src.read(dataStart + e.begin, e.end - e.begin)),
-      });
+      tensors.set(
+        e.name,
+        lazyTensor(e.dtype, e.shape, () => {
+          try {
+            return typedView(e.dtype, src.read(dataStart + e.begin, e.end - e.begin));
+          } finally {
+            src.close(); // lazy reads reopen the file; no handle is kept between them
+          }
+        }, `${src.name}: tensor "${e.name}"`),
+      );
     }
     return { tensors, metadata };
   } finally {

@@ -34,10 +34,19 @@ export function memorySource(bytes: Uint8Array, name = "<memory>"): ByteSource {
   };
 }
 
-/** A byte source reading a file on demand. */
+/**
+ * A byte source reading a file on demand. `close()` releases the handle; a
+ * later `read` reopens the file (lazy tensors read their storage after the
+ * reader returned) and refuses if the file changed size or modification time
+ * since it was first opened.
+ * @param path the file
+ * @returns the source
+ * @throws {CheckpointError} when the file is missing, unreadable or not a regular file
+ */
 export function fileSource(path: string): ByteSource {
-  let file: Deno.FsFile;
+  let file: Deno.FsFile | undefined;
   let size: number;
+  let mtime: number | undefined;
   try {
     file = Deno.openSync(path, { read: true });
     const stat = file.statSync();
@@ -46,11 +55,31 @@ export function fileSource(path: string): ByteSource {
       throw new CheckpointError(`${path}: not a regular file`);
     }
     size = stat.size;
+    mtime = stat.mtime?.getTime();
   } catch (err) {
     if (err instanceof CheckpointError) throw err;
     if (err instanceof Deno.errors.NotFound) throw new CheckpointError(`${path}: file not found`);
     throw new CheckpointError(`${path}: cannot open (${(err as Error).message})`, { cause: err });
   }
+  const handle = (): Deno.FsFile => {
+    if (file) return file;
+    let f: Deno.FsFile;
+    try {
+      f = Deno.openSync(path, { read: true });
+    } catch (err) {
+      throw new CheckpointError(`${path}: cannot reopen to read tensor data (${(err as Error).message})`, {
+        cause: err,
+      });
+    }
+    const stat = f.statSync();
+    if (stat.size !== size || stat.mtime?.getTime() !== mtime) {
+      f.close();
+      throw new CheckpointError(
+        `${path}: the file changed after it was opened (tensor data are read when first used); read it again`,
+      );
+    }
+    return (file = f);
+  };
   return {
     name: path,
     size,
@@ -61,10 +90,11 @@ export function fileSource(path: string): ByteSource {
         );
       }
       const out = new Uint8Array(length);
-      file.seekSync(offset, Deno.SeekMode.Start);
+      const f = handle();
+      f.seekSync(offset, Deno.SeekMode.Start);
       let got = 0;
       while (got < length) {
-        const n = file.readSync(out.subarray(got));
+        const n = f.readSync(out.subarray(got));
         if (n === null || n === 0) {
           throw new CheckpointError(`${path}: unexpected end of file at offset ${offset + got}`);
         }
@@ -74,8 +104,9 @@ export function fileSource(path: string): ByteSource {
     },
     close() {
       try {
-        file.close();
+        file?.close();
       } catch { /* already closed */ }
+      file = undefined;
     },
   };
 }

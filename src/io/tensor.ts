@@ -28,6 +28,110 @@ export interface TensorData {
   data: TypedData;
 }
 
+/**
+ * Tensors made by this package's readers and constructors. A value read from a
+ * file is a tensor only if it is in this set: an object that merely has
+ * `dtype`, `shape` and `data` fields (a forged `argparse.Namespace` in a
+ * pickle, say) is not.
+ */
+const TENSORS = new WeakSet<object>();
+
+/**
+ * True when `v` is a tensor made by this package (a reader or
+ * {@link makeTensor}), not any object that has `dtype`/`shape`/`data` fields.
+ * @param v any value, typically from a weight file
+ * @returns whether it is a real tensor
+ */
+export function isTensorData(v: unknown): v is TensorData {
+  return typeof v === "object" && v !== null && TENSORS.has(v);
+}
+
+// deno-lint-ignore no-explicit-any
+const ARRAY_OF: Record<DType, new (...a: any[]) => TypedData> = {
+  F64: Float64Array,
+  F32: Float32Array,
+  F16: Uint16Array,
+  BF16: Uint16Array,
+  I64: BigInt64Array,
+  I32: Int32Array,
+  I16: Int16Array,
+  I8: Int8Array,
+  U8: Uint8Array,
+  BOOL: Uint8Array,
+};
+
+function checkTensor(dtype: DType, shape: readonly number[], data: TypedData, where: string): void {
+  if (!(dtype in ARRAY_OF)) throw new CheckpointError(`${where}: unknown dtype ${JSON.stringify(dtype)}`);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new CheckpointError(`${where}: invalid shape [${shape}]`);
+  }
+  if (!(data instanceof ARRAY_OF[dtype])) {
+    throw new CheckpointError(`${where}: ${dtype} data must be a ${ARRAY_OF[dtype].name}`);
+  }
+  if (data.length !== numel(shape)) {
+    throw new CheckpointError(`${where}: ${data.length} elements do not fill shape [${shape}]`);
+  }
+}
+
+/**
+ * A tensor from values, checked (typed-array kind matches the dtype, length
+ * matches the shape) and recognised by {@link isTensorData}.
+ * @param dtype element type
+ * @param shape dimensions
+ * @param data elements in row-major order
+ * @param where names the tensor or file in error messages
+ * @returns the tensor
+ * @throws {CheckpointError} when the data does not match the dtype or shape
+ */
+export function makeTensor(dtype: DType, shape: number[], data: TypedData, where = "tensor"): TensorData {
+  checkTensor(dtype, shape, data, where);
+  const t: TensorData = { dtype, shape, data };
+  TENSORS.add(t);
+  return t;
+}
+
+/**
+ * A tensor whose elements are read on first access of `.data` (then kept),
+ * so tensors that are dropped are never read. `data` is an own enumerable
+ * accessor, so spreading or cloning the tensor reads it; assigning replaces it.
+ * @param dtype element type
+ * @param shape dimensions
+ * @param load reads the elements (called at most once, unless it throws)
+ * @param where names the tensor or file in error messages
+ * @returns the tensor, recognised by {@link isTensorData}
+ * @throws {CheckpointError} (on access) when `load` fails or returns data that do not fit
+ */
+export function lazyTensor(dtype: DType, shape: number[], load: () => TypedData, where = "tensor"): TensorData {
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new CheckpointError(`${where}: invalid shape [${shape}]`);
+  }
+  let cached: TypedData | undefined;
+  const t = { dtype, shape } as TensorData;
+  Object.defineProperty(t, "data", {
+    enumerable: true,
+    configurable: true,
+    get(): TypedData {
+      if (!cached) {
+        let d: TypedData;
+        try {
+          d = load();
+        } catch (err) {
+          if (err instanceof CheckpointError) throw err;
+          throw new CheckpointError(`${where}: cannot read tensor data (${(err as Error).message})`, { cause: err });
+        }
+        checkTensor(dtype, shape, d, where);
+        cached = d;
+      }
+      return cached;
+    },
+    set(v: TypedData) {
+      cached = v;
+    },
+  });
+  TENSORS.add(t);
+  return t;
+}
+
 /** Bytes per element of each dtype. */
 export const DTYPE_SIZE: Record<DType, number> = {
   F64: 8,
@@ -161,5 +265,5 @@ export function float32Tensor(data: Float32Array, shape: number[]): TensorData {
   if (data.length !== numel(shape)) {
     throw new CheckpointError(`float32Tensor: ${data.length} values do not fill shape [${shape}]`);
   }
-  return { dtype: "F32", shape: [...shape], data };
+  return makeTensor("F32", [...shape], data, "float32Tensor");
 }

@@ -9,7 +9,7 @@ import { readPth } from "./pth.ts";
 import { readSafetensors } from "./safetensors.ts";
 import { fileSource } from "./source.ts";
 import { dirname, join } from "node:path";
-import type { TensorData } from "./tensor.ts";
+import { isTensorData, type TensorData } from "./tensor.ts";
 
 /** Source layouts recognised for a vision backbone. */
 export type VisionLayout =
@@ -39,7 +39,7 @@ export interface MappedWeights<L extends string = string> {
 }
 
 function isTensor(v: unknown): v is TensorData {
-  return !!v && typeof v === "object" && "dtype" in v && "shape" in v && "data" in v;
+  return isTensorData(v); // only tensors made by this package's readers, not look-alike objects from a pickle
 }
 
 /** What a weight file (or a sharded checkpoint) holds, before any layout is recognised. */

@@ -31,12 +31,6 @@ const SIG_EOCD = 0x06054b50;
 const SIG_EOCD64 = 0x06064b50;
 const SIG_EOCD64_LOCATOR = 0x07064b50;
 
-function u64(view: DataView, off: number): number {
-  const v = view.getBigUint64(off, true);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CheckpointError(`zip field ${v} is too large`);
-  return Number(v);
-}
-
 /** True when the first bytes are a zip local-file or end-of-archive signature. */
 export function looksLikeZip(head: Uint8Array): boolean {
   if (head.length < 4) return false;
@@ -44,17 +38,29 @@ export function looksLikeZip(head: Uint8Array): boolean {
   return sig === SIG_LOCAL || sig === SIG_EOCD;
 }
 
-/** Reads a zip's central directory and, on request, single members. */
+/**
+ * Reads a zip's central directory and, on request, single members. Opening
+ * checks the whole layout before any member is read: every record lies inside
+ * the file and before the central directory, no two records overlap, no name
+ * occurs twice, and each local header agrees with its directory entry.
+ */
 export class ZipReader {
   /** Members by name. */
   readonly entries: Map<string, ZipEntry> = new Map();
   readonly #source: ByteSource;
+  readonly #dataOffsets = new Map<string, number>();
 
   private constructor(source: ByteSource) {
     this.#source = source;
   }
 
-  /** Parses the central directory of `source`. */
+  /**
+   * Parses and checks the central directory of `source`.
+   * @param source the archive's bytes
+   * @returns the reader
+   * @throws {CheckpointError} naming the file when the archive is malformed, truncated, has duplicate names or
+   * overlapping records
+   */
   static open(source: ByteSource): ZipReader {
     const zip = new ZipReader(source);
     zip.#parse();
@@ -63,6 +69,13 @@ export class ZipReader {
 
   #fail(message: string): never {
     throw new CheckpointError(`${this.#source.name}: ${message}`);
+  }
+
+  #u64(view: DataView, off: number, what: string): number {
+    if (off < 0 || off + 8 > view.byteLength) this.#fail(`zip ${what} field is cut off`);
+    const v = view.getBigUint64(off, true);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) this.#fail(`zip ${what} ${v} is too large`);
+    return Number(v);
   }
 
   #parse(): void {
@@ -86,21 +99,25 @@ export class ZipReader {
     if (count === 0xffff || cdSize === 0xffffffff || cdOffset === 0xffffffff) {
       if (eocdAbs < 20) this.#fail("zip64 locator missing");
       const loc = src.read(eocdAbs - 20, 20);
-      const lv = new DataView(loc.buffer);
+      const lv = new DataView(loc.buffer, loc.byteOffset, loc.byteLength);
       if (lv.getUint32(0, true) !== SIG_EOCD64_LOCATOR) this.#fail("zip64 end-of-archive locator missing or corrupt");
-      const rec64Off = u64(lv, 8);
+      const rec64Off = this.#u64(lv, 8, "zip64 record offset");
+      if (rec64Off + 56 > eocdAbs) this.#fail(`zip64 end-of-archive record offset ${rec64Off} is out of range`);
       const rec = src.read(rec64Off, 56);
-      const rv = new DataView(rec.buffer);
+      const rv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
       if (rv.getUint32(0, true) !== SIG_EOCD64) this.#fail("zip64 end-of-archive record corrupt");
-      count = u64(rv, 32);
-      cdSize = u64(rv, 40);
-      cdOffset = u64(rv, 48);
+      count = this.#u64(rv, 32, "entry count");
+      cdSize = this.#u64(rv, 40, "central directory size");
+      cdOffset = this.#u64(rv, 48, "central directory offset");
     }
     if (cdOffset + cdSize > src.size) {
       this.#fail(`central directory (offset ${cdOffset}, ${cdSize} bytes) lies outside the file; it is truncated`);
     }
+    if (count * 46 > cdSize) {
+      this.#fail(`zip directory claims ${count} entries, more than its ${cdSize} bytes can hold`);
+    }
     const cd = src.read(cdOffset, cdSize);
-    const cv = new DataView(cd.buffer);
+    const cv = new DataView(cd.buffer, cd.byteOffset, cd.byteLength);
     let p = 0;
     const decoder = new TextDecoder("utf-8", { fatal: false });
     for (let i = 0; i < count; i++) {
@@ -122,38 +139,85 @@ export class ZipReader {
       while (e + 4 <= extraEnd) {
         const id = cv.getUint16(e, true);
         const len = cv.getUint16(e + 2, true);
+        if (e + 4 + len > extraEnd) this.#fail(`extra field of "${name}" runs past its entry`);
         if (id === 0x0001) {
-          let q = e + 4;
-          if (size === 0xffffffff) size = u64(cv, (q += 8) - 8);
-          if (compressedSize === 0xffffffff) compressedSize = u64(cv, (q += 8) - 8);
-          if (localHeaderOffset === 0xffffffff) localHeaderOffset = u64(cv, q);
+          const field = new DataView(cd.buffer, cd.byteOffset + e + 4, len);
+          let q = 0;
+          const next = (what: string) => {
+            const v = this.#u64(field, q, `zip64 ${what} of "${name}"`);
+            q += 8;
+            return v;
+          };
+          if (size === 0xffffffff) size = next("size");
+          if (compressedSize === 0xffffffff) compressedSize = next("compressed size");
+          if (localHeaderOffset === 0xffffffff) localHeaderOffset = next("offset");
         }
         e += 4 + len;
+      }
+      if (this.entries.has(name)) {
+        this.#fail(
+          `zip archive has two members named "${name}"; readers disagree on which one counts (PyTorch takes the ` +
+            `first), so the file is refused`,
+        );
       }
       this.entries.set(name, { name, method, compressedSize, size, crc32: crc, localHeaderOffset });
       p += 46 + nameLen + extraLen + commentLen;
     }
+    // Every record must lie before the central directory, and no two may share bytes.
+    const byOffset = [...this.entries.values()].sort((a, b) => a.localHeaderOffset - b.localHeaderOffset);
+    let prevEnd = 0;
+    let prevName = "";
+    for (const entry of byOffset) {
+      const name = entry.name;
+      if (entry.localHeaderOffset < prevEnd) {
+        this.#fail(`zip members "${prevName}" and "${name}" overlap (byte ${entry.localHeaderOffset}); refused`);
+      }
+      if (entry.localHeaderOffset + 30 > cdOffset) this.#fail(`local header of "${name}" lies outside the data area`);
+      const header = src.read(entry.localHeaderOffset, 30);
+      const hv = new DataView(header.buffer, header.byteOffset, header.byteLength);
+      if (hv.getUint32(0, true) !== SIG_LOCAL) this.#fail(`local header of "${name}" is corrupt`);
+      const nameLen = hv.getUint16(26, true);
+      const dataOffset = entry.localHeaderOffset + 30 + nameLen + hv.getUint16(28, true);
+      if (dataOffset + entry.compressedSize > cdOffset) {
+        this.#fail(
+          `member "${name}" (${entry.compressedSize} bytes at offset ${dataOffset}) runs past the data area ` +
+            `(the central directory starts at ${cdOffset}); the file is truncated or corrupt`,
+        );
+      }
+      const localName = decoder.decode(src.read(entry.localHeaderOffset + 30, nameLen));
+      if (localName !== name) {
+        this.#fail(`local header of "${name}" names "${localName}"; the archive is inconsistent`);
+      }
+      if (entry.method === 0 && entry.compressedSize !== entry.size) {
+        this.#fail(`stored member "${name}" has ${entry.compressedSize} bytes, the directory says ${entry.size}`);
+      }
+      this.#dataOffsets.set(name, dataOffset);
+      prevEnd = dataOffset + entry.compressedSize;
+      prevName = name;
+    }
   }
 
-  /** Reads one member's bytes (stored or deflated), verifying its CRC-32 unless told not to. */
+  /**
+   * Reads one member's bytes (stored or deflated), verifying its CRC-32 unless told not to. A deflated member is
+   * inflated with its declared size as a hard cap: a record that inflates to more is refused once it passes it.
+   * @param name the member's path inside the archive
+   * @param options `verifyCrc: false` skips the CRC check
+   * @returns the member's bytes
+   * @throws {CheckpointError} naming the file and member when it is missing, corrupt or larger than declared
+   */
   read(name: string, options: { verifyCrc?: boolean } = {}): Uint8Array {
     const entry = this.entries.get(name);
     if (!entry) this.#fail(`archive has no member "${name}"`);
-    const src = this.#source;
-    const header = src.read(entry.localHeaderOffset, 30);
-    const hv = new DataView(header.buffer);
-    if (hv.getUint32(0, true) !== SIG_LOCAL) this.#fail(`local header of "${name}" is corrupt`);
-    const dataOffset = entry.localHeaderOffset + 30 + hv.getUint16(26, true) + hv.getUint16(28, true);
-    if (dataOffset + entry.compressedSize > src.size) {
-      this.#fail(
-        `member "${name}" (${entry.compressedSize} bytes at offset ${dataOffset}) runs past the end of the file; it is truncated`,
-      );
-    }
-    let data = src.read(dataOffset, entry.compressedSize);
+    const dataOffset = this.#dataOffsets.get(name)!;
+    let data = this.#source.read(dataOffset, entry.compressedSize);
     if (entry.method === 8) {
       try {
-        data = new Uint8Array(inflateRawSync(data));
+        // maxOutputLength stops inflating as soon as the output passes the declared size (a zip bomb costs nothing).
+        data = new Uint8Array(inflateRawSync(data, { maxOutputLength: Math.max(1, entry.size) }));
       } catch (err) {
+        if ((err as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
+          this.#fail(`member "${name}" inflates to more than the ${entry.size} bytes its directory entry declares`);
+        }
         this.#fail(`member "${name}" does not inflate: ${(err as Error).message}`);
       }
     } else if (entry.method !== 0) {
