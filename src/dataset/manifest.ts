@@ -10,7 +10,8 @@
 import { dirname, isAbsolute, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
-import { type CsvRow, decodeUtf8, parseCsv } from "./csv.ts";
+import { type CsvRow, decodeText, parseCsv } from "./csv.ts";
+import { expandVolumes, type ImageOptions, inspectImage } from "./image.ts";
 
 /** One image-report pair. */
 export interface PairRecord {
@@ -54,8 +55,17 @@ export interface ManifestOptions {
   baseDir?: string;
   /** Skip bad rows (and list them) instead of failing. */
   skipBad?: boolean;
-  /** Check that every image file exists (default true). */
+  /**
+   * Check every image before anything else runs (default true): one pass over the headers, in parallel, that
+   * finds missing, empty, truncated, refused (GIF, SVG, LFS pointers, ...) and over-sized images and volumes
+   * without a slice ({@link inspectImage}). A bad image is an error naming the manifest line, or with `skipBad`
+   * a skipped row.
+   */
   checkFiles?: boolean;
+  /** Decode options for the image check (pixel limit, slice); `slice: "all"` makes one pair per B-scan of a volume. */
+  image?: Omit<ImageOptions, "slice"> & { slice?: ImageOptions["slice"] | "all" };
+  /** Images checked at once (default 16). */
+  concurrency?: number;
 }
 
 /**
@@ -88,34 +98,55 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
   } catch (err) {
     throw new DatasetError(`${path}: cannot read manifest (${(err as Error).message})`);
   }
-  const text = decodeUtf8(bytes, path);
+  const text = decodeText(bytes, path);
   const rows: CsvRow[] = [];
+  /** Columns whose JSONL value was not a string, by line: reports and paths must be strings. */
+  const nonString = new Map<number, Map<string, string>>();
   let columns: string[];
   if (path.toLowerCase().endsWith(".jsonl") || path.toLowerCase().endsWith(".ndjson")) {
     const keys = new Set<string>();
-    text.split(/\r?\n/).forEach((lineText, i) => {
-      if (!lineText.trim()) return;
+    let lineNo = 0;
+    let pos = 0;
+    while (pos <= text.length) {
+      let end = text.indexOf("\n", pos);
+      if (end < 0) end = text.length;
+      lineNo++;
+      const lineText = text.slice(pos, end);
+      pos = end + 1;
+      if (!lineText.trim()) continue;
       let obj: unknown;
       try {
         obj = JSON.parse(lineText);
       } catch (err) {
-        throw new DatasetError(`${path}:${i + 1}: invalid JSON (${(err as Error).message})`);
+        throw new DatasetError(`${path}:${lineNo}: invalid JSON (${(err as Error).message})`);
       }
       if (!obj || typeof obj !== "object" || Array.isArray(obj)) {
-        throw new DatasetError(`${path}:${i + 1}: each line must be a JSON object`);
+        throw new DatasetError(`${path}:${lineNo}: each line must be a JSON object`);
       }
       const values: Record<string, string> = {};
       for (const [k, v] of Object.entries(obj)) {
-        values[k] = v === null || v === undefined ? "" : String(v);
+        if (typeof v === "string") values[k] = v;
+        else {
+          values[k] = typeof v === "number" || typeof v === "boolean" ? String(v) : "";
+          const kind = v === null
+            ? "null"
+            : Array.isArray(v)
+            ? "an array"
+            : typeof v === "object"
+            ? "an object"
+            : `a ${typeof v}`;
+          if (!nonString.has(lineNo)) nonString.set(lineNo, new Map());
+          nonString.get(lineNo)!.set(k, kind);
+        }
         keys.add(k);
       }
-      rows.push({ line: i + 1, values });
-    });
+      rows.push({ line: lineNo, values });
+    }
     columns = [...keys];
   } else {
     const csv = parseCsv(text, path);
     columns = csv.header;
-    rows.push(...csv.rows);
+    for (const r of csv.rows) rows.push(r);
   }
   const o = {
     imageColumn: "image",
@@ -148,6 +179,14 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
     const origin = `${path}:${row.line}`;
     try {
       const v = row.values;
+      const bad = nonString.get(row.line);
+      for (const col of o.imageTemplate ? templateCols : [o.imageColumn]) {
+        if (bad?.has(col)) {
+          throw new DatasetError(
+            `${origin}: "${col}" is ${bad.get(col)}, not a string (reports and paths must be text)`,
+          );
+        }
+      }
       const image = o.imageTemplate ? o.imageTemplate.replace(/\{([^}]+)\}/g, (_, c) => v[c] ?? "") : v[o.imageColumn];
       if (!image?.trim()) throw new DatasetError(`${origin}: empty image path`);
       let textCol = o.textColumn;
@@ -164,19 +203,24 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
         }
         textCol = col;
       }
+      for (const col of [textCol]) {
+        if (bad?.has(col)) {
+          throw new DatasetError(
+            `${origin}: "${col}" is ${bad.get(col)}, not a string (reports and paths must be text)`,
+          );
+        }
+      }
       const report = (v[textCol] ?? "").trim();
       if (!report) throw new DatasetError(`${origin}: empty report in column "${textCol}"`);
       const full = resolvePath(base, image.trim());
-      if (o.checkFiles) {
-        try {
-          if (!(await Deno.stat(full)).isFile) throw new Error("not a file");
-        } catch {
-          throw new DatasetError(`${origin}: image file ${full} not found`);
-        }
-      }
-      const split = columns.includes(o.splitColumn) ? v[o.splitColumn]?.trim() || undefined : undefined;
-      if (split && !["train", "val", "test"].includes(split)) {
-        throw new DatasetError(`${origin}: split "${split}" is not train, val or test`);
+      const rawSplit = columns.includes(o.splitColumn) ? v[o.splitColumn]?.trim() || undefined : undefined;
+      const split = rawSplit === undefined ? undefined : SPLIT_NAMES[rawSplit.toLowerCase()];
+      if (rawSplit !== undefined && !split) {
+        const found = [...new Set(rows.map((r) => (r.values[o.splitColumn] ?? "").trim()))].slice(0, 20);
+        throw new DatasetError(
+          `${origin}: split "${rawSplit}" is not train, val(idation) or test (any case); the file's split values: ` +
+            found.map((x) => JSON.stringify(x)).join(", "),
+        );
       }
       const patient = columns.includes(o.patientColumn) ? v[o.patientColumn]?.trim() || undefined : undefined;
       records.push({ image: full, report, split, patient, origin });
@@ -185,10 +229,92 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
       skipped.push({ origin, reason: err.message.replace(`${origin}: `, "") });
     }
   }
-  if (records.length === 0) {
+  let kept = records;
+  if (o.checkFiles) kept = await checkImages(records, skipped, o);
+  if (kept.length === 0) {
     throw new DatasetError(`${path}: no usable rows${skipped.length ? ` (${skipped.length} skipped)` : ""}`);
   }
-  return { records, skipped };
+  skipped.sort((a, b) => originLine(a.origin) - originLine(b.origin));
+  return { records: kept, skipped };
+}
+
+const SPLIT_NAMES: Record<string, string> = {
+  train: "train",
+  training: "train",
+  val: "val",
+  valid: "val",
+  validation: "val",
+  test: "test",
+  testing: "test",
+};
+
+function originLine(origin: string): number {
+  return Number(/:(\d+)$/.exec(origin)?.[1] ?? 0);
+}
+
+/** The image pre-pass: every record's image header, `concurrency` at a time, in manifest order. */
+async function checkImages(
+  records: PairRecord[],
+  skipped: SkippedRow[],
+  o: ManifestOptions,
+): Promise<PairRecord[]> {
+  const { slice, ...image } = o.image ?? {};
+  const opts: ImageOptions = {
+    ...image,
+    ...(slice === "all" ? { slice: "first" as const } : slice !== undefined ? { slice } : {}),
+  };
+  const results: (Error | string[] | null)[] = new Array(records.length).fill(null);
+  let next = 0;
+  const worker = async () => {
+    while (next < records.length) {
+      const k = next++;
+      const r = records[k];
+      try {
+        await inspectImage(r.image, opts);
+        results[k] = slice === "all" ? await expandVolumes([r.image], image) : [r.image];
+      } catch (err) {
+        results[k] = err as Error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 16) }, worker));
+  const kept: PairRecord[] = [];
+  records.forEach((r, k) => {
+    const res = results[k]!;
+    if (res instanceof Error) {
+      if (!(res instanceof DatasetError)) throw res;
+      const msg = `image ${res.message.startsWith(r.image) ? res.message : `${r.image}: ${res.message}`}`;
+      if (!o.skipBad) throw new DatasetError(`${r.origin}: ${msg}`, { cause: res });
+      skipped.push({ origin: r.origin, reason: msg });
+      return;
+    }
+    for (const image of res) kept.push(image === r.image ? r : { ...r, image });
+  });
+  return kept;
+}
+
+/**
+ * Checks that a validation split can give a loss: ITC/ITM compare each pair with the others of its batch, so a
+ * validation split of one pair gives no loss (`val NaN`) and would silently turn early stopping off.
+ * @param records Pairs with their splits assigned.
+ * @throws {DatasetError} when the validation split holds exactly one pair.
+ */
+export function checkValidationSplit(records: readonly PairRecord[]): void {
+  let n = 0;
+  let first = "";
+  for (const r of records) {
+    if (r.split === "val") {
+      n++;
+      first ||= r.origin;
+    }
+  }
+  if (n === 1) {
+    throw new DatasetError(
+      `the validation split has 1 pair (${first}): the contrastive losses need at least 2 pairs to compare, so ` +
+        `no validation loss could be computed and early stopping would be off; give it at least 2 pairs, ` +
+        `or none (--val-fraction 0)`,
+    );
+  }
 }
 
 /**
@@ -211,5 +337,6 @@ export function assignSplits(records: PairRecord[], fractions: { val: number; te
     const split = i < nVal ? "val" : i < nVal + nTest ? "test" : "train";
     for (const r of groups.get(k)!) r.split = split;
   });
+  checkValidationSplit(records);
   return records;
 }

@@ -50,10 +50,11 @@ export {
 export { resizeGrey, type ResizeMode } from "./resize.ts";
 export { affine, type AffineParams, augmentProbe, inverseAffineMatrix, sampleAffine } from "./augment.ts";
 export { type PreprocessSpec, probingSpec, refinementSpec, toModelInput } from "./preprocess.ts";
-export { type CsvRow, decodeUtf8, parseCsv } from "./csv.ts";
+export { type CsvOptions, type CsvRow, decodeText, decodeUtf8, parseCsv } from "./csv.ts";
 export {
   assignSplits,
   AUTHORS_LAYOUT,
+  checkValidationSplit,
   type Manifest,
   type ManifestOptions,
   type PairRecord,

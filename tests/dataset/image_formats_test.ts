@@ -3,7 +3,7 @@
  * volumes, content sniffing, extension agreement, the pixel limit checked from the header, the header pre-pass.
  * The expected grey values come from PIL (tests/fixtures/make_dataset.py), not from the code under test.
  */
-import { assert, assertAllClose, assertEquals, assertRejects, maxAbsDiff } from "../_assert.ts";
+import { assert, assertEquals, assertRejects, maxAbsDiff } from "../_assert.ts";
 import { encodeNpy, readSafetensors, toFloat32 } from "../../src/io/mod.ts";
 import {
   expandVolumes,
