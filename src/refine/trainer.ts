@@ -2,7 +2,14 @@
  * The refinement loop (method notes §1.6): AdamW over every parameter (vision
  * encoder, BERT, heads) at a constant learning rate, epochs with early
  * stopping on the validation loss, atomic checkpoints (best, and every N
- * steps), exact resume, a non-finite-loss guard, and a JSONL log.
+ * steps), exact resume, a non-finite guard, and a JSONL log.
+ *
+ * Faults: a non-finite loss, gradient or updated value stops the step before
+ * anything is applied or saved (AdamW checks the whole update first, and a
+ * checkpoint is only ever written finite), with a {@link RefineError} naming
+ * the step and what went non-finite. After a kill, resuming truncates
+ * `log.jsonl` to the checkpoint's step, removes the temp files of
+ * interrupted writes, and restores the interrupted epoch's running loss sums.
  *
  * Reproducibility: the batch order of epoch e comes from `Rng(seed, "epoch/e")`
  * and every random draw of step s (drop-path, dropout, masking, negatives)
@@ -18,7 +25,7 @@ import type { PairRecord } from "../dataset/manifest.ts";
 import { type PreprocessSpec, refinementSpec } from "../dataset/preprocess.ts";
 import { DEFAULT_MAX_LENGTH } from "../dataset/tokenizer.ts";
 import { RefineError } from "../util/errors.ts";
-import { exists } from "../util/fs.ts";
+import { exists, writeFileAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import {
@@ -75,6 +82,8 @@ export interface RefineOptions {
   onEpoch?: (summary: LoopState["history"][number]) => void;
   /** Bytes of preprocessed images to keep in memory across epochs (default 1 GiB). */
   cacheBytes?: number;
+  /** Notices (resume, stale files removed, pairs left out of a batch); default: `console.error`. */
+  onNotice?: (message: string) => void;
 }
 
 /** What {@link refine} returns. */
@@ -110,9 +119,71 @@ function gatherBatch(tokens: Tokenized, images: { data: Float32Array; indices: n
   return { images: images.data, inputIds, attentionMask, size: B, length: L };
 }
 
+/** Temp files of {@link writeChunksAtomic}: `<name>.<pid>.<8 hex>.tmp`. */
+const TEMP_FILE = /^.+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/** True unless `pid` is known to be gone (Linux: no `/proc/<pid>`); elsewhere only this process counts as alive. */
+function processAlive(pid: number): boolean {
+  if (pid === Deno.pid) return true;
+  try {
+    Deno.statSync("/proc/self");
+  } catch {
+    return false;
+  }
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Removes the temp files that interrupted atomic writes left in `dir`; returns their names. */
+async function removeStaleTemps(dir: string): Promise<string[]> {
+  const removed: string[] = [];
+  for await (const e of Deno.readDir(dir)) {
+    const m = e.isFile ? TEMP_FILE.exec(e.name) : null;
+    if (m && !processAlive(Number(m[1]))) {
+      await Deno.remove(join(dir, e.name));
+      removed.push(e.name);
+    }
+  }
+  return removed;
+}
+
+/**
+ * Keeps the log entries a checkpoint accounts for: steps up to `loop.step`,
+ * epochs before `loop.epoch`, and drops a line cut short by a kill.
+ * Returns how many lines were dropped.
+ */
+async function truncateLog(logPath: string, loop: LoopState | undefined): Promise<number> {
+  if (!(await exists(logPath))) return 0;
+  const lines = (await Deno.readTextFile(logPath)).split("\n").filter((l) => l.trim());
+  const kept = lines.filter((line) => {
+    if (!loop) return false;
+    let e: { kind?: unknown; step?: unknown; epoch?: unknown };
+    try {
+      e = JSON.parse(line);
+    } catch {
+      return false;
+    }
+    if (e.kind === "epoch") return typeof e.epoch === "number" && e.epoch < loop.epoch;
+    return typeof e.step === "number" && e.step <= loop.step;
+  });
+  if (kept.length !== lines.length || !loop) await writeFileAtomic(logPath, kept.map((l) => l + "\n").join(""));
+  return lines.length - kept.length;
+}
+
 /**
  * Refines `options.model` on image-report pairs and exports the best backbone.
  *
+ * @param options The model, pairs, run directory and settings.
+ * @returns The final loop state, why training stopped, and the exported backbone files.
+ * @throws {RefineError} Settings that cannot train (no objective, fewer than 2 training pairs, a single validation
+ *   pair, batches too small for ITC/ITM); a run directory that already holds another run's checkpoint (without
+ *   `resume`); a checkpoint that does not fit this run; and a step whose loss, gradient or update is non-finite or
+ *   whose validation loss is — the message names the step (or epoch), what went non-finite, and the last good
+ *   checkpoint. Nothing of the failing step is applied or saved.
  * @example
  * ```ts
  * import { refine } from "./trainer.ts";
@@ -121,6 +192,7 @@ function gatherBatch(tokens: Tokenized, images: { data: Float32Array; indices: n
  */
 export async function refine(options: RefineOptions): Promise<RefineResult> {
   const { model, runDir } = options;
+  const notice = options.onNotice ?? ((m: string) => console.error(m));
   const runName = options.runName ?? runDir.split("/").filter(Boolean).pop() ?? "run";
   const batchSize = options.batchSize ?? 128;
   const accumulate = options.accumulate ?? 1;
@@ -140,10 +212,35 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   const train = options.pairs.filter((p) => p.split === "train");
   const val = options.pairs.filter((p) => p.split === "val");
   if (train.length < 2) throw new RefineError(`refinement needs at least 2 training pairs, got ${train.length}`);
+  if (!(Number.isInteger(batchSize) && batchSize >= 2)) {
+    throw new RefineError(
+      `the batch size must be an integer of at least 2 (batches of 1 pair are left out), got ${batchSize}`,
+    );
+  }
   if (micro < 2 && (weights.itc > 0 || weights.itm > 0)) {
     throw new RefineError("ITC/ITM need at least 2 pairs per (micro-)batch");
   }
+  // Batches of one pair are left out (ITC/ITM need two); a validation split of one pair gives no loss at all.
+  const valOrder = batchIndices(val.length, batchSize).filter((b) => b.length >= 2);
+  if (val.length > 0 && valOrder.length === 0) {
+    throw new RefineError(
+      "the validation split has 1 pair; a validation loss needs batches of at least 2 pairs, so " +
+        "early stopping could not work. Add validation pairs, or mark every pair as train to train without validation",
+    );
+  }
+  if (val.length === 0) {
+    notice("refine: no validation pairs; early stopping is off and the last epoch is the one exported");
+  } else if (val.length % batchSize === 1) {
+    notice(`refine: 1 of ${val.length} validation pairs is left out of the validation loss (a batch of 1)`);
+  }
+  if (train.length % batchSize === 1) {
+    notice(`refine: each epoch leaves out 1 of ${train.length} training pairs (the last batch would hold only 1)`);
+  }
   await Deno.mkdir(runDir, { recursive: true });
+  const stale = await removeStaleTemps(runDir);
+  if (stale.length) {
+    notice(`refine: removed ${stale.length} temp file(s) of interrupted writes in ${runDir}: ${stale.join(", ")}`);
+  }
 
   const all = [...train, ...val];
   const tok = model.tokenizer.encodeBatch(all.map((r) => r.report), maxLength);
@@ -165,17 +262,71 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     seed,
     history: [],
   };
+  /** Running sums of the current epoch, restored on resume. */
+  let resumedSums: { sums: Record<string, number>; count: number; seconds: number } | undefined;
   const lastPath = join(runDir, LAST_CHECKPOINT);
+  const bestPath = join(runDir, BEST_CHECKPOINT);
+  const logPath = join(runDir, "log.jsonl");
+  /** Step of the last checkpoint on disk that belongs to this run (undefined: none yet). */
+  let lastSavedStep: number | undefined;
   if (options.resume && (await exists(lastPath))) {
     const restored = loadCheckpoint(lastPath, params);
+    if (restored.loop.seed !== seed) {
+      throw new RefineError(`${lastPath} was made with seed ${restored.loop.seed}, this run uses ${seed}`);
+    }
+    const x = restored.extra;
+    for (const [key, now] of [["batchSize", batchSize], ["trainPairs", train.length]] as const) {
+      if (x[key] !== undefined && x[key] !== now) {
+        throw new RefineError(
+          `${lastPath} was made with ${key} ${x[key]}, this run has ${now}; the batches of the interrupted epoch ` +
+            "would not be the same (resume with the same pairs and batch size)",
+        );
+      }
+    }
+    const { epochSums, epochSteps, epochSeconds, ...rest } = restored.loop;
     state = restored.opt;
-    loop = restored.loop;
-    if (loop.seed !== seed) throw new RefineError(`${lastPath} was made with seed ${loop.seed}, this run uses ${seed}`);
+    loop = rest;
+    lastSavedStep = loop.step;
+    if (loop.batchInEpoch > 0) {
+      if (epochSums && epochSteps === loop.batchInEpoch) {
+        resumedSums = { sums: { ...epochSums }, count: epochSteps, seconds: epochSeconds ?? 0 };
+      } else {
+        notice(
+          `refine: ${lastPath} has no running loss sums (an older checkpoint); epoch ${loop.epoch + 1}'s train loss ` +
+            `will cover only the steps after step ${loop.step}`,
+        );
+      }
+    }
+    const dropped = await truncateLog(logPath, loop);
+    notice(
+      `refine: resuming from ${lastPath} after step ${loop.step} (epoch ${
+        loop.epoch + 1
+      }, batch ${loop.batchInEpoch})` +
+        (dropped ? `; dropped ${dropped} log entries written after that checkpoint` : ""),
+    );
+  } else if (options.resume) {
+    notice(`refine: no checkpoint in ${runDir} to resume from; starting from the beginning`);
+    // A best checkpoint without a last one: the interrupted run was killed between the two saves of its first epoch.
+    await Deno.remove(bestPath).catch((err) => {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    });
+    await truncateLog(logPath, undefined);
+  } else {
+    for (const f of [lastPath, bestPath]) {
+      if (await exists(f)) {
+        throw new RefineError(
+          `${f} already exists: ${runDir} holds another run. Resume it, or choose another directory`,
+        );
+      }
+    }
+    await truncateLog(logPath, undefined);
   }
-  const logPath = join(runDir, "log.jsonl");
   const log = async (entry: Record<string, unknown>) => {
     await Deno.writeTextFile(logPath, JSON.stringify(entry) + "\n", { append: true });
   };
+  if (lastSavedStep !== undefined) {
+    await log({ kind: "resume", step: loop.step, epoch: loop.epoch, batchInEpoch: loop.batchInEpoch });
+  }
   const batchesPerEpoch = Math.floor(train.length / batchSize) + (train.length % batchSize >= 2 ? 1 : 0);
   const totalSteps = epochs * batchesPerEpoch;
   const sched = { ...schedule, totalSteps: schedule.totalSteps ?? totalSteps };
@@ -190,17 +341,28 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     schedule: sched,
     losses: weights,
     maxLength,
+    trainPairs: train.length,
   };
+  const save = async (path: string, l: LoopState) => {
+    await saveCheckpoint(path, params, state, l, meta);
+    if (path === lastPath) lastSavedStep = l.step;
+  };
+  const lastGood = () =>
+    lastSavedStep === undefined
+      ? `No checkpoint has been written yet (${lastPath} does not exist): there is nothing to resume.`
+      : `The last checkpoint, ${lastPath} (after step ${lastSavedStep}), is finite: resume from it ` +
+        "(after lowering the learning rate, or fixing the data).";
 
   const runLosses = (b: PairBatch, rng: Rng, training: boolean) => retfinerLosses(model, b, weights, rng, training);
 
   outer: for (; loop.epoch < epochs; loop.epoch++, loop.batchInEpoch = 0) {
-    const t0 = performance.now();
     const order = batchIndices(trainIdx.length, batchSize, { rng: new Rng(seed, `epoch/${loop.epoch}`) }).filter((b) =>
       b.length >= 2
     );
-    const sums: Record<string, number> = {};
-    let count = 0;
+    const sums: Record<string, number> = resumedSums?.sums ?? {};
+    let count = resumedSums?.count ?? 0;
+    const t0 = performance.now() - (resumedSums?.seconds ?? 0) * 1000;
+    resumedSums = undefined;
     const loaders = order.slice(loop.batchInEpoch).map((b) => () =>
       loadImageBatch(paths, b.map((i) => trainIdx[i]), spec, { cache })
     );
@@ -215,52 +377,65 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
       let grads: Map<string, Tensor> | undefined;
       const n = imgs.indices.length;
       const chunks = Math.ceil(n / micro);
-      for (let c = 0; c < chunks; c++) {
-        const sel = {
-          data: imgs.data.subarray(
-            c * micro * 3 * spec.size * spec.size,
-            Math.min(n, (c + 1) * micro) * 3 * spec.size * spec.size,
-          ),
-          indices: imgs.indices.slice(c * micro, (c + 1) * micro),
-        };
-        if (sel.indices.length < 2) continue;
-        const batch = gatherBatch(tokens, sel);
-        const microRng = stepRng.fork(`micro/${c}`);
-        let terms: Record<string, Tensor> = {};
-        const { value, grads: g } = tf.variableGrads(() => {
-          const out = runLosses(batch, microRng, true);
-          terms = out.terms as Record<string, Tensor>;
-          for (const t of Object.values(terms)) tf.keep(t);
-          return out.total as tf.Scalar;
-        }, [...params.values()]);
-        for (const [k, t] of Object.entries(terms)) {
-          const v = t.dataSync()[0];
-          termValues[k] = (termValues[k] ?? 0) + v / chunks;
-          t.dispose();
-          if (!Number.isFinite(v)) {
-            tf.dispose([value, ...Object.values(g)]);
-            throw new RefineError(
-              `non-finite ${k.toUpperCase()} loss (${v}) at step ${loop.step} (epoch ${loop.epoch}); no update was applied. ` +
-                `The last good checkpoint is ${lastPath}`,
-            );
+      try {
+        for (let c = 0; c < chunks; c++) {
+          const sel = {
+            data: imgs.data.subarray(
+              c * micro * 3 * spec.size * spec.size,
+              Math.min(n, (c + 1) * micro) * 3 * spec.size * spec.size,
+            ),
+            indices: imgs.indices.slice(c * micro, (c + 1) * micro),
+          };
+          if (sel.indices.length < 2) continue;
+          const batch = gatherBatch(tokens, sel);
+          const microRng = stepRng.fork(`micro/${c}`);
+          let terms: Record<string, Tensor> = {};
+          const { value, grads: g } = tf.variableGrads(() => {
+            const out = runLosses(batch, microRng, true);
+            terms = out.terms as Record<string, Tensor>;
+            for (const t of Object.values(terms)) tf.keep(t);
+            return out.total as tf.Scalar;
+          }, [...params.values()]);
+          value.dispose();
+          const values = Object.entries(terms).map(([k, t]) => [k, t.dataSync()[0]] as const);
+          tf.dispose(Object.values(terms));
+          const bad = values.find(([, v]) => !Number.isFinite(v));
+          if (bad) {
+            tf.dispose(Object.values(g));
+            throw new RefineError(`non-finite ${bad[0].toUpperCase()} loss (${bad[1]})`);
+          }
+          for (const [k, v] of values) termValues[k] = (termValues[k] ?? 0) + v / chunks;
+          const byName = new Map<string, Tensor>();
+          for (const [name, p] of params) if (g[p.name]) byName.set(name, g[p.name]);
+          if (!grads) grads = byName;
+          else {
+            for (const [name, t] of byName) {
+              const acc = grads.get(name)!;
+              grads.set(name, tf.add(acc, t));
+              acc.dispose();
+              t.dispose();
+            }
           }
         }
-        value.dispose();
-        const byName = new Map<string, Tensor>();
-        for (const [name, p] of params) if (g[p.name]) byName.set(name, g[p.name]);
-        if (!grads) grads = byName;
-        else {
-          for (const [name, t] of byName) {
-            const acc = grads.get(name)!;
-            grads.set(name, tf.add(acc, t));
-            acc.dispose();
+        if (grads && chunks > 1) {
+          for (const [name, t] of grads) {
+            grads.set(name, tf.tidy(() => tf.div(t, chunks)));
             t.dispose();
           }
         }
+        // All or nothing: a non-finite gradient, or an update that would leave a non-finite weight, throws here.
+        if (grads) adamwStep(params, grads, state, opt, lr);
+      } catch (err) {
+        if (grads) tf.dispose([...grads.values()]);
+        if (!(err instanceof RefineError)) throw err;
+        throw new RefineError(
+          `refinement stopped at step ${loop.step + 1} (epoch ${loop.epoch + 1}, batch ${loop.batchInEpoch + 1} of ` +
+            `${order.length}, learning rate ${lr}): ${err.message}. No update was applied and nothing was saved. ` +
+            lastGood(),
+          { cause: err },
+        );
       }
       if (!grads) continue;
-      if (chunks > 1) { for (const [name, t] of grads) grads.set(name, tf.tidy(() => tf.div(t, chunks))); }
-      adamwStep(params, grads, state, opt, lr);
       tf.dispose([...grads.values()]);
       const total = OBJECTIVES.reduce((s, k) => s + (termValues[k] ?? 0) * weights[k], 0);
       for (const [k, v] of Object.entries(termValues)) sums[k] = (sums[k] ?? 0) + v;
@@ -276,20 +451,35 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         info: { loss: total, ...termValues },
       });
       if (options.checkpointEvery && loop.step % options.checkpointEvery === 0) {
-        await saveCheckpoint(lastPath, params, state, loop, meta);
+        await save(lastPath, {
+          ...loop,
+          epochSums: { ...sums },
+          epochSteps: count,
+          epochSeconds: (performance.now() - t0) / 1000,
+        });
       }
     }
     // Validation: the mean total loss over validation batches, in eval mode (Lightning's val_epoch_loss, §1.6).
     let valSum = 0;
     let valCount = 0;
-    const valOrder = batchIndices(valIdx.length, batchSize).filter((b) => b.length >= 2);
     const vLoaders = valOrder.map((b) => () => loadImageBatch(paths, b.map((i) => valIdx[i]), spec, { cache }));
     let vb = 0;
     for await (const imgs of prefetch(vLoaders, 2)) {
       const batch = gatherBatch(tokens, imgs);
-      const vt = tf.tidy(() => runLosses(batch, new Rng(seed, `val/${loop.epoch}/${vb++}`), false).total);
-      const v = vt.dataSync()[0];
-      vt.dispose();
+      const stopped = `refinement stopped after epoch ${loop.epoch + 1} (step ${loop.step}), in validation batch ` +
+        `${vb + 1} of ${valOrder.length}`;
+      const after = `The epoch cannot be compared for early stopping, and its end was not saved. ${lastGood()}`;
+      let v: number;
+      try {
+        const vt = tf.tidy(() => runLosses(batch, new Rng(seed, `val/${loop.epoch}/${vb}`), false).total);
+        v = vt.dataSync()[0];
+        vt.dispose();
+      } catch (err) {
+        if (!(err instanceof RefineError)) throw err;
+        throw new RefineError(`${stopped}: ${err.message}. ${after}`, { cause: err });
+      }
+      vb++;
+      if (!Number.isFinite(v)) throw new RefineError(`${stopped}: the validation loss is ${v}. ${after}`);
       valSum += v * imgs.indices.length;
       valCount += imgs.indices.length;
     }
@@ -306,23 +496,16 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     loop.history.push(summary);
     await log({ kind: "epoch", ...summary });
     options.onEpoch?.(summary);
-    if (!Number.isFinite(valLoss) && valCount > 0) {
-      throw new RefineError(`non-finite validation loss after epoch ${loop.epoch}`);
-    }
     // Lightning EarlyStopping(mode="min", min_delta=0): an improvement must be strictly lower.
     // Without validation pairs every epoch counts as the best so far.
-    const improved = valCount === 0 || valLoss < loop.bestVal;
+    const improved = val.length === 0 || valLoss < loop.bestVal;
     if (improved) {
-      if (valCount) loop.bestVal = valLoss;
+      if (val.length) loop.bestVal = valLoss;
       loop.bestEpoch = loop.epoch;
       loop.badEpochs = 0;
-      await saveCheckpoint(join(runDir, BEST_CHECKPOINT), params, state, {
-        ...loop,
-        epoch: loop.epoch + 1,
-        batchInEpoch: 0,
-      }, meta);
+      await save(bestPath, { ...loop, epoch: loop.epoch + 1, batchInEpoch: 0 });
     } else loop.badEpochs++;
-    await saveCheckpoint(lastPath, params, state, { ...loop, epoch: loop.epoch + 1, batchInEpoch: 0 }, meta);
+    await save(lastPath, { ...loop, epoch: loop.epoch + 1, batchInEpoch: 0 });
     if (loop.badEpochs >= patience) {
       stopReason = "early-stopping";
       loop.epoch++;
@@ -330,7 +513,6 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     }
   }
   // Export the best state (ModelCheckpoint monitor=val_epoch_loss, §1.6/§1.7).
-  const bestPath = join(runDir, BEST_CHECKPOINT);
   if (await exists(bestPath)) loadCheckpoint(bestPath, params);
   const backbone = await exportBackbone(model.vit, runDir, runName);
   await exportTextSide(model, runDir);
