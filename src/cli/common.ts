@@ -17,3 +17,8 @@ export function backendFromFlags(values: FlagValues): Promise<BackendInfo> {
   const b = values.backend as string | undefined;
   return setupBackend(b ? { backend: parseBackendChoice(b) } : {});
 }
+
+/** Where the tasks print loading notices (family decision, stripped prefixes, guesses): stderr, beside progress. */
+export function noticeLog(line: string): void {
+  console.error(line);
+}

@@ -15,7 +15,7 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { DatasetError, UsageError } from "../util/errors.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { writeFileAtomic } from "../util/fs.ts";
-import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 
 async function listImages(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -83,8 +83,9 @@ await runMain(async () => {
         valueName: "<mode>",
         description:
           "all: every token where the family's recipe takes them (RETFound: after the final norm, before proj); " +
-          "cls: token 0 of those; concat: the probing representation [mean(patches) ‖ CLS] (VisionFM: [CLS ‖ mean]).",
-        choices: ["all", "cls", "concat"],
+          "cls: token 0 of those; concat: the probing representation [mean(patches) ‖ CLS] (VisionFM: [CLS ‖ mean]); " +
+          "pooled: a global-pool fine-tune's fc_norm(mean of patch tokens), otherwise as cls.",
+        choices: ["all", "cls", "concat", "pooled"],
         default: "cls",
       },
       out: { type: "string", valueName: "<file>", description: "Output .npy or .safetensors file." },
@@ -114,6 +115,8 @@ await runMain(async () => {
     arch: values.arch as VitFamily | "auto",
     numHeads: numberFlag(values, "heads", { integer: true, min: 1 }),
     strict: !values["no-strict"],
+    log: noticeLog,
+    strictHint: "pass --no-strict",
   });
   const c = model.config;
   console.error(

@@ -7,7 +7,7 @@ import { compareModels, markdownSingle } from "../probe/report.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { ProgressBar } from "../util/progress.ts";
-import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 
 function timestamp(): string {
   return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
@@ -57,6 +57,10 @@ await runMain(async () => {
       seeds: { type: "string", valueName: "<list>", description: "Comma-separated seeds.", default: "0,1,2,3,4" },
       out: { type: "string", valueName: "<dir>", description: "Output directory (default runs/probe-<timestamp>)." },
       heads: { type: "string", valueName: "<n>", description: "Attention heads, if not width/64." },
+      "no-strict": {
+        type: "boolean",
+        description: "Load matching keys only instead of failing on mismatched weights (lists what was left out).",
+      },
       "max-epochs": {
         type: "string",
         valueName: "<n>",
@@ -86,7 +90,14 @@ await runMain(async () => {
   dirs.sort();
   await backendFromFlags(values);
   const heads = numberFlag(values, "heads", { integer: true, min: 1 });
-  const load = (p: string): VitModel => loadVit(p, { arch: values.arch as VitFamily | "auto", numHeads: heads }).model;
+  const load = (p: string): VitModel =>
+    loadVit(p, {
+      arch: values.arch as VitFamily | "auto",
+      numHeads: heads,
+      strict: !values["no-strict"],
+      log: noticeLog,
+      strictHint: "pass --no-strict",
+    }).model;
   const datasets: ProbeDataset[] = [];
   for (const d of dirs) {
     const ds = await readProbeDataset(d);

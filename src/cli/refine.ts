@@ -20,8 +20,9 @@ import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mo
 import { TEXT_STANDIN } from "../pretrain/paths.ts";
 import { type CommandSpec, numberFlag, parseCli, runMain, withConfigFile } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
+import { disposeParams, loadVit } from "../encoders/mod.ts";
 import { formatDuration, ProgressBar } from "../util/progress.ts";
-import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 
 const SPEC: CommandSpec = {
   usage: "deno task refine",
@@ -215,7 +216,7 @@ await runMain(async () => {
   const parsed = parseCli(Deno.args, SPEC);
   const v = await withConfigFile(parsed.values, parsed.given, SPEC, parsed.values.config as string | undefined);
   const int = (name: string, min = 0) => numberFlag(v, name, { integer: true, min });
-  const family = v.model as ExperimentFamily;
+  let family = v.model as ExperimentFamily;
   const out = String(v.out ?? join("runs", timestamp()));
   const seeds = String(v.seeds).split(",").map((s) => {
     const n = Number(s);
@@ -246,7 +247,28 @@ await runMain(async () => {
   if (text && (!text.config || !text.tokenizer)) {
     throw new UsageError("--text-weights needs --text-config and --tokenizer");
   }
+  if (!text && (v.tokenizer || v["text-config"])) {
+    throw new UsageError(
+      `${
+        v.tokenizer ? "--tokenizer" : "--text-config"
+      } is only used with --text-weights (the text stand-in has its own)`,
+    );
+  }
   const backend = await backendFromFlags(v);
+  if (v.weights && !parsed.given.has("model")) {
+    // The family is decided once, from the file (metadata, layout, then name), and printed with how.
+    const decided = loadVit(String(v.weights), { log: noticeLog, archFlag: "--model", strictHint: "" });
+    disposeParams(decided.model.params);
+    if (decided.family.family === "timm") {
+      throw new UsageError(
+        `${v.weights}: which foundation model this is cannot be told (${
+          decided.family.reason.replace(/; if it is wrong.*$/, "")
+        }); ` +
+          `refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
+      );
+    }
+    family = decided.family.family as ExperimentFamily;
+  } else if (v.weights) noticeLog(`${v.weights}: family ${family} — set by --model`);
   const bar = new ProgressBar();
   const t0 = performance.now();
   console.error(`run directory: ${out}`);

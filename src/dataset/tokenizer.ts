@@ -6,7 +6,7 @@
  * @module
  */
 import { Tokenizer } from "@huggingface/tokenizers";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
 
 /** The authors' text length: `padding="max_length", truncation=True, max_length=30`. */
@@ -56,7 +56,10 @@ export interface TextTokenizer {
 const SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 /** A standard BERT `tokenizer.json` for a WordPiece vocabulary (ids = positions). */
-export function bertTokenizerJson(vocab: string[], options: { lowercase?: boolean } = {}): Record<string, unknown> {
+export function bertTokenizerJson(
+  vocab: string[],
+  options: { lowercase?: boolean; stripAccents?: boolean | null } = {},
+): Record<string, unknown> {
   const ids = new Map<string, number>();
   vocab.forEach((t, i) => {
     if (!ids.has(t)) ids.set(t, i);
@@ -78,7 +81,7 @@ export function bertTokenizerJson(vocab: string[], options: { lowercase?: boolea
       type: "BertNormalizer",
       clean_text: true,
       handle_chinese_chars: true,
-      strip_accents: null,
+      strip_accents: options.stripAccents ?? null,
       lowercase: options.lowercase ?? true,
     },
     pre_tokenizer: { type: "BertPreTokenizer" },
@@ -125,7 +128,12 @@ export function tokenizerFromJson(
     return v;
   };
   const vocab = ((json.model as { vocab?: Record<string, number> })?.vocab) ?? {};
-  const vocabSize = Math.max(...Object.values(vocab), -1) + 1;
+  // Added tokens (tokenizer.add_tokens) get ids after the vocabulary: they count in the size the model must have.
+  const added = Array.isArray(json.added_tokens) ? json.added_tokens as { id?: unknown }[] : [];
+  let maxId = -1;
+  for (const v of Object.values(vocab)) if (typeof v === "number" && v > maxId) maxId = v;
+  for (const t of added) if (typeof t?.id === "number" && t.id > maxId) maxId = t.id;
+  const vocabSize = maxId + 1;
   const padId = id("[PAD]");
   const clsId = id("[CLS]");
   const sepId = id("[SEP]");
@@ -152,7 +160,7 @@ export function tokenizerFromJson(
       const inputIds = new Int32Array(texts.length * maxLength).fill(padId);
       const attentionMask = new Int32Array(texts.length * maxLength);
       texts.forEach((text, row) => {
-        const body = tk.encode(text, { add_special_tokens: false }).ids.slice(0, maxLength - 2);
+        const body = encodePrefix(tk, text, maxLength - 2);
         const ids = [clsId, ...body, sepId];
         for (let j = 0; j < ids.length; j++) {
           inputIds[row * maxLength + j] = ids[j];
@@ -164,10 +172,31 @@ export function tokenizerFromJson(
   };
 }
 
+/**
+ * The first `keep` token ids of `text`, tokenizing only as much of it as that
+ * needs: a prefix cut at whitespace holds whole words, whose tokens are those
+ * of the full text, so once the prefix gives more than `keep` tokens the rest
+ * cannot change the result. The prefix doubles until then (a 50 MB report
+ * costs a few kB of tokenizing, not gigabytes).
+ */
+function encodePrefix(tk: Tokenizer, text: string, keep: number): number[] {
+  let budget = Math.max(256, keep * 32);
+  for (;;) {
+    if (budget >= text.length) return tk.encode(text, { add_special_tokens: false }).ids.slice(0, keep);
+    let cut = budget;
+    while (cut > 0 && !/\s/.test(text[cut])) cut--;
+    if (cut > 0) {
+      const ids = tk.encode(text.slice(0, cut), { add_special_tokens: false }).ids;
+      if (ids.length > keep) return ids.slice(0, keep);
+    }
+    budget *= 4;
+  }
+}
+
 /** A tokenizer from a BERT `vocab.txt` (one token per line, id = line number). */
 export function tokenizerFromVocab(
   vocab: string[],
-  options: { lowercase?: boolean; source?: string } = {},
+  options: { lowercase?: boolean; stripAccents?: boolean | null; source?: string } = {},
 ): TextTokenizer {
   return tokenizerFromJson(bertTokenizerJson(vocab, options), {}, options.source ?? "vocab.txt");
 }
@@ -206,9 +235,29 @@ export function loadTokenizer(path: string): TextTokenizer {
     throw new DatasetError(`${path}: directory has neither tokenizer.json nor vocab.txt`);
   }
   if (path.endsWith(".json")) return tokenizerFromJson(readJson(path), {}, path);
+  // A vocab.txt: BertTokenizer's settings come from the tokenizer_config.json beside it (lowercasing by default).
+  const cfgPath = join(dirname(path), "tokenizer_config.json");
+  let cfg: Record<string, unknown> = {};
+  try {
+    if (Deno.statSync(cfgPath).isFile) cfg = readJson(cfgPath);
+  } catch (err) {
+    if (err instanceof DatasetError) throw err;
+  }
+  const flag = (key: string): boolean | null | undefined => {
+    const v = cfg[key];
+    if (v === undefined || v === null) return v as undefined | null;
+    if (typeof v !== "boolean") {
+      throw new DatasetError(`${cfgPath}: "${key}" must be true, false or null, got ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
   const lines = Deno.readTextFileSync(path).split(/\r?\n/);
   if (lines.at(-1) === "") lines.pop();
-  return tokenizerFromVocab(lines, { source: path });
+  return tokenizerFromVocab(lines, {
+    source: path,
+    lowercase: flag("do_lower_case") ?? true,
+    stripAccents: flag("strip_accents") ?? null,
+  });
 }
 
 /**

@@ -113,7 +113,7 @@ export function inferVitConfig(
   if (depth === 0) throw new EncoderError(`${file}: no blocks.* weights found`);
   const hidden = shape("blocks.0.mlp.fc1.weight")[0];
   const numHeads = options.numHeads ?? Math.max(1, Math.round(embedDim / 64));
-  if (!Number.isInteger(numHeads) || embedDim % numHeads !== 0) {
+  if (options.numHeads === undefined && embedDim % numHeads !== 0) {
     throw new EncoderError(`${file}: cannot infer the head count for width ${embedDim}; pass numHeads`);
   }
   const projDim = tensors.has("proj.weight") ? shape("proj.weight")[0] : family === "retfound" ? 768 : null;

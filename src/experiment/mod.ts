@@ -136,9 +136,20 @@ export async function loadTasks(root: string, only?: string[]): Promise<ProbeDat
   return await Promise.all(names.map((n) => readImageFolderDataset(join(root, "tasks", n))));
 }
 
-/** Loads the vision encoder: real weights, or the family's stand-in. */
-export function loadVision(family: ExperimentFamily, weights?: string): VitModel {
-  return loadVit(weights ?? standinPath(family), { arch: weights ? family : "auto" }).model;
+/**
+ * Loads the vision encoder: real weights with the given family's recipe (the
+ * tasks decide and print the family first), or the family's stand-in.
+ * @param family The family whose recipe the weights follow.
+ * @param weights Real weights; default the family's stand-in.
+ * @param log Where loading notices go (default: nowhere; the tasks print the decision once).
+ * @returns The model.
+ */
+export function loadVision(
+  family: ExperimentFamily,
+  weights?: string,
+  log: ((line: string) => void) | null = null,
+): VitModel {
+  return loadVit(weights ?? standinPath(family), { arch: weights ? family : "auto", log, strictHint: "" }).model;
 }
 
 /** Builds the RetFiner model around a vision encoder with the given (or stand-in) text side. */

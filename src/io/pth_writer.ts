@@ -143,11 +143,29 @@ class Pickler {
   }
 }
 
+/** Options of {@link writePth}. */
+export interface WritePthOptions {
+  /**
+   * Attached to the top-level OrderedDict as its `_metadata` attribute (BUILD), where PyTorch keeps a state dict's
+   * metadata; `torch.load(weights_only=True)` restores it and `load_state_dict` ignores keys that name no module.
+   */
+  stateDictMetadata?: Map<string, PthValue>;
+  /** Extra records stored in the archive beside `data.pkl` (`<archive>/<name>`); `torch.load` ignores them. */
+  extraRecords?: { name: string; bytes: Uint8Array }[];
+}
+
 /** Serialises `value` into the members of a PyTorch zip checkpoint. */
-export function pthMembers(value: PthValue, archiveName = "archive"): ZipInput[] {
+export function pthMembers(value: PthValue, archiveName = "archive", options: WritePthOptions = {}): ZipInput[] {
   const p = new Pickler();
   p.op(0x80, 0x02);
   p.value(value);
+  if (options.stateDictMetadata) {
+    if (!(value instanceof Map)) {
+      throw new CheckpointError("writePth: stateDictMetadata needs a Map (OrderedDict) value");
+    }
+    p.value({ _metadata: options.stateDictMetadata });
+    p.op(0x62); // BUILD: OrderedDict.__dict__.update({"_metadata": …})
+  }
   p.op(0x2e);
   const enc = new TextEncoder();
   return [
@@ -155,6 +173,7 @@ export function pthMembers(value: PthValue, archiveName = "archive"): ZipInput[]
     { name: `${archiveName}/byteorder`, chunks: [enc.encode("little")] },
     ...p.storages.map((t, i) => ({ name: `${archiveName}/data/${i}`, chunks: [tensorBytes(t)] })),
     { name: `${archiveName}/version`, chunks: [enc.encode("3\n")] },
+    ...(options.extraRecords ?? []).map((r) => ({ name: `${archiveName}/${r.name}`, chunks: [r.bytes] })),
   ];
 }
 
@@ -173,7 +192,7 @@ export function encodePth(value: PthValue): Uint8Array {
  * await writePth("backbone.pth", new Map([["cls_token", { dtype: "F32", shape: [1, 1, 2], data: new Float32Array(2) }]]));
  * ```
  */
-export async function writePth(path: string, value: PthValue): Promise<void> {
+export async function writePth(path: string, value: PthValue, options: WritePthOptions = {}): Promise<void> {
   const stem = path.split("/").pop()!.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_.-]/g, "_") || "archive";
-  await writeChunksAtomic(path, buildZip(pthMembers(value, stem)));
+  await writeChunksAtomic(path, buildZip(pthMembers(value, stem, options)));
 }

@@ -8,6 +8,7 @@ import { CheckpointError } from "../util/errors.ts";
 import { readPth } from "./pth.ts";
 import { readSafetensors } from "./safetensors.ts";
 import { fileSource } from "./source.ts";
+import { ZipReader } from "./zip.ts";
 import { dirname, join } from "node:path";
 import { isTensorData, type TensorData } from "./tensor.ts";
 
@@ -146,6 +147,37 @@ function readSharded(indexPath: string): WeightFileContents {
 }
 
 /**
+ * The metadata this package's `.pth` exports keep in an archive record
+ * `<archive>/retfiner.json` (beside `data.pkl`; `torch.load` ignores it).
+ */
+function pthRecordMetadata(path: string): Record<string, string> {
+  const src = fileSource(path);
+  try {
+    const zip = ZipReader.open(src);
+    const name = [...zip.entries.keys()].find((n) => /^[^/]+\/retfiner\.json$/.test(n));
+    if (!name) return {};
+    const entry = zip.entries.get(name)!;
+    if (entry.size > 65536) {
+      throw new CheckpointError(`${path}: ${name} is larger than 64 KiB`);
+    }
+    const json = JSON.parse(new TextDecoder().decode(zip.read(name)));
+    const out: Record<string, string> = {};
+    for (const key of ["retfiner.family", "retfiner.vit_config"]) {
+      if (json?.[key] !== undefined) {
+        if (typeof json[key] !== "string") throw new CheckpointError(`${path}: ${name}: "${key}" is not a string`);
+        out[key] = json[key];
+      }
+    }
+    return out;
+  } catch (err) {
+    if (err instanceof CheckpointError) throw err;
+    throw new CheckpointError(`${path}: retfiner.json record is not valid JSON (${(err as Error).message})`);
+  } finally {
+    src.close();
+  }
+}
+
+/**
  * Reads a weight file of any supported container and returns its top-level
  * object with the safetensors metadata: PyTorch `.pth`/`.bin`/`.ckpt` (zip or
  * legacy) or safetensors, decided by content, not extension; a sharded Hugging
@@ -161,7 +193,7 @@ export function readWeights(path: string): WeightFileContents {
   try {
     stat = Deno.statSync(path);
   } catch {
-    throw new CheckpointError(`${path}: weight file not found`);
+    throw new CheckpointError(`${path}: file not found`);
   }
   if (stat.isDirectory) {
     for (const name of [...INDEX_NAMES, ...SINGLE_NAMES]) {
@@ -181,12 +213,17 @@ export function readWeights(path: string): WeightFileContents {
   } finally {
     src.close();
   }
-  const isZipOrPickle = (head[0] === 0x50 && head[1] === 0x4b) || head[0] === 0x80;
-  if (!isZipOrPickle) {
+  // safetensors: an 8-byte little-endian header length, then a JSON header ("{"). Checked first: a header length
+  // whose low byte is 0x80 would otherwise look like a pickle's PROTO opcode.
+  const headerLen = head.length >= 9 ? new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true) : 0n;
+  const isSafetensors = head.length >= 9 && head[8] === 0x7b && headerLen + 8n <= BigInt(stat.size);
+  const isZipOrPickle = !isSafetensors && ((head[0] === 0x50 && head[1] === 0x4b) || head[0] === 0x80);
+  if (!isZipOrPickle && !isSafetensors) {
     const why = notWeightsReason(path, head, stat.size);
     if (why) throw new CheckpointError(why);
   }
   if (isZipOrPickle || head.length < 9) {
+    const isZip = head[0] === 0x50 && head[1] === 0x4b;
     const top = readPth(path).value;
     if (!(top instanceof Map)) {
       throw new CheckpointError(
@@ -194,7 +231,7 @@ export function readWeights(path: string): WeightFileContents {
           `save model.state_dict() instead`,
       );
     }
-    return { top: top as Map<string, unknown>, metadata: {}, files: [path] };
+    return { top: top as Map<string, unknown>, metadata: isZip ? pthRecordMetadata(path) : {}, files: [path] };
   }
   const st = readSafetensors(path);
   return { top: st.tensors as Map<string, unknown>, metadata: st.metadata, files: [path] };
@@ -331,7 +368,7 @@ export function unwrapStateDict(
   for (const [k0, v] of best.dict) {
     const k = String(k0);
     if (!isTensor(v)) {
-      dropped.push(`${where}${k} (not a tensor)`);
+      dropped.push(`${where}${k} (${k === "_metadata" ? "state-dict metadata" : "not a tensor"})`);
       continue;
     }
     const clean = stripWrappers(k, wrappers, stripped);
@@ -358,7 +395,9 @@ const VIT_KEY =
   /^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|blocks\.\d+\.(norm[12]\.(weight|bias)|attn\.(qkv|proj)\.(weight|bias)|mlp\.fc[12]\.(weight|bias)|ls[12]\.gamma)|(fc_)?norm\.(weight|bias)|proj\.(weight|bias))$/;
 
 function dropReason(k: string, layout: VisionLayout): string {
-  if ((layout === "visionfm" || layout === "dinov2") && k.startsWith("head.")) return "DINO/iBOT head (pretraining only)";
+  if ((layout === "visionfm" || layout === "dinov2") && k.startsWith("head.")) {
+    return "DINO/iBOT head (pretraining only)";
+  }
   if (k.startsWith("decoder") || k === "mask_token") return "MAE decoder / masked-image token (pretraining only)";
   if (k === "masked_embed") return "iBOT masked-image token (pretraining only)";
   if (k.startsWith("head.") || k.startsWith("head_dist.")) return "classification head";
@@ -377,7 +416,7 @@ function classify(top: Map<string, unknown>, u: UnwrappedStateDict): VisionLayou
   const keys = [...u.tensors.keys()];
   if (u.stripped.has("vision_encoder.")) return "lightning";
   if (keys.some((k) => /^blocks\.\d+\.ls[12]\.gamma$/.test(k))) return "dinov2";
-  const c = u.container[0];
+  const c = u.container.at(-1);
   if (c === "teacher" || c === "student") return "visionfm";
   if (keys.some((k) => /^bert_(encoder|mlp)\./.test(k))) return "urfound";
   if (keys.includes("fc_norm.weight") && !keys.includes("norm.weight")) return "mae-finetuned";

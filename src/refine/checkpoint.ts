@@ -12,7 +12,7 @@ import { writePth } from "../io/pth_writer.ts";
 import type { TensorData } from "../io/tensor.ts";
 import { bertConfigToJson } from "../encoders/bert.ts";
 import { bertStateDictForExport, stateDict } from "../encoders/load.ts";
-import type { VitModel } from "../encoders/vit.ts";
+import type { VitFamily, VitModel } from "../encoders/vit.ts";
 import { assignValues } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
@@ -167,29 +167,58 @@ export function loadCheckpoint(
   return { opt, loop, extra: meta };
 }
 
-/** File names of an exported refined backbone, like the authors' `best-model_<run>_bscan.pth` (§1.7). */
-export function backboneFileNames(runName: string): { pth: string; safetensors: string } {
-  return { pth: `best-model_${runName}_bscan.pth`, safetensors: `best-model_${runName}_bscan.safetensors` };
+/**
+ * File names of an exported refined backbone, like the authors'
+ * `best-model_<run>_bscan.pth` (§1.7), with the family in the name (unless the
+ * run name has it already): the authors' scripts choose the model by a
+ * substring of the path (§1.2), so `best-model_<run>_visionfm_bscan.pth` is
+ * probed as VisionFM there too.
+ * @param runName The run's name.
+ * @param family The backbone's family (omit for the bare name).
+ * @returns The `.pth` and `.safetensors` file names.
+ */
+export function backboneFileNames(runName: string, family?: VitFamily): { pth: string; safetensors: string } {
+  const tag = family && !runName.toLowerCase().includes(family) ? `${runName}_${family}` : runName;
+  return { pth: `best-model_${tag}_bscan.pth`, safetensors: `best-model_${tag}_bscan.safetensors` };
 }
 
 /**
  * Exports the refined vision backbone with timm names and no prefix — what the
  * authors' `get_vision_backbone_for_linprobing.py` extracts (it keeps `norm.*`
  * and, for RETFound, `proj.*`) — as a PyTorch `.pth` (a plain state dict) and
- * as safetensors with the ViT config in its metadata.
+ * as safetensors with the ViT config in its metadata. Both carry the family:
+ * the safetensors metadata `retfiner.family` / `retfiner.vit_config`, and the
+ * `.pth` state dict's `_metadata["retfiner"]` (where PyTorch keeps its own
+ * state-dict metadata; `torch.load(weights_only=True)` and strict
+ * `load_state_dict` accept it) with the same in an archive record
+ * `retfiner.json` (which `torch.load` ignores and this package reads), and the
+ * file names (see {@link backboneFileNames}).
+ * @param vit The refined model.
+ * @param dir Output folder.
+ * @param runName The run's name.
+ * @returns The paths written.
  */
 export async function exportBackbone(
   vit: VitModel,
   dir: string,
   runName: string,
 ): Promise<{ pth: string; safetensors: string }> {
-  const names = backboneFileNames(runName);
+  const names = backboneFileNames(runName, vit.config.family);
   const sd = stateDict(vit.params);
   const pth = join(dir, names.pth);
   const st = join(dir, names.safetensors);
-  await writePth(pth, sd);
+  const config = JSON.stringify(vit.config);
+  await writePth(pth, sd, {
+    stateDictMetadata: new Map([["retfiner", new Map([["family", vit.config.family], ["vit_config", config]])]]),
+    extraRecords: [{
+      name: "retfiner.json",
+      bytes: new TextEncoder().encode(
+        JSON.stringify({ "retfiner.family": vit.config.family, "retfiner.vit_config": config }),
+      ),
+    }],
+  });
   await writeSafetensors(st, sd, {
-    "retfiner.vit_config": JSON.stringify(vit.config),
+    "retfiner.vit_config": config,
     "retfiner.family": vit.config.family,
     format: "pt",
   });
