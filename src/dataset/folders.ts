@@ -3,12 +3,25 @@
  * `root/{train,val,test}/<class>/<image>` (method notes §2.5), or a CSV with
  * `path,label,split` columns. Classes are sorted alphabetically, as
  * torchvision's ImageFolder sorts them; every split uses the train classes.
+ *
+ * Folders are read as torchvision's ImageFolder reads them: class folders are
+ * walked recursively (e.g. one sub-folder per eye volume), symbolic links to
+ * files and folders are followed (a link back to an enclosing folder is
+ * skipped with a notice), and files without an image extension are ignored.
+ * Hidden entries (names starting with `.`, such as `.ipynb_checkpoints`,
+ * `.DS_Store` and macOS `._*` AppleDouble files; `Thumbs.db`, `desktop.ini`,
+ * `__MACOSX`) are never classes nor images. Split folders and split values are
+ * matched case-insensitively (`Train`, `VAL`, `validation`). A class with no
+ * training images, a class in val/test but not in train, and labels that
+ * differ only by case are errors naming them; labels that differ only by
+ * surrounding spaces are merged with a notice. Every image's header is checked
+ * before probing starts ({@link inspectImage}).
  * @module
  */
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
-import { decodeUtf8, parseCsv } from "./csv.ts";
-import { isImagePath } from "./image.ts";
+import { decodeText, parseCsv } from "./csv.ts";
+import { expandVolumes, type ImageOptions, inspectImage, isImagePath } from "./image.ts";
 
 /** The three splits. */
 export type Split = "train" | "val" | "test";
@@ -38,47 +51,236 @@ export interface ProbeDataset {
   items: LabelledImage[];
 }
 
-async function listDir(path: string): Promise<Deno.DirEntry[]> {
-  const out: Deno.DirEntry[] = [];
+/** How probing datasets are read. */
+export interface ProbeDatasetOptions {
+  /** Check every image's header before returning (default true). */
+  checkImages?: boolean;
+  /** Decode options for the check; `slice: "all"` makes one item per B-scan of a volume. */
+  image?: Omit<ImageOptions, "slice"> & { slice?: ImageOptions["slice"] | "all" };
+  /** Where notices go (default: stderr). */
+  onNotice?: (message: string) => void;
+}
+
+const SPLIT_ALIASES: Record<string, Split> = {
+  train: "train",
+  training: "train",
+  val: "val",
+  valid: "val",
+  validation: "val",
+  test: "test",
+  testing: "test",
+};
+
+/**
+ * Whether a directory entry is hidden or system clutter that is never a class nor an image: names starting with
+ * `.` (`.ipynb_checkpoints`, `.DS_Store`, `._*` AppleDouble), `Thumbs.db`, `desktop.ini`, `__MACOSX`.
+ * @param name The entry's name.
+ * @returns True when it is skipped.
+ */
+export function isHiddenEntry(name: string): boolean {
+  const lower = name.toLowerCase();
+  return name.startsWith(".") || lower === "thumbs.db" || lower === "desktop.ini" || name === "__MACOSX" ||
+    name === "$RECYCLE.BIN";
+}
+
+interface Entry {
+  name: string;
+  path: string;
+  isDirectory: boolean;
+  isFile: boolean;
+}
+
+/** Visible entries of a folder, sorted by name, with symbolic links resolved. */
+async function listDir(path: string): Promise<Entry[]> {
+  const out: Entry[] = [];
   try {
-    for await (const e of Deno.readDir(path)) out.push(e);
+    for await (const e of Deno.readDir(path)) {
+      if (isHiddenEntry(e.name)) continue;
+      const p = join(path, e.name);
+      let isDirectory = e.isDirectory;
+      let isFile = e.isFile;
+      if (e.isSymlink) {
+        try {
+          const st = await Deno.stat(p);
+          isDirectory = st.isDirectory;
+          isFile = st.isFile;
+        } catch {
+          throw new DatasetError(`${p}: broken symbolic link (its target does not exist)`);
+        }
+      }
+      out.push({ name: e.name, path: p, isDirectory, isFile });
+    }
   } catch (err) {
+    if (err instanceof DatasetError) throw err;
     if (err instanceof Deno.errors.NotFound) return [];
     throw new DatasetError(`${path}: cannot list (${(err as Error).message})`);
   }
   return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
-/** Reads `root/{train,val,test}/<class>/*` (images with a supported extension). */
-export async function readImageFolderDataset(root: string): Promise<ProbeDataset> {
-  const trainClasses = (await listDir(join(root, "train"))).filter((e) => e.isDirectory).map((e) => e.name);
+/**
+ * Image files under a folder, recursively, in sorted path order: symbolic links followed (a link to an enclosing
+ * folder is skipped with a notice), hidden entries skipped, files without an image extension ignored.
+ * @param dir The folder.
+ * @param onNotice Where notices go (default: stderr).
+ * @returns The image paths.
+ * @throws {DatasetError} for a broken link or an unreadable folder.
+ */
+export async function listImageFiles(
+  dir: string,
+  onNotice: (message: string) => void = (m) => console.error(m),
+): Promise<string[]> {
+  const out: string[] = [];
+  const ignored: string[] = [];
+  const walk = async (d: string, ancestors: Set<string>) => {
+    let real: string;
+    try {
+      real = await Deno.realPath(d);
+    } catch (err) {
+      throw new DatasetError(`${d}: cannot read (${(err as Error).message})`);
+    }
+    if (ancestors.has(real)) {
+      onNotice(`notice: ${d}: a link back to an enclosing folder (${real}); not followed again`);
+      return;
+    }
+    const inner = new Set(ancestors).add(real);
+    for (const e of await listDir(d)) {
+      if (e.isDirectory) await walk(e.path, inner);
+      else if (e.isFile && isImagePath(e.name)) out.push(e.path);
+      else if (e.isFile) ignored.push(e.path);
+    }
+  };
+  await walk(dir, new Set());
+  if (ignored.length) {
+    onNotice(
+      `notice: ${dir}: ${ignored.length} file(s) without an image extension ignored (e.g. ${ignored[0]})`,
+    );
+  }
+  return out.sort();
+}
+
+/** The split folders of a root, matched case-insensitively (`Train`, `validation`). */
+async function splitFolders(root: string): Promise<Map<Split, string>> {
+  const found = new Map<Split, string>();
+  for (const e of await listDir(root)) {
+    const s = SPLIT_ALIASES[e.name.toLowerCase()];
+    if (!s || !e.isDirectory) continue;
+    if (found.has(s)) {
+      throw new DatasetError(`${root}: both ${basename(found.get(s)!)}/ and ${e.name}/ look like the ${s} split`);
+    }
+    found.set(s, e.path);
+  }
+  return found;
+}
+
+/** Errors for class names that differ only by case or surrounding spaces. */
+function checkLabelVariants(labels: Iterable<string>, where: string): void {
+  const byKey = new Map<string, Set<string>>();
+  for (const l of labels) {
+    const k = l.trim().toLowerCase();
+    if (!byKey.has(k)) byKey.set(k, new Set());
+    byKey.get(k)!.add(l);
+  }
+  for (const variants of byKey.values()) {
+    if (variants.size > 1) {
+      throw new DatasetError(
+        `${where}: classes ${[...variants].map((v) => JSON.stringify(v)).join(", ")} differ only by case or ` +
+          `surrounding spaces; rename them to one name (or to clearly different names)`,
+      );
+    }
+  }
+}
+
+/**
+ * Reads `root/{train,val,test}/<class>/**` (images with a supported extension, found recursively).
+ * @param root The dataset folder.
+ * @param options Image checks and notices.
+ * @returns The dataset, classes sorted.
+ * @throws {DatasetError} for a missing split, a class with no training images, a class in val/test but not in
+ *   train, classes that differ only by case, a broken link, or bad images (all listed).
+ */
+export async function readImageFolderDataset(root: string, options: ProbeDatasetOptions = {}): Promise<ProbeDataset> {
+  const notify = options.onNotice ?? ((m: string) => console.error(m));
+  const splits = await splitFolders(root);
+  const trainDir = splits.get("train");
+  const trainClasses = trainDir ? (await listDir(trainDir)).filter((e) => e.isDirectory).map((e) => e.name) : [];
   if (trainClasses.length === 0) {
     throw new DatasetError(`${root}: no class folders under train/ (expected ${root}/train/<class>/<image>)`);
   }
+  checkLabelVariants(trainClasses, `${root}/train`);
   const items: LabelledImage[] = [];
   for (const split of SPLITS) {
-    const dirs = (await listDir(join(root, split))).filter((e) => e.isDirectory);
+    const splitDir = splits.get(split);
+    const dirs = splitDir ? (await listDir(splitDir)).filter((e) => e.isDirectory) : [];
     if (dirs.length === 0) throw new DatasetError(`${root}/${split}: missing or empty split folder`);
     for (const d of dirs) {
       const label = trainClasses.indexOf(d.name);
       if (label < 0) {
         throw new DatasetError(
-          `${root}/${split}/${d.name}: class "${d.name}" does not exist in train/ (${trainClasses.join(", ")})`,
+          `${splitDir}/${d.name}: class "${d.name}" does not exist in train/ (${trainClasses.join(", ")})`,
         );
       }
-      for (const f of await listDir(join(root, split, d.name))) {
-        if (f.isFile && isImagePath(f.name)) items.push({ path: join(root, split, d.name, f.name), label, split });
+      const paths = await listImageFiles(d.path, notify);
+      if (split === "train" && paths.length === 0) {
+        throw new DatasetError(`${d.path}: class "${d.name}" has no training images`);
       }
+      for (const path of paths) items.push({ path, label, split });
     }
   }
-  return { name: basename(root), root, classes: trainClasses, items };
+  const ds = { name: basename(root), root, classes: trainClasses, items };
+  return await checkDatasetImages(ds, options);
 }
 
-/** Reads a CSV with `path`, `label` and `split` columns (paths relative to the CSV). */
+/** The header pre-pass over a dataset's images; volumes expanded with `slice: "all"`. */
+async function checkDatasetImages(ds: ProbeDataset, options: ProbeDatasetOptions): Promise<ProbeDataset> {
+  if (options.checkImages === false) return ds;
+  const { slice, ...image } = options.image ?? {};
+  const opts: ImageOptions = {
+    ...image,
+    ...(slice === "all" ? { slice: "first" as const } : slice !== undefined ? { slice } : {}),
+  };
+  const bad: string[] = [];
+  const expanded: LabelledImage[][] = new Array(ds.items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < ds.items.length) {
+      const k = next++;
+      const it = ds.items[k];
+      try {
+        await inspectImage(it.path, opts);
+        expanded[k] = slice === "all" ? (await expandVolumes([it.path], image)).map((path) => ({ ...it, path })) : [it];
+      } catch (err) {
+        if (!(err instanceof DatasetError)) throw err;
+        bad.push(err.message);
+        expanded[k] = [];
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  if (bad.length) {
+    bad.sort();
+    throw new DatasetError(
+      `${ds.root}: ${bad.length} image(s) cannot be used:\n  ${bad.slice(0, 20).join("\n  ")}` +
+        (bad.length > 20 ? `\n  ... and ${bad.length - 20} more` : ""),
+    );
+  }
+  return { ...ds, items: expanded.flat() };
+}
+
+/**
+ * Reads a CSV with `path`, `label` and `split` columns (paths relative to the CSV). A BOM is ignored; split
+ * values match case-insensitively; labels are trimmed (a notice lists labels that had surrounding spaces).
+ * @param path The CSV file.
+ * @param options Column names, image checks and notices.
+ * @returns The dataset, classes sorted.
+ * @throws {DatasetError} naming the line for an unknown split or a label absent from train; naming the labels
+ *   that differ only by case; for missing columns, no train rows or bad images.
+ */
 export async function readLabelCsv(
   path: string,
-  options: { pathColumn?: string; labelColumn?: string; splitColumn?: string } = {},
+  options: ProbeDatasetOptions & { pathColumn?: string; labelColumn?: string; splitColumn?: string } = {},
 ): Promise<ProbeDataset> {
+  const notify = options.onNotice ?? ((m: string) => console.error(m));
   const pc = options.pathColumn ?? "path";
   const lc = options.labelColumn ?? "label";
   const sc = options.splitColumn ?? "split";
@@ -88,36 +290,72 @@ export async function readLabelCsv(
   } catch (err) {
     throw new DatasetError(`${path}: cannot read (${(err as Error).message})`);
   }
-  const { header, rows } = parseCsv(decodeUtf8(bytes, path), path);
+  const { header, rows } = parseCsv(decodeText(bytes, path), path);
   for (const c of [pc, lc, sc]) {
     if (!header.includes(c)) {
       throw new DatasetError(`${path}: missing column "${c}"; columns are: ${header.join(", ")}`);
     }
   }
-  const trainLabels = [...new Set(rows.filter((r) => r.values[sc] === "train").map((r) => r.values[lc]))].sort();
-  if (trainLabels.length === 0) throw new DatasetError(`${path}: no train rows`);
+  const splitOf = (raw: string, line: number): Split => {
+    const s = SPLIT_ALIASES[raw.trim().toLowerCase()];
+    if (!s) {
+      const found = [...new Set(rows.map((r) => r.values[sc]))].slice(0, 20).map((x) => JSON.stringify(x));
+      throw new DatasetError(
+        `${path}:${line}: split "${raw}" is not train, val(idation) or test (any case); the file's split values: ` +
+          found.join(", "),
+      );
+    }
+    return s;
+  };
+  const spaced = new Map<string, number[]>();
+  for (const r of rows) {
+    const l = r.values[lc];
+    if (l !== l.trim()) spaced.set(JSON.stringify(l), [...(spaced.get(JSON.stringify(l)) ?? []), r.line]);
+  }
+  if (spaced.size) {
+    notify(
+      `notice: ${path}: labels with surrounding spaces were trimmed: ` +
+        [...spaced].map(([l, lines]) => `${l} (line${lines.length > 1 ? "s" : ""} ${lines.slice(0, 5).join(", ")})`)
+          .join(", "),
+    );
+  }
+  checkLabelVariants(new Set(rows.map((r) => r.values[lc].trim())), path);
+  const trainLabels = [
+    ...new Set(
+      rows.filter((r) => SPLIT_ALIASES[r.values[sc].trim().toLowerCase()] === "train").map((r) => r.values[lc].trim()),
+    ),
+  ].sort();
+  if (trainLabels.length === 0) {
+    const found = [...new Set(rows.map((r) => r.values[sc]))].slice(0, 20).map((x) => JSON.stringify(x));
+    throw new DatasetError(`${path}: no train rows (split values found: ${found.join(", ") || "none"})`);
+  }
   const items: LabelledImage[] = rows.map((r) => {
-    const split = r.values[sc] as Split;
-    if (!SPLITS.includes(split)) {
-      throw new DatasetError(`${path}:${r.line}: split "${r.values[sc]}" is not train, val or test`);
-    }
-    const label = trainLabels.indexOf(r.values[lc]);
+    const split = splitOf(r.values[sc], r.line);
+    const name = r.values[lc].trim();
+    const label = trainLabels.indexOf(name);
     if (label < 0) {
-      throw new DatasetError(`${path}:${r.line}: label "${r.values[lc]}" does not occur in the train split`);
+      throw new DatasetError(`${path}:${r.line}: label "${name}" does not occur in the train split`);
     }
-    const p = r.values[pc];
+    const p = r.values[pc].trim();
     if (!p) throw new DatasetError(`${path}:${r.line}: empty path`);
-    return { path: p.startsWith("/") ? p : join(dirname(path), p), label, split };
+    return { path: isAbsolute(p) ? p : join(dirname(path), p), label, split };
   });
   items.sort((a, b) =>
     SPLITS.indexOf(a.split) - SPLITS.indexOf(b.split) || a.label - b.label || (a.path < b.path ? -1 : 1)
   );
-  return { name: basename(path).replace(/\.csv$/i, ""), root: path, classes: trainLabels, items };
+  const ds = { name: basename(path).replace(/\.csv$/i, ""), root: path, classes: trainLabels, items };
+  return await checkDatasetImages(ds, options);
 }
 
-/** Reads a probing dataset from a folder or a CSV. */
-export function readProbeDataset(path: string): Promise<ProbeDataset> {
-  return path.toLowerCase().endsWith(".csv") ? readLabelCsv(path) : readImageFolderDataset(path);
+/**
+ * Reads a probing dataset from a folder or a CSV.
+ * @param path A dataset folder or a `.csv`.
+ * @param options Image checks and notices.
+ * @returns The dataset.
+ * @throws {DatasetError} as {@link readImageFolderDataset} and {@link readLabelCsv} do.
+ */
+export function readProbeDataset(path: string, options: ProbeDatasetOptions = {}): Promise<ProbeDataset> {
+  return path.toLowerCase().endsWith(".csv") ? readLabelCsv(path, options) : readImageFolderDataset(path, options);
 }
 
 /** Images per class in each split: `counts[split][classIndex]`. */

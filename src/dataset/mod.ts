@@ -64,8 +64,11 @@ export {
 export {
   classCounts,
   formatClassCounts,
+  isHiddenEntry,
   type LabelledImage,
+  listImageFiles,
   type ProbeDataset,
+  type ProbeDatasetOptions,
   readImageFolderDataset,
   readLabelCsv,
   readProbeDataset,
