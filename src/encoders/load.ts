@@ -40,8 +40,8 @@ export interface LoadOptions {
   /** File name for messages. */
   fileName?: string;
   /**
-   * What the strict-mode error suggests for loading anyway; default "pass strict: false". Tasks with a
-   * `--no-strict` flag name it; tasks without one pass "" (no hint).
+   * What the strict-mode error suggests for loading anyway, e.g. "pass --no-strict" in a task with that flag;
+   * default none (a task without such a flag must not name one).
    */
   strictHint?: string;
 }
@@ -72,9 +72,7 @@ export function loadStateDict(params: Params, tensors: Map<string, TensorData>, 
       `${options.fileName ?? "weights"} do not match the model:` + list("missing", report.missing) +
         list("unexpected", report.unexpected) +
         list("wrong shape", report.mismatched) +
-        ((options.strictHint ?? "pass strict: false")
-          ? `\n  (${options.strictHint ?? "pass strict: false"} to load the matching keys only)`
-          : ""),
+        (options.strictHint ? `\n  (${options.strictHint} to load the matching keys only)` : ""),
     );
   }
   for (const [name, t] of tensors) {
@@ -157,7 +155,7 @@ export interface LoadVitOptions {
   rng?: Rng;
   /** Overrides applied to the inferred config (e.g. `dropPathRate`). */
   overrides?: Partial<VitConfig>;
-  /** Where notices go (default `console.log`; `null` keeps them only in the result). */
+  /** Where notices go (default `console.error`, beside progress; `null` keeps them only in the result). */
   log?: ((line: string) => void) | null;
   /** Name of the flag that sets the family, for the "how to set it" part of guesses (default `--arch`). */
   archFlag?: string;
@@ -349,7 +347,7 @@ function decideFamily(
  * @throws {EncoderError} for a config that fails validation or keys that do not match in strict mode.
  */
 export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
-  const log = options.log === undefined ? (line: string) => console.log(line) : options.log;
+  const log = options.log === undefined ? (line: string) => console.error(line) : options.log;
   const notices: string[] = [];
   const notice = (line: string) => {
     notices.push(line);
@@ -485,7 +483,7 @@ export interface LoadBertOptions {
   strict?: boolean;
   /** Generator for the newly initialised weights. */
   rng?: Rng;
-  /** Where notices go (default `console.log`; `null` keeps them only in the result). */
+  /** Where notices go (default `console.error`, beside progress; `null` keeps them only in the result). */
   log?: ((line: string) => void) | null;
   /** Hint in the strict-mode error (see {@link LoadOptions.strictHint}). */
   strictHint?: string;
@@ -511,7 +509,7 @@ export function loadBert(
   config: BertConfig | string,
   options: LoadBertOptions = {},
 ): LoadedBert {
-  const log = options.log === undefined ? (line: string) => console.log(line) : options.log;
+  const log = options.log === undefined ? (line: string) => console.error(line) : options.log;
   const notices: string[] = [];
   const notice = (line: string) => {
     notices.push(line);

@@ -70,3 +70,50 @@ Deno.test("tokenizer.json round trip and a WordPiece vocabulary built from repor
     DatasetError,
   );
 });
+
+const weightsDir = new URL("../fixtures/weights/", import.meta.url).pathname;
+
+Deno.test("added tokens (tokenizer.add_tokens) count in the vocabulary; the model check names the mismatch first", async () => {
+  // The shipped text stand-in's tokenizer.json plus one added word, id 680 (from ../shared/cases/data/tokenizer).
+  const tk = loadTokenizer(`${weightsDir}standin_with_added_token.json`);
+  assertEquals(tk.vocabSize, 681);
+  assertEquals([...tk.encodeBatch(["pachychoroid"], 3).inputIds], [tk.clsId, 680, tk.sepId]);
+  const { setupBackend } = await import("../../src/backend/mod.ts");
+  const { loadBert, loadVit } = await import("../../src/encoders/mod.ts");
+  const { assembleModel } = await import("../../src/refine/model.ts");
+  const { TEXT_STANDIN, standinPath } = await import("../../src/pretrain/paths.ts");
+  await setupBackend({ log: null });
+  const bert = loadBert(TEXT_STANDIN.weights, TEXT_STANDIN.config, { log: null }).model;
+  assertEquals(bert.config.vocabSize, 680);
+  const vit = loadVit(standinPath("retfound"), { log: null }).model;
+  assertThrows(() => assembleModel(vit, bert, tk), /tokenizer has 681 tokens but the BERT's vocabulary is 680/);
+});
+
+Deno.test("vocab.txt folders follow tokenizer_config.json: do_lower_case and strip_accents as BertTokenizer", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/vocab.txt`, "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncafé\ncafe\nCafé\n");
+  const ids = () => [...loadTokenizer(dir).encodeBatch(["Café"], 3).inputIds];
+  assertEquals(ids(), [2, 6, 3]); // no config: lowercase, and accents stripped with it
+  await Deno.writeTextFile(`${dir}/tokenizer_config.json`, '{"do_lower_case": true, "strip_accents": false}');
+  assertEquals(ids(), [2, 5, 3]);
+  await Deno.writeTextFile(`${dir}/tokenizer_config.json`, '{"do_lower_case": false}');
+  assertEquals(ids(), [2, 7, 3]);
+  assertEquals([...loadTokenizer(`${dir}/vocab.txt`).encodeBatch(["Café"], 3).inputIds], [2, 7, 3]);
+  await Deno.writeTextFile(`${dir}/tokenizer_config.json`, '{"do_lower_case": "no"}');
+  assertThrows(() => loadTokenizer(dir), /do_lower_case/, DatasetError);
+});
+
+Deno.test("a huge report is truncated before tokenizing: same ids as its opening words, in bounded time", () => {
+  const tk = tokenizerFromVocab(bertBaseVocab());
+  const words = "subretinal fluid with drusen and atrophy ".repeat(500_000); // 20 MB
+  const t0 = performance.now();
+  const big = tk.encodeBatch([words]);
+  const ms = performance.now() - t0;
+  assertEquals([...big.inputIds], [...tk.encodeBatch([words.slice(0, 400)]).inputIds]);
+  assert(ms < 1000, `took ${ms} ms`);
+  // A long run of spaces before the first word, and a text cut inside a word, are handled.
+  const spaced = " ".repeat(100_000) + "fluid " + "drusen".repeat(10);
+  assertEquals([...tk.encodeBatch([spaced], 8).inputIds], [
+    ...tk.encodeBatch(["fluid " + "drusen".repeat(10)], 8).inputIds,
+  ]);
+});
