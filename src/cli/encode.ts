@@ -1,14 +1,18 @@
 /** `deno task encode`: features of B-scans from a vision encoder, to .npy or .safetensors. */
-import { join } from "node:path";
 import { tf } from "../backend/tf.ts";
 import { featureDim, loadVit, type TokenMode, type VitFamily, vitFeatures } from "../encoders/mod.ts";
 import {
   batchIndices,
-  isImagePath,
+  decodeText,
+  expandVolumes,
+  IMAGE_EXTENSIONS,
+  inspectImage,
+  listImageFiles,
   loadImageBatch,
   prefetch,
   readPairManifest,
   refinementSpec,
+  type VolumeSlice,
 } from "../dataset/mod.ts";
 import { writeNpy, writeSafetensors } from "../io/mod.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
@@ -16,40 +20,60 @@ import { DatasetError, UsageError } from "../util/errors.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { writeFileAtomic } from "../util/fs.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
-async function listImages(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for await (const e of Deno.readDir(dir)) {
-    const p = join(dir, e.name);
-    if (e.isDirectory) out.push(...await listImages(p));
-    else if (e.isFile && isImagePath(e.name)) out.push(p);
-  }
-  return out;
-}
-
-/** Resolves `--input` to image paths: one image, a folder (recursive, sorted) or a manifest. */
-export async function resolveInputs(input: string): Promise<string[]> {
+/**
+ * Resolves `--input` to image paths: one image, a folder (recursive, sorted; symbolic links followed, hidden
+ * entries skipped) or a manifest (`image` or `path` column; a BOM is ignored). Every image's header is checked
+ * first; bad images are an error listing them, or with `skipBad` are dropped and returned in `skipped`.
+ * @param input An image, a folder or a `.csv`/`.jsonl` manifest.
+ * @param options `slice: "all"` takes every B-scan of a volume; `skipBad` skips unusable images.
+ * @returns The paths to encode (volume slices as `file#slice=k`) and the skipped ones with reasons.
+ * @throws {DatasetError} for a missing input, no images, or bad images without `skipBad`.
+ */
+export async function resolveInputs(
+  input: string,
+  options: { slice?: VolumeSlice | "all"; skipBad?: boolean } = {},
+): Promise<{ paths: string[]; skipped: { path: string; reason: string }[] }> {
   let stat: Deno.FileInfo;
   try {
     stat = await Deno.stat(input);
   } catch {
     throw new DatasetError(`${input}: input not found`);
   }
+  let paths: string[];
   if (stat.isDirectory) {
-    const paths = (await listImages(input)).sort();
+    paths = await listImageFiles(input);
     if (paths.length === 0) {
-      throw new DatasetError(`${input}: no images (${[".png", ".jpg", ".tif", ".bmp", ".npy"].join(", ")}) found`);
+      throw new DatasetError(`${input}: no images (${IMAGE_EXTENSIONS.join(", ")}) found`);
     }
-    return paths;
-  }
-  if (isImagePath(input)) return [input];
-  if (/\.(csv|jsonl|ndjson)$/i.test(input)) {
-    const head = (await Deno.readTextFile(input)).split(/\r?\n/, 1)[0];
+  } else if (/\.(csv|jsonl|ndjson)$/i.test(input)) {
+    const head = decodeText(await Deno.readFile(input), input).split(/\r?\n/, 1)[0];
     const imageColumn = /(^|,|")path("|,|$)/.test(head) && !/(^|,|")image("|,|$)/.test(head) ? "path" : "image";
-    const { records } = await readPairManifest(input, { imageColumn, textColumn: imageColumn });
-    return records.map((r) => r.image);
+    const { records } = await readPairManifest(input, { imageColumn, textColumn: imageColumn, checkFiles: false });
+    paths = records.map((r) => r.image);
+  } else paths = [input];
+  const skipped: { path: string; reason: string }[] = [];
+  const kept: string[] = [];
+  const slice = options.slice === "all" ? "first" : options.slice;
+  for (const p of paths) {
+    try {
+      await inspectImage(p, slice !== undefined ? { slice } : {});
+      kept.push(...(options.slice === "all" ? await expandVolumes([p]) : [p]));
+    } catch (err) {
+      if (!(err instanceof DatasetError)) throw err;
+      skipped.push({ path: p, reason: err.message });
+    }
   }
-  throw new DatasetError(`${input}: not an image, folder or manifest (.csv/.jsonl)`);
+  if (skipped.length && !options.skipBad) {
+    throw new DatasetError(
+      `${input}: ${skipped.length} image(s) cannot be used (--skip-bad skips them):\n  ` +
+        skipped.slice(0, 20).map((s) => s.reason).join("\n  ") +
+        (skipped.length > 20 ? `\n  ... and ${skipped.length - 20} more` : ""),
+    );
+  }
+  if (kept.length === 0) throw new DatasetError(`${input}: no usable images (${skipped.length} skipped)`);
+  return { paths: kept, skipped };
 }
 
 await runMain(async () => {
@@ -99,6 +123,11 @@ await runMain(async () => {
         type: "boolean",
         description: "Load matching keys only instead of failing on mismatched weights.",
       },
+      "skip-bad": {
+        type: "boolean",
+        description: "Skip images that cannot be used (listed on stderr and in <out>.skipped.txt) instead of stopping.",
+      },
+      ...IMAGE_FLAGS,
       ...BACKEND_FLAG,
     },
     examples: [
@@ -110,6 +139,7 @@ await runMain(async () => {
   const out = String(values.out);
   if (!/\.(npy|safetensors)$/.test(out)) throw new UsageError(`--out must end in .npy or .safetensors, got ${out}`);
   const batch = numberFlag(values, "batch", { integer: true, min: 1 })!;
+  const slice = applyImageFlags(values);
   await backendFromFlags(values);
   const { model, mapped } = loadVit(String(values.weights), {
     arch: values.arch as VitFamily | "auto",
@@ -122,7 +152,8 @@ await runMain(async () => {
   console.error(
     `model: ${c.family} (${mapped.layout} layout) ViT ${c.embedDim}x${c.depth}, ${c.numHeads} heads, ${c.imgSize}px`,
   );
-  const paths = await resolveInputs(String(values.input));
+  const { paths, skipped } = await resolveInputs(String(values.input), { slice, skipBad: !!values["skip-bad"] });
+  for (const s of skipped) console.error(`skipped ${s.reason}`);
   const mode = values.tokens as TokenMode;
   const spec = refinementSpec(c.imgSize, { mean: c.mean, std: c.std });
   const tokensPerImage = mode === "all" ? 1 + (c.imgSize / c.patchSize) ** 2 : 1;
@@ -151,5 +182,9 @@ await runMain(async () => {
     });
   }
   await writeFileAtomic(`${out}.paths.txt`, paths.join("\n") + "\n");
+  if (skipped.length) {
+    await writeFileAtomic(`${out}.skipped.txt`, skipped.map((s) => `${s.path}\t${s.reason}`).join("\n") + "\n");
+    console.error(`skipped ${skipped.length} image(s); listed in ${out}.skipped.txt`);
+  }
   console.error(`wrote ${out}: float32 [${shape}] and ${out}.paths.txt`);
 });
