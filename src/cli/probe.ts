@@ -1,6 +1,6 @@
 /** `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline. */
 import { basename, join } from "node:path";
-import { formatClassCounts, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
+import { formatClassCounts, isHiddenEntry, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
 import { loadVit, type VitFamily, type VitModel } from "../encoders/mod.ts";
 import { type ModelResults, probeTask, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { compareModels, markdownSingle } from "../probe/report.ts";
@@ -8,6 +8,7 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 function timestamp(): string {
   return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
@@ -67,6 +68,7 @@ await runMain(async () => {
         description: "Maximum epochs of the head (the authors: 1000).",
         default: "1000",
       },
+      ...IMAGE_FLAGS,
       ...BACKEND_FLAG,
     },
     examples: [
@@ -83,11 +85,14 @@ await runMain(async () => {
   const dirs: string[] = [...((values.tasks as string[] | undefined) ?? [])];
   if (values.benchmark) {
     for await (const e of Deno.readDir(join(String(values.benchmark), "tasks"))) {
-      if (e.isDirectory) dirs.push(join(String(values.benchmark), "tasks", e.name));
+      if (!isHiddenEntry(e.name) && (e.isDirectory || e.isSymlink)) {
+        dirs.push(join(String(values.benchmark), "tasks", e.name));
+      }
     }
   }
   if (dirs.length === 0) throw new UsageError("give probing datasets with --tasks (repeatable) or --benchmark");
   dirs.sort();
+  const slice = applyImageFlags(values);
   await backendFromFlags(values);
   const heads = numberFlag(values, "heads", { integer: true, min: 1 });
   const load = (p: string): VitModel =>
@@ -97,10 +102,11 @@ await runMain(async () => {
       strict: !values["no-strict"],
       log: noticeLog,
       strictHint: "pass --no-strict",
+      headsHint: "set --heads",
     }).model;
   const datasets: ProbeDataset[] = [];
   for (const d of dirs) {
-    const ds = await readProbeDataset(d);
+    const ds = await readProbeDataset(d, slice === "all" ? { image: { slice } } : {});
     console.error(formatClassCounts(ds));
     datasets.push(ds);
   }

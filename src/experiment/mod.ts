@@ -14,7 +14,7 @@
  * @module
  */
 import { join } from "node:path";
-import { type ProbeDataset, readImageFolderDataset } from "../dataset/folders.ts";
+import { isHiddenEntry, type ProbeDataset, readImageFolderDataset } from "../dataset/folders.ts";
 import { readPairManifest } from "../dataset/manifest.ts";
 import { type BenchmarkInfo, generateBenchmark, SYNTH_PRESETS, SYNTH_VERSION } from "../dataset/synth/generate.ts";
 import { loadTokenizer } from "../dataset/tokenizer.ts";
@@ -130,7 +130,9 @@ export async function ensureBenchmark(
 export async function loadTasks(root: string, only?: string[]): Promise<ProbeDataset[]> {
   const names: string[] = [];
   for await (const e of Deno.readDir(join(root, "tasks"))) {
-    if (e.isDirectory && (!only || only.includes(e.name))) names.push(e.name);
+    if ((e.isDirectory || e.isSymlink) && !isHiddenEntry(e.name) && (!only || only.includes(e.name))) {
+      names.push(e.name);
+    }
   }
   names.sort();
   return await Promise.all(names.map((n) => readImageFolderDataset(join(root, "tasks", n))));
