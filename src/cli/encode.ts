@@ -147,6 +147,7 @@ await runMain(async () => {
     strict: !values["no-strict"],
     log: noticeLog,
     strictHint: "pass --no-strict",
+    headsHint: "set --heads",
   });
   const c = model.config;
   console.error(

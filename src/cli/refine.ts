@@ -179,7 +179,12 @@ const SPEC: CommandSpec = {
       description: "Resumable checkpoint every N steps (0: epoch ends only).",
       default: "25",
     },
-    resume: { type: "boolean", description: "Continue the run in --out from its last checkpoint." },
+    resume: {
+      type: "boolean",
+      description:
+        "Continue the run in --out from its last checkpoint (log entries after it are dropped, temp files of " +
+        "interrupted writes removed). Without it, an --out holding a checkpoint is refused.",
+    },
     "max-steps": { type: "string", valueName: "<n>", description: "Stop after N optimiser steps." },
     out: { type: "string", valueName: "<dir>", description: "Run directory (default runs/<timestamp>)." },
     config: {
@@ -257,14 +262,17 @@ await runMain(async () => {
   const backend = await backendFromFlags(v);
   if (v.weights && !parsed.given.has("model")) {
     // The family is decided once, from the file (metadata, layout, then name), and printed with how.
-    const decided = loadVit(String(v.weights), { log: noticeLog, archFlag: "--model", strictHint: "" });
+    const decided = loadVit(String(v.weights), {
+      log: noticeLog,
+      archFlag: "--model",
+      strictHint: "",
+      headsHint: "",
+    });
     disposeParams(decided.model.params);
     if (decided.family.family === "timm") {
       throw new UsageError(
-        `${v.weights}: which foundation model this is cannot be told (${
-          decided.family.reason.replace(/; if it is wrong.*$/, "")
-        }); ` +
-          `refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
+        `${v.weights}: nothing in the file or its name says which foundation model this is (a ${decided.mapped.layout} ` +
+          `state dict); refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
       );
     }
     family = decided.family.family as ExperimentFamily;
@@ -283,7 +291,13 @@ await runMain(async () => {
       benchmark: v.benchmark as string | undefined,
       synth: { size: v["synth-size"] as "tiny" | "small" | "medium", seed: 0 },
       probe: { seeds, mode: v["probe-mode"] as "fast" | "faithful" },
-      refine: refineOptions,
+      refine: {
+        ...refineOptions,
+        onNotice: (m) => {
+          bar.finish();
+          console.error(m);
+        },
+      },
       onProgress: bar.callback,
       log: (line) => {
         bar.finish();
@@ -355,12 +369,16 @@ await runMain(async () => {
     pairs: records,
     runDir: out,
     onProgress: bar.callback,
+    onNotice: (m) => {
+      bar.finish();
+      console.error(m);
+    },
     onEpoch: (e) => {
       bar.finish();
       console.error(
-        `epoch ${e.epoch + 1}: train ${e.trainLoss.toFixed(4)}, val ${e.valLoss.toFixed(4)} (${
-          Object.entries(e.terms).map(([k, x]) => `${k} ${x.toFixed(3)}`).join(", ")
-        })`,
+        `epoch ${e.epoch + 1}: train ${e.trainLoss.toFixed(4)}, ${
+          Number.isNaN(e.valLoss) ? "no validation" : `val ${e.valLoss.toFixed(4)}`
+        } (${Object.entries(e.terms).map(([k, x]) => `${k} ${x.toFixed(3)}`).join(", ")})`,
       );
     },
   });

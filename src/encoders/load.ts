@@ -161,6 +161,11 @@ export interface LoadVitOptions {
   archFlag?: string;
   /** Hint in the strict-mode error (see {@link LoadOptions.strictHint}). */
   strictHint?: string;
+  /**
+   * How the caller sets the head count, named when it is guessed (default "pass numHeads"; tasks: "set --heads";
+   * "" for none).
+   */
+  headsHint?: string;
 }
 
 /**
@@ -387,7 +392,8 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
   if (headsGuessed) {
     notice(
       `${path}: ${inferred.numHeads} attention heads = width ${inferred.embedDim}/64 — a guess (the head count is not ` +
-        `stored in the weights; right for ViT-B/16 and ViT-L/16); set --heads if the model has another`,
+        `stored in the weights; right for ViT-B/16 and ViT-L/16)` +
+        (options.headsHint === "" ? "" : `; ${options.headsHint ?? "pass numHeads"} if the model has another`),
     );
   }
   // Settings the weights cannot show (projection width without its weights, drop-path rate, input statistics)
