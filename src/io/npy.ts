@@ -42,7 +42,119 @@ const KINDS: Record<string, { size: number; make: (b: ArrayBuffer, n: number) =>
   i8: { size: 8, make: (b, n) => new BigInt64Array(b, 0, n) },
 };
 
-/** Parses `.npy` bytes; `name` is used in error messages. */
+/** numpy's `max_header_size` default: longer headers are refused unless the file is trusted. */
+const MAX_HEADER = 10000;
+
+type Token = { kind: "punct" | "str" | "int" | "name"; text: string };
+
+function tokenize(header: string, fail: (msg: string) => never): Token[] {
+  const out: Token[] = [];
+  const re = /\s*(?:([{}():,\[\]])|'([^'\\]*)'|"([^"\\]*)"|(-?\d+)L?|([A-Za-z_]\w*))/y;
+  let pos = 0;
+  const end = header.replace(/\s+$/, "").length;
+  while (pos < end) {
+    re.lastIndex = pos;
+    const m = re.exec(header);
+    if (!m) fail(`unexpected text at column ${pos}`);
+    pos = re.lastIndex;
+    if (m![1]) out.push({ kind: "punct", text: m![1] });
+    else if (m![2] !== undefined || m![3] !== undefined) out.push({ kind: "str", text: m![2] ?? m![3] });
+    else if (m![4]) out.push({ kind: "int", text: m![4] });
+    else out.push({ kind: "name", text: m![5] });
+  }
+  return out;
+}
+
+/**
+ * Parses the header's Python dict literal the way numpy checks it: exactly the
+ * keys `descr`, `fortran_order` and `shape` (numpy refuses missing or extra
+ * keys; a key given twice is refused here, where Python would silently keep
+ * the last), a string descr, a bool order and a tuple of non-negative ints.
+ */
+function parseHeader(header: string, name: string): { descr: string; fortran: boolean; shape: number[] } {
+  const fail = (msg: string): never => {
+    throw new CheckpointError(
+      `${name}: malformed .npy header (${msg}): ${JSON.stringify(header.trim().slice(0, 200))}`,
+    );
+  };
+  const toks = tokenize(header, fail);
+  let i = 0;
+  const next = () => toks[i++] ?? fail("it ends early");
+  const expect = (text: string) => {
+    const t = next();
+    if (t.kind !== "punct" || t.text !== text) fail(`expected "${text}", found "${t.text}"`);
+  };
+  const value = (): unknown => {
+    const t = next();
+    if (t.kind === "str") return t.text;
+    if (t.kind === "int") return Number(t.text);
+    if (t.kind === "name") {
+      if (t.text === "True") return true;
+      if (t.text === "False") return false;
+      if (t.text === "None") return null;
+      fail(`unknown name ${t.text}`);
+    }
+    if (t.text === "(" || t.text === "[") {
+      const close = t.text === "(" ? ")" : "]";
+      const items: unknown[] = [];
+      for (;;) {
+        if (toks[i]?.kind === "punct" && toks[i].text === close) {
+          i++;
+          break;
+        }
+        items.push(value());
+        const sep = next();
+        if (sep.kind === "punct" && sep.text === close) break;
+        if (sep.kind !== "punct" || sep.text !== ",") fail(`expected "," or "${close}"`);
+      }
+      return t.text === "(" ? { tuple: items } : items;
+    }
+    return fail(`unexpected "${t.text}"`);
+  };
+  expect("{");
+  const dict = new Map<string, unknown>();
+  for (;;) {
+    if (toks[i]?.kind === "punct" && toks[i].text === "}") {
+      i++;
+      break;
+    }
+    const k = next();
+    if (k.kind !== "str") fail("a key is not a string");
+    if (dict.has(k.text)) fail(`key '${k.text}' appears twice`);
+    expect(":");
+    dict.set(k.text, value());
+    const sep = next();
+    if (sep.kind === "punct" && sep.text === "}") break;
+    if (sep.kind !== "punct" || sep.text !== ",") fail('expected "," or "}"');
+  }
+  if (i !== toks.length) fail("text after the dict");
+  const keys = [...dict.keys()].sort();
+  if (keys.join(",") !== "descr,fortran_order,shape") {
+    fail(`numpy requires exactly the keys 'descr', 'fortran_order', 'shape'; found ${keys.map((k) => `'${k}'`)}`);
+  }
+  const descr = dict.get("descr");
+  const fortran = dict.get("fortran_order");
+  const shape = dict.get("shape") as { tuple?: unknown[] } | null;
+  if (typeof fortran !== "boolean") fail("'fortran_order' is not True or False");
+  if (!shape || !Array.isArray(shape.tuple) || !shape.tuple.every((d) => Number.isSafeInteger(d) && Number(d) >= 0)) {
+    fail("'shape' is not a tuple of non-negative ints");
+  }
+  if (typeof descr !== "string") {
+    throw new CheckpointError(
+      `${name}: unsupported .npy dtype ${JSON.stringify(descr)} (structured arrays are not read)`,
+    );
+  }
+  return { descr: descr as string, fortran: fortran as boolean, shape: shape!.tuple as number[] };
+}
+
+/**
+ * Parses `.npy` bytes.
+ * @param bytes the file's contents
+ * @param name names the file in error messages
+ * @returns the array (C order)
+ * @throws {CheckpointError} when the header is malformed (missing, extra or repeated keys, as numpy refuses), the
+ * dtype unsupported or the data truncated
+ */
 export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
   if (bytes.length < 10 || !MAGIC.every((m, i) => bytes[i] === m)) {
     throw new CheckpointError(`${name}: not a .npy file (bad magic)`);
@@ -60,21 +172,26 @@ export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
     start = 12;
   } else throw new CheckpointError(`${name}: unsupported .npy version ${major}`);
   if (start + headerLen > bytes.length) throw new CheckpointError(`${name}: truncated .npy header`);
-  const header = new TextDecoder(major === 3 ? "utf-8" : "latin1").decode(bytes.subarray(start, start + headerLen));
-  const descr = /'descr'\s*:\s*'([^']+)'/.exec(header)?.[1];
-  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(header)?.[1];
-  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(header)?.[1];
-  if (!descr || !fortran || shapeText === undefined) {
-    throw new CheckpointError(`${name}: malformed .npy header ${JSON.stringify(header.trim())}`);
+  if (headerLen > MAX_HEADER) {
+    throw new CheckpointError(
+      `${name}: .npy header of ${headerLen} bytes is larger than numpy's default limit (${MAX_HEADER}); refused`,
+    );
   }
-  const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s.length).map(Number);
-  if (!shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new CheckpointError(`${name}: bad .npy shape (${shapeText})`);
+  let header: string;
+  try {
+    header = new TextDecoder(major === 3 ? "utf-8" : "latin1", { fatal: true }).decode(
+      bytes.subarray(start, start + headerLen),
+    );
+  } catch {
+    throw new CheckpointError(`${name}: .npy header is not valid text`);
   }
+  let { descr, fortran, shape } = parseHeader(header, name);
+  if (/^[a-z]/.test(descr)) descr = `=${descr}`; // no byte-order mark: native (numpy accepts 'f4')
   const order = descr[0];
   const kind = KINDS[descr.slice(1)];
   if (!kind || !"<>|=".includes(order)) throw new CheckpointError(`${name}: unsupported .npy dtype '${descr}'`);
   const n = numel(shape);
+  if (!Number.isSafeInteger(n * kind.size)) throw new CheckpointError(`${name}: .npy shape (${shape}) is too large`);
   const dataStart = start + headerLen;
   if (dataStart + n * kind.size > bytes.length) {
     throw new CheckpointError(
@@ -86,7 +203,7 @@ export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
     for (let i = 0; i < raw.length; i += kind.size) raw.subarray(i, i + kind.size).reverse();
   }
   let data = kind.make(raw.buffer, n);
-  if (fortran === "True" && shape.length > 1) {
+  if (fortran && shape.length > 1) {
     const out = new (data.constructor as new (n: number) => NpyArray["data"])(n);
     const rank = shape.length;
     const idx = new Array(rank).fill(0);

@@ -48,7 +48,7 @@ export interface PickleLimits {
  */
 export const DEFAULT_PICKLE_LIMITS: Readonly<PickleLimits> = Object.freeze({
   maxWork: 200_000_000,
-  maxBytes: 256 * 2 ** 20,
+  maxBytes: 192 * 2 ** 20,
   maxTreeNodes: 20_000_000,
   maxDepth: 256,
   maxKeyElements: 4096,
@@ -114,6 +114,18 @@ function keyText(k: unknown[], limit: number, fail: (msg: string) => never): str
   return text(k);
 }
 
+/**
+ * Bytes charged per opcode against `maxBytes`: about what V8 spends on the
+ * object the opcode creates (an empty Map ~200 bytes, an array ~56), 16 for
+ * the rest.
+ */
+const OP_BYTES: Uint16Array = (() => {
+  const t = new Uint16Array(256).fill(16);
+  for (const op of [0x7d, 0x64, 0x8f, 0x91]) t[op] = 200; // EMPTY_DICT DICT EMPTY_SET FROZENSET
+  for (const op of [0x5d, 0x29, 0x74, 0x85, 0x86, 0x87, 0x6c, 0x28]) t[op] = 56; // lists, tuples, MARK
+  return t;
+})();
+
 /** Globals that are nn.Module classes or that a pickled whole model names. */
 function wholeModelHint(bytes: Uint8Array, module: string, name: string): boolean {
   if (!/^[A-Z]/.test(name)) return false;
@@ -139,7 +151,13 @@ export function plainClass(qualname: string): PyGlobal {
       const target = obj as Record<string, unknown>;
       // BUILD's state is a dict, or a (dict, slot-dict) pair.
       for (const part of Array.isArray(state) ? state : [state]) {
-        if (part instanceof Map) { for (const [k, v] of part) target[String(k)] = v; }
+        if (!(part instanceof Map)) continue;
+        for (const [k, v] of part) {
+          const name = String(k);
+          if (name === "__class__") continue; // the class is the global's, not the file's to restate
+          // defineProperty: a "__proto__" attribute stays an attribute and cannot change the prototype.
+          Object.defineProperty(target, name, { value: v, enumerable: true, writable: true, configurable: true });
+        }
       }
       return obj;
     },
@@ -220,7 +238,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
   const take = (n: number) => {
     need(n);
     charge(n);
-    alloc(n);
+    alloc(2 * n + 32);
     const out = bytes.subarray(pos, pos + n);
     pos += n;
     return out;
@@ -307,6 +325,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
   const setItems = (dict: unknown, items: unknown[]) => {
     if (!(dict instanceof Map)) fail("SETITEM(S) target is not a dict");
     if (items.length % 2) fail("SETITEMS has an odd number of items");
+    alloc(16 * items.length);
     for (let i = 0; i < items.length; i += 2) (dict as Map<unknown, unknown>).set(items[i], items[i + 1]);
   };
   const toKey = (k: unknown) => {
@@ -322,7 +341,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     const opPos = pos;
     const op = u8();
     charge(1);
-    alloc(8);
+    alloc(OP_BYTES[op]);
     switch (op) {
       case 0x80: // PROTO
         u8();
@@ -586,15 +605,17 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
       case 0x62: { // BUILD
         // Like PyTorch's weights-only unpickler: BUILD only on objects whose type takes state (here: objects made
         // by an allowed global that defines `build`, and dicts, whose BUILD state is attributes such as
-        // `_metadata`, not items). Anything else (a list, a tensor, a plain value) is refused.
+        // `_metadata`). Anything else (a list, a tensor, a plain value) is refused.
         const state = pop();
         const obj = top();
         const g = obj !== null && typeof obj === "object" ? objectGlobals.get(obj) : undefined;
         charge(shallow(state));
         if (g?.build) {
           stack[stack.length - 1] = g.build(obj, state);
-        } else if (obj instanceof Map && (state === null || state instanceof Map || Array.isArray(state))) {
-          // OrderedDict attributes (state_dict()._metadata): PyTorch keeps them off the items; so do we.
+        } else if (obj instanceof Map && (state === null || state instanceof Map)) {
+          // OrderedDict attributes (a state dict's `_metadata`): PyTorch keeps them as attributes; this reader
+          // puts them among the items under their names (the weight mappers drop `_metadata` by name).
+          if (state) { for (const [k, v] of state) obj.set(k, v); }
         } else {
           const kind = Array.isArray(obj)
             ? "a list or tuple"

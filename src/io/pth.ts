@@ -326,7 +326,9 @@ function numpyArrayGlobal(file: string, ndarray: PyGlobal): PyGlobal {
       const kind = NUMPY_ARRAY_TYPES[String(d.descr)];
       if (!kind) {
         throw new CheckpointError(
-          `${what} has dtype "${d.descr}", which is not loaded (only numeric arrays are; object arrays would need ` +
+          `${what} has dtype "${d.descr}"${
+            String(d.descr).startsWith("O") ? " (Python objects)" : ""
+          }, which is not loaded (only numeric arrays are; object arrays would need ` +
             `code to run). Save plain tensors or numbers instead`,
         );
       }

@@ -1,6 +1,13 @@
 import { assert, assertAllClose, assertEquals, assertThrows } from "../_assert.ts";
 import { CheckpointError } from "../../src/util/errors.ts";
-import { type PyObject, readPth, type TensorData, toFloat32, UnsafePickleError } from "../../src/io/mod.ts";
+import {
+  isTensorData,
+  type PyObject,
+  readPth,
+  type TensorData,
+  toFloat32,
+  UnsafePickleError,
+} from "../../src/io/mod.ts";
 
 const dir = new URL("../fixtures/io/", import.meta.url).pathname;
 const expected = JSON.parse(Deno.readTextFileSync(`${dir}all_dtypes.json`)) as Record<
@@ -94,4 +101,51 @@ Deno.test("readPth names the file for missing, empty and non-checkpoint files", 
   Deno.writeFileSync(tmp, new Uint8Array(0));
   assertThrows(() => readPth(tmp), new RegExp(tmp), CheckpointError);
   Deno.removeSync(tmp);
+});
+
+Deno.test("readPth: a whole pickled model is refused with a message saying so", () => {
+  for (
+    const [file, cls] of [
+      ["whole_model_linear.pth", "torch.nn.modules.linear.Linear"],
+      ["whole_model_custom.pth", "__main__.TinyNet"],
+    ]
+  ) {
+    const err = assertThrows(() => readPth(`${dir}${file}`), undefined, UnsafePickleError);
+    assert(err.message.includes(`this file is a whole pickled model (class ${cls})`), err.message);
+    assert(err.message.includes("torch.save(model.state_dict(), path)"), err.message);
+    assert(err.message.includes(file), err.message);
+  }
+});
+
+Deno.test("readPth: numpy arrays inside a checkpoint load as numpy arrays (not tensors), as PyTorch saved them", () => {
+  const want = JSON.parse(Deno.readTextFileSync(`${dir}numpy_in_checkpoint.json`)) as Record<
+    string,
+    { descr: string; shape: number[]; values: (number | boolean)[] }
+  >;
+  const top = readPth(`${dir}numpy_in_checkpoint.pth`).value as Map<string, unknown>;
+  for (const [k, e] of Object.entries(want)) {
+    const a = top.get(k) as PyObject;
+    assertEquals(a.__class__, "numpy.ndarray", k);
+    assert(!isTensorData(a), `${k} passes as a tensor`);
+    assertEquals(a.shape, e.shape, k);
+    const values = Array.from(a.data as ArrayLike<number | bigint>, Number);
+    assertEquals(values, e.values.map(Number), k);
+    // The byte order is normalised: '>i8' in the file reads as native little-endian values.
+    assertEquals((a.descr as string).slice(1), e.descr.slice(1), k);
+  }
+  assertEquals(top.get("np_scalar"), 1.5);
+  assert(isTensorData(top.get("w")));
+  const err = assertThrows(() => readPth(`${dir}numpy_object_array.pth`), /Python objects/, CheckpointError);
+  assert(err.message.includes("numpy_object_array.pth: a numpy array inside the checkpoint"), err.message);
+});
+
+Deno.test("readPth: numpy >= 2 spellings (numpy._core.multiarray.scalar) load like their numpy 1 twins", () => {
+  const one = readPth(`${dir}numpy1_scalar.pth`).value as Map<string, unknown>;
+  const two = readPth(`${dir}numpy2_scalar.pth`).value as Map<string, unknown>;
+  const args = two.get("args") as PyObject;
+  assertEquals(args.lr, 0.25);
+  assertEquals(args.epochs, 7);
+  assertEquals(args, one.get("args"));
+  const w = (two.get("model") as Map<string, TensorData>).get("w")!;
+  assertEquals([...w.data as Float32Array], [1, 1]);
 });
