@@ -58,11 +58,25 @@ const SAFE_BOUND = 1e38;
 /** Elements per chunk of the exact check's scratch buffers. */
 const CHECK_CHUNK = 1 << 16;
 
-/** √(Σ xᵢ²) in float64: an upper bound of max |xᵢ| that is NaN or ∞ as soon as one value is. */
-function rootSumSquares(x: ArrayLike<number>): number {
-  let s = 0;
-  for (let i = 0; i < x.length; i++) s += x[i] * x[i];
-  return Math.sqrt(s);
+/**
+ * √(Σ xᵢ²) of the gradient, weights and moments in one pass, in float64: each an upper bound of max |xᵢ| that is
+ * NaN or ∞ as soon as one of its values is.
+ */
+function rootSumSquares(
+  g: ArrayLike<number>,
+  w: Float32Array,
+  m: Float32Array,
+  v: Float32Array,
+): [number, number, number, number] {
+  let sg = 0, sw = 0, sm = 0, sv = 0;
+  for (let i = 0; i < w.length; i++) {
+    const a = g[i], b = w[i], c = m[i], d = v[i];
+    sg += a * a;
+    sw += b * b;
+    sm += c * c;
+    sv += d * d;
+  }
+  return [Math.sqrt(sg), Math.sqrt(sw), Math.sqrt(sm), Math.sqrt(sv)];
 }
 
 function firstNonFinite(x: ArrayLike<number>, from = 0, to = x.length): number {
@@ -85,14 +99,11 @@ interface PendingUpdate {
  */
 function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Float32Array, t: number, lr: number): void {
   const { name, g, hyper } = u;
-  const G = rootSumSquares(g);
+  const [G, W, M, V] = rootSumSquares(g, w, m, v);
   if (!Number.isFinite(G)) {
     const i = firstNonFinite(g);
     throw new RefineError(`non-finite gradient of ${name} (${g[i]} at index ${i})`);
   }
-  const W = rootSumSquares(w);
-  const M = rootSumSquares(m);
-  const V = rootSumSquares(v);
   for (const [what, x, r] of [["weights", w, W], ["first moment", m, M], ["second moment", v, V]] as const) {
     if (!Number.isFinite(r)) {
       const i = firstNonFinite(x);

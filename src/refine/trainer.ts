@@ -350,8 +350,8 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   const lastGood = () =>
     lastSavedStep === undefined
       ? `No checkpoint has been written yet (${lastPath} does not exist): there is nothing to resume.`
-      : `The last checkpoint, ${lastPath} (after step ${lastSavedStep}), is finite: resume from it ` +
-        "(after lowering the learning rate, or fixing the data).";
+      : `The last checkpoint, ${lastPath} (after step ${lastSavedStep}), is finite and can be resumed; if the ` +
+        "losses had already diverged by then, start again with a lower learning rate instead.";
 
   const runLosses = (b: PairBatch, rng: Rng, training: boolean) => retfinerLosses(model, b, weights, rng, training);
 
