@@ -23,6 +23,7 @@ import { UsageError } from "../util/errors.ts";
 import { disposeParams, loadVit } from "../encoders/mod.ts";
 import { formatDuration, ProgressBar } from "../util/progress.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 const SPEC: CommandSpec = {
   usage: "deno task refine",
@@ -89,7 +90,9 @@ const SPEC: CommandSpec = {
     },
     "skip-bad": {
       type: "boolean",
-      description: "Skip unreadable rows and images (listed at the end) instead of stopping.",
+      description: "Skip bad rows and unusable images instead of stopping: every image's header is checked before " +
+        "training; skipped rows are listed with their manifest line and reason at the start, at the end and in " +
+        "<run>/skipped_rows.tsv.",
     },
     benchmark: {
       type: "string",
@@ -192,6 +195,7 @@ const SPEC: CommandSpec = {
       valueName: "<file>",
       description: "JSON file of flag values (flags given on the command line win).",
     },
+    ...IMAGE_FLAGS,
     ...BACKEND_FLAG,
   },
   examples: [
@@ -223,6 +227,7 @@ await runMain(async () => {
   const int = (name: string, min = 0) => numberFlag(v, name, { integer: true, min });
   let family = v.model as ExperimentFamily;
   const out = String(v.out ?? join("runs", timestamp()));
+  const slice = applyImageFlags(v);
   const seeds = String(v.seeds).split(",").map((s) => {
     const n = Number(s);
     if (!Number.isInteger(n) || n < 0) throw new UsageError(`--seeds: "${s}" is not a non-negative integer`);
@@ -342,7 +347,16 @@ await runMain(async () => {
   const manifest: ManifestOptions = v["authors-layout"]
     ? { ...AUTHORS_LAYOUT, skipBad: !!v["skip-bad"] }
     : { imageColumn: String(v["image-column"]), textColumn: String(v["text-column"]), skipBad: !!v["skip-bad"] };
+  if (slice === "all") manifest.image = { slice };
   const { records, skipped } = await readPairManifest(String(v.pairs), manifest);
+  if (skipped.length) {
+    for (const s of skipped) console.error(`skipped ${s.origin}: ${s.reason}`);
+    await Deno.mkdir(out, { recursive: true });
+    await Deno.writeTextFile(
+      join(out, "skipped_rows.tsv"),
+      "row\treason\n" + skipped.map((s) => `${s.origin}\t${s.reason.replace(/[\t\n]/g, " ")}`).join("\n") + "\n",
+    );
+  }
   assignSplits(records, { val: numberFlag(v, "val-fraction", { min: 0 })! }, int("seed"));
   console.error(
     `pairs: ${records.filter((r) => r.split === "train").length} train, ${
@@ -391,5 +405,8 @@ await runMain(async () => {
     const { files } = await writeProbeReport(out, { baseline, refined });
     console.log("\n" + terminalTable(compareModels(baseline, refined)) + `\nreport: ${files.markdown}`);
   }
-  if (skipped.length) { for (const s of skipped) console.error(`skipped ${s.origin}: ${s.reason}`); }
+  if (skipped.length) {
+    for (const s of skipped) console.error(`skipped ${s.origin}: ${s.reason}`);
+    console.error(`${skipped.length} row(s) skipped; listed in ${join(out, "skipped_rows.tsv")}`);
+  }
 });

@@ -320,7 +320,9 @@ export function checkValidationSplit(records: readonly PairRecord[]): void {
 /**
  * Assigns a split to records that have none: by patient when ids are present
  * (all scans of a patient land in the same split), else by record. Records
- * that already have a split keep it.
+ * that already have a split keep it. A drawn validation split of a single pair takes one more patient (or
+ * pair), since one pair gives no contrastive loss; a validation split of one pair given in the manifest is an
+ * error ({@link checkValidationSplit}).
  */
 export function assignSplits(records: PairRecord[], fractions: { val: number; test?: number }, seed = 0): PairRecord[] {
   const unassigned = records.filter((r) => !r.split);
@@ -337,6 +339,12 @@ export function assignSplits(records: PairRecord[], fractions: { val: number; te
     const split = i < nVal ? "val" : i < nVal + nTest ? "test" : "train";
     for (const r of groups.get(k)!) r.split = split;
   });
+  // One validation pair gives no contrastive loss: a drawn validation split of one pair takes one more group.
+  const count = (split: string) => records.reduce((n, r) => n + (r.split === split ? 1 : 0), 0);
+  const extra = keys[nVal + nTest];
+  if (nVal > 0 && count("val") === 1 && extra !== undefined && count("train") - groups.get(extra)!.length >= 2) {
+    for (const r of groups.get(extra)!) r.split = "val";
+  }
   checkValidationSplit(records);
   return records;
 }

@@ -170,12 +170,17 @@ Deno.test("split values: any case and validation/training accepted; unknown valu
   );
 });
 
-Deno.test("a validation split of one pair is an error, not val NaN", () => {
+Deno.test("a validation split of one pair: a drawn one takes a second pair; a given one is an error, not val NaN", () => {
   const recs = (n: number) =>
     Array.from({ length: n }, (_, i) => ({ image: `${i}`, report: "r", origin: `m.csv:${i + 2}` }));
-  assertThrows(() => assignSplits(recs(10), { val: 0.1 }), /validation split has 1 pair \(m\.csv:\d+\)/, DatasetError);
+  // C14 after skipping: 6 pairs, --val-fraction 0.1 would draw one validation pair.
+  const six = assignSplits(recs(6), { val: 0.1 });
+  assertEquals(six.filter((r) => r.split === "val").length, 2);
+  assertEquals(six.filter((r) => r.split === "train").length, 4);
   assertEquals(assignSplits(recs(10), { val: 0.2 }).filter((r) => r.split === "val").length, 2);
   assertEquals(assignSplits(recs(10), { val: 0 }).filter((r) => r.split === "val").length, 0);
+  const given = recs(5).map((r, i) => ({ ...r, split: i === 0 ? "val" : "train" }));
+  assertThrows(() => assignSplits(given, { val: 0.1 }), /validation split has 1 pair \(m\.csv:2\)/, DatasetError);
   assertThrows(() => checkValidationSplit([{ image: "a", report: "r", origin: "x:2", split: "val" }]), /1 pair/);
 });
 
