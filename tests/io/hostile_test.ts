@@ -20,28 +20,9 @@ import {
 } from "../../src/io/mod.ts";
 import { concatBytes } from "../../src/util/bytes.ts";
 import { PickleWriter, torchZip } from "./_pickle_gen.ts";
+import { probe } from "./_probe.ts";
 
 const hostile = new URL("../fixtures/hostile/", import.meta.url).pathname;
-const probeScript = new URL("./_load_probe.ts", import.meta.url).pathname;
-
-interface Probe {
-  ok: boolean;
-  typed?: boolean;
-  error?: string;
-  message?: string;
-  ms: number;
-  hwmMiB: number;
-  baseHwmMiB: number;
-}
-
-/** Loads `file` in a fresh process (`mode`: pth, map or vit) and returns what happened and what it cost. */
-export function probe(mode: string, file: string): Probe {
-  const out = new Deno.Command(Deno.execPath(), { args: ["run", "-A", probeScript, mode, file] }).outputSync();
-  const text = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1) ?? "";
-  assert(out.success && text.startsWith("{"), `probe failed: ${new TextDecoder().decode(out.stderr)}`);
-  return JSON.parse(text) as Probe;
-}
-
 const CASES: Record<string, RegExp> = {
   "p08b_torch_size_huge_list.pth": /BUILD .* on a list or tuple is not allowed/,
   "p10d_dag_tuple_key.pth": /dict key is a tuple of more than \d+ elements when expanded/,
