@@ -95,5 +95,15 @@ Deno.test("refinement leaks no tensors across steps", async () => {
   const start = tf.memory().numTensors;
   await refine({ model, pairs, runDir: await Deno.makeTempDir(), batchSize: 8, epochs: 2 });
   assertEquals(tf.memory().numTensors, start);
+  // Gradient accumulation over micro-batches, and a step stopped by the non-finite guard, leak nothing either.
+  await refine({ model, pairs, runDir: await Deno.makeTempDir(), batchSize: 8, accumulate: 2, epochs: 1 });
+  assertEquals(tf.memory().numTensors, start);
+  await assertRejects(
+    () =>
+      refine({ model, pairs, runDir: Deno.makeTempDirSync(), batchSize: 8, accumulate: 2, optimizer: { lr: 1e39 } }),
+    /^refinement stopped at step 1 /,
+    RefineError,
+  );
+  assertEquals(tf.memory().numTensors, start);
   void modelParams;
 });
