@@ -73,7 +73,7 @@ await runMain(async () => {
     },
     examples: [
       "deno task probe --weights RETFound_oct_weights.pth --tasks data/OCTID --tasks data/OCTDL",
-      "deno task probe --weights data/models/retfound-standin.safetensors --compare runs/X/best-model_X_bscan.safetensors --benchmark runs/cache/synth-small-v1-seed0",
+      "deno task probe --weights data/models/retfound-standin.safetensors --compare runs/X/best-model_X_retfound_bscan.safetensors --benchmark runs/cache/synth-small-v1-seed0",
     ],
   });
   if (!values.weights) throw new UsageError("--weights is required (see --help)");

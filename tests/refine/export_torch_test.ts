@@ -23,7 +23,8 @@ Deno.test("export: .pth is a plain timm-named state dict (no prefix), with norm 
   const model = await tinyModel(3);
   const dir = await Deno.makeTempDir();
   const { pth } = await exportBackbone(model.vit, dir, "demo");
-  assert(pth.endsWith("best-model_demo_bscan.pth"));
+  // The family is in the name: the authors' scripts pick the model by a substring of the path (§1.2).
+  assert(pth.endsWith("best-model_demo_retfound_bscan.pth"), pth);
   const sd = readPth(pth).value as Map<string, unknown>;
   const keys = [...sd.keys()];
   for (
@@ -37,7 +38,10 @@ Deno.test("export: .pth is a plain timm-named state dict (no prefix), with norm 
     ]
   ) assert(keys.includes(k), k);
   assert(keys.every((k) => !k.startsWith("vision_encoder.") && !k.startsWith("model.")));
-  assertEquals(keys.length, model.vit.params.size);
+  // Every parameter, plus the state dict's `_metadata` (PyTorch's OrderedDict attribute) carrying the family.
+  assertEquals(keys.filter((k) => k !== "_metadata").length, model.vit.params.size);
+  const meta = sd.get("_metadata") as Map<string, Map<string, unknown>>;
+  assertEquals(meta.get("retfiner")?.get("family"), "retfound");
 });
 
 Deno.test({
@@ -58,6 +62,8 @@ from reference_models import ViT
 sd = torch.load("${pth}", weights_only=True)
 m = ViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 missing, unexpected = m.load_state_dict(sd, strict=True), None
+# The family travels in the state dict's own metadata, which PyTorch restores and strict loading ignores.
+assert sd._metadata["retfiner"]["family"] == "visionfm", sd._metadata
 x = torch.from_numpy(np.load("${dir}/x.npy"))
 with torch.no_grad():
     y = m.norm(m.blocks_out(x)).numpy()
