@@ -90,12 +90,14 @@ export class InputCache {
 /**
  * Loads and preprocesses images into one batch. `augment` (an Rng) applies
  * the probing augmentations; without it, inputs may be served from `cache`.
+ * `origins[i]` (e.g. `manifest.csv:17`) prefixes the error of image `i`, so a
+ * decoding failure names the manifest line as well as the file.
  */
 export async function loadImageBatch(
   paths: string[],
   indices: number[],
   spec: PreprocessSpec,
-  options: { augment?: Rng; skipBad?: boolean; cache?: InputCache } = {},
+  options: { augment?: Rng; skipBad?: boolean; cache?: InputCache; origins?: readonly string[] } = {},
 ): Promise<ImageBatch> {
   const plane = 3 * spec.size * spec.size;
   const inputs: (Float32Array | undefined)[] = [];
@@ -107,8 +109,12 @@ export async function loadImageBatch(
     try {
       return { img: await loadGreyImage(path) };
     } catch (err) {
-      if (options.skipBad && err instanceof DatasetError) return { error: err.message };
-      throw err;
+      if (!(err instanceof DatasetError)) throw err;
+      // Name the manifest line too, when the caller knows it.
+      const origin = options.origins?.[i];
+      const e = origin ? new DatasetError(`${origin}: image ${err.message}`, { cause: err }) : err;
+      if (options.skipBad) return { error: e.message };
+      throw e;
     }
   }));
   const kept: number[] = [];

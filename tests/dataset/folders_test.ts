@@ -81,6 +81,11 @@ Deno.test("loadImageBatch: preprocessing, cache, and skip-bad reporting", async 
   assertEquals(b.skipped.map((s) => s.path), ["/nonexistent.png"]);
   assertEquals(b.data.length, 2 * 3 * 32 * 32);
   assert(cache.get(paths[0]) !== undefined);
+  await assertRejects(
+    () => loadImageBatch(paths, [3], spec, { origins: ["m.csv:2", "m.csv:3", "m.csv:4", "m.csv:5"] }),
+    /^m\.csv:5: image \/nonexistent\.png: image file not found/,
+    DatasetError,
+  );
   const again = await loadImageBatch(paths, [0], spec, { cache });
   assertEquals(again.data, b.data.subarray(3 * 32 * 32));
 });
