@@ -246,6 +246,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   const tok = model.tokenizer.encodeBatch(all.map((r) => r.report), maxLength);
   const tokens: Tokenized = { ids: tok.inputIds, mask: tok.attentionMask, length: maxLength };
   const paths = all.map((r) => r.image);
+  const origins = all.map((r) => r.origin); // decode errors name the manifest line
   const trainIdx = train.map((_, i) => i);
   const valIdx = val.map((_, i) => train.length + i);
   const cache = new InputCache(options.cacheBytes ?? 2 ** 30);
@@ -364,7 +365,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     const t0 = performance.now() - (resumedSums?.seconds ?? 0) * 1000;
     resumedSums = undefined;
     const loaders = order.slice(loop.batchInEpoch).map((b) => () =>
-      loadImageBatch(paths, b.map((i) => trainIdx[i]), spec, { cache })
+      loadImageBatch(paths, b.map((i) => trainIdx[i]), spec, { cache, origins })
     );
     for await (const imgs of prefetch(loaders, 2)) {
       if (options.maxSteps !== undefined && loop.step >= options.maxSteps) {
@@ -462,7 +463,9 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     // Validation: the mean total loss over validation batches, in eval mode (Lightning's val_epoch_loss, §1.6).
     let valSum = 0;
     let valCount = 0;
-    const vLoaders = valOrder.map((b) => () => loadImageBatch(paths, b.map((i) => valIdx[i]), spec, { cache }));
+    const vLoaders = valOrder.map((b) => () =>
+      loadImageBatch(paths, b.map((i) => valIdx[i]), spec, { cache, origins })
+    );
     let vb = 0;
     for await (const imgs of prefetch(vLoaders, 2)) {
       const batch = gatherBatch(tokens, imgs);
