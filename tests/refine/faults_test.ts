@@ -85,30 +85,33 @@ Deno.test("--lr 1e39 on a fresh run: a RefineError naming step 1 and the paramet
   }
 });
 
-Deno.test("--lr 1e6: the divergence is caught at step 2 (ITM sampling, or MLM with mlm,gm); every checkpoint left is finite", async () => {
-  for (
-    const [losses, what] of [
-      [undefined, /ITM negative sampling: image-text similarity \[\d+, \d+\] is NaN/],
-      [{ itc: 0, itm: 0, mlm: 1, gm: 1 }, /non-finite MLM loss \(NaN\)/],
-    ] as const
-  ) {
+Deno.test("--lr 1e6: the NaN that the huge (finite) first update causes is caught, typed, at the next step; every checkpoint left is finite", async () => {
+  // Which check fires first depends on the backend's arithmetic (on cpu-onnx: ITM sampling with all four objectives,
+  // the MLM loss with mlm,gm); each is a RefineError naming the step and the last checkpoint.
+  const fault =
+    /ITM negative sampling: image-text similarity \[\d+, \d+\] is NaN|non-finite (ITC|ITM|MLM|GM) loss \(NaN\)|non-finite gradient of /;
+  for (const losses of [undefined, { itc: 0, itm: 0, mlm: 1, gm: 1 }]) {
     const dir = await Deno.makeTempDir();
-    const err = await assertRejects(
-      () => run(dir, { optimizer: { lr: 1e6 }, losses }),
-      /^refinement stopped at step 2 /,
-      RefineError,
+    const err = await assertRejects(() => run(dir, { optimizer: { lr: 1e6 }, losses }), fault, RefineError);
+    const step = Number(
+      /^refinement stopped at step (\d+) \(epoch \d+, batch \d+ of 3, learning rate 1000000\): /.exec(err.message)?.[1],
     );
-    assert(what.test(err.message), err.message);
-    assert(err.message.includes(`The last checkpoint, ${dir}/${LAST_CHECKPOINT} (after step 1)`), err.message);
+    assert(step >= 2, err.message);
+    assert(
+      err.message.includes(`The last checkpoint, ${dir}/${LAST_CHECKPOINT} (after step ${step - 1})`),
+      err.message,
+    );
     assert((await assertAllFinite(dir)) > 0);
-    assertEquals(await loggedSteps(dir), [1]);
+    const done = Array.from({ length: step - 1 }, (_, i) => i + 1);
+    assertEquals(await loggedSteps(dir), done);
     // Resuming with the same settings meets the same fault again, typed (it used to crash on the NaN weights).
-    await assertRejects(
+    const again = await assertRejects(
       () => run(dir, { optimizer: { lr: 1e6 }, losses, resume: true }),
-      /^refinement stopped at step 2 /,
+      fault,
       RefineError,
     );
-    assertEquals(await loggedSteps(dir), [1]);
+    assert(again.message.startsWith(`refinement stopped at step ${step} `), again.message);
+    assertEquals(await loggedSteps(dir), done);
   }
 });
 
