@@ -53,18 +53,29 @@ export async function resolveInputs(
     const { records } = await readPairManifest(input, { imageColumn, textColumn: imageColumn, checkFiles: false });
     paths = records.map((r) => r.image);
   } else paths = [input];
+  const slice = options.slice === "all" ? "first" : options.slice;
+  // The header pre-pass, 16 files at a time, results kept in input order.
+  const results: (string[] | DatasetError)[] = new Array(paths.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < paths.length) {
+      const k = next++;
+      try {
+        await inspectImage(paths[k], slice !== undefined ? { slice } : {});
+        results[k] = options.slice === "all" ? await expandVolumes([paths[k]]) : [paths[k]];
+      } catch (err) {
+        if (!(err instanceof DatasetError)) throw err;
+        results[k] = err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
   const skipped: { path: string; reason: string }[] = [];
   const kept: string[] = [];
-  const slice = options.slice === "all" ? "first" : options.slice;
-  for (const p of paths) {
-    try {
-      await inspectImage(p, slice !== undefined ? { slice } : {});
-      kept.push(...(options.slice === "all" ? await expandVolumes([p]) : [p]));
-    } catch (err) {
-      if (!(err instanceof DatasetError)) throw err;
-      skipped.push({ path: p, reason: err.message });
-    }
-  }
+  results.forEach((r, k) => {
+    if (r instanceof DatasetError) skipped.push({ path: paths[k], reason: r.message });
+    else kept.push(...r);
+  });
   if (skipped.length && !options.skipBad) {
     throw new DatasetError(
       `${input}: ${skipped.length} image(s) cannot be used (--skip-bad skips them):\n  ` +
