@@ -265,29 +265,33 @@ await runMain(async () => {
     );
   }
   const backend = await backendFromFlags(v);
-  if (v.weights && !parsed.given.has("model")) {
-    // The family is decided once, from the file (metadata, layout, then name), and printed with how.
-    const decided = loadVit(String(v.weights), {
-      log: noticeLog,
-      archFlag: "--model",
-      strictHint: "",
-      headsHint: "",
-    });
-    disposeParams(decided.model.params);
-    if (decided.family.family === "timm") {
-      throw new UsageError(
-        `${v.weights}: nothing in the file or its name says which foundation model this is (a ${decided.mapped.layout} ` +
-          `state dict); refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
-      );
-    }
-    family = decided.family.family as ExperimentFamily;
-  } else if (v.weights) noticeLog(`${v.weights}: family ${family} — set by --model`);
+  /** The family is decided once, from the file (metadata, layout, then name), and printed with how. */
+  const decideFamily = () => {
+    if (v.weights && !parsed.given.has("model")) {
+      // The family is decided once, from the file (metadata, layout, then name), and printed with how.
+      const decided = loadVit(String(v.weights), {
+        log: noticeLog,
+        archFlag: "--model",
+        strictHint: "",
+        headsHint: "",
+      });
+      disposeParams(decided.model.params);
+      if (decided.family.family === "timm") {
+        throw new UsageError(
+          `${v.weights}: nothing in the file or its name says which foundation model this is (a ${decided.mapped.layout} ` +
+            `state dict); refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
+        );
+      }
+      family = decided.family.family as ExperimentFamily;
+    } else if (v.weights) noticeLog(`${v.weights}: family ${family} — set by --model`);
+  };
   const bar = new ProgressBar();
   const t0 = performance.now();
   console.error(`run directory: ${out}`);
 
   if (!v.pairs) {
     // The embedded default: the paper's experiment on the synthetic benchmark.
+    decideFamily();
     const opts: ExperimentOptions = {
       family,
       runDir: out,
@@ -364,6 +368,7 @@ await runMain(async () => {
     } val` +
       (skipped.length ? `; ${skipped.length} rows skipped` : ""),
   );
+  decideFamily();
   const vit = loadVision(family, v.weights as string | undefined);
   const model = v["text-from-scratch"]
     ? buildRetfinerModel({ vision: vit, reports: records.map((r) => r.report) })

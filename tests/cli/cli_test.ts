@@ -86,7 +86,7 @@ Deno.test("refine on user pairs (manifest) with a config file, resumable, export
   assert(/epoch 2:/.test(r.stderr) && !/epoch 3:/.test(r.stderr), r.stderr);
   const log = (await Deno.readTextFile(`${out}/log.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
   assertEquals(log.filter((e) => e.kind === "step")[0].lr, 5e-4);
-  await Deno.stat(`${out}/best-model_${out.split("/").pop()}_retfound_bscan.pth`); // the family is in the name
+  await Deno.stat(`${out}/best-model_${out.split("/").pop()}_visionfm_bscan.pth`); // the family is in the name
 });
 
 Deno.test("usage errors are one clear line and exit 1", async () => {
