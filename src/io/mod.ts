@@ -13,7 +13,7 @@
  * @module
  */
 export * from "./tensor.ts";
-export { MAX_VIEW_EXPANSION, type PthContents, readPth, type ReadPthOptions, STORAGE_DTYPES } from "./pth.ts";
+export { MAX_VIEW_EXPANSION_BYTES, type PthContents, readPth, type ReadPthOptions, STORAGE_DTYPES } from "./pth.ts";
 export { encodePth, type PthValue, writePth } from "./pth_writer.ts";
 export { encodeSafetensors, readSafetensors, type SafetensorsContents, writeSafetensors } from "./safetensors.ts";
 export { encodeNpy, type NpyArray, npyToTensor, parseNpy, readNpy, writeNpy } from "./npy.ts";

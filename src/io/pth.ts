@@ -81,13 +81,12 @@ export interface ReadPthOptions {
 }
 
 /**
- * How many elements more than its storage holds a strided tensor (stride 0,
- * overlapping windows) may have when it is copied out: PyTorch keeps such a
- * tensor as a view; this package materialises tensors, so it bounds the copy
- * (per tensor, and in total per file).
+ * How many bytes more than its storage holds a strided tensor (stride 0,
+ * overlapping windows) may take when it is copied out: PyTorch keeps such a
+ * tensor as a view; this package materialises tensors, so it bounds the copy,
+ * per tensor and (twice this) per file.
  */
-export const MAX_VIEW_EXPANSION = 2 ** 24;
-const MAX_FILE_EXPANSION = 2 ** 26;
+export const MAX_VIEW_EXPANSION_BYTES = 64 * 2 ** 20;
 const MAX_RANK = 64;
 
 function isContiguous(shape: number[], stride: number[]): boolean {
@@ -247,14 +246,14 @@ class StorageTable {
         throw new CheckpointError(`${where} reaches element ${maxIndex} of a ${storage.length}-element storage`);
       }
       if (!isContiguous(shape, strides) && n > storage.length) {
-        const extra = n - storage.length;
+        const extra = (n - storage.length) * DTYPE_SIZE[storage.dtype];
         this.#expansion += extra;
-        if (extra > MAX_VIEW_EXPANSION || this.#expansion > MAX_FILE_EXPANSION) {
+        if (extra > MAX_VIEW_EXPANSION_BYTES || this.#expansion > 2 * MAX_VIEW_EXPANSION_BYTES) {
           throw new CheckpointError(
             `${where} repeats a ${storage.length}-element storage as ${n} elements (stride 0 or overlapping ` +
               `windows). PyTorch keeps such a tensor as a view; this package copies tensors out and allows at most ` +
-              `${MAX_VIEW_EXPANSION} elements more than the storage per tensor (${MAX_FILE_EXPANSION} per file). ` +
-              `Save it with .contiguous() or .clone() if it is real`,
+              `${MAX_VIEW_EXPANSION_BYTES / 2 ** 20} MiB more than the storage per tensor ` +
+              `(${(2 * MAX_VIEW_EXPANSION_BYTES) / 2 ** 20} MiB per file). Save it with .contiguous() if it is real`,
           );
         }
       }

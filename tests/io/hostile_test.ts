@@ -153,7 +153,7 @@ Deno.test("tensors: stride-0 and overlapping views are bounded, not copied out w
   assertThrows(() => load(overlap, { "0": new Uint8Array(64) }), /reaches element|repeats/, CheckpointError);
   // Many tensors each under the per-tensor bound: bounded per file.
   const many = new PickleWriter().emptyList();
-  for (let i = 0; i < 8; i++) many.tensor("0", 1, [2 ** 24 - 1], [0]).append();
+  for (let i = 0; i < 8; i++) many.tensor("0", 1, [2 ** 24 - 1], [0]).append(); // 64 MiB each
   assertThrows(() => load(many.stop(), { "0": f32(1) }), /per file/, CheckpointError);
 });
 
