@@ -14,7 +14,8 @@
  */
 export * from "./tensor.ts";
 export { MAX_VIEW_EXPANSION_BYTES, type PthContents, readPth, type ReadPthOptions, STORAGE_DTYPES } from "./pth.ts";
-export { encodePth, type PthValue, writePth } from "./pth_writer.ts";
+export { encodePth, type PthValue, writePth, type WritePthOptions } from "./pth_writer.ts";
+export { CheckpointError, RetfinerError } from "../util/errors.ts";
 export { encodeSafetensors, readSafetensors, type SafetensorsContents, writeSafetensors } from "./safetensors.ts";
 export { encodeNpy, type NpyArray, npyToTensor, parseNpy, readNpy, writeNpy } from "./npy.ts";
 export {
