@@ -294,3 +294,15 @@ Deno.test(".npy: extra, missing or repeated header keys are refused (numpy refus
   assertThrows(() => parseNpy(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}")), /non-negative/);
   assertThrows(() => parseNpy(npy("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,)}")), /structured/);
 });
+
+Deno.test("safetensors: a header larger than 16 MiB is refused before it is parsed", () => {
+  const n = 17 * 2 ** 20;
+  const bytes = new Uint8Array(8 + n);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(n), true);
+  bytes.fill(0x20, 8);
+  assertThrows(
+    () => readSafetensors(bytes),
+    /<memory>: safetensors header of 17825792 bytes is larger/,
+    CheckpointError,
+  );
+});
