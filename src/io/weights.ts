@@ -57,6 +57,8 @@ const INDEX_NAMES = ["model.safetensors.index.json", "pytorch_model.bin.index.js
 const SINGLE_NAMES = ["model.safetensors", "pytorch_model.bin"];
 /** At most this many shards in one index (the largest public checkpoints have a few hundred). */
 const MAX_SHARDS = 1024;
+/** Largest shard index read (bert-base's is 20 kB, a 70B-parameter model's about 100 kB). */
+const MAX_INDEX_BYTES = 64 << 20;
 
 function isFile(path: string): boolean {
   try {
@@ -93,6 +95,8 @@ function notWeightsReason(path: string, head: Uint8Array, size: number): string 
 function readSharded(indexPath: string): WeightFileContents {
   let index: unknown;
   try {
+    const size = Deno.statSync(indexPath).size;
+    if (size > MAX_INDEX_BYTES) throw new Error(`${size} bytes, more than a shard index needs (${MAX_INDEX_BYTES})`);
     index = JSON.parse(Deno.readTextFileSync(indexPath));
   } catch (err) {
     throw new CheckpointError(`${indexPath}: cannot read the shard index (${(err as Error).message})`);
@@ -104,7 +108,9 @@ function readSharded(indexPath: string): WeightFileContents {
   const wanted = new Map<string, string>(); // tensor → shard
   const shards: string[] = [];
   for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
-    if (typeof shard !== "string" || !/^[A-Za-z0-9._-]+$/.test(shard) || shard.startsWith(".")) {
+    if (
+      typeof shard !== "string" || !/^[A-Za-z0-9._-]+$/.test(shard) || shard.startsWith(".") || shard.endsWith(".json")
+    ) {
       throw new CheckpointError(
         `${indexPath}: weight_map["${name}"] must be a shard file name in the same folder, got ${
           JSON.stringify(shard)
@@ -284,32 +290,45 @@ export interface UnwrappedStateDict {
   dropped: string[];
 }
 
+/** A key as quoted in messages: at most 120 characters. */
+function short(key: string): string {
+  return key.length > 120 ? `${key.slice(0, 60)}…${key.slice(-50)} (${key.length} characters)` : key;
+}
+
 function stripWrappers(key: string, wrappers: string[], stripped: Map<string, number>): string {
-  let k = key;
+  let at = 0; // an offset, so a key of many repeated prefixes costs its length, not its length squared
   for (let changed = true; changed;) {
     changed = false;
     for (const w of wrappers) {
-      if (k.startsWith(w) && k.length > w.length) {
-        k = k.slice(w.length);
+      if (key.startsWith(w, at) && key.length > at + w.length) {
+        at += w.length;
         stripped.set(w, (stripped.get(w) ?? 0) + 1);
         changed = true;
       }
     }
   }
-  return k;
+  return at ? key.slice(at) : key;
 }
 
-/** Candidate state dicts: every Map reachable through container keys (depth ≤ 3), the top itself first. */
+/** At most this many candidate dicts are scored (a checkpoint has a handful; a crafted one could share one dict many times). */
+const MAX_CANDIDATES = 64;
+
+/**
+ * Candidate state dicts: every Map reachable through container keys (depth ≤ 3), the top itself first. Each Map is
+ * visited once however often it is shared, so the work is bounded by the file's own size.
+ */
 function candidates(top: Map<unknown, unknown>): { path: string[]; dict: Map<unknown, unknown> }[] {
   const out: { path: string[]; dict: Map<unknown, unknown> }[] = [{ path: [], dict: top }];
+  const seen = new Set<Map<unknown, unknown>>([top]);
   const walk = (m: Map<unknown, unknown>, path: string[]) => {
-    if (path.length >= 3) return;
+    if (path.length >= 3 || out.length >= MAX_CANDIDATES) return;
     const keys = [...m.keys()].map(String);
     const ordered = [...CONTAINERS.filter((c) => keys.includes(c)), ...keys.filter((k) => !CONTAINERS.includes(k))];
     for (const k of ordered) {
       if (TRAINING_STATE.test(k)) continue;
       const v = m.get(k);
-      if (v instanceof Map) {
+      if (v instanceof Map && !seen.has(v) && out.length < MAX_CANDIDATES) {
+        seen.add(v);
         out.push({ path: [...path, k], dict: v });
         walk(v, [...path, k]);
       }
@@ -347,10 +366,10 @@ export function unwrapStateDict(
     if (score > 0 && (!best || score > best.score)) best = { ...c, score };
   }
   if (!best) {
-    const keys = [...top.keys()].map(String);
+    const keys = [...top.keys()].slice(0, 9).map((k) => short(String(k)));
     throw new CheckpointError(
       `${file}: no ${kind === "vision" ? "ViT" : "BERT"} weights found (top-level keys: ${keys.slice(0, 8).join(", ")}${
-        keys.length > 8 ? ", …" : ""
+        top.size > 8 ? ", …" : ""
       }); expected a state dict (blocks.*, cls_token… / embeddings.*, encoder.layer.*), at the top or under ` +
         `${CONTAINERS.map((c) => `"${c}"`).join(", ")}`,
     );
@@ -374,7 +393,9 @@ export function unwrapStateDict(
     const clean = stripWrappers(k, wrappers, stripped);
     if (tensors.has(clean)) {
       throw new CheckpointError(
-        `${file}: keys "${where}${original.get(clean)}" and "${where}${k}" both become "${clean}" once wrapper ` +
+        `${file}: keys "${short(where + original.get(clean))}" and "${short(where + k)}" both become "${
+          short(clean)
+        }" once wrapper ` +
           `prefixes are stripped; which one is meant is unclear`,
       );
     }

@@ -6,8 +6,8 @@
 import { assert, assertAllClose, assertEquals, assertThrows } from "../_assert.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
-import { readSafetensors, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
-import { readWeights } from "../../src/io/weights.ts";
+import { makeTensor, readSafetensors, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
+import { readWeights, unwrapStateDict } from "../../src/io/weights.ts";
 import { loadBert, type LoadedVit, loadVit, type TokenMode, vitFeatures } from "../../src/encoders/mod.ts";
 import { exportBackbone } from "../../src/refine/checkpoint.ts";
 import { loadTokenizer } from "../../src/dataset/tokenizer.ts";
@@ -238,6 +238,55 @@ Deno.test("vocab.txt folder: tokenizer_config.json's do_lower_case is honoured (
   const tk = loadTokenizer(`${dir}bert_cased_vocab_folder`);
   // vocab.txt lines: 0 [PAD], 2 [CLS], 3 [SEP], 5 Patient, 6 patient, 7 has, 12 CKD, 13 ckd.
   assertEquals([...tk.encodeBatch(["Patient has CKD"], 6).inputIds], [2, 5, 7, 12, 3, 0]);
+});
+
+Deno.test("unwrapping is bounded: a dict shared many times is scored once; long prefix chains cost their length", () => {
+  const inner = new Map<string, unknown>();
+  for (let i = 0; i < 20_000; i++) inner.set(`x${i}`, i);
+  const top = new Map<string, unknown>();
+  for (let i = 0; i < 20_000; i++) top.set(`k${i}`, inner); // 4e8 entries if each share were walked
+  const t0 = performance.now();
+  const err = assertThrows(() => unwrapStateDict(top, "vision", "dag.pth"), /no ViT weights found/, CheckpointError);
+  assert(err.message.length < 2000, "messages quote keys shortened");
+  assert(performance.now() - t0 < 2000, `${performance.now() - t0} ms`);
+  const t = makeTensor("F32", [1], new Float32Array(1));
+  const deep = new Map<string, unknown>([["module.".repeat(200_000) + "blocks.0.norm1.weight", t]]);
+  const t1 = performance.now();
+  const u = unwrapStateDict(deep, "vision");
+  assertEquals([...u.tensors.keys()], ["blocks.0.norm1.weight"]);
+  assertEquals(u.stripped.get("module."), 200_000);
+  assert(performance.now() - t1 < 2000);
+});
+
+Deno.test("shard indexes: shards must be plain files beside the index, never another index or a path", async () => {
+  const tmp = await Deno.makeTempDir();
+  for (const shard of ["x.index.json", "../x.safetensors", "sub/x.safetensors", ".hidden"]) {
+    await Deno.writeTextFile(`${tmp}/m.index.json`, JSON.stringify({ weight_map: { a: shard } }));
+    assertThrows(() => readWeights(`${tmp}/m.index.json`), /shard file name in the same folder/, CheckpointError);
+  }
+  await Deno.writeTextFile(`${tmp}/m.index.json`, JSON.stringify({ weight_map: { a: "gone.safetensors" } }));
+  assertThrows(() => readWeights(`${tmp}/m.index.json`), /shard gone.safetensors is missing/, CheckpointError);
+  await Deno.writeTextFile(`${tmp}/m.index.json`, JSON.stringify({ metadata: {} }));
+  assertThrows(() => readWeights(`${tmp}/m.index.json`), /needs a "weight_map"/, CheckpointError);
+});
+
+Deno.test("a timm config.json beside the weights gives the head count (no guess); args naming another width are ignored", async () => {
+  const tmp = await Deno.makeTempDir();
+  await Deno.copyFile(`${dir}RetFiner-V.pth`, `${tmp}/weights.pth`);
+  await Deno.writeTextFile(
+    `${tmp}/config.json`,
+    JSON.stringify({ architecture: "vit_custom", model_args: { num_heads: 2 } }),
+  );
+  const lines: string[] = [];
+  const loaded = loadVit(`${tmp}/weights.pth`, { log: (l) => lines.push(l) });
+  assertEquals(loaded.model.config.numHeads, 2);
+  assert(!lines.some((l) => l.includes("attention heads")), `${lines}`);
+  await Deno.writeTextFile(`${tmp}/config.json`, JSON.stringify({ architecture: "vit_base_patch16_224" }));
+  const again = loadVit(`${tmp}/weights.pth`, { log: null });
+  assert(
+    again.notices.some((n) => n.includes('"architecture" = "vit_base_patch16_224" (width 768) does not describe')),
+  );
+  assertEquals(again.model.config.numHeads, 1);
 });
 
 // The wild cases themselves (../shared/cases/weights, 2 MB each, not copied): run when that folder is present.
