@@ -486,6 +486,13 @@ function readTiff(src: ByteSource, name: string, wantStrips: number | "none" | "
   };
   const h = src.read(0, 8);
   if (h.length < 8) fail("truncated header");
+  // Tables may overlap or be shared between pages: bound the bytes read for them by the file's size.
+  let budget = 2 * src.size + (1 << 20);
+  const read = (offset: number, length: number): Uint8Array => {
+    budget -= length;
+    if (budget < 0) fail("its tables take more than twice the file's size to read (overlapping IFDs?)");
+    return src.read(offset, length);
+  };
   const le = h[0] === 0x49;
   let dv = new DataView(h.buffer, h.byteOffset, h.byteLength);
   let next = dv.getUint32(4, le);
@@ -496,10 +503,10 @@ function readTiff(src: ByteSource, name: string, wantStrips: number | "none" | "
     if (pages.length >= MAX_TIFF_PAGES) fail(`more than ${MAX_TIFF_PAGES} pages`);
     seen.add(next);
     if (next + 2 > src.size) fail(`IFD offset ${next} is past the end of the file (${src.size} bytes): truncated?`);
-    const cntB = src.read(next, 2);
+    const cntB = read(next, 2);
     const count = le ? cntB[0] | (cntB[1] << 8) : (cntB[0] << 8) | cntB[1];
     if (count === 0 || count > 4096) fail(`IFD with ${count} entries`);
-    const ifd = src.read(next, 2 + count * 12 + 4);
+    const ifd = read(next, 2 + count * 12 + 4);
     if (ifd.length < 2 + count * 12 + 4) fail("truncated IFD");
     dv = new DataView(ifd.buffer, ifd.byteOffset, ifd.byteLength);
     const tags = new Map<number, { type: number; n: number; at: number }>();
@@ -519,7 +526,7 @@ function readTiff(src: ByteSource, name: string, wantStrips: number | "none" | "
       else {
         const off = dv.getUint32(t.at, le);
         if (off + size * t.n > src.size) fail(`tag ${tag} points past the end of the file: truncated?`);
-        bytes = src.read(off, size * t.n);
+        bytes = read(off, size * t.n);
       }
       const bv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       const out: number[] = new Array(t.n);

@@ -192,3 +192,62 @@ Deno.test("the header pre-pass finds truncated files of every format without dec
   }
   await assertRejects(() => inspectImage(`${cases}truncated_download.jpeg`), /truncated or corrupt JPEG/, DatasetError);
 });
+
+Deno.test("hostile TIFFs: IFD loops, overlapping page chains, strips past the end are refused quickly", async () => {
+  const base = encodeTiff([new Uint8Array(12)], 4, 3);
+  const v = new DataView(base.buffer);
+  // Next-IFD pointer back to the first IFD: a loop.
+  const loop = base.slice();
+  new DataView(loop.buffer).setUint32(8 + 2 + 10 * 12, 8, true);
+  await assertRejects(async () => inspectImage(await tmp(loop, ".tif")), /IFD loop at byte 8/, DatasetError);
+  // 10,000 pages sharing one pair of 60,000-entry strip tables: 4.8 GB of table reads without a bound.
+  const pages = 10_000, rows = 60_000, entries = 9;
+  const ifdSize = 2 + entries * 12 + 4;
+  const tables = 8 + pages * ifdSize;
+  const big = new Uint8Array(tables + 8 * rows);
+  big.set([0x49, 0x49, 42, 0]);
+  const bv = new DataView(big.buffer);
+  bv.setUint32(4, 8, true);
+  for (let k = 0; k < pages; k++) {
+    const at = 8 + k * ifdSize;
+    bv.setUint16(at, entries, true);
+    const tags = [
+      [256, 4, 1, 1],
+      [257, 4, 1, rows],
+      [258, 3, 1, 8],
+      [259, 3, 1, 1],
+      [262, 3, 1, 1],
+      [
+        273,
+        4,
+        rows,
+        tables,
+      ],
+      [277, 3, 1, 1],
+      [278, 4, 1, 1],
+      [279, 4, rows, tables + 4 * rows],
+    ];
+    tags.forEach(([tag, type, count, value], j) => {
+      const e = at + 2 + 12 * j;
+      bv.setUint16(e, tag, true);
+      bv.setUint16(e + 2, type, true);
+      bv.setUint32(e + 4, count, true);
+      if (type === 3) bv.setUint16(e + 8, value, true);
+      else bv.setUint32(e + 8, value, true);
+    });
+    bv.setUint32(at + 2 + entries * 12, k + 1 < pages ? at + ifdSize : 0, true);
+  }
+  const t0 = performance.now();
+  await assertRejects(
+    async () => inspectImage(await tmp(big, ".tif")),
+    /corrupt TIFF \(its tables take more than twice the file's size to read/,
+    DatasetError,
+  );
+  assert(performance.now() - t0 < 3000, `${performance.now() - t0} ms`);
+  // A strip that points past the end of the file: truncated.
+  const cut = base.slice();
+  const e = 8 + 2 + 5 * 12; // StripOffsets entry
+  new DataView(cut.buffer).setUint32(e + 8, 10_000, true);
+  await assertRejects(async () => inspectImage(await tmp(cut, ".tif")), /truncated/, DatasetError);
+  assertEquals(v.getUint16(8, true), 10);
+});
