@@ -15,7 +15,16 @@ import {
   runAblation,
   runExperiment,
 } from "../experiment/mod.ts";
-import { buildRetfinerModel, type LossWeights, OBJECTIVES, refine, type RefineOptions } from "../refine/mod.ts";
+import {
+  BEST_CHECKPOINT,
+  buildRetfinerModel,
+  LAST_CHECKPOINT,
+  type LossWeights,
+  OBJECTIVES,
+  refine,
+  type RefineOptions,
+} from "../refine/mod.ts";
+import { exists } from "../util/fs.ts";
 import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { TEXT_STANDIN } from "../pretrain/paths.ts";
 import { type CommandSpec, numberFlag, parseCli, runMain, withConfigFile } from "../util/cli.ts";
@@ -288,6 +297,14 @@ await runMain(async () => {
   const bar = new ProgressBar();
   const t0 = performance.now();
   console.error(`run directory: ${out}`);
+  if (!v.resume) {
+    // Fail before the benchmark and the baseline probe, not at the start of refinement.
+    for (const f of [LAST_CHECKPOINT, BEST_CHECKPOINT]) {
+      if (await exists(join(out, f))) {
+        throw new UsageError(`--out ${out} already holds a run (${f}): pass --resume to continue it, or another --out`);
+      }
+    }
+  }
 
   if (!v.pairs) {
     // The embedded default: the paper's experiment on the synthetic benchmark.
