@@ -31,12 +31,17 @@ export {
   UnsafePickleError,
 } from "./pickle.ts";
 export {
+  describeUnwrap,
   detectVisionLayout,
   mapBertWeights,
   type MappedWeights,
   mapVisionWeights,
   readWeightFile,
+  readWeights,
+  type UnwrappedStateDict,
+  unwrapStateDict,
   type VisionLayout,
+  type WeightFileContents,
 } from "./weights.ts";
 export { crc32 } from "./crc32.ts";
 export { buildZip, type ZipEntry, type ZipInput, ZipReader } from "./zip.ts";
