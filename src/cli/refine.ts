@@ -274,9 +274,12 @@ await runMain(async () => {
     );
   }
   const backend = await backendFromFlags(v);
+  // --model given on the command line or in the --config file overrides what the weights say.
+  const modelGiven = parsed.given.has("model") ||
+    (v.config !== undefined && Object.hasOwn(JSON.parse(await Deno.readTextFile(String(v.config))), "model"));
   /** The family is decided once, from the file (metadata, layout, then name), and printed with how. */
   const decideFamily = () => {
-    if (v.weights && !parsed.given.has("model")) {
+    if (v.weights && !modelGiven) {
       // The family is decided once, from the file (metadata, layout, then name), and printed with how.
       const decided = loadVit(String(v.weights), {
         log: noticeLog,

@@ -103,3 +103,20 @@ Deno.test("usage errors are one clear line and exit 1", async () => {
   assertEquals(probe.code, 1);
   assert(/--tasks/.test(probe.stderr));
 });
+
+Deno.test("refine without --model takes the family from the weights and says how; --model overrides", async () => {
+  const f = await tinyFiles("urfound");
+  // The .pth export under a name that says nothing: the family must come from the file itself.
+  const pth = f.vision.replace(/\.safetensors$/, ".pth");
+  const plain = `${f.dir}/weights.pth`;
+  await Deno.rename(pth, plain);
+  const text = ["--text-weights", f.text.weights, "--text-config", f.text.config, "--tokenizer", f.text.tokenizer];
+  const common = ["--pairs", `${SYNTH_TINY}pairs/pairs.csv`, "--max-steps", "1", "--epochs", "1", "--batch", "4"];
+  const out = await Deno.makeTempDir();
+  const r = await cli("refine", [...common, "--weights", plain, ...text, "--out", out]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(r.stderr.includes(`${plain}: family urfound — stored in the file`), r.stderr);
+  await Deno.stat(`${out}/best-model_${out.split("/").pop()}_urfound_bscan.pth`);
+  const forced = await cli("refine", [...common, "--weights", plain, ...text, "--model", "visionfm", "--out", out]);
+  assert(forced.stderr.includes(`${plain}: family visionfm — set by --model`), forced.stderr);
+});
