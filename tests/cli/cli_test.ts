@@ -120,3 +120,32 @@ Deno.test("refine without --model takes the family from the weights and says how
   const forced = await cli("refine", [...common, "--weights", plain, ...text, "--model", "visionfm", "--out", out]);
   assert(forced.stderr.includes(`${plain}: family visionfm — set by --model`), forced.stderr);
 });
+
+Deno.test("probe --compare: refined VisionFM and UrFound exports get their baseline's recipe, from their own metadata", async () => {
+  for (const family of ["visionfm", "urfound"] as const) {
+    const base = await tinyFiles(family);
+    const refined = await tinyFiles(family);
+    // Names that say nothing: only the files' metadata can tell the family.
+    const a = `${base.dir}/baseline.pth`;
+    const b = `${refined.dir}/refined.pth`;
+    await Deno.rename(base.vision.replace(/\.safetensors$/, ".pth"), a);
+    await Deno.rename(refined.vision.replace(/\.safetensors$/, ".pth"), b);
+    const out = await Deno.makeTempDir();
+    const r = await cli("probe", [
+      "--weights",
+      a,
+      "--compare",
+      b,
+      "--tasks",
+      `${SYNTH_TINY}tasks/${[...Deno.readDirSync(`${SYNTH_TINY}tasks`)].map((e) => e.name).sort()[0]}`,
+      "--seeds",
+      "0",
+      "--max-epochs",
+      "2",
+      "--out",
+      out,
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    for (const p of [a, b]) assert(r.stderr.includes(`${p}: family ${family} — stored in the file`), r.stderr);
+  }
+});
