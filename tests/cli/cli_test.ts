@@ -99,6 +99,10 @@ Deno.test("usage errors are one clear line and exit 1", async () => {
   const missing = await cli("refine", ["--pairs", "/nonexistent.csv", "--weights", "/nonexistent.pth"]);
   assertEquals(missing.code, 1);
   assert(/\/nonexistent\.csv: cannot read manifest/.test(missing.stderr), missing.stderr);
+  // A tokenizer without the weights it belongs to would be silently ignored: an error instead.
+  const tok = await cli("refine", ["--pairs", "x.csv", "--tokenizer", "vocab.txt"]);
+  assertEquals(tok.code, 1);
+  assert(/--tokenizer is only used with --text-weights/.test(tok.stderr), tok.stderr);
   const probe = await cli("probe", ["--weights", "x.pth"]);
   assertEquals(probe.code, 1);
   assert(/--tasks/.test(probe.stderr));

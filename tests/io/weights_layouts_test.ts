@@ -7,7 +7,7 @@ import { assert, assertAllClose, assertEquals, assertThrows } from "../_assert.t
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { makeTensor, readSafetensors, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
-import { readWeights, unwrapStateDict } from "../../src/io/weights.ts";
+import { mapBertWeights, readWeights, unwrapStateDict } from "../../src/io/weights.ts";
 import { loadBert, type LoadedVit, loadVit, type TokenMode, vitFeatures } from "../../src/encoders/mod.ts";
 import { exportBackbone } from "../../src/refine/checkpoint.ts";
 import { loadTokenizer } from "../../src/dataset/tokenizer.ts";
@@ -287,6 +287,45 @@ Deno.test("a timm config.json beside the weights gives the head count (no guess)
     again.notices.some((n) => n.includes('"architecture" = "vit_base_patch16_224" (width 768) does not describe')),
   );
   assertEquals(again.model.config.numHeads, 1);
+});
+
+Deno.test("BERT layouts: BertForSequenceClassification, BertModel under containers, the decoder-bias twin", () => {
+  const t = (n: number) => makeTensor("F32", [n], new Float32Array(n).fill(n));
+  const seqcls = new Map<string, unknown>([
+    ["bert.embeddings.word_embeddings.weight", t(4)],
+    ["bert.encoder.layer.0.output.dense.bias", t(2)],
+    ["bert.pooler.dense.weight", t(3)],
+    ["classifier.weight", t(5)],
+  ]);
+  const a = mapBertWeights(seqcls);
+  assertEquals([...a.tensors.keys()], [
+    "bert.embeddings.word_embeddings.weight",
+    "bert.encoder.layer.0.output.dense.bias",
+  ]);
+  assert(a.dropped.includes("classifier.weight (sequence-classification head)"), `${a.dropped}`);
+  // A DDP-saved BertModel inside a training checkpoint: module. stripped, bert. added; encoder. is BERT's own name.
+  const wrapped = new Map<string, unknown>([
+    [
+      "state_dict",
+      new Map<string, unknown>([["module.embeddings.word_embeddings.weight", t(4)], [
+        "module.encoder.layer.0.output.dense.bias",
+        t(2),
+      ]]),
+    ],
+    ["optimizer", new Map()],
+  ]);
+  const b = mapBertWeights(wrapped);
+  assertEquals([...b.tensors.keys()], [
+    "bert.embeddings.word_embeddings.weight",
+    "bert.encoder.layer.0.output.dense.bias",
+  ]);
+  assertEquals(b.container, ["state_dict"]);
+  // Only the tied twin cls.predictions.decoder.bias is kept: it gives cls.predictions.bias.
+  const twin = new Map<string, unknown>([["bert.embeddings.word_embeddings.weight", t(4)], [
+    "cls.predictions.decoder.bias",
+    t(6),
+  ]]);
+  assertEquals(mapBertWeights(twin).tensors.get("cls.predictions.bias")?.shape, [6]);
 });
 
 // The wild cases themselves (../shared/cases/weights, 2 MB each, not copied): run when that folder is present.
