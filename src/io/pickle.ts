@@ -101,16 +101,33 @@ function keyText(k: unknown[], limit: number, fail: (msg: string) => never): str
   if (size(k, 0) > limit) {
     fail(`a dict key is a tuple of more than ${limit} elements when expanded; a weights file never needs one`);
   }
-  const text = (x: unknown): string =>
-    Array.isArray(x)
-      ? `(${x.map(text).join(", ")}${x.length === 1 ? "," : ""})`
-      : typeof x === "string"
+  // The text is bounded too: 4096 references to one long string would otherwise be gigabytes.
+  const maxChars = 64 * limit;
+  let chars = 0;
+  const leaf = (x: unknown): string => {
+    if (x !== null && typeof x === "object" && !(x instanceof Uint8Array)) {
+      fail("a dict key is a tuple holding a dict, set or object; a weights file never needs one");
+    }
+    if ((typeof x === "string" || x instanceof Uint8Array) && x.length > maxChars) {
+      fail(`a dict key's text is longer than ${maxChars} characters; a weights file never needs one`);
+    }
+    const t = typeof x === "string"
       ? JSON.stringify(x)
-      : typeof x === "bigint"
-      ? x.toString()
       : x instanceof Uint8Array
-      ? `b${JSON.stringify(String.fromCharCode(...x.subarray(0, 64)))}`
+      ? `b${JSON.stringify(new TextDecoder("latin1").decode(x))}`
+      : x === null
+      ? "None"
+      : typeof x === "boolean"
+      ? (x ? "True" : "False")
       : String(x);
+    chars += t.length;
+    if (chars > maxChars) {
+      fail(`a dict key's text is longer than ${maxChars} characters; a weights file never needs one`);
+    }
+    return t;
+  };
+  const text = (x: unknown): string =>
+    Array.isArray(x) ? `(${x.map(text).join(", ")}${x.length === 1 ? "," : ""})` : leaf(x);
   return text(k);
 }
 

@@ -306,3 +306,15 @@ Deno.test("safetensors: a header larger than 16 MiB is refused before it is pars
     CheckpointError,
   );
 });
+
+Deno.test("pickle: tuple keys are bounded in text, not only in elements", () => {
+  // 4000 references to one 100 kB string: 400 MB of key text if it were built.
+  const p = new PickleWriter().emptyDict().str("x".repeat(100_000)).put(0).pop().mark();
+  for (let i = 0; i < 4000; i++) p.get(0);
+  const bytes = p.tuple().none().setitem().stop();
+  assertThrows(() => load(bytes), /dict key's text is longer than/, CheckpointError);
+  const withDict = new PickleWriter().emptyDict().emptyDict().tuple1().none().setitem().stop();
+  assertThrows(() => load(withDict), /holding a dict, set or object/, CheckpointError);
+  const ok = new PickleWriter().emptyDict().str("a").int(1).none().op(0x87).int(2).setitem().stop();
+  assertEquals([...(load(ok) as Map<string, unknown>).keys()], ['("a", 1, None)']);
+});
