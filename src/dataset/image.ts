@@ -67,7 +67,7 @@ export interface ImageInfo {
 }
 
 /** The default pixel limit: 4096 x 4096 (a B-scan is at most a few thousand pixels a side). */
-export const DEFAULT_MAX_PIXELS = 4096 * 4096;
+export const DEFAULT_MAX_PIXELS: number = 4096 * 4096;
 
 /** Files larger than this are not read into memory (2 GiB). */
 const MAX_FILE_BYTES = 2 ** 31;
