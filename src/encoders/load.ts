@@ -264,9 +264,15 @@ function readStoredInfo(path: string, top: Map<string, unknown>, metadata: Recor
         info.arch = { name, where: `${cfgPath} "architecture"` };
       }
       const heads = json?.model_args?.num_heads ?? json?.num_heads;
-      if (typeof heads === "number") info.numHeads = { value: heads, where: `${cfgPath} num_heads` };
+      if (heads !== undefined) {
+        if (typeof heads !== "number" || !Number.isInteger(heads) || heads < 1 || heads > 1024) {
+          throw new CheckpointError(`${cfgPath}: num_heads = ${JSON.stringify(heads)} is not an integer in [1, 1024]`);
+        }
+        info.numHeads = { value: heads, where: `${cfgPath} num_heads` };
+      }
     }
-  } catch {
+  } catch (err) {
+    if (err instanceof CheckpointError) throw err;
     // no readable config.json beside the file: nothing stated
   }
   return info;
@@ -372,7 +378,8 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
   }
   // The head count is not in the weights: option, stored config, stated architecture, else width/64.
   const width = mapped.tensors.get("cls_token")?.shape.at(-1) ?? 0;
-  let numHeads = options.numHeads ?? (typeof stored.config?.numHeads === "number" ? stored.config.numHeads : undefined);
+  // A stored value of the wrong type is kept, so that validation below refuses it by name.
+  let numHeads = options.numHeads ?? (stored.config?.numHeads ?? undefined);
   if (numHeads === undefined && stored.numHeads) numHeads = stored.numHeads.value;
   if (numHeads === undefined && stored.arch) {
     const a = vitArchFromName(stored.arch.name);

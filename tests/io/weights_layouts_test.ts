@@ -176,6 +176,8 @@ Deno.test("a stored config is validated before anything is allocated, naming the
     [{ mean: [0.5, 0.5, NaN] }, "retfiner.vit_config.mean"],
     [{ numHeads: 3 }, "retfiner.vit_config.numHeads"],
     [{ std: [0.2, 0.2, 0] }, "retfiner.vit_config.std"],
+    [{ numHeads: "12" }, "retfiner.vit_config.numHeads"],
+    [{ dropPathRate: 1.5 }, "retfiner.vit_config.dropPathRate"],
   ];
   for (const [cfg, field] of bad) {
     const file = `${tmp}/bad.safetensors`;
