@@ -449,6 +449,12 @@ function npyHeader(src: ByteSource, name: string): NpyHeader {
 function npyGeometry(shape: number[], name: string): [number, number, number] {
   if (shape.length === 2) return [1, shape[0], shape[1]];
   if (shape.length === 3 && shape[2] === 1) return [1, shape[0], shape[1]];
+  if (shape.length === 3 && (shape[2] === 3 || shape[2] === 4) && shape[0] > 4 && shape[1] > 4) {
+    throw new DatasetError(
+      `${name}: shape (${shape}) looks like a channels-last colour image; save the B-scan as a 2-D grey array ` +
+        `(a volume is [slices, height, width])`,
+    );
+  }
   if (shape.length === 3) return [shape[0], shape[1], shape[2]];
   throw new DatasetError(
     `${name}: expected a 2-D B-scan or a 3-D volume [slices, height, width], got shape (${shape})`,

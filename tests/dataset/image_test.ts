@@ -47,8 +47,16 @@ Deno.test("bad images give a DatasetError naming the file", async () => {
     /expected a 2-D B-scan or a 3-D volume.*got shape \(2,2,3,4\)/,
     DatasetError,
   );
+  const rgb = await Deno.makeTempFile({ suffix: ".npy" });
+  await Deno.writeFile(rgb, encodeNpy({ dtype: "F32", shape: [8, 9, 3], data: new Float32Array(216) }));
+  await assertRejects(
+    () => loadGreyImage(rgb),
+    /shape \(8,9,3\) looks like a channels-last colour image/,
+    DatasetError,
+  );
   await Deno.remove(empty);
   await Deno.remove(npy4d);
+  await Deno.remove(rgb);
 });
 
 Deno.test("bicubic resize matches torch F.interpolate(bicubic, align_corners=False)", async () => {
