@@ -47,7 +47,7 @@ function isTensor(v: unknown): v is TensorData {
 export interface WeightFileContents {
   /** The top-level object (a Map): a state dict or a container of one. */
   top: Map<string, unknown>;
-  /** safetensors metadata (merged over shards); empty for pickles. */
+  /** safetensors metadata (merged over shards), or for a `.pth` this package wrote, its `retfiner.json` record. */
   metadata: Record<string, string>;
   /** The files actually read (one, or every shard of a sharded checkpoint). */
   files: string[];
