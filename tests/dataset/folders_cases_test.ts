@@ -147,6 +147,14 @@ Deno.test("folders: classes in val/test but not train, classes differing only by
   await Deno.mkdir(`${root}/Train/A`);
   await Deno.writeFile(`${root}/Train/A/z.jpg`, jpg);
   await assertRejects(() => readImageFolderDataset(root, quiet), /classes "A", "a" differ only by case/, DatasetError);
+  await Deno.remove(`${root}/Train/A`, { recursive: true });
+  await Deno.mkdir(`${root}/Train/a `);
+  await Deno.writeFile(`${root}/Train/a /z.jpg`, jpg);
+  await assertRejects(
+    () => readImageFolderDataset(root, quiet),
+    /classes "a", "a " differ only by case or surrounding spaces/,
+    DatasetError,
+  );
 });
 
 Deno.test("folders: undecodable images are listed before probing; volumes need a slice or expand with all", async () => {
