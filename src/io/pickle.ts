@@ -170,7 +170,8 @@ export function plainClass(qualname: string): PyGlobal {
       for (const part of Array.isArray(state) ? state : [state]) {
         if (!(part instanceof Map)) continue;
         for (const [k, v] of part) {
-          const name = String(k);
+          if (typeof k !== "string") throw new CheckpointError(`${qualname} attribute name is not a string`);
+          const name = k;
           if (name === "__class__") continue; // the class is the global's, not the file's to restate
           // defineProperty: a "__proto__" attribute stays an attribute and cannot change the prototype.
           Object.defineProperty(target, name, { value: v, enumerable: true, writable: true, configurable: true });
@@ -318,6 +319,15 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     }
     return g;
   };
+  /** Runs an allowed global's code; its errors become CheckpointErrors naming the file and pickle byte. */
+  const guarded = <T>(fn: () => T): T => {
+    try {
+      return fn();
+    } catch (err) {
+      if (err instanceof CheckpointError && err.message.startsWith(file)) throw err;
+      return fail((err as Error)?.message ?? String(err));
+    }
+  };
   /** Length of a value as a global's arguments see it (what walking it once costs). */
   const shallow = (v: unknown): number =>
     Array.isArray(v) || typeof v === "string" || v instanceof Uint8Array
@@ -335,7 +345,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     if (kwargs) cost += kwargs.size;
     charge(cost);
     alloc(8 * cost);
-    const result = g.call(args as unknown[], kwargs);
+    const result = guarded(() => g.call(args as unknown[], kwargs));
     if (result !== null && typeof result === "object") objectGlobals.set(result, g);
     return result;
   };
@@ -628,7 +638,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
         const g = obj !== null && typeof obj === "object" ? objectGlobals.get(obj) : undefined;
         charge(shallow(state));
         if (g?.build) {
-          stack[stack.length - 1] = g.build(obj, state);
+          stack[stack.length - 1] = guarded(() => g.build!(obj, state));
         } else if (obj instanceof Map && (state === null || state instanceof Map)) {
           // OrderedDict attributes (a state dict's `_metadata`): PyTorch keeps them as attributes; this reader
           // puts them among the items under their names (the weight mappers drop `_metadata` by name).

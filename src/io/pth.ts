@@ -126,12 +126,20 @@ function swapBytes(bytes: Uint8Array, size: number): void {
   for (let i = 0; i + size <= bytes.length; i += size) bytes.subarray(i, i + size).reverse();
 }
 
+/** A short description of an untrusted value for an error message (never walks it: it may be a huge shared DAG). */
+function describe(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (typeof v === "number" || typeof v === "bigint" || typeof v === "boolean") return String(v);
+  if (v === null || v === undefined) return "None";
+  if (Array.isArray(v)) return `a tuple/list of ${v.length} items`;
+  if (v instanceof Map) return `a dict of ${v.size} items`;
+  return "an object";
+}
+
 function asIntList(file: string, v: unknown, what: string): number[] {
   if (!Array.isArray(v) || v.length > MAX_RANK || !v.every((x) => Number.isSafeInteger(x) && x >= 0)) {
     throw new CheckpointError(
-      `${file}: tensor ${what} is not a tuple of at most ${MAX_RANK} non-negative ints: ${
-        JSON.stringify(Array.isArray(v) ? v.slice(0, 8) : typeof v)
-      }`,
+      `${file}: tensor ${what} is not a tuple of at most ${MAX_RANK} non-negative ints (${describe(v)})`,
     );
   }
   return v as number[];
@@ -165,11 +173,11 @@ class StorageTable {
     const [, cls, key, , n, viewMeta] = pid as [string, PyGlobal, unknown, unknown, unknown, unknown];
     if (!this.storageTypes.has(cls)) throw new CheckpointError(`${file}: persistent id names an unknown storage type`);
     const type = cls.call([]) as StorageType;
-    if (!Number.isSafeInteger(n) || (n as number) < 0) {
-      throw new CheckpointError(`${file}: storage "${String(key)}" has invalid size ${String(n)}`);
-    }
     if (typeof key !== "string" && typeof key !== "number") {
-      throw new CheckpointError(`${file}: storage key is not a string`);
+      throw new CheckpointError(`${file}: storage key is not a string (${describe(key)})`);
+    }
+    if (!Number.isSafeInteger(n) || (n as number) < 0) {
+      throw new CheckpointError(`${file}: storage "${key}" has invalid size ${describe(n)}`);
     }
     const ref: StorageRef = {
       storage: true,
@@ -196,8 +204,8 @@ class StorageTable {
       const [, off, len] = viewMeta;
       if (!Number.isSafeInteger(off) || !Number.isSafeInteger(len) || off < 0 || len < 0 || off + len > ref.numel) {
         throw new CheckpointError(
-          `${file}: storage view [${String(off)}, +${
-            String(len)
+          `${file}: storage view [${describe(off)}, +${
+            describe(len)
           }] lies outside its ${ref.numel}-element storage "${ref.key}"`,
         );
       }
@@ -235,7 +243,7 @@ class StorageTable {
       throw new CheckpointError(`${file}: tensor size [${shape}] and stride [${strides}] differ in length`);
     }
     if (!Number.isSafeInteger(offset) || (offset as number) < 0) {
-      throw new CheckpointError(`${file}: tensor has invalid storage offset ${String(offset)}`);
+      throw new CheckpointError(`${file}: tensor has invalid storage offset ${describe(offset)}`);
     }
     const n = numel(shape);
     const where = `${file}: tensor of size [${shape}], stride [${strides}] at storage offset ${offset}`;
@@ -387,7 +395,14 @@ function torchGlobals(file: string, table: () => StorageTable, storageTypes: Set
     g.set(`torch.${name}`, { call: () => `torch.${name}` });
   }
   g.set("torch.Size", { call: (args) => [...(Array.isArray(args[0]) ? args[0] : [])] });
-  g.set("torch.device", { call: (args) => args.join(":") });
+  g.set("torch.device", {
+    call: (args) => {
+      if (!args.every((a) => typeof a === "string" || typeof a === "number")) {
+        throw new CheckpointError(`${file}: torch.device of something not a string or index`);
+      }
+      return args.join(":");
+    },
+  });
   g.set("argparse.Namespace", plainClass("argparse.Namespace"));
   // Protocol-2 pickles name builtins "__builtin__" (Python 2 spelling).
   for (const mod of ["builtins", "__builtin__"]) {
@@ -397,8 +412,8 @@ function torchGlobals(file: string, table: () => StorageTable, storageTypes: Set
   g.set("_codecs.encode", {
     call: ([text, encoding]) => {
       if (
-        typeof text !== "string" ||
-        !["latin1", "latin-1", "iso-8859-1"].includes(String(encoding ?? "latin1").toLowerCase())
+        typeof text !== "string" || (encoding !== undefined && typeof encoding !== "string") ||
+        !["latin1", "latin-1", "iso-8859-1"].includes((encoding ?? "latin1").toLowerCase())
       ) {
         throw new CheckpointError(`${file}: _codecs.encode only supports latin1 text`);
       }
@@ -406,7 +421,10 @@ function torchGlobals(file: string, table: () => StorageTable, storageTypes: Set
     },
   });
   g.set("numpy.dtype", {
-    call: ([descr]) => ({ __class__: "numpy.dtype", descr: String(descr), byteorder: "<" }) as PyObject,
+    call: ([descr]) => {
+      if (typeof descr !== "string") throw new CheckpointError(`${file}: numpy.dtype of ${describe(descr)}`);
+      return { __class__: "numpy.dtype", descr, byteorder: "<" } as PyObject;
+    },
     build: (obj, state) => {
       if (Array.isArray(state) && typeof state[1] === "string") (obj as PyObject).byteorder = state[1];
       return obj;
@@ -519,7 +537,7 @@ function parseLegacy(
   }
   const proto = unpickle(bytes, { ...noGlobals, offset: magic.end });
   if (proto.value !== 1001) {
-    throw new CheckpointError(`${file}: unsupported legacy PyTorch protocol ${String(proto.value)}`);
+    throw new CheckpointError(`${file}: unsupported legacy PyTorch protocol ${describe(proto.value)}`);
   }
   const sysInfo = unpickle(bytes, { ...noGlobals, offset: proto.end });
   const info = sysInfo.value as Map<string, unknown>;
@@ -545,6 +563,9 @@ function parseLegacy(
   let pos = keys.end;
   offsets.clear();
   for (const key of keys.value as unknown[]) {
+    if (typeof key !== "string" && typeof key !== "number") {
+      throw new CheckpointError(`${file}: legacy storage key list holds ${describe(key)}`);
+    }
     const ref = declared.get(String(key));
     if (!ref) throw new CheckpointError(`${file}: legacy storage "${key}" is listed but never used`);
     if (offsets.has(ref.key)) throw new CheckpointError(`${file}: legacy storage "${key}" is listed twice`);

@@ -318,3 +318,26 @@ Deno.test("pickle: tuple keys are bounded in text, not only in elements", () => 
   const ok = new PickleWriter().emptyDict().str("a").int(1).none().op(0x87).int(2).setitem().stop();
   assertEquals([...(load(ok) as Map<string, unknown>).keys()], ['("a", 1, None)']);
 });
+
+Deno.test("pickle: errors about a hostile value never walk it (a 2^40-path DAG in every argument position)", () => {
+  const t0 = performance.now();
+  const calls: [string, string][] = [["torch", "device"], ["numpy", "dtype"], ["torch", "Size"], ["builtins", "set"]];
+  for (const [module, name] of calls) {
+    const p = dag(new PickleWriter(), 40);
+    p.put(200).pop().global(module, name).get(200).tuple1().reduce();
+    try {
+      load(p.stop());
+    } catch (err) {
+      assert(err instanceof CheckpointError, `${name}: ${err}`);
+    }
+  }
+  // The DAG as a tensor's size, and as its storage's element count.
+  const size = dag(new PickleWriter(), 40).put(200).pop();
+  size.global("torch._utils", "_rebuild_tensor_v2").mark().mark().str("storage").global("torch", "FloatStorage")
+    .str("0").str("cpu").int(1).tuple().binpersid().int(0).get(200).get(200).op(0x89).none().tuple().reduce();
+  assertThrows(() => load(size.stop(), { "0": new Uint8Array(4) }), /size is not a tuple/, CheckpointError);
+  const numel = dag(new PickleWriter(), 40).put(200).pop();
+  numel.mark().str("storage").global("torch", "FloatStorage").str("0").str("cpu").get(200).tuple().binpersid();
+  assertThrows(() => load(numel.stop()), /invalid size a tuple\/list of 2 items/, CheckpointError);
+  assert(performance.now() - t0 < 2000, `took ${performance.now() - t0} ms`);
+});
