@@ -37,8 +37,8 @@ export function memorySource(bytes: Uint8Array, name = "<memory>"): ByteSource {
 /**
  * A byte source reading a file on demand. `close()` releases the handle; a
  * later `read` reopens the file (lazy tensors read their storage after the
- * reader returned) and refuses if the file changed size or modification time
- * since it was first opened.
+ * reader returned) and refuses if the file was replaced or changed (size,
+ * modification or change time, inode) since it was first opened.
  * @param path the file
  * @returns the source
  * @throws {CheckpointError} when the file is missing, unreadable or not a regular file
@@ -46,7 +46,8 @@ export function memorySource(bytes: Uint8Array, name = "<memory>"): ByteSource {
 export function fileSource(path: string): ByteSource {
   let file: Deno.FsFile | undefined;
   let size: number;
-  let mtime: number | undefined;
+  let stamp: string;
+  const stampOf = (st: Deno.FileInfo) => `${st.size}/${st.mtime?.getTime()}/${st.ino}/${st.ctime?.getTime()}`;
   try {
     file = Deno.openSync(path, { read: true });
     const stat = file.statSync();
@@ -55,7 +56,7 @@ export function fileSource(path: string): ByteSource {
       throw new CheckpointError(`${path}: not a regular file`);
     }
     size = stat.size;
-    mtime = stat.mtime?.getTime();
+    stamp = stampOf(stat);
   } catch (err) {
     if (err instanceof CheckpointError) throw err;
     if (err instanceof Deno.errors.NotFound) throw new CheckpointError(`${path}: file not found`);
@@ -72,7 +73,7 @@ export function fileSource(path: string): ByteSource {
       });
     }
     const stat = f.statSync();
-    if (stat.size !== size || stat.mtime?.getTime() !== mtime) {
+    if (stampOf(stat) !== stamp) {
       f.close();
       throw new CheckpointError(
         `${path}: the file changed after it was opened (tensor data are read when first used); read it again`,

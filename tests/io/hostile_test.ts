@@ -185,6 +185,12 @@ Deno.test("tensors: data are read on first use, and a file changed since then is
   const lazy = (readPth(path).value as Map<string, { data: Float32Array }>).get("a")!;
   Deno.writeFileSync(path, torchZip(p, { "0": new Uint8Array(Float32Array.from([9, 9, 9]).buffer) }));
   assertThrows(() => lazy.data, /changed after it was opened/, CheckpointError);
+  // Replaced by a file of the same size (an atomic save over it): refused too, not read as the new weights.
+  Deno.writeFileSync(path, torchZip(p, { "0": new Uint8Array(Float32Array.from([1.5, -2]).buffer) }));
+  const again = (readPth(path).value as Map<string, { data: Float32Array }>).get("a")!;
+  Deno.writeFileSync(`${path}.tmp`, torchZip(p, { "0": new Uint8Array(Float32Array.from([7, 7]).buffer) }));
+  Deno.renameSync(`${path}.tmp`, path);
+  assertThrows(() => again.data, /changed after it was opened/, CheckpointError);
   Deno.removeSync(dir, { recursive: true });
 });
 
