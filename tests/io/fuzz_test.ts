@@ -9,6 +9,7 @@ import {
   buildZip,
   encodeNpy,
   encodeSafetensors,
+  isTensorData,
   memorySource,
   parseNpy,
   readPth,
@@ -39,6 +40,16 @@ function mutate(rng: Rng, src: Uint8Array): Uint8Array {
   return concatBytes([out.subarray(0, a), out.subarray(b)]);
 }
 
+/** Reads every tensor's data (storages are read lazily, on first use). */
+function touch(v: unknown, seen = new Set<unknown>()): unknown {
+  if (v === null || typeof v !== "object" || seen.has(v)) return v;
+  seen.add(v);
+  if (isTensorData(v)) void v.data.length;
+  else if (v instanceof Map) for (const x of v.values()) touch(x, seen);
+  else if (Array.isArray(v)) for (const x of v) touch(x, seen);
+  return v;
+}
+
 function expectCleanFailure(label: string, fn: () => unknown): "ok" | "error" {
   const t0 = performance.now();
   try {
@@ -63,7 +74,7 @@ for (const file of ["all_dtypes.pth", "all_dtypes_legacy.pth", "written_by_retfi
     for (let i = 0; i < 400; i++) {
       const bytes = mutate(rng, original);
       const verifyCrc = i % 2 === 0;
-      if (expectCleanFailure(`${file} #${i}`, () => readPth(bytes, { verifyCrc })) === "error") errors++;
+      if (expectCleanFailure(`${file} #${i}`, () => touch(readPth(bytes, { verifyCrc }).value)) === "error") errors++;
     }
     assert(errors > 100, `only ${errors} of 400 mutations were detected`);
   });
@@ -78,7 +89,7 @@ Deno.test("fuzz: 600 mutated pickles inside a valid zip fail cleanly", () => {
   for (let i = 0; i < 600; i++) {
     const mutated = members.map((m, j) => (j === pklIndex ? { name: m.name, chunks: [mutate(rng, m.chunks[0])] } : m));
     const bytes = concatBytes(buildZip(mutated));
-    expectCleanFailure(`pickle #${i}`, () => readPth(bytes));
+    expectCleanFailure(`pickle #${i}`, () => touch(readPth(bytes).value));
   }
 });
 
@@ -87,7 +98,7 @@ Deno.test("fuzz: 500 mutations of a safetensors file and of a .npy file fail cle
   const npy = encodeNpy({ dtype: "F32", shape: [3, 4], data: new Float32Array(12).fill(1.5) });
   const rng = new Rng(9);
   for (let i = 0; i < 500; i++) {
-    expectCleanFailure(`safetensors #${i}`, () => readSafetensors(mutate(rng, st)));
+    expectCleanFailure(`safetensors #${i}`, () => touch(readSafetensors(mutate(rng, st)).tensors));
     expectCleanFailure(`npy #${i}`, () => parseNpy(mutate(rng, npy)));
   }
 });
