@@ -370,6 +370,7 @@ Deno.test({
     );
     await run("v04_RETFound_model_module_prefix.pth", "img64.png", "v01_ref_all.npy", "all");
     await run("v07_state_dict_key.pth", "img64.png", "v01_ref_all.npy", "all", "retfound");
+    await run("v10b_RETFound_args_numpy2_scalar.pth", "img64.png", "v01_ref_all.npy", "all");
     const v = await run("RetFiner-V.pth", "img64.png", "v01_ref_all.npy", "all");
     assert(v.family.guess && v.notices[0].includes("a guess from the file name"), v.notices[0]);
     assert(
