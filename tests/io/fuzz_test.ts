@@ -45,8 +45,8 @@ function touch(v: unknown, seen = new Set<unknown>()): unknown {
   if (v === null || typeof v !== "object" || seen.has(v)) return v;
   seen.add(v);
   if (isTensorData(v)) void v.data.length;
-  else if (v instanceof Map) for (const x of v.values()) touch(x, seen);
-  else if (Array.isArray(v)) for (const x of v) touch(x, seen);
+  else if (v instanceof Map) { for (const x of v.values()) touch(x, seen); }
+  else if (Array.isArray(v)) { for (const x of v) touch(x, seen); }
   return v;
 }
 
