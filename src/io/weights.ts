@@ -12,6 +12,17 @@ import { ZipReader } from "./zip.ts";
 import { dirname, join } from "node:path";
 import { isTensorData, type TensorData } from "./tensor.ts";
 
+/** A short, bounded description of a non-tensor value found where a tensor was expected. */
+function whatIsIt(v: unknown): string {
+  if (v === null || v === undefined) return "None";
+  if (v instanceof Map) return "a dict";
+  if (Array.isArray(v)) return "a list or tuple";
+  if (typeof v !== "object") return `a ${typeof v === "bigint" ? "number" : typeof v}`;
+  const cls = (v as { __class__?: unknown }).__class__;
+  if (cls === "numpy.ndarray") return "a numpy array (save torch tensors instead, e.g. torch.from_numpy)";
+  return typeof cls === "string" ? `an object of class ${cls.slice(0, 80)}` : "an object that is not a tensor";
+}
+
 /** Source layouts recognised for a vision backbone. */
 export type VisionLayout =
   | "retfound"
@@ -387,7 +398,7 @@ export function unwrapStateDict(
   for (const [k0, v] of best.dict) {
     const k = String(k0);
     if (!isTensor(v)) {
-      dropped.push(`${where}${k} (${k === "_metadata" ? "state-dict metadata" : "not a tensor"})`);
+      dropped.push(`${where}${k} (${k === "_metadata" ? "state-dict metadata" : `not a tensor: ${whatIsIt(v)}`})`);
       continue;
     }
     const clean = stripWrappers(k, wrappers, stripped);
@@ -499,9 +510,17 @@ export function mapVisionWeights(
     else dropped.push(`${u.original.get(k) ?? k} (${dropReason(k, layout)})`);
   }
   if (!tensors.has("cls_token") || !tensors.has("patch_embed.proj.weight")) {
+    // Name values that sit under a ViT's parameter names but are not tensors (a forged object, a numpy array).
+    const impostors = dropped.filter((d) => / \(not a tensor: /.test(d) && /(cls_token|patch_embed|blocks\.)/.test(d));
     throw new CheckpointError(
       `${file}: recognised as a ${layout} checkpoint (${describeUnwrap(u)}) but it has no cls_token / ` +
-        `patch_embed.proj.weight`,
+        `patch_embed.proj.weight tensor` +
+        (impostors.length
+          ? `; ${impostors.length} entr${impostors.length === 1 ? "y" : "ies"} under ViT parameter names ` +
+            `${impostors.length === 1 ? "is" : "are"} not a tensor (${impostors.slice(0, 3).join("; ")}${
+              impostors.length > 3 ? "; …" : ""
+            })`
+          : ""),
     );
   }
   return { layout, tensors, dropped, fileName: file, container: u.container, stripped: u.stripped };
