@@ -119,6 +119,25 @@ function gatherBatch(tokens: Tokenized, images: { data: Float32Array; indices: n
   return { images: images.data, inputIds, attentionMask, size: B, length: L };
 }
 
+/**
+ * {@link prefetch}, but leaving the loop early (a fault, the step limit) waits for the image loads still in flight:
+ * no decoding outlives the loop (a test runner exiting under running decoder threads crashed).
+ */
+async function* prefetchDrained<T>(loaders: (() => Promise<T>)[], depth: number): AsyncGenerator<T> {
+  const inflight = new Set<Promise<T>>();
+  const tracked = loaders.map((f) => () => {
+    const p = f();
+    inflight.add(p);
+    p.then(() => inflight.delete(p), () => inflight.delete(p));
+    return p;
+  });
+  try {
+    yield* prefetch(tracked, depth);
+  } finally {
+    await Promise.allSettled([...inflight]);
+  }
+}
+
 /** Temp files of {@link writeChunksAtomic}: `<name>.<pid>.<8 hex>.tmp`. */
 const TEMP_FILE = /^.+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 
@@ -367,7 +386,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     const loaders = order.slice(loop.batchInEpoch).map((b) => () =>
       loadImageBatch(paths, b.map((i) => trainIdx[i]), spec, { cache, origins })
     );
-    for await (const imgs of prefetch(loaders, 2)) {
+    for await (const imgs of prefetchDrained(loaders, 2)) {
       if (options.maxSteps !== undefined && loop.step >= options.maxSteps) {
         stopReason = "max-steps";
         break outer;
@@ -467,7 +486,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
       loadImageBatch(paths, b.map((i) => valIdx[i]), spec, { cache, origins })
     );
     let vb = 0;
-    for await (const imgs of prefetch(vLoaders, 2)) {
+    for await (const imgs of prefetchDrained(vLoaders, 2)) {
       const batch = gatherBatch(tokens, imgs);
       const stopped = `refinement stopped after epoch ${loop.epoch + 1} (step ${loop.step}), in validation batch ` +
         `${vb + 1} of ${valOrder.length}`;
