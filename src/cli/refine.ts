@@ -14,10 +14,12 @@ import {
   probeModel,
   runAblation,
   runExperiment,
+  type WeightLoading,
 } from "../experiment/mod.ts";
 import {
   BEST_CHECKPOINT,
   buildRetfinerModel,
+  checkTextFiles,
   LAST_CHECKPOINT,
   type LossWeights,
   OBJECTIVES,
@@ -61,6 +63,16 @@ const SPEC: CommandSpec = {
       description: "BERT weights (pytorch_model.bin or model.safetensors); default: the text stand-in.",
     },
     "text-config": { type: "string", valueName: "<file>", description: "BERT config.json for --text-weights." },
+    heads: {
+      type: "string",
+      valueName: "<n>",
+      description: "Attention heads of --weights, if not width/64 (plain weights do not store it).",
+    },
+    "no-strict": {
+      type: "boolean",
+      description: "Load the matching keys of --weights and --text-weights only instead of failing on a mismatch; " +
+        "prints the missing, unexpected, mis-shaped and dropped keys.",
+    },
     tokenizer: {
       type: "string",
       valueName: "<path>",
@@ -273,29 +285,47 @@ await runMain(async () => {
       } is only used with --text-weights (the text stand-in has its own)`,
     );
   }
+  if (v.heads !== undefined && !v.weights) {
+    throw new UsageError("--heads is for --weights (the stand-ins store their head count)");
+  }
+  const loading: WeightLoading = {
+    strict: !v["no-strict"],
+    numHeads: numberFlag(v, "heads", { integer: true, min: 1 }),
+    strictHint: "pass --no-strict",
+    headsHint: "set --heads",
+  };
+  // A tokenizer the BERT cannot embed is an error now, not after the benchmark and the baseline probe.
+  if (text) checkTextFiles(text);
   const backend = await backendFromFlags(v);
   // --model given on the command line or in the --config file overrides what the weights say.
   const modelGiven = parsed.given.has("model") ||
     (v.config !== undefined && Object.hasOwn(JSON.parse(await Deno.readTextFile(String(v.config))), "model"));
-  /** The family is decided once, from the file (metadata, layout, then name), and printed with how. */
+  /**
+   * The family is decided once, from the file (metadata, layout, then name) unless --model sets it, and printed with
+   * how, with every other loading notice (guessed head count, the --no-strict report) printed once, here.
+   * @returns The loaded vision encoder (undefined for the stand-in).
+   */
   const decideFamily = () => {
-    if (v.weights && !modelGiven) {
-      // The family is decided once, from the file (metadata, layout, then name), and printed with how.
-      const decided = loadVit(String(v.weights), {
-        log: noticeLog,
-        archFlag: "--model",
-        strictHint: "",
-        headsHint: "",
-      });
+    if (!v.weights) return undefined;
+    const decided = loadVit(String(v.weights), {
+      arch: modelGiven ? family : "auto",
+      log: noticeLog,
+      archFlag: "--model",
+      archChoices: "retfound|visionfm|urfound",
+      strict: loading.strict,
+      numHeads: loading.numHeads,
+      strictHint: loading.strictHint,
+      headsHint: loading.headsHint,
+    });
+    if (decided.family.family === "timm") {
       disposeParams(decided.model.params);
-      if (decided.family.family === "timm") {
-        throw new UsageError(
-          `${v.weights}: nothing in the file or its name says which foundation model this is (a ${decided.mapped.layout} ` +
-            `state dict); refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
-        );
-      }
-      family = decided.family.family as ExperimentFamily;
-    } else if (v.weights) noticeLog(`${v.weights}: family ${family} — set by --model`);
+      throw new UsageError(
+        `${v.weights}: nothing in the file or its name says which foundation model this is (a ${decided.mapped.layout} ` +
+          `state dict); refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
+      );
+    }
+    family = decided.family.family as ExperimentFamily;
+    return decided.model;
   };
   const bar = new ProgressBar();
   const t0 = performance.now();
@@ -311,12 +341,14 @@ await runMain(async () => {
 
   if (!v.pairs) {
     // The embedded default: the paper's experiment on the synthetic benchmark.
-    decideFamily();
+    const decided = decideFamily();
+    if (decided) disposeParams(decided.params);
     const opts: ExperimentOptions = {
       family,
       runDir: out,
       weights: v.weights as string | undefined,
       text,
+      loading,
       benchmark: v.benchmark as string | undefined,
       synth: { size: v["synth-size"] as "tiny" | "small" | "medium", seed: 0 },
       probe: { seeds, mode: v["probe-mode"] as "fast" | "faithful" },
@@ -388,19 +420,26 @@ await runMain(async () => {
     } val` +
       (skipped.length ? `; ${skipped.length} rows skipped` : ""),
   );
-  decideFamily();
-  const vit = loadVision(family, v.weights as string | undefined);
+  const vit = decideFamily() ?? loadVision(family);
   const model = v["text-from-scratch"]
     ? buildRetfinerModel({ vision: vit, reports: records.map((r) => r.report) })
     : buildRetfinerModel({
       vision: vit,
+      strict: loading.strict,
+      strictHint: loading.strictHint,
       ...(text
         ? { textWeights: text.weights, textConfig: text.config, tokenizer: text.tokenizer }
         : { textWeights: TEXT_STANDIN.weights, textConfig: TEXT_STANDIN.config, tokenizer: TEXT_STANDIN.tokenizer }),
     });
   const tasks = v.benchmark && !v["no-probe"] ? await loadTasks(String(v.benchmark)) : [];
   const baseline = tasks.length
-    ? await probeModel(loadVision(family, v.weights as string | undefined), "baseline", tasks, { seeds }, bar.callback)
+    ? await probeModel(
+      loadVision(family, v.weights as string | undefined, null, loading),
+      "baseline",
+      tasks,
+      { seeds },
+      bar.callback,
+    )
     : undefined;
   const result = await refine({
     ...refineOptions,

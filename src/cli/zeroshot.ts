@@ -17,7 +17,7 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
 import { ProgressBar } from "../util/progress.ts";
-import { BACKEND_FLAG, backendFromFlags } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 
 await runMain(async () => {
   const { values } = parseCli(Deno.args, {
@@ -63,6 +63,17 @@ await runMain(async () => {
       },
       report: { type: "string", valueName: "<text>", description: "Report text for --attention." },
       out: { type: "string", valueName: "<dir>", description: "Where to write results (default: <run>/zeroshot)." },
+      heads: {
+        type: "string",
+        valueName: "<n>",
+        description:
+          "Attention heads of the run's backbone if its file does not store them (this package's exports do).",
+      },
+      "no-strict": {
+        type: "boolean",
+        description: "Load the matching keys of the run's files only instead of failing on a mismatch; prints the " +
+          "missing, unexpected, mis-shaped and dropped keys.",
+      },
       ...BACKEND_FLAG,
     },
     examples: [
@@ -72,7 +83,13 @@ await runMain(async () => {
   });
   if (!values.run) throw new UsageError("--run is required (see --help)");
   await backendFromFlags(values);
-  const run = loadRun(String(values.run));
+  const run = loadRun(String(values.run), {
+    strict: !values["no-strict"],
+    numHeads: numberFlag(values, "heads", { integer: true, min: 1 }),
+    strictHint: "pass --no-strict",
+    headsHint: "set --heads",
+    log: noticeLog,
+  });
   const out = String(values.out ?? join(String(values.run), "zeroshot"));
   const bar = new ProgressBar();
   const summary: Record<string, unknown> = {};

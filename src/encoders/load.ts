@@ -159,6 +159,8 @@ export interface LoadVitOptions {
   log?: ((line: string) => void) | null;
   /** Name of the flag that sets the family, for the "how to set it" part of guesses (default `--arch`). */
   archFlag?: string;
+  /** The values that flag takes, named with it (default `retfound|visionfm|urfound|timm`). */
+  archChoices?: string;
   /** Hint in the strict-mode error (see {@link LoadOptions.strictHint}). */
   strictHint?: string;
   /**
@@ -304,7 +306,7 @@ function decideFamily(
   };
   const l = byLayout[layout];
   if (l) return { family: l[0], source: "layout", reason: l[1], guess: false };
-  const how = `if it is wrong, set ${flag} retfound|visionfm|urfound|timm`;
+  const how = `if it is wrong, set ${flag} ${options.archChoices ?? "retfound|visionfm|urfound|timm"}`;
   const named = familyFromPath(path);
   if (named) {
     return {

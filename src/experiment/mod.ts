@@ -74,6 +74,8 @@ export interface ExperimentOptions {
   weights?: string;
   /** Text encoder weights + config + tokenizer; default: the text stand-in. */
   text?: { weights: string; config: string; tokenizer: string };
+  /** Strictness and head count of the weight files (`--no-strict`, `--heads`). */
+  loading?: WeightLoading;
   /** Benchmark root; default: the synthetic benchmark under `runs/cache/`, generated if missing. */
   benchmark?: string;
   /** Synthetic benchmark size and seed (when generating). */
@@ -138,27 +140,70 @@ export async function loadTasks(root: string, only?: string[]): Promise<ProbeDat
   return await Promise.all(names.map((n) => readImageFolderDataset(join(root, "tasks", n))));
 }
 
+/** How weight files are matched to the model (the tasks' `--no-strict` and `--heads`). */
+export interface WeightLoading {
+  /**
+   * Strict key matching (default true). With `false` the matching keys load and the missing, unexpected,
+   * mis-shaped and dropped keys are printed, as PyTorch's `load_state_dict` returns them.
+   */
+  strict?: boolean;
+  /** Attention heads of real vision weights (not stored in plain weights; default: stored config, else width/64). */
+  numHeads?: number;
+  /** What a strict key mismatch suggests, e.g. "pass --no-strict" (default none). */
+  strictHint?: string;
+  /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
+  headsHint?: string;
+}
+
 /**
  * Loads the vision encoder: real weights with the given family's recipe (the
  * tasks decide and print the family first), or the family's stand-in.
  * @param family The family whose recipe the weights follow.
  * @param weights Real weights; default the family's stand-in.
  * @param log Where loading notices go (default: nowhere; the tasks print the decision once).
+ * @param loading Strictness and head count for real weights (the stand-ins store theirs and load strictly).
  * @returns The model.
+ * @throws {EncoderError} for keys that do not match in strict mode.
+ * @throws {CheckpointError} for unreadable or unrecognised files.
  */
 export function loadVision(
   family: ExperimentFamily,
   weights?: string,
   log: ((line: string) => void) | null = null,
+  loading: WeightLoading = {},
 ): VitModel {
-  return loadVit(weights ?? standinPath(family), { arch: weights ? family : "auto", log, strictHint: "" }).model;
+  if (!weights) return loadVit(standinPath(family), { arch: "auto", log, strictHint: "" }).model;
+  return loadVit(weights, {
+    arch: family,
+    log,
+    strict: loading.strict,
+    numHeads: loading.numHeads,
+    strictHint: loading.strictHint ?? "",
+    headsHint: loading.headsHint,
+  }).model;
 }
 
-/** Builds the RetFiner model around a vision encoder with the given (or stand-in) text side. */
-export function buildModel(vit: VitModel, text?: ExperimentOptions["text"], seed = 0): RetfinerModel {
+/**
+ * Builds the RetFiner model around a vision encoder with the given (or stand-in) text side.
+ * @param vit The vision encoder.
+ * @param text BERT weights, config and tokenizer; default the text stand-in.
+ * @param seed Seed of the new heads.
+ * @param loading Strictness of the text weights (the head count is in their config.json).
+ * @returns The model.
+ * @throws {EncoderError} for keys that do not match in strict mode, or a tokenizer the BERT cannot embed.
+ */
+export function buildModel(
+  vit: VitModel,
+  text?: ExperimentOptions["text"],
+  seed = 0,
+  loading: WeightLoading = {},
+): RetfinerModel {
   const t = text ?? TEXT_STANDIN;
-  const bert = loadBert(t.weights, t.config).model;
-  return assembleModel(vit, bert, loadTokenizer(t.tokenizer), { seed });
+  const bert = loadBert(t.weights, t.config, { strict: loading.strict, strictHint: loading.strictHint ?? "" }).model;
+  return assembleModel(vit, bert, loadTokenizer(t.tokenizer), {
+    seed,
+    sources: { tokenizer: t.tokenizer, textWeights: t.weights, textConfig: t.config },
+  });
 }
 
 /** Probes every task with one model. */
@@ -254,7 +299,7 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
   log(`benchmark: ${bench.root} (${sBench.toFixed(0)} s)`);
   const tasks = await loadTasks(bench.root, options.tasks);
   const standin = !options.weights;
-  const vit = loadVision(options.family, options.weights);
+  const vit = loadVision(options.family, options.weights, null, options.loading);
   log(
     `vision encoder: ${
       baselineName(options.family, standin)
@@ -273,7 +318,7 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
       sBase.toFixed(0)
     } s)`,
   );
-  const model = buildModel(vit, options.text);
+  const model = buildModel(vit, options.text, 0, options.loading);
   const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
   // Before refinement the heads are untrained: this is the chance-level reference.
   const zsBefore = await zeroShotSummary(model, tasks, pairs, 200, options.onProgress);
@@ -346,7 +391,7 @@ export async function runAblation(
   const tasks = await loadTasks(bench.root, options.tasks);
   const standin = !options.weights;
   const baseline = await probeModel(
-    loadVision(options.family, options.weights),
+    loadVision(options.family, options.weights, null, options.loading),
     baselineName(options.family, standin),
     tasks,
     options.probe,
@@ -359,7 +404,12 @@ export async function runAblation(
   ];
   const rows: AblationRow[] = [];
   for (const [label, losses] of variants) {
-    const model = buildModel(loadVision(options.family, options.weights), options.text);
+    const model = buildModel(
+      loadVision(options.family, options.weights, null, options.loading),
+      options.text,
+      0,
+      options.loading,
+    );
     const dir = join(options.runDir, label === "all" ? "all" : `without-${label.slice(2).toLowerCase()}`);
     await refine({
       ...DEMO_REFINE,

@@ -4,12 +4,12 @@
  * @module
  */
 import { buildWordPieceVocab, loadTokenizer, type TextTokenizer, tokenizerFromVocab } from "../dataset/tokenizer.ts";
-import type { BertConfig } from "../encoders/bert.ts";
+import { type BertConfig, bertConfigFromJson } from "../encoders/bert.ts";
 import { loadBert, loadVit } from "../encoders/load.ts";
 import { bertPreset } from "../encoders/presets.ts";
 import { refineTokenDim, type VitConfig, type VitFamily, type VitModel } from "../encoders/vit.ts";
 import { EncoderError } from "../util/errors.ts";
-import { assembleModel, createTextEncoder, type RetfinerModel } from "./model.ts";
+import { assembleModel, checkVocabulary, createTextEncoder, type RetfinerModel } from "./model.ts";
 
 /** Options of {@link buildRetfinerModel}. */
 export interface BuildOptions {
@@ -35,14 +35,39 @@ export interface BuildOptions {
   textFromScratch?: Partial<BertConfig>;
   /** Seed of new weights. */
   seed?: number;
+  /**
+   * Strict key matching of the weight files (default true). With `false` the matching keys load and the missing,
+   * unexpected, mis-shaped and dropped keys are printed, as PyTorch's `load_state_dict` returns them.
+   */
+  strict?: boolean;
+  /** What a strict-mode key mismatch suggests, e.g. "pass --no-strict" (default none). */
+  strictHint?: string;
+  /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
+  headsHint?: string;
+  /** Where loading notices go (default `console.error`; `null`: nowhere). */
+  log?: ((line: string) => void) | null;
 }
 
-/** Builds the model; the vision file's family decides the token recipe (§1.2). */
+/**
+ * Builds the model; the vision file's family decides the token recipe (§1.2).
+ * @param options See {@link BuildOptions}.
+ * @returns The vision encoder, the BERT, new ITC/ITM heads and the tokenizer.
+ * @throws {EncoderError} for missing text files, weights that do not match (strict), or a tokenizer larger than the
+ * BERT's vocabulary (named with both files, before any training).
+ * @throws {CheckpointError} for unreadable weight files.
+ */
 export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
   const seed = options.seed ?? 0;
   const vit = typeof options.vision === "string"
-    ? loadVit(options.vision, { arch: options.arch, numHeads: options.numHeads, overrides: options.visionOverrides })
-      .model
+    ? loadVit(options.vision, {
+      arch: options.arch,
+      numHeads: options.numHeads,
+      overrides: options.visionOverrides,
+      strict: options.strict,
+      strictHint: options.strictHint,
+      headsHint: options.headsHint,
+      log: options.log,
+    }).model
     : options.vision;
   let tokenizer: TextTokenizer;
   if (typeof options.tokenizer === "string") tokenizer = loadTokenizer(options.tokenizer);
@@ -56,10 +81,21 @@ export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
       buildWordPieceVocab(options.reports, { vocabSize: options.vocabSize ?? 2048, minFrequency: 2 }),
     );
   }
+  const sources = {
+    tokenizer: typeof options.tokenizer === "string" ? options.tokenizer : undefined,
+    textWeights: options.textWeights,
+    textConfig: options.textConfig,
+  };
   let bert;
   if (options.textWeights) {
     if (!options.textConfig) throw new EncoderError("--text-weights needs --text-config (the BERT config.json)");
-    bert = loadBert(options.textWeights, options.textConfig).model;
+    // The vocabulary is checked from the config before the weights are read: the cheaper, clearer error first.
+    checkVocabulary(tokenizer, readBertConfig(options.textConfig).vocabSize, sources);
+    bert = loadBert(options.textWeights, options.textConfig, {
+      strict: options.strict,
+      strictHint: options.strictHint,
+      log: options.log,
+    }).model;
   } else {
     const width = refineTokenDim(vit.config);
     const heads = Math.max(1, Math.round(width / 64));
@@ -74,5 +110,33 @@ export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
       seed,
     );
   }
-  return assembleModel(vit, bert, tokenizer, { seed });
+  return assembleModel(vit, bert, tokenizer, { seed, sources });
+}
+
+function readBertConfig(path: string): BertConfig {
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(Deno.readTextFileSync(path));
+  } catch (err) {
+    throw new EncoderError(`${path}: cannot read BERT config (${(err as Error).message})`);
+  }
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new EncoderError(`${path}: a BERT config.json must hold a JSON object`);
+  }
+  return bertConfigFromJson(json, path);
+}
+
+/**
+ * Checks a pretrained text side from its files alone (tokenizer and `config.json`, not the weights), so that a
+ * tokenizer the BERT cannot embed is an error before a benchmark is generated or a baseline probed.
+ * @param text The BERT weights (named in the error), its `config.json` and its tokenizer.
+ * @throws {EncoderError} for an unreadable or invalid config, or a tokenizer larger than the BERT's vocabulary.
+ * @throws {DatasetError} for an unreadable tokenizer.
+ */
+export function checkTextFiles(text: { weights: string; config: string; tokenizer: string }): void {
+  checkVocabulary(loadTokenizer(text.tokenizer), readBertConfig(text.config).vocabSize, {
+    tokenizer: text.tokenizer,
+    textWeights: text.weights,
+    textConfig: text.config,
+  });
 }

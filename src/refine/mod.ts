@@ -19,7 +19,16 @@ export {
   type LrSchedule,
   scheduledLr,
 } from "./adamw.ts";
-export { assembleModel, CONTRA_DIM, createTextEncoder, modelParams, type RetfinerModel } from "./model.ts";
+export {
+  addedTokens,
+  assembleModel,
+  checkVocabulary,
+  CONTRA_DIM,
+  createTextEncoder,
+  modelParams,
+  type RetfinerModel,
+  type TextSources,
+} from "./model.ts";
 export {
   ALL_LOSSES,
   type LossWeights,
@@ -38,4 +47,4 @@ export {
   saveCheckpoint,
 } from "./checkpoint.ts";
 export { BEST_CHECKPOINT, LAST_CHECKPOINT, refine, type RefineOptions, type RefineResult } from "./trainer.ts";
-export { type BuildOptions, buildRetfinerModel } from "./factory.ts";
+export { type BuildOptions, buildRetfinerModel, checkTextFiles } from "./factory.ts";

@@ -28,15 +28,85 @@ export interface RetfinerModel {
 /** Contrastive embedding width of the authors' heads. */
 export const CONTRA_DIM = 512;
 
+/** Where the text side came from, named by the vocabulary check. */
+export interface TextSources {
+  /** The tokenizer (`tokenizer.json`, `vocab.txt` or folder). */
+  tokenizer?: string;
+  /** The BERT weights. */
+  textWeights?: string;
+  /** The BERT `config.json`. */
+  textConfig?: string;
+}
+
+/**
+ * Tokens added to a `tokenizer.json` with `add_tokens` beyond its WordPiece
+ * vocabulary (specials that are also in the vocabulary do not count).
+ * @param tokenizer The tokenizer.
+ * @returns The added tokens with their ids, in id order.
+ */
+export function addedTokens(tokenizer: TextTokenizer): { content: string; id: number }[] {
+  const json = tokenizer.tokenizerJson;
+  const vocab = (json.model as { vocab?: Record<string, number> } | undefined)?.vocab ?? {};
+  const inVocab = new Set(Object.values(vocab));
+  const added = Array.isArray(json.added_tokens) ? json.added_tokens as { id?: unknown; content?: unknown }[] : [];
+  return added
+    .filter((t) => typeof t?.id === "number" && !inVocab.has(t.id))
+    .map((t) => ({ content: String(t.content), id: t.id as number }))
+    .sort((a, b) => a.id - b.id);
+}
+
+/**
+ * Checks, before any training, that every id the tokenizer can produce has a
+ * row in the BERT's word embeddings (a larger tokenizer would index past the
+ * table at the first batch that uses an added word).
+ * @param tokenizer The tokenizer.
+ * @param bertVocabSize The BERT's `vocab_size` (rows of its word embeddings).
+ * @param sources The files, named in the error.
+ * @throws {EncoderError} naming the files, the sizes, the added tokens and what to do, when the tokenizer is larger.
+ */
+export function checkVocabulary(tokenizer: TextTokenizer, bertVocabSize: number, sources: TextSources = {}): void {
+  if (bertVocabSize >= tokenizer.vocabSize) return;
+  const added = addedTokens(tokenizer);
+  const beyond = added.filter((t) => t.id >= bertVocabSize);
+  const base = tokenizer.vocabSize - added.length;
+  const show = (xs: { content: string; id: number }[]) =>
+    xs.slice(0, 8).map((t) => `${JSON.stringify(t.content)} (id ${t.id})`).join(", ") + (xs.length > 8 ? ", …" : "");
+  const tkName = sources.tokenizer ? `the tokenizer ${sources.tokenizer}` : "the tokenizer";
+  const bertName = [
+    sources.textWeights ? `weights ${sources.textWeights}` : "",
+    sources.textConfig ? `config ${sources.textConfig}` : "",
+  ].filter(Boolean).join(", ");
+  throw new EncoderError(
+    `the tokenizer has ${tokenizer.vocabSize} tokens but the BERT's vocabulary is ${bertVocabSize}: ` +
+      `${tkName} has ` +
+      (added.length
+        ? `${base} in its vocabulary + ${added.length} added with add_tokens (${show(added)})`
+        : `${tokenizer.vocabSize} in its vocabulary and no added tokens`) +
+      `; the BERT${bertName ? ` (${bertName})` : ""} has ${bertVocabSize} word embeddings, so ` +
+      `${beyond.length ? show(beyond) : `ids ${bertVocabSize}–${tokenizer.vocabSize - 1}`} would index past them. ` +
+      `Resize the model's embeddings to ${tokenizer.vocabSize} (Hugging Face: ` +
+      `model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained(...) writes the weights and a ` +
+      `config.json with vocab_size ${tokenizer.vocabSize}) and pass those files, or pass the tokenizer the BERT was ` +
+      `trained with`,
+  );
+}
+
 /**
  * Assembles a model, checking that the image tokens the BERT cross-attends to
- * have its hidden width (RETFound needs its 1024→768 `proj` for that, §1.4).
+ * have its hidden width (RETFound needs its 1024→768 `proj` for that, §1.4)
+ * and that the BERT has an embedding for every token id ({@link checkVocabulary}).
+ * @param vit The vision encoder.
+ * @param bert The text / multimodal encoder.
+ * @param tokenizer The tokenizer matching the BERT.
+ * @param options Heads to reuse (else new ones from `seed`), the contrastive width, and the text files for messages.
+ * @returns The model.
+ * @throws {EncoderError} when the widths or the vocabularies do not match.
  */
 export function assembleModel(
   vit: VitModel,
   bert: BertModel,
   tokenizer: TextTokenizer,
-  options: { heads?: Params; seed?: number; contraDim?: number } = {},
+  options: { heads?: Params; seed?: number; contraDim?: number; sources?: TextSources } = {},
 ): RetfinerModel {
   const tokenDim = refineTokenDim(vit.config);
   if (tokenDim !== bert.config.hiddenSize) {
@@ -45,11 +115,7 @@ export function assembleModel(
         `needs them equal (RETFound uses a new proj ${vit.config.embedDim}→${bert.config.hiddenSize})`,
     );
   }
-  if (bert.config.vocabSize < tokenizer.vocabSize) {
-    throw new EncoderError(
-      `the tokenizer has ${tokenizer.vocabSize} tokens but the BERT's vocabulary is ${bert.config.vocabSize}`,
-    );
-  }
+  checkVocabulary(tokenizer, bert.config.vocabSize, options.sources);
   const heads = options.heads ?? createHeads(
     {
       visionWidth: tokenDim,
