@@ -288,14 +288,16 @@ await runMain(async () => {
   if (v.heads !== undefined && !v.weights) {
     throw new UsageError("--heads is for --weights (the stand-ins store their head count)");
   }
+  // A tokenizer the BERT cannot embed is an error now, not after the benchmark and the baseline probe.
+  const textConfig = v["text-from-scratch"] && v.pairs ? undefined : checkTextFiles(text ?? TEXT_STANDIN);
   const loading: WeightLoading = {
     strict: !v["no-strict"],
     numHeads: numberFlag(v, "heads", { integer: true, min: 1 }),
     strictHint: "pass --no-strict",
     headsHint: "set --heads",
+    // A RETFound file has no proj: the new one is made at the BERT's width (the authors' 768 is BERT-base's).
+    newProjDim: textConfig?.hiddenSize,
   };
-  // A tokenizer the BERT cannot embed is an error now, not after the benchmark and the baseline probe.
-  if (text) checkTextFiles(text);
   const backend = await backendFromFlags(v);
   // --model given on the command line or in the --config file overrides what the weights say.
   const modelGiven = parsed.given.has("model") ||
@@ -314,6 +316,7 @@ await runMain(async () => {
       archChoices: "retfound|visionfm|urfound",
       strict: loading.strict,
       numHeads: loading.numHeads,
+      newProjDim: loading.newProjDim,
       strictHint: loading.strictHint,
       headsHint: loading.headsHint,
     });

@@ -155,6 +155,12 @@ export interface LoadVitOptions {
   rng?: Rng;
   /** Overrides applied to the inferred config (e.g. `dropPathRate`). */
   overrides?: Partial<VitConfig>;
+  /**
+   * Width of a projection the file does not have (RETFound's new refinement `proj`, §1.2): the BERT's hidden size,
+   * so that its tokens fit the cross-attention (default: the authors' 768, BERT-base). Ignored when the file has a
+   * `proj` or stores its width, and for families without one.
+   */
+  newProjDim?: number;
   /** Where notices go (default `console.error`, beside progress; `null` keeps them only in the result). */
   log?: ((line: string) => void) | null;
   /** Name of the flag that sets the family, for the "how to set it" part of guesses (default `--arch`). */
@@ -424,6 +430,9 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
     ...options.overrides,
     ...(options.imgSize ? { imgSize: options.imgSize } : {}),
   };
+  const newProj = options.newProjDim !== undefined && config.projDim !== null && !mapped.tensors.has("proj.weight") &&
+    st?.projDim === undefined && options.overrides?.projDim === undefined;
+  if (newProj) config.projDim = options.newProjDim!;
   // Checked before anything is allocated: the stored config is untrusted input.
   validateVitConfig(config, `${path}: ${st ? stored.configWhere : "config inferred from the weights"}`);
   if (config.globalPool) {
@@ -470,6 +479,12 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
       model.params.get(name)!.assign(v);
       v.dispose();
       newlyInitialised.push(name);
+    }
+    if (newProj) {
+      notice(
+        `${path}: new proj ${config.embedDim}→${config.projDim} (RETFound's refinement projection, not in the file: ` +
+          `nn.Linear's default init, sized to the text encoder's width)`,
+      );
     }
   }
   return { model, mapped, newlyInitialised, family, notices, report };

@@ -21,6 +21,7 @@ import { loadTokenizer } from "../dataset/tokenizer.ts";
 import { loadBert, loadVit } from "../encoders/load.ts";
 import type { VitModel } from "../encoders/vit.ts";
 import { assembleModel, type RetfinerModel } from "../refine/model.ts";
+import { readBertConfig } from "../refine/factory.ts";
 import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
 import { ALL_LOSSES, type LossWeights, OBJECTIVES } from "../refine/step.ts";
 import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
@@ -153,6 +154,11 @@ export interface WeightLoading {
   strictHint?: string;
   /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
   headsHint?: string;
+  /**
+   * Width of a projection the vision file does not have (RETFound's new `proj`): the BERT's hidden size (default 768;
+   * {@link runExperiment} sets it from the text config).
+   */
+  newProjDim?: number;
 }
 
 /**
@@ -178,6 +184,7 @@ export function loadVision(
     log,
     strict: loading.strict,
     numHeads: loading.numHeads,
+    newProjDim: loading.newProjDim,
     strictHint: loading.strictHint ?? "",
     headsHint: loading.headsHint,
   }).model;
@@ -204,6 +211,11 @@ export function buildModel(
     seed,
     sources: { tokenizer: t.tokenizer, textWeights: t.weights, textConfig: t.config },
   });
+}
+
+/** The options' weight loading, with a new RETFound proj at the text encoder's width. */
+function experimentLoading(options: ExperimentOptions): WeightLoading {
+  return { newProjDim: readBertConfig((options.text ?? TEXT_STANDIN).config).hiddenSize, ...options.loading };
 }
 
 /** Probes every task with one model. */
@@ -299,7 +311,8 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
   log(`benchmark: ${bench.root} (${sBench.toFixed(0)} s)`);
   const tasks = await loadTasks(bench.root, options.tasks);
   const standin = !options.weights;
-  const vit = loadVision(options.family, options.weights, null, options.loading);
+  const loading = experimentLoading(options);
+  const vit = loadVision(options.family, options.weights, null, loading);
   log(
     `vision encoder: ${
       baselineName(options.family, standin)
@@ -318,7 +331,7 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
       sBase.toFixed(0)
     } s)`,
   );
-  const model = buildModel(vit, options.text, 0, options.loading);
+  const model = buildModel(vit, options.text, 0, loading);
   const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
   // Before refinement the heads are untrained: this is the chance-level reference.
   const zsBefore = await zeroShotSummary(model, tasks, pairs, 200, options.onProgress);
@@ -390,8 +403,9 @@ export async function runAblation(
     : await ensureBenchmark({ ...options.synth, onProgress: options.onProgress });
   const tasks = await loadTasks(bench.root, options.tasks);
   const standin = !options.weights;
+  const loading = experimentLoading(options);
   const baseline = await probeModel(
-    loadVision(options.family, options.weights, null, options.loading),
+    loadVision(options.family, options.weights, null, loading),
     baselineName(options.family, standin),
     tasks,
     options.probe,
@@ -405,10 +419,10 @@ export async function runAblation(
   const rows: AblationRow[] = [];
   for (const [label, losses] of variants) {
     const model = buildModel(
-      loadVision(options.family, options.weights, null, options.loading),
+      loadVision(options.family, options.weights, null, loading),
       options.text,
       0,
-      options.loading,
+      loading,
     );
     const dir = join(options.runDir, label === "all" ? "all" : `without-${label.slice(2).toLowerCase()}`);
     await refine({

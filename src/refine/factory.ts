@@ -58,11 +58,14 @@ export interface BuildOptions {
  */
 export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
   const seed = options.seed ?? 0;
+  // The text config is read first: a new RETFound proj is made at the BERT's width.
+  const textConfig = options.textWeights && options.textConfig ? readBertConfig(options.textConfig) : undefined;
   const vit = typeof options.vision === "string"
     ? loadVit(options.vision, {
       arch: options.arch,
       numHeads: options.numHeads,
       overrides: options.visionOverrides,
+      newProjDim: textConfig?.hiddenSize,
       strict: options.strict,
       strictHint: options.strictHint,
       headsHint: options.headsHint,
@@ -90,7 +93,7 @@ export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
   if (options.textWeights) {
     if (!options.textConfig) throw new EncoderError("--text-weights needs --text-config (the BERT config.json)");
     // The vocabulary is checked from the config before the weights are read: the cheaper, clearer error first.
-    checkVocabulary(tokenizer, readBertConfig(options.textConfig).vocabSize, sources);
+    checkVocabulary(tokenizer, textConfig!.vocabSize, sources);
     bert = loadBert(options.textWeights, options.textConfig, {
       strict: options.strict,
       strictHint: options.strictHint,
@@ -113,7 +116,13 @@ export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
   return assembleModel(vit, bert, tokenizer, { seed, sources });
 }
 
-function readBertConfig(path: string): BertConfig {
+/**
+ * Reads and validates a BERT `config.json` (no weights).
+ * @param path The file.
+ * @returns The config.
+ * @throws {EncoderError} for an unreadable file or invalid values.
+ */
+export function readBertConfig(path: string): BertConfig {
   let json: Record<string, unknown>;
   try {
     json = JSON.parse(Deno.readTextFileSync(path));
@@ -130,13 +139,16 @@ function readBertConfig(path: string): BertConfig {
  * Checks a pretrained text side from its files alone (tokenizer and `config.json`, not the weights), so that a
  * tokenizer the BERT cannot embed is an error before a benchmark is generated or a baseline probed.
  * @param text The BERT weights (named in the error), its `config.json` and its tokenizer.
+ * @returns The BERT's config (its hidden size is the width a new RETFound proj needs).
  * @throws {EncoderError} for an unreadable or invalid config, or a tokenizer larger than the BERT's vocabulary.
  * @throws {DatasetError} for an unreadable tokenizer.
  */
-export function checkTextFiles(text: { weights: string; config: string; tokenizer: string }): void {
-  checkVocabulary(loadTokenizer(text.tokenizer), readBertConfig(text.config).vocabSize, {
+export function checkTextFiles(text: { weights: string; config: string; tokenizer: string }): BertConfig {
+  const config = readBertConfig(text.config);
+  checkVocabulary(loadTokenizer(text.tokenizer), config.vocabSize, {
     tokenizer: text.tokenizer,
     textWeights: text.weights,
     textConfig: text.config,
   });
+  return config;
 }

@@ -47,4 +47,4 @@ export {
   saveCheckpoint,
 } from "./checkpoint.ts";
 export { BEST_CHECKPOINT, LAST_CHECKPOINT, refine, type RefineOptions, type RefineResult } from "./trainer.ts";
-export { type BuildOptions, buildRetfinerModel, checkTextFiles } from "./factory.ts";
+export { type BuildOptions, buildRetfinerModel, checkTextFiles, readBertConfig } from "./factory.ts";

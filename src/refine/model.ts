@@ -110,9 +110,15 @@ export function assembleModel(
 ): RetfinerModel {
   const tokenDim = refineTokenDim(vit.config);
   if (tokenDim !== bert.config.hiddenSize) {
+    const c = vit.config;
     throw new EncoderError(
       `the vision encoder's refinement tokens are ${tokenDim}-d but the BERT is ${bert.config.hiddenSize}-d; cross-attention ` +
-        `needs them equal (RETFound uses a new proj ${vit.config.embedDim}→${bert.config.hiddenSize})`,
+        `needs them equal: ` +
+        (c.family !== "urfound" && c.projDim
+          ? `the tokens go through the ViT's proj ${c.embedDim}→${c.projDim}; a new proj (one the weights file does ` +
+            `not have) is made at the BERT's width when the loader is given it (loadVit's newProjDim, as the tasks ` +
+            `do), a proj from the file fixes the width: use a ${c.projDim}-d BERT`
+          : `this ${c.family} ViT has no projection: use a ${tokenDim}-d BERT`),
     );
   }
   checkVocabulary(tokenizer, bert.config.vocabSize, options.sources);

@@ -297,3 +297,26 @@ Deno.test({
     assert(/stopped: max-(steps|epochs) after 2 steps/.test(ok.out), ok.out);
   },
 });
+
+Deno.test("a RETFound release without proj refines with a BERT of any width: the new proj is made at the BERT's width", async () => {
+  const f = await tinyFiles("retfound"); // its BERT is 32-d, not BERT-base's 768
+  const vision = `${fx}weights/retfound_module_prefix.pth`;
+  const text = ["--text-weights", f.text.weights, "--text-config", f.text.config, "--tokenizer", f.text.tokenizer];
+  const common = ["--max-steps", "1", "--epochs", "1", "--weights", vision, ...text];
+  for (
+    const args of [
+      ["--pairs", `${SYNTH_TINY}pairs/pairs.csv`, "--batch", "4"],
+      ["--benchmark", SYNTH_TINY, "--seeds", "0"], // the experiment path
+    ]
+  ) {
+    const out = await Deno.makeTempDir();
+    const r = await cli("refine", [...args, ...common, "--out", out]);
+    assertEquals(r.code, 0, r.err);
+    const notices = r.err.split("\n").filter((l) => l.includes(": new proj ") && l.includes("RETFound's refinement"));
+    assertEquals(notices.length, 1, r.err);
+    assert(notices[0].startsWith(`${vision}: new proj `) && /→32 /.test(notices[0]), notices[0]);
+    const exported = readSafetensors(exportOf(out));
+    assertEquals(JSON.parse(exported.metadata["retfiner.vit_config"]).projDim, 32);
+    assertEquals(exported.tensors.get("proj.weight")!.shape[0], 32);
+  }
+});
