@@ -159,6 +159,8 @@ export interface WeightLoading {
    * {@link runExperiment} sets it from the text config).
    */
   newProjDim?: number;
+  /** Where the text weights' loading notices go (default `console.error`; `null`: nowhere). */
+  log?: ((line: string) => void) | null;
 }
 
 /**
@@ -206,7 +208,11 @@ export function buildModel(
   loading: WeightLoading = {},
 ): RetfinerModel {
   const t = text ?? TEXT_STANDIN;
-  const bert = loadBert(t.weights, t.config, { strict: loading.strict, strictHint: loading.strictHint ?? "" }).model;
+  const bert = loadBert(t.weights, t.config, {
+    strict: loading.strict,
+    strictHint: loading.strictHint ?? "",
+    log: loading.log,
+  }).model;
   return assembleModel(vit, bert, loadTokenizer(t.tokenizer), {
     seed,
     sources: { tokenizer: t.tokenizer, textWeights: t.weights, textConfig: t.config },
@@ -418,6 +424,8 @@ export async function runAblation(
   ];
   const rows: AblationRow[] = [];
   for (const [label, losses] of variants) {
+    // The text side's notices (its --no-strict report) once, not once per variant.
+    if (rows.length === 1) loading.log = null;
     const model = buildModel(
       loadVision(options.family, options.weights, null, loading),
       options.text,
