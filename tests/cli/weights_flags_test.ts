@@ -118,6 +118,12 @@ Deno.test("refine without --pairs (the experiment) honours --no-strict and --hea
   assertEquals(missing.length, 1, r.err);
   assert(missing[0].endsWith("(1): norm.weight"), missing[0]);
   assertEquals(storedHeads(exportOf(out)), 2);
+  // --ablation refines five times from the same files: each report still once.
+  const abl = await cli("refine", [...args, ...text, "--no-strict", "--ablation", "--out", await Deno.makeTempDir()]);
+  assertEquals(abl.code, 0, abl.err);
+  for (const line of [`${vision}: --no-strict: missing`, `${f.text.weights}: --no-strict: dropped`]) {
+    assertEquals(abl.err.split("\n").filter((l) => l.startsWith(line)).length, 1, abl.err);
+  }
 });
 
 Deno.test("zeroshot --no-strict / --heads on a run's files; mismatched heads and two backbones are named", async () => {
