@@ -1,7 +1,7 @@
 /** `deno task zeroshot`: zero-shot classification, image↔report retrieval and attention maps from a saved refinement run. */
 import { join } from "node:path";
 import { tf } from "../backend/tf.ts";
-import { loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
+import { isHiddenEntry, loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
 import { loadImageBatch } from "../dataset/batches.ts";
 import { METRIC_NAMES, pct } from "../probe/mod.ts";
 import {
@@ -18,6 +18,7 @@ import { UsageError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 await runMain(async () => {
   const { values } = parseCli(Deno.args, {
@@ -74,6 +75,7 @@ await runMain(async () => {
         description: "Load the matching keys of the run's files only instead of failing on a mismatch; prints the " +
           "missing, unexpected, mis-shaped and dropped keys.",
       },
+      ...IMAGE_FLAGS,
       ...BACKEND_FLAG,
     },
     examples: [
@@ -82,6 +84,11 @@ await runMain(async () => {
     ],
   });
   if (!values.run) throw new UsageError("--run is required (see --help)");
+  const slice = applyImageFlags(values);
+  if (slice === "all" && values.attention) {
+    throw new UsageError("--attention maps one B-scan: choose it with --slice <k|first|middle|last>, not --slice all");
+  }
+  const image = slice === "all" ? { image: { slice } } : {};
   await backendFromFlags(values);
   const run = loadRun(String(values.run), {
     strict: !values["no-strict"],
@@ -96,7 +103,9 @@ await runMain(async () => {
   const dirs = [...((values.tasks as string[] | undefined) ?? [])];
   if (values.benchmark) {
     for await (const e of Deno.readDir(join(String(values.benchmark), "tasks"))) {
-      if (e.isDirectory) dirs.push(join(String(values.benchmark), "tasks", e.name));
+      if (!isHiddenEntry(e.name) && (e.isDirectory || e.isSymlink)) {
+        dirs.push(join(String(values.benchmark), "tasks", e.name));
+      }
     }
   }
   if (dirs.length) {
@@ -107,7 +116,7 @@ await runMain(async () => {
     ];
     const results = [];
     for (const d of dirs.sort()) {
-      const r = await zeroShotTask(run, await readProbeDataset(d), prompts, { onProgress: bar.callback });
+      const r = await zeroShotTask(run, await readProbeDataset(d, image), prompts, { onProgress: bar.callback });
       results.push(r);
       rows.push(`| ${r.task} | ${METRIC_NAMES.map((m) => pct(r.metrics[m])).join(" | ")} |`);
     }
@@ -116,7 +125,7 @@ await runMain(async () => {
     console.log(`Zero-shot classification (test splits, %):\n\n${rows.join("\n")}\n`);
   }
   if (values.pairs) {
-    const all = (await readPairManifest(String(values.pairs))).records;
+    const all = (await readPairManifest(String(values.pairs), image)).records;
     const pairs = all.some((p) => p.split === "val") ? all.filter((p) => p.split === "val") : all;
     const r = await retrieval(run, pairs, {
       itmRerank: numberFlag(values, "itm-rerank", { integer: true, min: 0 }),

@@ -59,6 +59,9 @@ for (
       "--report",
       "--heads",
       "--no-strict",
+      "--max-pixels",
+      "--slice",
+      "--intensity-range",
     ]],
     ["notebooks", ["--timeout", "--no-html"]],
   ] as const

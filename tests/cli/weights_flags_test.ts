@@ -155,6 +155,14 @@ Deno.test("zeroshot --no-strict / --heads on a run's files; mismatched heads and
   assertEquals(ok.code, 0, ok.err);
   assert(/Retrieval over 8 pairs/.test(ok.out), ok.out);
 
+  // The image bounds the refusal names are zeroshot's own flags too.
+  const big = await cli("zeroshot", ["--run", run, ...pairs, "--max-pixels", "100", "--out", await Deno.makeTempDir()]);
+  assertEquals(big.code, 1, big.err);
+  assert(/raise it with --max-pixels/.test(big.err), big.err);
+  const all = await cli("zeroshot", ["--run", run, "--attention", "x.png", "--report", "x", "--slice", "all"]);
+  assertEquals(all.code, 1, all.err);
+  assert(all.err.includes("--attention maps one B-scan"), all.err);
+
   // The ITM head's last bias missing.
   const heads = join(run, "heads.safetensors");
   const full = `${run}/heads.full`;
