@@ -438,7 +438,7 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
   if (config.globalPool) {
     notice(
       `${path}: a global-pool fine-tune (fc_norm, no norm): its pooled feature is fc_norm(mean of patch tokens) ` +
-        `(--tokens pooled); recipes that take tokens after the final norm apply fc_norm to each token`,
+        `(encode --tokens pooled); recipes that take tokens after the final norm apply fc_norm to each token`,
     );
   }
   const tensors = new Map(mapped.tensors);
