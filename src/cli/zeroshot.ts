@@ -17,6 +17,7 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
 import { ProgressBar } from "../util/progress.ts";
+import type { VitFamily } from "../encoders/mod.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
@@ -64,6 +65,13 @@ await runMain(async () => {
       },
       report: { type: "string", valueName: "<text>", description: "Report text for --attention." },
       out: { type: "string", valueName: "<dir>", description: "Where to write results (default: <run>/zeroshot)." },
+      arch: {
+        type: "string",
+        valueName: "<arch>",
+        description: "Family of the run's backbone (auto: stored in the export).",
+        choices: ["auto", "retfound", "visionfm", "urfound", "timm"],
+        default: "auto",
+      },
       heads: {
         type: "string",
         valueName: "<n>",
@@ -93,6 +101,7 @@ await runMain(async () => {
   const run = loadRun(String(values.run), {
     strict: !values["no-strict"],
     numHeads: numberFlag(values, "heads", { integer: true, min: 1 }),
+    arch: values.arch as VitFamily | "auto",
     strictHint: "pass --no-strict",
     headsHint: "set --heads",
     log: noticeLog,

@@ -27,7 +27,7 @@ import { loadTokenizer, type TextTokenizer } from "../dataset/tokenizer.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
 import { linearP } from "../encoders/layers.ts";
 import { formatLoadReport, loadBert, loadStateDict, loadVit } from "../encoders/load.ts";
-import { refineTokenDim, vitRefineTokens } from "../encoders/vit.ts";
+import { refineTokenDim, type VitFamily, vitRefineTokens } from "../encoders/vit.ts";
 import { readSafetensors } from "../io/safetensors.ts";
 import { createHeads, itmHead } from "../losses/heads.ts";
 import { ITC_TEMPERATURE, l2normalize } from "../losses/objectives.ts";
@@ -46,6 +46,10 @@ export interface LoadRunOptions {
   strict?: boolean;
   /** Attention heads of the backbone when its file does not store them (this package's exports do). */
   numHeads?: number;
+  /** The backbone's family (default `auto`: stored in the file, else its layout, else its name). */
+  arch?: VitFamily | "auto";
+  /** The flag that sets it, named when the family is a guess (default `--arch`). */
+  archFlag?: string;
   /** What a strict key mismatch suggests, e.g. "pass --no-strict" (default none). */
   strictHint?: string;
   /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
@@ -81,7 +85,13 @@ export function loadRun(runDir: string, options: LoadRunOptions = {}): RetfinerM
     );
   }
   const loading = { strict: options.strict, strictHint: options.strictHint, log: options.log };
-  const vit = loadVit(backbones[0], { ...loading, numHeads: options.numHeads, headsHint: options.headsHint }).model;
+  const vit = loadVit(backbones[0], {
+    ...loading,
+    arch: options.arch,
+    archFlag: options.archFlag,
+    numHeads: options.numHeads,
+    headsHint: options.headsHint,
+  }).model;
   const textWeights = join(runDir, "text_encoder.safetensors");
   const textConfig = join(runDir, "text_encoder_config.json");
   const bert = loadBert(textWeights, textConfig, loading).model;

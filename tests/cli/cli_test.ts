@@ -62,6 +62,7 @@ for (
       "--max-pixels",
       "--slice",
       "--intensity-range",
+      "--arch",
     ]],
     ["notebooks", ["--timeout", "--no-html"]],
   ] as const

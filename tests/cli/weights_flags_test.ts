@@ -186,9 +186,23 @@ Deno.test("zeroshot --no-strict / --heads on a run's files; mismatched heads and
   assertEquals(guess.code, 0, guess.err);
   assert(/a guess \(the head count .*; set --heads if the model has another/.test(guess.err), guess.err);
   assert(!/pass numHeads/.test(guess.err), guess.err);
-  const set = await cli("zeroshot", ["--run", run, ...pairs, "--heads", "2", "--out", await Deno.makeTempDir()]);
+  // The family is then a guess from the name, with zeroshot's own flag to set it.
+  assert(guess.err.includes(`${backbone}: family retfound — a guess from the file name`), guess.err);
+  assert(guess.err.includes("if it is wrong, set --arch retfound|visionfm|urfound|timm"), guess.err);
+  const set = await cli("zeroshot", [
+    "--run",
+    run,
+    ...pairs,
+    "--heads",
+    "2",
+    "--arch",
+    "retfound",
+    "--out",
+    await Deno.makeTempDir(),
+  ]);
   assertEquals(set.code, 0, set.err);
-  assert(!/a guess \(the head count/.test(set.err), set.err);
+  assert(!/a guess/.test(set.err), set.err);
+  assert(set.err.includes(`${backbone}: family retfound — set by --arch`), set.err);
 
   // Two backbone exports: which one is meant is not guessed.
   await Deno.copyFile(backbone, `${run}/best-model_other_retfound_bscan.safetensors`);
