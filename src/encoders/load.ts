@@ -452,6 +452,19 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
       data: resizePosEmbed(toFloat32(pe), config.embedDim, fileGrid, grid),
     });
   }
+  // Keys inside the ViT that this ViT has no place for (a q/k norm, register tokens, a pre-norm, relative position
+  // bias) change what it computes: dropping them silently would give other features. Strict mode refuses them.
+  const foreign = mapped.dropped.filter((d) =>
+    /\((not part of the vision backbone|relative position bias \(not supported\))\)$/.test(d) &&
+    /(^|\.)(blocks\.\d+\.|patch_embed\.|norm_pre\.|reg_token( |$))/.test(d)
+  );
+  if ((options.strict ?? true) && foreign.length) {
+    throw new EncoderError(
+      `${path}: ${foreign.length} key(s) belong to a ViT with parts this one does not have, and would change its ` +
+        `features: ${foreign.slice(0, 8).join(", ")}${foreign.length > 8 ? ", …" : ""}` +
+        (options.strictHint ? `\n  (${options.strictHint} to load without them)` : ""),
+    );
+  }
   const model = createVit(config, { init: "zeros" });
   const newlyInitialised: string[] = [];
   const fresh = (name: string) => config.projDim !== null && name.startsWith("proj.") && !tensors.has(name);

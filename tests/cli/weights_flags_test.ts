@@ -348,3 +348,37 @@ Deno.test("a RETFound release without proj refines with a BERT of any width: the
     assertEquals(exported.tensors.get("proj.weight")!.shape[0], 32);
   }
 });
+
+Deno.test("keys of ViT parts this ViT lacks (q/k norm, register tokens) are refused, not silently dropped; --no-strict lists them", async () => {
+  const f = await tinyFiles("visionfm");
+  const withParts = `${f.dir}/visionfm_qknorm.safetensors`;
+  const { tensors, metadata } = readSafetensors(f.vision);
+  const kept = new Map<string, TensorData>();
+  for (const [k, t] of tensors) kept.set(k, { dtype: "F32", shape: t.shape, data: toFloat32(t) });
+  kept.set("blocks.1.attn.q_norm.weight", { dtype: "F32", shape: [16], data: new Float32Array(16).fill(2) });
+  kept.set("reg_token", { dtype: "F32", shape: [1, 4, 32], data: new Float32Array(128) });
+  kept.set("head.weight", { dtype: "F32", shape: [3, 32], data: new Float32Array(96) }); // a head: dropped as usual
+  await writeSafetensors(withParts, kept, metadata);
+  const img = `${SYNTH_TINY}pairs/images/${[...Deno.readDirSync(`${SYNTH_TINY}pairs/images`)].map((e) => e.name)[0]}`;
+  const args = ["--weights", withParts, "--input", img, "--out", `${f.dir}/x.npy`];
+  const strict = await cli("encode", args);
+  assertEquals(strict.code, 1, strict.err);
+  assert(strict.err.includes(`${withParts}: 2 key(s) belong to a ViT with parts this one does not have`), strict.err);
+  assert(strict.err.includes("blocks.1.attn.q_norm.weight") && strict.err.includes("reg_token"), strict.err);
+  assert(!strict.err.includes("head.weight"), strict.err);
+  assert(strict.err.includes("(pass --no-strict to load without them)"), strict.err);
+  const loose = await cli("encode", [...args, "--no-strict"]);
+  assertEquals(loose.code, 0, loose.err);
+  assert(/--no-strict: dropped from the file \(3\): .*blocks\.1\.attn\.q_norm\.weight/.test(loose.err), loose.err);
+  // The same refusal in refine, which names its own flag.
+  const r = await cli("refine", [
+    "--pairs",
+    `${SYNTH_TINY}pairs/pairs.csv`,
+    "--weights",
+    withParts,
+    "--max-steps",
+    "1",
+  ]);
+  assertEquals(r.code, 1, r.err);
+  assert(r.err.includes("(pass --no-strict to load without them)"), r.err);
+});
