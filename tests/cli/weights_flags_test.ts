@@ -378,6 +378,8 @@ Deno.test("keys of ViT parts this ViT lacks (q/k norm, register tokens) are refu
     withParts,
     "--max-steps",
     "1",
+    "--out",
+    `${f.dir}/run`,
   ]);
   assertEquals(r.code, 1, r.err);
   assert(r.err.includes("(pass --no-strict to load without them)"), r.err);
