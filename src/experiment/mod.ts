@@ -20,6 +20,8 @@ import { type BenchmarkInfo, generateBenchmark, SYNTH_PRESETS, SYNTH_VERSION } f
 import { loadTokenizer } from "../dataset/tokenizer.ts";
 import { loadBert, loadVit } from "../encoders/load.ts";
 import type { VitModel } from "../encoders/vit.ts";
+import { initLinearDefault } from "../encoders/layers.ts";
+import { Rng } from "../util/rng.ts";
 import { assembleModel, type RetfinerModel } from "../refine/model.ts";
 import { readBertConfig } from "../refine/factory.ts";
 import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
@@ -181,7 +183,7 @@ export function loadVision(
   loading: WeightLoading = {},
 ): VitModel {
   if (!weights) return loadVit(standinPath(family), { arch: "auto", log, strictHint: "" }).model;
-  return loadVit(weights, {
+  const loaded = loadVit(weights, {
     arch: family,
     log,
     strict: loading.strict,
@@ -189,7 +191,31 @@ export function loadVision(
     newProjDim: loading.newProjDim,
     strictHint: loading.strictHint ?? "",
     headsHint: loading.headsHint,
-  }).model;
+  });
+  if (loaded.newlyInitialised.includes("proj.weight")) freshProj.add(loaded.model);
+  return loaded.model;
+}
+
+/** Vision encoders whose RETFound proj {@link loadVision} made new (none in the file): {@link buildModel} may resize it. */
+const freshProj = new WeakSet<VitModel>();
+
+/**
+ * Remakes a new RETFound proj at the text encoder's width, as loadVit's `newProjDim` would have made it (same init,
+ * same seed), when the vision encoder was loaded without knowing the text side.
+ */
+function fitFreshProj(vit: VitModel, width: number, log: ((line: string) => void) | null): void {
+  const { embedDim, projDim } = vit.config;
+  if (!freshProj.has(vit) || projDim === null || projDim === width) return;
+  for (const name of ["proj.weight", "proj.bias"]) {
+    vit.params.get(name)?.dispose();
+    vit.params.delete(name);
+  }
+  initLinearDefault(vit.params, `${vit.scope}_proj${width}`, "proj", embedDim, width, new Rng(0, "proj-init"));
+  vit.config = { ...vit.config, projDim: width };
+  log?.(
+    `new proj ${embedDim}→${width} (RETFound's refinement projection, not in the weights file: nn.Linear's default ` +
+      `init, sized to the text encoder's width instead of ${projDim})`,
+  );
 }
 
 /**
@@ -213,6 +239,7 @@ export function buildModel(
     strictHint: loading.strictHint ?? "",
     log: loading.log,
   }).model;
+  fitFreshProj(vit, bert.config.hiddenSize, loading.log === undefined ? (line) => console.error(line) : loading.log);
   return assembleModel(vit, bert, loadTokenizer(t.tokenizer), {
     seed,
     sources: { tokenizer: t.tokenizer, textWeights: t.weights, textConfig: t.config },

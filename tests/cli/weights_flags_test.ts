@@ -5,7 +5,7 @@
  * files and what to do before training; a resized BERT trains.
  */
 import { join } from "node:path";
-import { assert, assertEquals } from "../_assert.ts";
+import { assert, assertEquals, assertThrows } from "../_assert.ts";
 import { SYNTH_TINY } from "../refine/_tiny.ts";
 import { tinyFiles } from "../experiment/_tiny_files.ts";
 import { readSafetensors, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
@@ -383,4 +383,35 @@ Deno.test("keys of ViT parts this ViT lacks (q/k norm, register tokens) are refu
   ]);
   assertEquals(r.code, 1, r.err);
   assert(r.err.includes("(pass --no-strict to load without them)"), r.err);
+});
+
+Deno.test("library: loadVision then buildModel (the notebooks' path) fits a new RETFound proj to the text stand-in, as refine does", async () => {
+  const { setupBackend } = await import("../../src/backend/mod.ts");
+  const { buildModel, loadVision } = await import("../../src/experiment/mod.ts");
+  const { loadVit } = await import("../../src/encoders/mod.ts");
+  await setupBackend({ log: null });
+  const release = `${fx}weights/retfound_module_prefix.pth`; // a RETFound release layout: no proj
+  const vit = loadVision("retfound", release);
+  assertEquals(vit.config.projDim, 768); // the authors' width, before the text side is known
+  const lines: string[] = [];
+  const model = buildModel(vit, undefined, 0, { log: (l) => lines.push(l) }); // the 128-d text stand-in
+  assertEquals(model.vit.config.projDim, 128);
+  assertEquals(model.vit.params.get("proj.weight")!.shape, [128, vit.config.embedDim]);
+  assert(
+    lines.some((l) => l.startsWith(`new proj ${vit.config.embedDim}→128`) && l.includes("instead of 768")),
+    `${lines}`,
+  );
+  // The same values as loading with the width known up front (refine's path).
+  const direct = loadVit(release, { arch: "retfound", newProjDim: 128, log: null }).model;
+  for (const k of ["proj.weight", "proj.bias"]) {
+    assertEquals([...model.vit.params.get(k)!.dataSync()], [...direct.params.get(k)!.dataSync()], k);
+  }
+  // A proj from a file is never resized: its width is the file's, and a BERT of another width is an error saying so.
+  const f = await tinyFiles("retfound"); // an export with a trained 48→32 proj
+  const trained = loadVision("retfound", f.vision);
+  const err = assertThrows(() => buildModel(trained, undefined, 0, { log: null }));
+  assert(
+    /tokens are 32-d but the BERT is 128-d.*proj 48→32.*a proj from the file fixes the width/.test(err.message),
+    err.message,
+  );
 });
