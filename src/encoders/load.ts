@@ -566,6 +566,11 @@ export function loadBert(
     } catch (err) {
       throw new EncoderError(`${config}: cannot read BERT config (${(err as Error).message})`);
     }
+    if (!json || typeof json !== "object" || Array.isArray(json)) {
+      throw new EncoderError(
+        `${config}: a BERT config must be a JSON object, found ${JSON.stringify(json)?.slice(0, 40)}`,
+      );
+    }
     cfg = bertConfigFromJson(json, config);
   } else cfg = config;
   const mapped = mapBertWeights(readWeightFile(weightsPath), { fileName: weightsPath });

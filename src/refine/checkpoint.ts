@@ -178,7 +178,11 @@ export function loadCheckpoint(
  * @returns The `.pth` and `.safetensors` file names.
  */
 export function backboneFileNames(runName: string, family?: VitFamily): { pth: string; safetensors: string } {
-  const tag = family && !runName.toLowerCase().includes(family) ? `${runName}_${family}` : runName;
+  // The authors' scripts pick the family by substring of the path (§1.2, §2.2): another family's name inside the
+  // run name (a UrFound run called "vs_vfm") would send the export to the wrong recipe there, so it is neutralised.
+  const own = (t: string) => t.toLowerCase() === family || (family === "visionfm" && t.toLowerCase() === "vfm");
+  const run = family ? runName.replace(/retfound|visionfm|vfm|urfound/gi, (t) => own(t) ? t : "fm") : runName;
+  const tag = family && !run.toLowerCase().includes(family) ? `${run}_${family}` : run;
   return { pth: `best-model_${tag}_bscan.pth`, safetensors: `best-model_${tag}_bscan.safetensors` };
 }
 
