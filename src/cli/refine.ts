@@ -309,9 +309,11 @@ await runMain(async () => {
    */
   const decideFamily = () => {
     if (!v.weights) return undefined;
+    // Notices are held until the family is accepted: a refused file should not first say which recipe "is used".
+    const held: string[] = [];
     const decided = loadVit(String(v.weights), {
       arch: modelGiven ? family : "auto",
-      log: noticeLog,
+      log: (line: string) => held.push(line),
       archFlag: "--model",
       archChoices: "retfound|visionfm|urfound",
       strict: loading.strict,
@@ -327,6 +329,7 @@ await runMain(async () => {
           `state dict); refinement follows one of the three recipes: pass --model retfound|visionfm|urfound`,
       );
     }
+    for (const line of held) noticeLog(line);
     family = decided.family.family as ExperimentFamily;
     return decided.model;
   };
