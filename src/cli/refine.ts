@@ -311,17 +311,23 @@ await runMain(async () => {
     if (!v.weights) return undefined;
     // Notices are held until the family is accepted: a refused file should not first say which recipe "is used".
     const held: string[] = [];
-    const decided = loadVit(String(v.weights), {
-      arch: modelGiven ? family : "auto",
-      log: (line: string) => held.push(line),
-      archFlag: "--model",
-      archChoices: "retfound|visionfm|urfound",
-      strict: loading.strict,
-      numHeads: loading.numHeads,
-      newProjDim: loading.newProjDim,
-      strictHint: loading.strictHint,
-      headsHint: loading.headsHint,
-    });
+    let decided: ReturnType<typeof loadVit>;
+    try {
+      decided = loadVit(String(v.weights), {
+        arch: modelGiven ? family : "auto",
+        log: (line: string) => held.push(line),
+        archFlag: "--model",
+        archChoices: "retfound|visionfm|urfound",
+        strict: loading.strict,
+        numHeads: loading.numHeads,
+        newProjDim: loading.newProjDim,
+        strictHint: loading.strictHint,
+        headsHint: loading.headsHint,
+      });
+    } catch (err) {
+      for (const line of held) noticeLog(line); // what was learnt before the failure still helps
+      throw err;
+    }
     if (decided.family.family === "timm") {
       disposeParams(decided.model.params);
       throw new UsageError(
