@@ -70,9 +70,25 @@ export function parseCli(
   }
   const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
   for (const [name, f] of Object.entries(spec.flags)) options[name] = { type: f.type, multiple: !!f.multiple };
+  // parseArgs reads "--lr -1" as an option "-1": a negative number after a
+  // value-taking flag is joined to it ("--lr=-1") so it parses and is then
+  // validated like any other value (numberFlag names the allowed range).
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    const name = a.startsWith("--") && !a.includes("=") ? a.slice(2) : undefined;
+    const next = args[i + 1];
+    if (
+      name !== undefined && spec.flags[name]?.type === "string" && next !== undefined &&
+      /^-(\d|\.\d|Infinity\b)/.test(next)
+    ) {
+      joined.push(`${a}=${next}`);
+      i++;
+    } else joined.push(a);
+  }
   let parsed;
   try {
-    parsed = parseArgs({ args, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args: joined, options, allowPositionals: true, strict: true });
   } catch (err) {
     throw new UsageError(`${(err as Error).message}\nRun with --help to see every flag.`);
   }

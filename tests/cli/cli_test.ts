@@ -1,5 +1,7 @@
 /** The CLI tasks: --help lists every flag; refinement on user pairs; clear usage errors. */
-import { assert, assertEquals } from "../_assert.ts";
+import { assert, assertEquals, assertThrows } from "../_assert.ts";
+import { numberFlag, parseCli } from "../../src/util/cli.ts";
+import { UsageError } from "../../src/util/errors.ts";
 import { SYNTH_TINY } from "../refine/_tiny.ts";
 import { tinyFiles } from "../experiment/_tiny_files.ts";
 
@@ -124,6 +126,32 @@ Deno.test("usage errors are one clear line and exit 1", async () => {
   const probe = await cli("probe", ["--weights", "x.pth"]);
   assertEquals(probe.code, 1);
   assert(/--tasks/.test(probe.stderr));
+});
+
+Deno.test("a negative number after a flag is its value, then validated (parseArgs alone calls it an ambiguous option)", async () => {
+  const spec = {
+    usage: "t",
+    summary: "t",
+    flags: {
+      lr: { type: "string" as const, description: "lr" },
+      seed: { type: "string" as const, description: "seed" },
+      "no-probe": { type: "boolean" as const, description: "b" },
+    },
+  };
+  const { values } = parseCli(["--lr", "-1e-3", "--seed", "-1", "--no-probe"], spec);
+  assertEquals(values.lr, "-1e-3");
+  assertEquals(values.seed, "-1");
+  assertThrows(() => parseCli(["--no-probe", "-5"], spec), /Unknown option '-5'/, UsageError); // takes no value
+  assertThrows(() => numberFlag(values, "lr", { min: 0 }), /--lr: expected a number >= 0, got "-1e-3"/, UsageError);
+  assertThrows(
+    () => numberFlag(values, "seed", { integer: true, min: 0 }),
+    /--seed: expected an integer >= 0, got "-1"/,
+    UsageError,
+  );
+  assertThrows(() => parseCli(["--lr", "-x"], spec), /--lr/, UsageError); // not a number: still refused
+  const bad = await cli("refine", ["--lr", "-1", "--pairs", "x.csv"]);
+  assertEquals(bad.code, 1);
+  assert(bad.stderr.includes('--lr: expected a number >= 0, got "-1"'), bad.stderr);
 });
 
 Deno.test("refine without --model takes the family from the weights and says how; --model overrides", async () => {
