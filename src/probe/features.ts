@@ -13,6 +13,7 @@ import { probingSpec } from "../dataset/preprocess.ts";
 import { featureDim, vitFeatures, type VitModel } from "../encoders/vit.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import type { Rng } from "../util/rng.ts";
+import { ProbeError } from "../util/errors.ts";
 
 /** Options of {@link extractFeatures}. */
 export interface FeatureOptions {
@@ -30,7 +31,38 @@ export interface FeatureOptions {
   phase?: string;
 }
 
-/** `concat` features `[paths.length, 2·D]` in input order. */
+/**
+ * Refuses a batch of features holding a NaN or infinite value, naming the image:
+ * such a feature would make every later step (head, metrics) meaningless.
+ * @param data features `[paths.length, dim]`
+ * @param dim features per image
+ * @param paths the image of each row
+ * @throws {ProbeError} naming the first image with a non-finite feature
+ */
+export function checkFeatures(data: Float32Array, dim: number, paths: string[]): void {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) {
+      const row = Math.floor(i / dim);
+      let bad = 0;
+      for (let k = row * dim; k < (row + 1) * dim; k++) if (!Number.isFinite(data[k])) bad++;
+      throw new ProbeError(
+        `${paths[row]}: its features hold ${bad} non-finite value(s) of ${dim} (first: ${data[i]} at ${
+          i - row * dim
+        }); ` +
+          `the weights or the image give NaN/Inf through the encoder`,
+      );
+    }
+  }
+}
+
+/**
+ * `concat` features `[paths.length, 2·D]` in input order.
+ * @param vit the backbone
+ * @param paths the images
+ * @param options batch size, augmentation, training mode, cache, progress
+ * @returns the features, row i for paths[i]
+ * @throws {ProbeError} an image whose features are not all finite (named)
+ */
 export async function extractFeatures(
   vit: VitModel,
   paths: string[],
@@ -57,8 +89,10 @@ export async function extractFeatures(
         options.dropPath ? { training: true, rng: options.dropPath } : {},
       )
     );
-    out.set(y.dataSync() as Float32Array, b.indices[0] * dim);
+    const data = y.dataSync() as Float32Array;
     y.dispose();
+    checkFeatures(data, dim, b.indices.map((i) => paths[i]));
+    out.set(data, b.indices[0] * dim);
     done += b.n;
     options.onProgress?.({ phase: options.phase ?? "features", done, total: paths.length });
   }

@@ -35,6 +35,21 @@ export function argmax(row: ArrayLike<number>): number {
   return best;
 }
 
+/**
+ * Refuses a score that is not a finite number: sorting and tie grouping need
+ * comparable values (NaN equals nothing, so grouping it would never advance).
+ */
+function checkFinite(what: string, scores: ArrayLike<number>): void {
+  for (let i = 0; i < scores.length; i++) {
+    if (!Number.isFinite(scores[i])) {
+      throw new ProbeError(
+        `${what}: score ${i} is ${scores[i]}; metrics need finite scores (a NaN or infinite probability ` +
+          `comes from non-finite features or a diverged head)`,
+      );
+    }
+  }
+}
+
 function confusion(labels: number[], preds: number[], c: number): number[][] {
   const m = Array.from({ length: c }, () => new Array(c).fill(0));
   labels.forEach((y, i) => m[y][preds[i]]++);
@@ -55,8 +70,15 @@ export function balancedAccuracy(labels: number[], preds: number[], numClasses: 
   return sum / n;
 }
 
-/** Binary ROC AUC with ties counted half (= sklearn's trapezoidal AUC over distinct thresholds). */
+/**
+ * Binary ROC AUC with ties counted half (= sklearn's trapezoidal AUC over distinct thresholds).
+ * @param positive whether each sample is of the positive class
+ * @param scores the score of each sample
+ * @returns the AUC, NaN when one class is absent
+ * @throws {ProbeError} a score that is NaN or infinite
+ */
 export function binaryAuc(positive: boolean[], scores: ArrayLike<number>): number {
+  checkFinite("binaryAuc", scores);
   const n = positive.length;
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => scores[a] - scores[b]);
   const ranks = new Float64Array(n);
@@ -84,8 +106,13 @@ export function binaryAuc(positive: boolean[], scores: ArrayLike<number>): numbe
  * Binary average precision as sklearn: Σ (Rₖ − Rₖ₋₁)·Pₖ over distinct score
  * thresholds in decreasing order (no interpolation). With no positives sklearn
  * sets recall to 1 everywhere, giving AP 0... which only matters with weight 0 here.
+ * @param positive whether each sample is of the positive class
+ * @param scores the score of each sample
+ * @returns the average precision
+ * @throws {ProbeError} a score that is NaN or infinite
  */
 export function binaryAveragePrecision(positive: boolean[], scores: ArrayLike<number>): number {
+  checkFinite("binaryAveragePrecision", scores);
   const n = positive.length;
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => scores[b] - scores[a]);
   const totalPos = positive.filter(Boolean).length;
@@ -166,6 +193,14 @@ export function classificationMetrics(labels: number[], probs: number[][]): Metr
   if (labels.some((y) => !Number.isInteger(y) || y < 0 || y >= c)) {
     throw new ProbeError(`classificationMetrics: labels must be integers in [0, ${c})`);
   }
+  probs.forEach((r, i) => {
+    if (r.some((v) => !Number.isFinite(v))) {
+      throw new ProbeError(
+        `classificationMetrics: probability row ${i} is [${r.join(", ")}]; metrics need finite probabilities ` +
+          `(non-finite features or a diverged head)`,
+      );
+    }
+  });
   const preds = probs.map(argmax);
   let aurocSum = 0;
   let apSum = 0;

@@ -50,8 +50,16 @@ export function normalSf(z: number): number {
   return 0.5 * erfc(z / Math.SQRT2);
 }
 
-/** Average ranks (1-based) of values, ties sharing their mean rank (`scipy.stats.rankdata`). */
+/**
+ * Average ranks (1-based) of values, ties sharing their mean rank (`scipy.stats.rankdata`).
+ * @param values finite numbers
+ * @returns the rank of each value
+ * @throws {ProbeError} a value that is NaN or infinite (it equals nothing, so it has no rank)
+ */
 export function rankdata(values: number[]): number[] {
+  values.forEach((v, i) => {
+    if (!Number.isFinite(v)) throw new ProbeError(`rankdata: value ${i} is ${v}; ranks need finite values`);
+  });
   const order = values.map((_, i) => i).sort((a, b) => values[a] - values[b]);
   const ranks = new Array(values.length);
   for (let i = 0; i < order.length;) {
@@ -102,12 +110,23 @@ function signedRankPmf(n: number): Float64Array {
  * import { wilcoxon } from "./stats.ts";
  * const { statistic, pValue } = wilcoxon([0.8, 0.9, 0.7, 0.95], [0.7, 0.85, 0.72, 0.8]);
  * ```
+ * @param x the first sample
+ * @param y the paired second sample
+ * @returns the statistic, the two-sided p-value, the method and the pairs used
+ * @throws {ProbeError} samples of different lengths, a NaN or infinite value, or all differences zero
  */
 export function wilcoxon(x: number[], y: number[]): WilcoxonResult {
   if (x.length !== y.length) {
     throw new ProbeError(`wilcoxon: samples have different lengths (${x.length} vs ${y.length})`);
   }
   if (x.length === 0) return { statistic: NaN, pValue: NaN, method: "exact", n: 0 };
+  for (const [name, v] of [["x", x], ["y", y]] as const) {
+    v.forEach((e, i) => {
+      if (!Number.isFinite(e)) {
+        throw new ProbeError(`wilcoxon: ${name}[${i}] is ${e}; the test needs finite paired values`);
+      }
+    });
+  }
   const all = x.map((v, i) => v - y[i]);
   const nZero = all.filter((d) => d === 0).length;
   const d = all.filter((v) => v !== 0);
