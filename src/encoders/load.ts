@@ -50,6 +50,12 @@ export interface LoadOptions {
  * Copies `tensors` into `params` by name (converting to float32). With
  * `strict` (the default) any missing, unexpected or wrongly shaped key is an
  * {@link EncoderError} that lists them all.
+ * @param params the model's parameters by name
+ * @param tensors the file's tensors under the model's names
+ * @param options strictness, missing keys allowed, file name and hint for messages
+ * @returns the missing, unexpected and mis-shaped keys
+ * @throws {EncoderError} in strict mode, any missing, unexpected or mis-shaped key
+ * @throws {CheckpointError} a loaded tensor holding NaN or ±Inf (naming it and the file)
  */
 export function loadStateDict(params: Params, tensors: Map<string, TensorData>, options: LoadOptions = {}): LoadReport {
   const strict = options.strict ?? true;
@@ -79,9 +85,34 @@ export function loadStateDict(params: Params, tensors: Map<string, TensorData>, 
     const p = params.get(name);
     if (!p || report.mismatched.some((m) => m.startsWith(`${name}:`))) continue;
     // Copy: the optimiser updates parameters in place, and the caller may still hold `tensors`.
-    assignValues(p, toFloat32(t).slice());
+    const values = toFloat32(t).slice();
+    checkFiniteWeights(values, name, options.fileName);
+    assignValues(p, values);
   }
   return report;
+}
+
+/**
+ * Refuses a weight tensor holding NaN or ±Inf: such a model silently gives
+ * NaN features and metrics downstream (PyTorch would load it without a word).
+ * One pass over values that were just converted to float32.
+ * @param values the tensor's values
+ * @param name the tensor's name (the model's)
+ * @param fileName the file, for the message
+ * @throws {CheckpointError} naming the file, the tensor, how many values are not finite and the first one
+ */
+export function checkFiniteWeights(values: Float32Array, name: string, fileName = "weights"): void {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!Number.isFinite(v)) {
+      let bad = 0;
+      for (let k = i; k < values.length; k++) if (!Number.isFinite(values[k])) bad++;
+      throw new CheckpointError(
+        `${fileName}: tensor "${name}" holds ${bad} non-finite value(s) of ${values.length} (first: ${v} at index ${i}); ` +
+          "a model with NaN or infinite weights gives NaN outputs: use an undamaged file (or one saved before training diverged)",
+      );
+    }
+  }
 }
 
 /** Reads every parameter into float32 tensors, in parameter order (for export). */

@@ -1,0 +1,64 @@
+/**
+ * Loading refuses what would silently give wrong answers: non-finite weights
+ * (vision and text), unexpected keys in strict mode, unknown containers.
+ */
+import { join } from "node:path";
+import { assert, assertEquals, assertThrows } from "../_assert.ts";
+import { loadBert, loadVit } from "../../src/encoders/load.ts";
+import { makeTensor, readSafetensors, type TensorData, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
+import { CheckpointError } from "../../src/util/errors.ts";
+
+const models = new URL("../../data/models/", import.meta.url).pathname;
+const quiet = { log: null };
+
+/** A copy of a safetensors file with `edit` applied to its (float32) tensors. */
+async function edited(src: string, edit: (t: Map<string, TensorData>) => void, dir: string, name: string) {
+  const { tensors, metadata } = readSafetensors(src);
+  const copy = new Map<string, TensorData>();
+  for (const [k, t] of tensors) copy.set(k, makeTensor("F32", [...t.shape], toFloat32(t).slice(), k));
+  edit(copy);
+  const path = join(dir, name);
+  await writeSafetensors(path, copy, metadata);
+  return path;
+}
+
+Deno.test("a NaN or infinite weight is refused naming the file, the tensor and how many values (vision and text)", async () => {
+  const dir = await Deno.makeTempDir();
+  const vit = await edited(
+    `${models}retfound-standin.safetensors`,
+    (t) => {
+      const d = t.get("blocks.0.attn.qkv.weight")!.data as Float32Array;
+      d[5] = NaN;
+      d[7] = Infinity;
+    },
+    dir,
+    "vit_nan.safetensors",
+  );
+  assertThrows(
+    () => loadVit(vit, { ...quiet, arch: "retfound" }),
+    /vit_nan\.safetensors: tensor "blocks\.0\.attn\.qkv\.weight" holds 2 non-finite value\(s\) of \d+ \(first: NaN at index 5\)/,
+    CheckpointError,
+  );
+  const bert = await edited(
+    `${models}bert-standin/model.safetensors`,
+    (t) => {
+      const key = [...t.keys()].find((k) => k.endsWith("encoder.layer.0.attention.self.query.bias"))!;
+      (t.get(key)!.data as Float32Array)[0] = -Infinity;
+    },
+    dir,
+    "bert_inf.safetensors",
+  );
+  const err = assertThrows(
+    () => loadBert(bert, `${models}bert-standin/config.json`, quiet),
+    /bert_inf\.safetensors: tensor ".*encoder\.layer\.0\.attention\.self\.query\.bias" holds 1 non-finite value\(s\)/,
+    CheckpointError,
+  );
+  assert(err.message.includes("-Infinity"), err.message);
+  // The untouched files load.
+  loadVit(`${models}retfound-standin.safetensors`, quiet);
+  assertEquals(
+    loadBert(`${models}bert-standin/model.safetensors`, `${models}bert-standin/config.json`, quiet).report.unexpected,
+    [],
+  );
+  await Deno.remove(dir, { recursive: true });
+});
