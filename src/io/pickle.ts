@@ -196,6 +196,13 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
   let stack: unknown[] = [];
   const metastack: unknown[][] = [];
   const memo = new Map<number, unknown>();
+  // Tuples and lists are both arrays here; Python's tuples have no append, so
+  // APPEND(S) on one is refused as Python refuses it (AttributeError).
+  const tuples = new WeakSet<unknown[]>();
+  const tuple = (items: unknown[]) => {
+    tuples.add(items);
+    return items;
+  };
   const objectGlobals = new WeakMap<object, PyGlobal>();
   let work = 0;
   let allocated = 0;
@@ -349,8 +356,22 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
     if (result !== null && typeof result === "object") objectGlobals.set(result, g);
     return result;
   };
+  const kind = (v: unknown): string =>
+    Array.isArray(v)
+      ? (tuples.has(v) ? "a tuple" : "a list")
+      : v instanceof Map
+      ? "a dict"
+      : v instanceof Set
+      ? "a set"
+      : v === null
+      ? "None"
+      : v instanceof Uint8Array
+      ? "bytes"
+      : typeof v === "object"
+      ? "an object"
+      : `a ${typeof v}`;
   const setItems = (dict: unknown, items: unknown[]) => {
-    if (!(dict instanceof Map)) fail("SETITEM(S) target is not a dict");
+    if (!(dict instanceof Map)) fail(`SETITEM(S) target is ${kind(dict)}, not a dict`);
     if (items.length % 2) fail("SETITEMS has an odd number of items");
     alloc(16 * items.length);
     for (let i = 0; i < items.length; i += 2) (dict as Map<unknown, unknown>).set(items[i], items[i + 1]);
@@ -490,27 +511,27 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
         stack.push(take(u64()).slice());
         break;
       case 0x29: // EMPTY_TUPLE
-        stack.push([]);
+        stack.push(tuple([]));
         break;
       case 0x74: { // TUPLE
         const items = popMark(); // pop first: `stack` is rebound by popMark
-        stack.push(items);
+        stack.push(tuple(items));
         break;
       }
       case 0x85: // TUPLE1
-        stack.push([pop()]);
+        stack.push(tuple([pop()]));
         break;
       case 0x86: { // TUPLE2
         const b = pop();
         const a = pop();
-        stack.push([a, b]);
+        stack.push(tuple([a, b]));
         break;
       }
       case 0x87: { // TUPLE3
         const c = pop();
         const b = pop();
         const a = pop();
-        stack.push([a, b, c]);
+        stack.push(tuple([a, b, c]));
         break;
       }
       case 0x5d: // EMPTY_LIST
@@ -524,14 +545,14 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: 
       case 0x61: { // APPEND
         const v = pop();
         const list = top();
-        if (!Array.isArray(list)) fail("APPEND target is not a list");
+        if (!Array.isArray(list) || tuples.has(list)) fail(`APPEND target is ${kind(list)}, not a list`);
         (list as unknown[]).push(v);
         break;
       }
       case 0x65: { // APPENDS
         const items = popMark();
         const list = top();
-        if (!Array.isArray(list)) fail("APPENDS target is not a list");
+        if (!Array.isArray(list) || tuples.has(list)) fail(`APPENDS target is ${kind(list)}, not a list`);
         for (const it of items) (list as unknown[]).push(it);
         break;
       }

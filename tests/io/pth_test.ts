@@ -6,6 +6,7 @@ import {
   readPth,
   type TensorData,
   toFloat32,
+  unpickle,
   UnsafePickleError,
 } from "../../src/io/mod.ts";
 
@@ -148,4 +149,24 @@ Deno.test("readPth: numpy >= 2 spellings (numpy._core.multiarray.scalar) load li
   assertEquals(args, one.get("args"));
   const w = (two.get("model") as Map<string, TensorData>).get("w")!;
   assertEquals([...w.data as Float32Array], [1, 1]);
+});
+
+Deno.test("unpickle refuses APPEND(S) on a tuple and SETITEM(S) on a non-dict as Python does, naming the file and byte", () => {
+  const run = (ops: string) => unpickle(new TextEncoder().encode(ops), { globals: new Map(), fileName: "x.pkl" }).value;
+  // Protocol-0/1 opcodes as text: ")" EMPTY_TUPLE, "]" EMPTY_LIST, "}" EMPTY_DICT, "N" None, "(" MARK,
+  // "a" APPEND, "e" APPENDS, "s" SETITEM, "u" SETITEMS, "." STOP. Python: AttributeError / TypeError for each refusal.
+  assertThrows(() => run(")Na."), /x\.pkl: APPEND target is a tuple, not a list \(pickle byte 3\)/, CheckpointError);
+  assertThrows(() => run(")(Ne."), /x\.pkl: APPENDS target is a tuple, not a list/, CheckpointError);
+  assertThrows(() => run("NN\x86Na."), /APPEND target is a tuple/, CheckpointError); // TUPLE2
+  assertThrows(() => run("}Na."), /APPEND target is a dict, not a list/, CheckpointError);
+  assertThrows(
+    () => run("]NNs."),
+    /x\.pkl: SETITEM\(S\) target is a list, not a dict \(pickle byte 4\)/,
+    CheckpointError,
+  );
+  assertThrows(() => run(")(NNu."), /SETITEM\(S\) target is a tuple, not a dict/, CheckpointError);
+  // What Python accepts still loads: [None], [None, None], {None: None}.
+  assertEquals(run("]Na."), [null]);
+  assertEquals(run("](NNe."), [null, null]);
+  assertEquals(run("}NNs."), new Map([[null, null]]));
 });
