@@ -152,7 +152,8 @@ Deno.test("readPth: numpy >= 2 spellings (numpy._core.multiarray.scalar) load li
 });
 
 Deno.test("unpickle refuses APPEND(S) on a tuple and SETITEM(S) on a non-dict as Python does, naming the file and byte", () => {
-  const run = (ops: string) => unpickle(new TextEncoder().encode(ops), { globals: new Map(), fileName: "x.pkl" }).value;
+  const run = (ops: string) =>
+    unpickle(Uint8Array.from(ops, (c) => c.charCodeAt(0)), { globals: new Map(), fileName: "x.pkl" }).value;
   // Protocol-0/1 opcodes as text: ")" EMPTY_TUPLE, "]" EMPTY_LIST, "}" EMPTY_DICT, "N" None, "(" MARK,
   // "a" APPEND, "e" APPENDS, "s" SETITEM, "u" SETITEMS, "." STOP. Python: AttributeError / TypeError for each refusal.
   assertThrows(() => run(")Na."), /x\.pkl: APPEND target is a tuple, not a list \(pickle byte 3\)/, CheckpointError);
