@@ -1,6 +1,6 @@
 /** `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline. */
 import { basename, join } from "node:path";
-import { formatClassCounts, isHiddenEntry, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
+import { formatClassCounts, listTaskFolders, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
 import { loadVit, type VitFamily, type VitModel } from "../encoders/mod.ts";
 import { type ModelResults, probeTask, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { compareModels, markdownSingle } from "../probe/report.ts";
@@ -84,11 +84,7 @@ await runMain(async () => {
   });
   const dirs: string[] = [...((values.tasks as string[] | undefined) ?? [])];
   if (values.benchmark) {
-    for await (const e of Deno.readDir(join(String(values.benchmark), "tasks"))) {
-      if (!isHiddenEntry(e.name) && (e.isDirectory || e.isSymlink)) {
-        dirs.push(join(String(values.benchmark), "tasks", e.name));
-      }
-    }
+    dirs.push(...await listTaskFolders(join(String(values.benchmark), "tasks")));
   }
   if (dirs.length === 0) throw new UsageError("give probing datasets with --tasks (repeatable) or --benchmark");
   dirs.sort();

@@ -1,7 +1,7 @@
 /** `deno task zeroshot`: zero-shot classification, image↔report retrieval and attention maps from a saved refinement run. */
 import { join } from "node:path";
 import { tf } from "../backend/tf.ts";
-import { isHiddenEntry, loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
+import { listTaskFolders, loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
 import { loadImageBatch } from "../dataset/batches.ts";
 import { METRIC_NAMES, pct } from "../probe/mod.ts";
 import {
@@ -111,11 +111,7 @@ await runMain(async () => {
   const summary: Record<string, unknown> = {};
   const dirs = [...((values.tasks as string[] | undefined) ?? [])];
   if (values.benchmark) {
-    for await (const e of Deno.readDir(join(String(values.benchmark), "tasks"))) {
-      if (!isHiddenEntry(e.name) && (e.isDirectory || e.isSymlink)) {
-        dirs.push(join(String(values.benchmark), "tasks", e.name));
-      }
-    }
+    dirs.push(...await listTaskFolders(join(String(values.benchmark), "tasks")));
   }
   if (dirs.length) {
     const prompts = values.prompts ? JSON.parse(await Deno.readTextFile(String(values.prompts))) : SYNTH_CLASS_PROMPTS;

@@ -24,6 +24,9 @@ export interface CsvOptions {
 
 const OTHER_DELIMITERS: [string, string][] = [[";", "semicolon"], ["\t", "tab"], ["|", "pipe"]];
 
+/** At a line start: a field without quotes or line ends that ends in an image extension, and what follows it. */
+const ROW_START = /[^"\r\n,;\t|]{0,1000}\.(?:png|jpe?g|tiff?|bmp|npy)(?:#slice=\d+)?([,;\t|])/iy;
+
 /**
  * Parses CSV text with a header row. Quoted fields may contain delimiters, quotes (`""`) and newlines; CR, LF
  * and CRLF line ends are accepted; a leading BOM is dropped. Header names are trimmed.
@@ -31,7 +34,9 @@ const OTHER_DELIMITERS: [string, string][] = [[";", "semicolon"], ["\t", "tab"],
  * @param source The file, for messages.
  * @param options The delimiter.
  * @returns The header and the rows, each with its line.
- * @throws {DatasetError} naming the file and line for an unterminated quote, a row whose field count differs
+ * @throws {DatasetError} naming the file and line for an unterminated quote (a quoted field that runs to the end
+ *   of the file, or that runs over a line starting like a new row: an image path then the delimiter, as an
+ *   unclosed quote merging rows does), a row whose field count differs
  *   from the header's (saying when the file looks semicolon- or tab-delimited), a duplicated column name, or an
  *   empty file. An unnamed column (pandas' index) is called `Unnamed: <k>`, as pandas calls it.
  */
@@ -78,9 +83,29 @@ export function parseCsv(
       let j = i + 1;
       for (;;) {
         const q = text.indexOf('"', j);
-        if (q < 0) throw new DatasetError(`${source}:${quoteLine}: unterminated quoted field`);
+        if (q < 0) {
+          throw new DatasetError(
+            `${source}:${quoteLine}: unterminated quoted field: the quote opened on line ${quoteLine} is never ` +
+              `closed (the field runs to the end of the file); close it or remove it`,
+          );
+        }
         parts.push(text.slice(j, q));
-        for (let k = j; k < q; k++) if (text.charCodeAt(k) === 10) line++;
+        for (let k = j; k < q; k++) {
+          if (text.charCodeAt(k) !== 10) continue;
+          line++;
+          // A line inside the quoted field that starts like a row (an image path, then the delimiter): the quote
+          // opened on quoteLine was most likely never closed, and the rows after it are merged into one field.
+          ROW_START.lastIndex = k + 1;
+          const m = ROW_START.exec(text);
+          if (m && m[1] === delim) {
+            throw new DatasetError(
+              `${source}:${quoteLine}: unterminated quoted field? the quote opened on line ${quoteLine} runs on to ` +
+                `line ${line}, which starts ` +
+                `like a new row (${JSON.stringify(m[0].slice(0, 80))}); an unclosed quote would merge those rows ` +
+                `into one field: close the quote on line ${quoteLine}`,
+            );
+          }
+        }
         if (text.charCodeAt(q + 1) === 34) {
           parts.push('"');
           j = q + 2;
@@ -153,6 +178,24 @@ function delimiterHint(header: string[], delim: string): string {
   for (const [c, name] of OTHER_DELIMITERS) {
     if (header.length <= 2 && joined.includes(c)) {
       return ` (the header "${joined}" looks ${name}-delimited; save the file comma-separated)`;
+    }
+  }
+  return "";
+}
+
+/**
+ * Says which delimiter a parsed header looks like it uses: when it is one field that splits cleanly on `;`, tab or
+ * `|` into non-empty names, e.g. `image\treport\tpatient`. For "missing column" errors.
+ * @param header The header's column names.
+ * @returns A hint like ` (the header "image\treport" looks tab-delimited; ...)`, or `""`.
+ */
+export function headerDelimiterHint(header: readonly string[]): string {
+  if (header.length !== 1) return "";
+  for (const [c, name] of OTHER_DELIMITERS) {
+    const parts = header[0].split(c);
+    if (parts.length > 1 && parts.every((x) => x.trim() !== "")) {
+      return ` (the header ${JSON.stringify(header[0])} looks ${name}-delimited: ${parts.length} names separated ` +
+        `by ${name === "tab" ? "tabs" : `"${c}"`}; save the file comma-separated)`;
     }
   }
   return "";

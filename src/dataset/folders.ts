@@ -6,8 +6,13 @@
  *
  * Folders are read as torchvision's ImageFolder reads them: class folders are
  * walked recursively (e.g. one sub-folder per eye volume), symbolic links to
- * files and folders are followed (a link back to an enclosing folder is
- * skipped with a notice), and files without an image extension are ignored.
+ * files and folders are followed, and files without an image extension are
+ * ignored. A link to a folder is skipped at the link, with a notice, when it
+ * leads back to an enclosing folder, into the dataset from inside a class
+ * folder (those images are read where they are, under their own class), or to
+ * a folder already read through another link; one rule for every walk (probe
+ * datasets, task discovery, encode's folders). Files directly under a split
+ * folder belong to no class: a notice says they are ignored.
  * Hidden entries (names starting with `.`, such as `.ipynb_checkpoints`,
  * `.DS_Store` and macOS `._*` AppleDouble files; `Thumbs.db`, `desktop.ini`,
  * `__MACOSX`) are never classes nor images. Split folders and split values are
@@ -20,7 +25,7 @@
  */
 import { basename, dirname, isAbsolute, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
-import { decodeText, parseCsv } from "./csv.ts";
+import { decodeText, headerDelimiterHint, parseCsv } from "./csv.ts";
 import { expandVolumes, type ImageOptions, inspectImage, isImagePath } from "./image.ts";
 
 /** The three splits. */
@@ -88,6 +93,8 @@ interface Entry {
   path: string;
   isDirectory: boolean;
   isFile: boolean;
+  /** The entry is a symbolic link. */
+  isLink: boolean;
 }
 
 /** Visible entries of a folder, sorted by name, with symbolic links resolved. */
@@ -108,7 +115,7 @@ async function listDir(path: string): Promise<Entry[]> {
           throw new DatasetError(`${p}: broken symbolic link (its target does not exist)`);
         }
       }
-      out.push({ name: e.name, path: p, isDirectory, isFile });
+      out.push({ name: e.name, path: p, isDirectory, isFile, isLink: e.isSymlink });
     }
   } catch (err) {
     if (err instanceof DatasetError) throw err;
@@ -118,51 +125,135 @@ async function listDir(path: string): Promise<Entry[]> {
   return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
+async function realPathOf(path: string): Promise<string> {
+  try {
+    return await Deno.realPath(path);
+  } catch (err) {
+    throw new DatasetError(`${path}: cannot read (${(err as Error).message})`);
+  }
+}
+
+/** Whether real path `inner` is `outer` or lies inside it. */
+function within(inner: string, outer: string): boolean {
+  return inner === outer || inner.startsWith(outer.endsWith("/") ? outer : `${outer}/`);
+}
+
 /**
- * Image files under a folder, recursively, in sorted path order: symbolic links followed (a link to an enclosing
- * folder is skipped with a notice), hidden entries skipped, files without an image extension ignored.
+ * The one rule every folder walk (probe datasets, task discovery, encode's folders) applies to a symbolic link to a
+ * folder, decided at the link: it is skipped (the reason returned) when its target encloses the folder it sits in
+ * (a loop: `up -> ..`, `back -> ../../train`), when its target lies inside one of the walk's `scopes` (the dataset
+ * or input folder: those images are read where they are, and reading them again through the link would count them
+ * twice or under another class), or when the walk already entered that folder through another link.
+ * @param link The link's path, for messages.
+ * @param here The real path of the folder holding the link.
+ * @param scopes Real paths of the folders the walk covers.
+ * @param entered Real paths of the folders the walk has entered (updated when the link is followed).
+ * @returns Why the link is skipped, or `undefined` to follow it.
+ */
+async function skipLinkReason(
+  link: string,
+  here: string,
+  scopes: readonly string[],
+  entered: Set<string>,
+): Promise<string | undefined> {
+  const target = await realPathOf(link);
+  if (within(here, target)) return `a link back to an enclosing folder (${target})`;
+  const scope = scopes.find((s) => within(target, s));
+  if (scope !== undefined) return `a link to ${target}, inside ${scope}, which is read where it is`;
+  if (entered.has(target)) return `a second link to ${target}, already read`;
+  entered.add(target);
+  return undefined;
+}
+
+/** A link-guarded walk's state: the real folders it covers and has entered, and where notices go. */
+interface WalkGuard {
+  scopes: string[];
+  entered: Set<string>;
+  onNotice: (message: string) => void;
+}
+
+async function newGuard(roots: readonly string[], onNotice: (message: string) => void): Promise<WalkGuard> {
+  const scopes = await Promise.all(roots.map(realPathOf));
+  return { scopes, entered: new Set(scopes), onNotice };
+}
+
+/** Entries of a folder under the link rule ({@link skipLinkReason}); a skipped link prints a notice naming it. */
+async function guardedEntries(dir: string, guard: WalkGuard): Promise<Entry[]> {
+  const here = await realPathOf(dir);
+  const out: Entry[] = [];
+  for (const e of await listDir(dir)) {
+    if (e.isLink && e.isDirectory) {
+      const why = await skipLinkReason(e.path, here, guard.scopes, guard.entered);
+      if (why) {
+        guard.onNotice(`notice: ${e.path}: ${why}; not followed`);
+        continue;
+      }
+    }
+    out.push(e);
+  }
+  return out;
+}
+
+/**
+ * Image files under a folder, recursively, in sorted path order: hidden entries skipped, files without an image
+ * extension ignored (one notice), symbolic links to files followed, and symbolic links to folders followed unless
+ * they lead back to an enclosing folder, into `scope` or the folder itself, or to a folder already read (skipped
+ * at the link with a notice).
  * @param dir The folder.
  * @param onNotice Where notices go (default: stderr).
+ * @param scope The folder the whole walk covers, e.g. the dataset root when `dir` is one class folder
+ *   (default `dir`).
  * @returns The image paths.
  * @throws {DatasetError} for a broken link or an unreadable folder.
  */
 export async function listImageFiles(
   dir: string,
   onNotice: (message: string) => void = (m) => console.error(m),
+  scope: string = dir,
 ): Promise<string[]> {
+  return await walkImages(dir, await newGuard(scope === dir ? [dir] : [scope, dir], onNotice));
+}
+
+async function walkImages(dir: string, guard: WalkGuard): Promise<string[]> {
   const out: string[] = [];
   const ignored: string[] = [];
-  const walk = async (d: string, ancestors: Set<string>) => {
-    let real: string;
-    try {
-      real = await Deno.realPath(d);
-    } catch (err) {
-      throw new DatasetError(`${d}: cannot read (${(err as Error).message})`);
-    }
-    if (ancestors.has(real)) {
-      onNotice(`notice: ${d}: a link back to an enclosing folder (${real}); not followed again`);
-      return;
-    }
-    const inner = new Set(ancestors).add(real);
-    for (const e of await listDir(d)) {
-      if (e.isDirectory) await walk(e.path, inner);
+  const walk = async (d: string) => {
+    for (const e of await guardedEntries(d, guard)) {
+      if (e.isDirectory) await walk(e.path);
       else if (e.isFile && isImagePath(e.name)) out.push(e.path);
       else if (e.isFile) ignored.push(e.path);
     }
   };
-  await walk(dir, new Set());
+  await walk(dir);
   if (ignored.length) {
-    onNotice(
+    guard.onNotice(
       `notice: ${dir}: ${ignored.length} file(s) without an image extension ignored (e.g. ${ignored[0]})`,
     );
   }
   return out.sort();
 }
 
+/**
+ * The task folders of a benchmark's `tasks/` folder (or any folder of datasets), sorted: visible folders and links
+ * to folders, under the same link rule as {@link listImageFiles} (a link back to an enclosing folder, into the
+ * folder itself or to a folder already listed is skipped with a notice).
+ * @param dir The folder holding one dataset folder per task.
+ * @param onNotice Where notices go (default: stderr).
+ * @returns The task folders' paths.
+ * @throws {DatasetError} for a broken link or an unreadable folder.
+ */
+export async function listTaskFolders(
+  dir: string,
+  onNotice: (message: string) => void = (m) => console.error(m),
+): Promise<string[]> {
+  const guard = await newGuard([dir], onNotice);
+  return (await guardedEntries(dir, guard)).filter((e) => e.isDirectory).map((e) => e.path);
+}
+
 /** The split folders of a root, matched case-insensitively (`Train`, `validation`). */
-async function splitFolders(root: string): Promise<Map<Split, string>> {
+async function splitFolders(root: string, guard: WalkGuard): Promise<Map<Split, string>> {
   const found = new Map<Split, string>();
-  for (const e of await listDir(root)) {
+  for (const e of await guardedEntries(root, guard)) {
     const s = SPLIT_ALIASES[e.name.toLowerCase()];
     if (!s || !e.isDirectory) continue;
     if (found.has(s)) {
@@ -201,17 +292,36 @@ function checkLabelVariants(labels: Iterable<string>, where: string): void {
  */
 export async function readImageFolderDataset(root: string, options: ProbeDatasetOptions = {}): Promise<ProbeDataset> {
   const notify = options.onNotice ?? ((m: string) => console.error(m));
-  const splits = await splitFolders(root);
-  const trainDir = splits.get("train");
-  const trainClasses = trainDir ? (await listDir(trainDir)).filter((e) => e.isDirectory).map((e) => e.name) : [];
+  // Split and class folders may be links anywhere but to an enclosing folder; below a class folder, a link into
+  // the dataset is skipped too (those images are read where they are, under their own class).
+  const top: WalkGuard = { scopes: [], entered: new Set(), onNotice: notify };
+  const splits = await splitFolders(root, top);
+  const classDirs = new Map<Split, Entry[]>();
+  for (const split of SPLITS) {
+    const splitDir = splits.get(split);
+    if (!splitDir) continue;
+    const entries = await guardedEntries(splitDir, { ...top, entered: new Set() });
+    const files = entries.filter((e) => e.isFile);
+    if (files.length) {
+      const images = files.filter((e) => isImagePath(e.name));
+      notify(
+        `notice: ${splitDir}: ${files.length} file(s) directly under the split folder belong to no class and are ` +
+          `ignored (${images.length} image(s); e.g. ${(images[0] ?? files[0]).name}); images go in ` +
+          `${splitDir}/<class>/`,
+      );
+    }
+    classDirs.set(split, entries.filter((e) => e.isDirectory));
+  }
+  const trainClasses = (classDirs.get("train") ?? []).map((e) => e.name);
   if (trainClasses.length === 0) {
     throw new DatasetError(`${root}: no class folders under train/ (expected ${root}/train/<class>/<image>)`);
   }
   checkLabelVariants(trainClasses, `${root}/train`);
+  const guard = await newGuard([root], notify);
   const items: LabelledImage[] = [];
   for (const split of SPLITS) {
     const splitDir = splits.get(split);
-    const dirs = splitDir ? (await listDir(splitDir)).filter((e) => e.isDirectory) : [];
+    const dirs = classDirs.get(split) ?? [];
     if (dirs.length === 0) throw new DatasetError(`${root}/${split}: missing or empty split folder`);
     for (const d of dirs) {
       const label = trainClasses.indexOf(d.name);
@@ -220,7 +330,8 @@ export async function readImageFolderDataset(root: string, options: ProbeDataset
           `${splitDir}/${d.name}: class "${d.name}" does not exist in train/ (${trainClasses.join(", ")})`,
         );
       }
-      const paths = await listImageFiles(d.path, notify);
+      const classReal = await realPathOf(d.path);
+      const paths = await walkImages(d.path, { ...guard, scopes: [...guard.scopes, classReal] });
       if (split === "train" && paths.length === 0) {
         throw new DatasetError(`${d.path}: class "${d.name}" has no training images`);
       }
@@ -293,7 +404,9 @@ export async function readLabelCsv(
   const { header, rows } = parseCsv(decodeText(bytes, path), path);
   for (const c of [pc, lc, sc]) {
     if (!header.includes(c)) {
-      throw new DatasetError(`${path}: missing column "${c}"; columns are: ${header.join(", ")}`);
+      throw new DatasetError(
+        `${path}: missing column "${c}"; columns are: ${header.join(", ")}${headerDelimiterHint(header)}`,
+      );
     }
   }
   const splitOf = (raw: string, line: number): Split => {

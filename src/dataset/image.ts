@@ -15,7 +15,9 @@
  * ({@link DEFAULT_MAX_PIXELS}, `RETFINER_MAX_PIXELS`, {@link setImageDefaults})
  * from the header, before any pixel is decoded. Volumes (multi-page TIFF,
  * 3-D `.npy`) are an error unless a slice is chosen; `path#slice=k` names one
- * B-scan of a volume. Doubtful data (16-bit samples that never exceed 12 bits,
+ * B-scan of a volume. NaN or infinite values are an error in every format, and negative
+ * values (signed or float data) need an explicit intensity range. An aspect ratio beyond 20:1 prints a notice
+ * (resizing to a square stretches it). Doubtful data (16-bit samples that never exceed 12 bits,
  * near-black images) print a notice.
  * @module
  */
@@ -291,12 +293,24 @@ function checkExtension(name: string, format: ImageFormat): void {
   }
 }
 
+/** Width:height (or height:width) beyond which an image is not B-scan-like and a notice says it is stretched. */
+export const MAX_ASPECT_RATIO = 20;
+
 function checkPixels(name: string, width: number, height: number, maxPixels: number): void {
   if (!(width >= 1 && height >= 1)) throw new DatasetError(`${name}: bad image size ${width}x${height}`);
   if (width * height > maxPixels) {
     throw new DatasetError(
       `${name}: ${width}x${height} = ${width * height} pixels exceeds the limit of ${maxPixels} ` +
         `(a B-scan is at most a few thousand pixels a side; raise it with --max-pixels or RETFINER_MAX_PIXELS)`,
+    );
+  }
+  const ratio = Math.max(width / height, height / width);
+  if (ratio > MAX_ASPECT_RATIO) {
+    notice(
+      "aspect",
+      name,
+      `${width}x${height} has an aspect ratio of ${ratio >= 100 ? Math.round(ratio) : ratio.toFixed(1)}:1 ` +
+        `(beyond ${MAX_ASPECT_RATIO}:1): resizing to the model's square input stretches it; is it a B-scan?`,
     );
   }
 }
@@ -640,7 +654,9 @@ function infoFrom(src: ByteSource, name: string, format: ImageFormat): ImageInfo
  * Checks an image file from its header and size, without decoding its pixels: the format by content (agreeing
  * with the extension), the pixel limit, the sample type, the volume slice, and truncation (TIFF strips, BMP
  * rows and `.npy` data must lie inside the file; a PNG without its end chunk or a JPEG without its end marker
- * is decoded fully to confirm). This is the pre-pass manifests and folders run before training.
+ * is decoded fully to confirm). Float samples (`.npy` float32/float64, float TIFF) are also decoded and scanned,
+ * since only the values show NaN, infinity or negative data: every value of a float B-scan is checked before
+ * training. This is the pre-pass manifests and folders run before training.
  * @param path The image file, optionally with `#slice=k`.
  * @param options Decode options (pixel limit, slice); unset fields take {@link imageDefaults}.
  * @returns What the header says.
@@ -659,6 +675,7 @@ export async function inspectImage(path: string, options: ImageOptions = {}): Pr
   }
   let info: ImageInfo;
   let suspicious = false;
+  let picked = 0;
   try {
     const st = file.statSync();
     if (!st.isFile) throw new DatasetError(`${name}: not a file`);
@@ -677,7 +694,7 @@ export async function inspectImage(path: string, options: ImageOptions = {}): Pr
       if (!sharpDecodesTiff(page)) ownTiffCheck(page, name);
     }
     const kind = info.format === "npy" ? ".npy" : "TIFF pages";
-    pickSlice(name, info.slices, kind, slice !== undefined ? { ...o, slice } : o, slice !== undefined, true);
+    picked = pickSlice(name, info.slices, kind, slice !== undefined ? { ...o, slice } : o, slice !== undefined, true);
     const tail = src.read(Math.max(0, size - 64), 64);
     if (info.format === "jpeg") suspicious = !hasJpegEnd(tail);
     if (info.format === "png") {
@@ -693,7 +710,36 @@ export async function inspectImage(path: string, options: ImageOptions = {}): Pr
       throw new DatasetError(`${name}: truncated or corrupt ${info.format.toUpperCase()} (${(err as Error).message})`);
     }
   }
+  if (info.sample.startsWith("float")) await checkFloatValues(name, info.slices, [picked], o);
   return info;
+}
+
+/**
+ * The pre-pass's value check for float images, whose NaN, infinite, negative or out-of-scale values only the
+ * samples show (integer samples are always finite and their scaling is fixed by the type): the slices are decoded
+ * as training decodes them, from one read of the file. A float B-scan costs one decode more in the pre-pass.
+ */
+async function checkFloatValues(
+  name: string,
+  slices: number,
+  ks: readonly number[],
+  o: ImageOptions,
+): Promise<void> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(name);
+  } catch (err) {
+    throw new DatasetError(`${name}: cannot read (${(err as Error).message})`);
+  }
+  for (const k of ks) {
+    try {
+      await decodeGreyImage(bytes, slices > 1 ? volumeSlicePath(name, k) : name, { ...o, slice: k });
+    } catch (err) {
+      if (!(err instanceof DatasetError) || slices === 1) throw err;
+      const m = err.message.startsWith(`${name}: `) ? err.message.slice(name.length + 2) : err.message;
+      throw new DatasetError(`${volumeSlicePath(name, k)}: ${m}`, { cause: err });
+    }
+  }
 }
 
 function hasJpegEnd(tail: Uint8Array): boolean {
@@ -762,22 +808,29 @@ export function decodeBmp(bytes: Uint8Array, name = "<bmp>"): GreyImage {
   return { width, height, data, depth: 8 };
 }
 
-function minMax(data: ArrayLike<number>): [number, number] {
+/** Smallest and largest finite value, how many values are NaN or infinite, and the first such index (-1: none). */
+function minMax(data: ArrayLike<number>): { lo: number; hi: number; bad: number; firstBad: number } {
   let lo = Infinity;
   let hi = -Infinity;
+  let bad = 0;
+  let firstBad = -1;
   for (let i = 0; i < data.length; i++) {
     const x = data[i];
+    if (!Number.isFinite(x)) {
+      if (bad++ === 0) firstBad = i;
+      continue;
+    }
     if (x < lo) lo = x;
     if (x > hi) hi = x;
   }
-  return [lo, hi];
+  return { lo, hi, bad, firstBad };
 }
 
 /**
  * Scales raw samples to [0, 1]: the explicit range when given, else by type: unsigned integers by the type's
- * maximum (a notice when 16-bit data never exceed 12 bits), signed 16-bit by 32767 when no value is negative
- * (negative values need an explicit range), float as the authors' NaiveScalerChannel (/255 or /65535 only
- * above 1).
+ * maximum (a notice when 16-bit data never exceed 12 bits), signed 16-bit by 32767 when no value is negative,
+ * float as the authors' NaiveScalerChannel (/255 or /65535 only above 1). Negative values need an explicit
+ * range in every signed or float type; a NaN or infinite value is an error in every type (the first is named).
  */
 function scaleSamples(
   raw: ArrayLike<number>,
@@ -786,12 +839,17 @@ function scaleSamples(
   o: ImageOptions,
   pick: (i: number) => number = (i) => i,
   n = raw.length,
+  width = 0,
 ): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = raw[pick(i)];
-  const [lo, hi] = minMax(out);
-  if (!Number.isFinite(lo) || !Number.isFinite(hi)) {
-    throw new DatasetError(`${name}: the image contains non-finite values (NaN or infinity)`);
+  const { lo, hi, bad, firstBad } = minMax(out);
+  if (bad > 0) {
+    const x = out[firstBad];
+    const where = width ? ` (the first, ${x}, at row ${Math.floor(firstBad / width)}, column ${firstBad % width})` : "";
+    throw new DatasetError(
+      `${name}: ${bad} of ${n} values are NaN or infinite${where}; a B-scan must hold finite values`,
+    );
   }
   if (o.intensityRange) {
     const [a, b] = o.intensityRange;
@@ -821,6 +879,12 @@ function scaleSamples(
       );
     }
   } else if (sample.startsWith("float")) {
+    if (lo < 0) {
+      throw new DatasetError(
+        `${name}: ${sample} data with negative values (${lo}..${hi}) have no standard scaling; ` +
+          `give --intensity-range lo,hi`,
+      );
+    }
     if (hi > 65535) {
       throw new DatasetError(`${name}: float data up to ${hi} have no standard scaling; give --intensity-range lo,hi`);
     }
@@ -866,7 +930,7 @@ function decodeNpy(
     throw new DatasetError((err as Error).message);
   }
   const n = info.width * info.height;
-  const data = scaleSamples(arr.data as ArrayLike<number>, info.sample, name, o, (i) => k * n + i, n);
+  const data = scaleSamples(arr.data as ArrayLike<number>, info.sample, name, o, (i) => k * n + i, n, info.width);
   const depth = info.sample === "uint8" ? 8 : info.sample.endsWith("16") ? 16 : 32;
   return { width: info.width, height: info.height, data, depth };
 }
@@ -918,7 +982,7 @@ function decodeOwnTiff(bytes: Uint8Array, page: TiffPage, name: string, o: Image
     : (i: number) => dv.getInt8(i);
   const raw = new Float64Array(n);
   for (let i = 0; i < n; i++) raw[i] = get(i);
-  const data = scaleSamples(raw, sample === "int8" ? "int16" : sample, name, o);
+  const data = scaleSamples(raw, sample === "int8" ? "int16" : sample, name, o, (i) => i, n, page.width);
   if (page.photometric === 0) { for (let i = 0; i < n; i++) data[i] = 1 - data[i]; }
   return { width: page.width, height: page.height, data, depth: sample.startsWith("float") ? 32 : 16 };
 }
@@ -939,7 +1003,7 @@ async function decodeWithSharp(
       });
       const u16 = new Uint16Array(data.buffer, data.byteOffset, data.byteLength / 2);
       const c = info.channels;
-      const out = scaleSamples(u16, "uint16", name, o, (i) => i * c, info.width * info.height);
+      const out = scaleSamples(u16, "uint16", name, o, (i) => i * c, info.width * info.height, info.width);
       return { width: info.width, height: info.height, data: out, depth: 16 };
     }
     if (meta.depth !== "uchar") throw new DatasetError(`${name}: ${meta.depth} samples are not supported`);
@@ -1039,6 +1103,10 @@ export async function expandVolumes(paths: readonly string[], options: ImageOpti
       continue;
     }
     const info = await inspectImage(p, { ...options, slice: "first" });
+    if (info.slices > 1 && info.sample.startsWith("float")) {
+      const o = { ...imageDefaults(), ...options };
+      await checkFloatValues(p, info.slices, Array.from({ length: info.slices - 1 }, (_, k) => k + 1), o);
+    }
     if (info.slices === 1) out.push(p);
     else for (let k = 0; k < info.slices; k++) out.push(volumeSlicePath(p, k));
   }

@@ -10,7 +10,7 @@
 import { dirname, isAbsolute, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
-import { type CsvRow, decodeText, parseCsv } from "./csv.ts";
+import { type CsvRow, decodeText, headerDelimiterHint, parseCsv } from "./csv.ts";
 import { expandVolumes, type ImageOptions, inspectImage } from "./image.ts";
 
 /** One image-report pair. */
@@ -159,7 +159,9 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
   const base = o.baseDir ?? dirname(path);
   const need = (col: string, why: string) => {
     if (!columns.includes(col)) {
-      throw new DatasetError(`${path}: missing column "${col}" (${why}); columns are: ${columns.join(", ")}`);
+      throw new DatasetError(
+        `${path}: missing column "${col}" (${why}); columns are: ${columns.join(", ")}${headerDelimiterHint(columns)}`,
+      );
     }
   };
   const templateCols = o.imageTemplate ? [...o.imageTemplate.matchAll(/\{([^}]+)\}/g)].map((m) => m[1]) : [];

@@ -67,6 +67,7 @@ export {
   isHiddenEntry,
   type LabelledImage,
   listImageFiles,
+  listTaskFolders,
   type ProbeDataset,
   type ProbeDatasetOptions,
   readImageFolderDataset,

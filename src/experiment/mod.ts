@@ -13,8 +13,8 @@
  * ```
  * @module
  */
-import { join } from "node:path";
-import { isHiddenEntry, type ProbeDataset, readImageFolderDataset } from "../dataset/folders.ts";
+import { basename, join } from "node:path";
+import { listTaskFolders, type ProbeDataset, readImageFolderDataset } from "../dataset/folders.ts";
 import { readPairManifest } from "../dataset/manifest.ts";
 import { type BenchmarkInfo, generateBenchmark, SYNTH_PRESETS, SYNTH_VERSION } from "../dataset/synth/generate.ts";
 import { loadTokenizer } from "../dataset/tokenizer.ts";
@@ -133,14 +133,8 @@ export async function ensureBenchmark(
 
 /** Loads the probing tasks of a benchmark root (`tasks/*`), sorted. */
 export async function loadTasks(root: string, only?: string[]): Promise<ProbeDataset[]> {
-  const names: string[] = [];
-  for await (const e of Deno.readDir(join(root, "tasks"))) {
-    if ((e.isDirectory || e.isSymlink) && !isHiddenEntry(e.name) && (!only || only.includes(e.name))) {
-      names.push(e.name);
-    }
-  }
-  names.sort();
-  return await Promise.all(names.map((n) => readImageFolderDataset(join(root, "tasks", n))));
+  const dirs = (await listTaskFolders(join(root, "tasks"))).filter((d) => !only || only.includes(basename(d)));
+  return await Promise.all(dirs.map((d) => readImageFolderDataset(d)));
 }
 
 /** How weight files are matched to the model (the tasks' `--no-strict` and `--heads`). */
