@@ -42,6 +42,8 @@ export interface LabelledImage {
   label: number;
   /** Split. */
   split: Split;
+  /** `file:line` of the label CSV row it came from (none for folders), for messages. */
+  origin?: string;
 }
 
 /** A probing dataset. */
@@ -362,7 +364,7 @@ async function checkDatasetImages(ds: ProbeDataset, options: ProbeDatasetOptions
         expanded[k] = slice === "all" ? (await expandVolumes([it.path], image)).map((path) => ({ ...it, path })) : [it];
       } catch (err) {
         if (!(err instanceof DatasetError)) throw err;
-        bad.push(err.message);
+        bad.push(it.origin ? `${it.origin}: image ${err.message}` : err.message);
         expanded[k] = [];
       }
     }
@@ -451,7 +453,7 @@ export async function readLabelCsv(
     }
     const p = r.values[pc].trim();
     if (!p) throw new DatasetError(`${path}:${r.line}: empty path`);
-    return { path: isAbsolute(p) ? p : join(dirname(path), p), label, split };
+    return { path: isAbsolute(p) ? p : join(dirname(path), p), label, split, origin: `${path}:${r.line}` };
   });
   items.sort((a, b) =>
     SPLITS.indexOf(a.split) - SPLITS.indexOf(b.split) || a.label - b.label || (a.path < b.path ? -1 : 1)
