@@ -95,3 +95,49 @@ Deno.test("probe: nested volumes, hidden folders and linked classes; a 12-bit TI
   assertEquals(mid.code, 0, mid.out);
   assert(/using slice 1 \(--slice middle\)/.test(mid.out) && /12-bit data\?/.test(mid.out), mid.out);
 });
+
+Deno.test("issue 17: encode --skip-bad skips a NaN .npy; probe on the tester's link loop keeps 2 images a class", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/in`);
+  await Deno.writeFile(`${dir}/in/ok.jpg`, jpg);
+  await Deno.copyFile(`${fx}data_cases/tester/n_f64_nan.npy`, `${dir}/in/nan.npy`);
+  const weights = `${root}data/models/retfound-standin.safetensors`;
+  const bad = await run("encode", ["--weights", weights, "--input", `${dir}/in`, "--out", `${dir}/f.npy`]);
+  assertEquals(bad.code, 1, bad.out);
+  assert(/nan\.npy: 864 of 4096 values are NaN or infinite/.test(bad.out), bad.out);
+  const skip = await run("encode", [
+    "--weights",
+    weights,
+    "--input",
+    `${dir}/in`,
+    "--out",
+    `${dir}/f.npy`,
+    "--skip-bad",
+  ]);
+  assertEquals(skip.code, 0, skip.out);
+  assertEquals(await Deno.readTextFile(`${dir}/f.npy.paths.txt`), `${dir}/in/ok.jpg\n`);
+  assert((await Deno.readTextFile(`${dir}/f.npy.skipped.txt`)).startsWith(`${dir}/in/nan.npy\t`));
+  for (const s of ["train", "val", "test"]) {
+    for (const c of ["A", "B"]) {
+      await Deno.mkdir(`${dir}/loop/${s}/${c}`, { recursive: true });
+      for (const k of [1, 2]) await Deno.writeFile(`${dir}/loop/${s}/${c}/${k}.jpg`, jpg);
+    }
+  }
+  await Deno.symlink("..", `${dir}/loop/train/A/up`);
+  await Deno.symlink("../../train", `${dir}/loop/train/B/back`);
+  const p = await run("probe", [
+    "--weights",
+    weights,
+    "--seeds",
+    "0",
+    "--max-epochs",
+    "5",
+    "--tasks",
+    `${dir}/loop`,
+    "--out",
+    `${dir}/probe`,
+  ]);
+  assertEquals(p.code, 0, p.out);
+  assert(/\nA\s+2\s+2\s+2\n/.test(p.out) && /\nB\s+2\s+2\s+2\n/.test(p.out), p.out);
+  assert(p.out.includes(`${dir}/loop/train/A/up: a link back to an enclosing folder`), p.out);
+});
