@@ -44,6 +44,11 @@ export interface LoadOptions {
    * default none (a task without such a flag must not name one).
    */
   strictHint?: string;
+  /**
+   * Keys of the file that the mapping set aside as belonging to no part of the model (not a documented extra of a
+   * release): reported as unexpected, as PyTorch's `load_state_dict` reports them, so strict mode refuses them.
+   */
+  unexpected?: string[];
 }
 
 /**
@@ -59,7 +64,7 @@ export interface LoadOptions {
  */
 export function loadStateDict(params: Params, tensors: Map<string, TensorData>, options: LoadOptions = {}): LoadReport {
   const strict = options.strict ?? true;
-  const report: LoadReport = { missing: [], unexpected: [], mismatched: [] };
+  const report: LoadReport = { missing: [], unexpected: [...(options.unexpected ?? [])], mismatched: [] };
   for (const [name, t] of tensors) {
     const p = params.get(name);
     if (!p) report.unexpected.push(name);
@@ -113,6 +118,25 @@ export function checkFiniteWeights(values: Float32Array, name: string, fileName 
       );
     }
   }
+}
+
+/**
+ * Splits a mapping's dropped keys into unexpected ones (marked with `reason`, the mapping's word for a key that is
+ * no part of the model and no documented extra; `except` are reported elsewhere) and the documented rest.
+ */
+function splitUnexpected(
+  dropped: string[],
+  reason: string,
+  except: string[] = [],
+): { unexpected: string[]; documented: string[] } {
+  const suffix = ` (${reason})`;
+  const unexpected: string[] = [];
+  const documented: string[] = [];
+  for (const d of dropped) {
+    if (d.endsWith(suffix) && !except.includes(d)) unexpected.push(d.slice(0, -suffix.length));
+    else documented.push(d);
+  }
+  return { unexpected, documented };
 }
 
 /** Reads every parameter into float32 tensors, in parameter order (for export). */
@@ -489,10 +513,17 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
     /\((not part of the vision backbone|relative position bias \(not supported\))\)$/.test(d) &&
     /(^|\.)(blocks\.\d+\.|patch_embed\.|norm_pre\.|reg_token( |$))/.test(d)
   );
+  // Any other key that is no documented extra of a release is unexpected, as PyTorch says (strict mode refuses it).
+  const { unexpected, documented } = splitUnexpected(mapped.dropped, "not part of the vision backbone", foreign);
   if ((options.strict ?? true) && foreign.length) {
     throw new EncoderError(
       `${path}: ${foreign.length} key(s) belong to a ViT with parts this one does not have, and would change its ` +
         `features: ${foreign.slice(0, 8).join(", ")}${foreign.length > 8 ? ", …" : ""}` +
+        (unexpected.length
+          ? `\n  unexpected (${unexpected.length}): ${unexpected.slice(0, 12).join(", ")}${
+            unexpected.length > 12 ? ", …" : ""
+          }`
+          : "") +
         (options.strictHint ? `\n  (${options.strictHint} to load without them)` : ""),
     );
   }
@@ -504,9 +535,10 @@ export function loadVit(path: string, options: LoadVitOptions = {}): LoadedVit {
     allowMissing: fresh,
     fileName: path,
     strictHint: options.strictHint,
+    unexpected,
   });
   if (options.strict === false) {
-    for (const line of formatLoadReport(report, mapped.dropped)) notice(`${path}: --no-strict: ${line}`);
+    for (const line of formatLoadReport(report, documented)) notice(`${path}: --no-strict: ${line}`);
   }
   if (config.projDim !== null && !tensors.has("proj.weight")) {
     // §1.2: RETFound's projection is new, with nn.Linear's default init.
@@ -621,14 +653,18 @@ export function loadBert(
   const headMissing = ![...tensors.keys()].some(isHead);
   const model = createBert(cfg, { init: "zeros" });
   const isCross = (name: string) => name.includes(".crossattention.");
+  // Keys that are no part of BertForMaskedLM and no documented extra (pooler, NSP or classification head,
+  // buffers, a Lightning checkpoint's other parts) are unexpected, as PyTorch says: strict mode refuses them.
+  const { unexpected, documented } = splitUnexpected(mapped.dropped, "not part of BertForMaskedLM");
   const report = loadStateDict(model.params, tensors, {
     strict: options.strict,
     allowMissing: (n) => isCross(n) || (headMissing && isHead(n)),
     fileName: weightsPath,
     strictHint: options.strictHint,
+    unexpected,
   });
   if (options.strict === false) {
-    for (const line of formatLoadReport(report, mapped.dropped)) notice(`${weightsPath}: --no-strict: ${line}`);
+    for (const line of formatLoadReport(report, documented)) notice(`${weightsPath}: --no-strict: ${line}`);
   }
   const newlyInitialised = [...model.params.keys()].filter((n) =>
     (isCross(n) || (headMissing && isHead(n))) && !tensors.has(n)

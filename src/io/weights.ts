@@ -426,7 +426,15 @@ export function describeUnwrap(u: { container: string[]; stripped: Map<string, n
 const VIT_KEY =
   /^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|blocks\.\d+\.(norm[12]\.(weight|bias)|attn\.(qkv|proj)\.(weight|bias)|mlp\.fc[12]\.(weight|bias)|ls[12]\.gamma)|(fc_)?norm\.(weight|bias)|proj\.(weight|bias))$/;
 
-function dropReason(k: string, layout: VisionLayout): string {
+/**
+ * Why a key of a vision checkpoint is not loaded. Every reason but the last
+ * names a documented extra of a release; "not part of the vision backbone"
+ * marks an unexpected key, which strict loading refuses as PyTorch does.
+ */
+function dropReason(k: string, layout: VisionLayout, original: string): string {
+  if (layout === "lightning" && !/(^|\.)vision_encoder\./.test(original)) {
+    return "RetFiner Lightning checkpoint: text encoder / heads";
+  }
   if ((layout === "visionfm" || layout === "dinov2") && k.startsWith("head.")) {
     return "DINO/iBOT head (pretraining only)";
   }
@@ -507,7 +515,7 @@ export function mapVisionWeights(
   const keepProj = layout !== "visionfm" && layout !== "dinov2";
   for (const [k, v] of renamed) {
     if (VIT_KEY.test(k) && (keepProj || !k.startsWith("proj."))) tensors.set(k, v);
-    else dropped.push(`${u.original.get(k) ?? k} (${dropReason(k, layout)})`);
+    else dropped.push(`${u.original.get(k) ?? k} (${dropReason(k, layout, u.original.get(k) ?? k)})`);
   }
   if (!tensors.has("cls_token") || !tensors.has("patch_embed.proj.weight")) {
     // Name values that sit under a ViT's parameter names but are not tensors (a forged object, a numpy array).
@@ -553,8 +561,11 @@ export function mapBertWeights(
     if (k.startsWith("embeddings.") || k.startsWith("encoder.") || k.startsWith("pooler.")) k = `bert.${k}`;
     k = k.replace(/LayerNorm\.gamma$/, "LayerNorm.weight").replace(/LayerNorm\.beta$/, "LayerNorm.bias");
     if (k.startsWith("bert.pooler.")) dropped.push(`${orig} (pooler: RetFiner's BERT has none)`);
-    else if (k === "bert.embeddings.position_ids") dropped.push(`${orig} (buffer)`);
-    else if (k.startsWith("cls.seq_relationship")) dropped.push(`${orig} (next-sentence head)`);
+    else if (k === "bert.embeddings.position_ids" || k === "bert.embeddings.token_type_ids") {
+      dropped.push(`${orig} (buffer)`);
+    } else if (u.stripped.has("text_encoder.") && !/(^|\.)text_encoder\./.test(orig)) {
+      dropped.push(`${orig} (RetFiner Lightning checkpoint: vision encoder / heads)`);
+    } else if (k.startsWith("cls.seq_relationship")) dropped.push(`${orig} (next-sentence head)`);
     else if (k.startsWith("classifier.")) dropped.push(`${orig} (sequence-classification head)`);
     else if (k.startsWith("bert.") || k.startsWith("cls.predictions.")) tensors.set(k, v);
     else dropped.push(`${orig} (not part of BertForMaskedLM)`);

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertThrows } from "../_assert.ts";
 import { loadBert, loadVit } from "../../src/encoders/load.ts";
 import { makeTensor, readSafetensors, type TensorData, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
-import { CheckpointError } from "../../src/util/errors.ts";
+import { CheckpointError, EncoderError } from "../../src/util/errors.ts";
 
 const models = new URL("../../data/models/", import.meta.url).pathname;
 const quiet = { log: null };
@@ -60,5 +60,33 @@ Deno.test("a NaN or infinite weight is refused naming the file, the tensor and h
     loadBert(`${models}bert-standin/model.safetensors`, `${models}bert-standin/config.json`, quiet).report.unexpected,
     [],
   );
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("strict loading lists keys outside the model as unexpected, as PyTorch; --no-strict lists them (vision and text)", async () => {
+  const dir = await Deno.makeTempDir();
+  const extra = (t: Map<string, TensorData>) => {
+    t.set("extra.thing", makeTensor("F32", [2], new Float32Array(2), "x"));
+    t.set("norm_extra.weight", makeTensor("F32", [2], new Float32Array(2), "x"));
+    t.set("head.weight", makeTensor("F32", [3, 2], new Float32Array(6), "x")); // a documented extra: dropped
+  };
+  const vit = await edited(`${models}retfound-standin.safetensors`, extra, dir, "vit_extra.safetensors");
+  const err = assertThrows(() => loadVit(vit, quiet), /vit_extra\.safetensors do not match the model/, EncoderError);
+  assert(/unexpected \(2\): extra\.thing, norm_extra\.weight$/.test(err.message), err.message);
+  assert(!err.message.includes("head.weight"), err.message);
+  const lines: string[] = [];
+  loadVit(vit, { strict: false, log: (l) => lines.push(l) });
+  assert(
+    lines.some((l) => l.endsWith("--no-strict: unexpected keys (ignored) (2): extra.thing, norm_extra.weight")),
+    `${lines}`,
+  );
+  assert(lines.some((l) => l.includes("dropped from the file (1): head.weight (classification head)")), `${lines}`);
+  const bert = await edited(`${models}bert-standin/model.safetensors`, extra, dir, "bert_extra.safetensors");
+  const berr = assertThrows(
+    () => loadBert(bert, `${models}bert-standin/config.json`, quiet),
+    /bert_extra\.safetensors do not match the model/,
+    EncoderError,
+  );
+  assert(/unexpected \(3\): extra\.thing, norm_extra\.weight, head\.weight/.test(berr.message), berr.message);
   await Deno.remove(dir, { recursive: true });
 });
