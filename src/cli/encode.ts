@@ -23,8 +23,9 @@ import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 /**
- * Resolves `--input` to image paths: one image, a folder (recursive, sorted; symbolic links followed, hidden
- * entries skipped) or a manifest (`image` or `path` column; a BOM is ignored). Every image's header is checked
+ * Resolves `--input` to image paths: one image, a folder (recursive, sorted; hidden entries skipped; symbolic links
+ * followed except a folder link back to an enclosing folder, into the input folder or to a folder already read,
+ * skipped at the link with a notice, as {@link listImageFiles} does) or a manifest (`image` or `path` column; a BOM is ignored). Every image's header is checked
  * first; bad images are an error listing them, or with `skipBad` are dropped and returned in `skipped`.
  * @param input An image, a folder or a `.csv`/`.jsonl` manifest.
  * @param options `slice: "all"` takes every B-scan of a volume; `skipBad` skips unusable images.
