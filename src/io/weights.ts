@@ -377,6 +377,8 @@ export function unwrapStateDict(
     if (score > 0 && (!best || score > best.score)) best = { ...c, score };
   }
   if (!best) {
+    const hint = diagnoseNoWeights(top as Map<unknown, unknown>, kind, wanted, wrappers);
+    if (hint) throw new CheckpointError(`${file}: no ${kind === "vision" ? "ViT" : "BERT"} weights found: ${hint}`);
     const keys = [...top.keys()].slice(0, 9).map((k) => short(String(k)));
     throw new CheckpointError(
       `${file}: no ${kind === "vision" ? "ViT" : "BERT"} weights found (top-level keys: ${keys.slice(0, 8).join(", ")}${
@@ -414,6 +416,71 @@ export function unwrapStateDict(
     original.set(clean, `${where}${k}`);
   }
   return { container: best.path, tensors, original, stripped, dropped };
+}
+
+/** At most this many keys are examined when explaining why no weights were found (bounded work on any file). */
+const MAX_DIAGNOSED_KEYS = 200_000;
+
+/**
+ * Why no candidate held the wanted keys, when the file shows it: values under the model's names that are not
+ * tensors (numpy arrays, objects), or tensors whose keys end in the model's names behind a prefix that is not a
+ * known wrapper (`vit.`, Lightning's `net.`). Undefined when neither is seen.
+ */
+function diagnoseNoWeights(
+  top: Map<unknown, unknown>,
+  kind: "vision" | "text",
+  wanted: (k: string) => boolean,
+  wrappers: string[],
+): string | undefined {
+  const scratch = new Map<string, number>();
+  const nonTensor = new Map<string, { n: number; example: string; where: string }>();
+  const prefixes = new Map<string, { n: number; example: string; where: string }>();
+  let seen = 0;
+  for (const c of candidates(top)) {
+    const where = c.path.length ? `under "${c.path.join(".")}"` : "at the top level";
+    for (const [k0, v] of c.dict) {
+      if (++seen > MAX_DIAGNOSED_KEYS) break;
+      const k = String(k0);
+      if (wanted(stripWrappers(k, wrappers, scratch))) {
+        if (!isTensor(v)) {
+          const what = whatIsIt(v);
+          const e = nonTensor.get(what) ?? { n: 0, example: k, where };
+          e.n++;
+          nonTensor.set(what, e);
+        }
+        continue;
+      }
+      if (!isTensor(v)) continue;
+      // The first few dots only: a crafted key of many dots costs a bounded number of passes.
+      for (let at = k.indexOf("."), tries = 0; at > 0 && tries < 6; at = k.indexOf(".", at + 1), tries++) {
+        if (wanted(stripWrappers(k.slice(at + 1), wrappers, scratch))) {
+          const prefix = k.slice(0, at + 1);
+          const e = prefixes.get(`${where}\0${prefix}`) ?? { n: 0, example: k, where };
+          e.n++;
+          prefixes.set(`${where}\0${prefix}`, e);
+          break;
+        }
+      }
+    }
+  }
+  const model = kind === "vision" ? "ViT" : "BERT";
+  const [bad] = [...nonTensor].sort((a, b) => b[1].n - a[1].n);
+  if (bad) {
+    return `${bad[1].n} entr${bad[1].n === 1 ? "y" : "ies"} ${bad[1].where} under ${model} parameter names ` +
+      `(e.g. "${short(bad[1].example)}") ${bad[1].n === 1 ? "is" : "are"} not a torch tensor but ${bad[0]}` +
+      (bad[0].includes("torch.from_numpy") ? "" : "; save a state dict of torch tensors");
+  }
+  const [pre] = [...prefixes].sort((a, b) => b[1].n - a[1].n);
+  if (pre) {
+    const prefix = pre[0].split("\0")[1];
+    return `${pre[1].n} tensor(s) ${pre[1].where} look like ${model} keys behind the unknown prefix "${
+      short(prefix)
+    }" ` +
+      `(e.g. "${short(pre[1].example)}"); known wrapper prefixes are ${wrappers.map((w) => `"${w}"`).join(", ")}. ` +
+      `Save the ${model}'s own state dict, or strip the prefix: ` +
+      `{k.removeprefix("${short(prefix)}"): v for k, v in state_dict.items()}`;
+  }
+  return undefined;
 }
 
 /** One line saying where the weights were found and which prefixes were stripped. */

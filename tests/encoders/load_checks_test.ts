@@ -90,3 +90,28 @@ Deno.test("strict loading lists keys outside the model as unexpected, as PyTorch
   assert(/unexpected \(3\): extra\.thing, norm_extra\.weight, head\.weight/.test(berr.message), berr.message);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("weights behind an unknown prefix or saved as numpy arrays: the error names the prefix or the type and the fix", () => {
+  // Files written by PyTorch: tests/fixtures/make_load_checks.py.
+  const fx = new URL("../fixtures/load_checks/", import.meta.url).pathname;
+  assertThrows(
+    () => loadVit(`${fx}vit_prefix.pth`, quiet),
+    /vit_prefix\.pth: no ViT weights found: 8 tensor\(s\) under "model" look like ViT keys behind the unknown prefix "vit\." \(e\.g\. "vit\.cls_token"\).*removeprefix\("vit\."\)/,
+    CheckpointError,
+  );
+  assertThrows(
+    () => loadVit(`${fx}lightning_net.ckpt`, quiet),
+    /lightning_net\.ckpt: no ViT weights found: 8 tensor\(s\) under "state_dict" look like ViT keys behind the unknown prefix "net\."/,
+    CheckpointError,
+  );
+  assertThrows(
+    () => loadVit(`${fx}numpy_values.pth`, quiet),
+    /numpy_values\.pth: no ViT weights found: 8 entries at the top level under ViT parameter names \(e\.g\. "cls_token"\) are not a torch tensor but a numpy array \(save torch tensors/,
+    CheckpointError,
+  );
+  assertThrows(
+    () => loadBert(`${fx}bert_lm_prefix.bin`, `${models}bert-standin/config.json`, quiet),
+    /bert_lm_prefix\.bin: no BERT weights found: 2 tensor\(s\) at the top level look like BERT keys behind the unknown prefix "lm\."/,
+    CheckpointError,
+  );
+});
