@@ -26,6 +26,7 @@ import {
   refine,
   type RefineOptions,
 } from "../refine/mod.ts";
+import { resolveTextFiles } from "../refine/factory.ts";
 import { exists } from "../util/fs.ts";
 import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { TEXT_STANDIN } from "../pretrain/paths.ts";
@@ -62,7 +63,11 @@ const SPEC: CommandSpec = {
       valueName: "<file>",
       description: "BERT weights (pytorch_model.bin or model.safetensors); default: the text stand-in.",
     },
-    "text-config": { type: "string", valueName: "<file>", description: "BERT config.json for --text-weights." },
+    "text-config": {
+      type: "string",
+      valueName: "<file>",
+      description: "BERT config.json for --text-weights; default: the config.json in its folder (said).",
+    },
     heads: {
       type: "string",
       valueName: "<n>",
@@ -76,7 +81,7 @@ const SPEC: CommandSpec = {
     tokenizer: {
       type: "string",
       valueName: "<path>",
-      description: "tokenizer.json, vocab.txt or a folder, for --text-weights.",
+      description: "tokenizer.json, vocab.txt or a folder, for --text-weights; default: the one in its folder (said).",
     },
     "text-from-scratch": {
       type: "boolean",
@@ -268,16 +273,18 @@ await runMain(async () => {
     resume: !!v.resume,
     maxSteps: v["max-steps"] !== undefined ? int("max-steps", 1) : undefined,
   };
-  const text = v["text-weights"]
-    ? {
-      weights: String(v["text-weights"]),
-      config: String(v["text-config"] ?? ""),
-      tokenizer: String(v.tokenizer ?? ""),
-    }
+  // A Hugging Face model folder holds its config.json and tokenizer: used (and said) when the flags are left out.
+  const resolved = v["text-weights"]
+    ? resolveTextFiles(
+      String(v["text-weights"]),
+      v["text-config"] ? String(v["text-config"]) : undefined,
+      v.tokenizer ? String(v.tokenizer) : undefined,
+    )
     : undefined;
-  if (text && (!text.config || !text.tokenizer)) {
-    throw new UsageError("--text-weights needs --text-config and --tokenizer");
-  }
+  for (const line of resolved?.notices ?? []) console.error(line);
+  const text = resolved
+    ? { weights: resolved.weights, config: resolved.config, tokenizer: resolved.tokenizer }
+    : undefined;
   if (!text && (v.tokenizer || v["text-config"])) {
     throw new UsageError(
       `${

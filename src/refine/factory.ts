@@ -8,7 +8,8 @@ import { type BertConfig, bertConfigFromJson } from "../encoders/bert.ts";
 import { loadBert, loadVit } from "../encoders/load.ts";
 import { bertPreset } from "../encoders/presets.ts";
 import { refineTokenDim, type VitConfig, type VitFamily, type VitModel } from "../encoders/vit.ts";
-import { EncoderError } from "../util/errors.ts";
+import { EncoderError, UsageError } from "../util/errors.ts";
+import { dirname, join } from "node:path";
 import { assembleModel, checkVocabulary, createTextEncoder, type RetfinerModel } from "./model.ts";
 
 /** Options of {@link buildRetfinerModel}. */
@@ -151,4 +152,54 @@ export function checkTextFiles(text: { weights: string; config: string; tokenize
     textConfig: text.config,
   });
   return config;
+}
+
+/**
+ * The text side's files when `--text-config` or `--tokenizer` is left out: a Hugging Face model folder (the
+ * `--text-weights` folder, or the folder of its file or `*.index.json`) holds `config.json` and `tokenizer.json` or
+ * `vocab.txt`; those are used, and each choice is returned as a line to print.
+ * @param weights The `--text-weights` path (file, index or folder).
+ * @param config The `--text-config` given, if any.
+ * @param tokenizer The `--tokenizer` given, if any.
+ * @returns The three paths and the notices saying which were taken from the folder.
+ * @throws {UsageError} when one is missing and the folder does not hold it.
+ */
+export function resolveTextFiles(
+  weights: string,
+  config?: string,
+  tokenizer?: string,
+): { weights: string; config: string; tokenizer: string; notices: string[] } {
+  let folder: string;
+  try {
+    folder = Deno.statSync(weights).isDirectory ? weights : dirname(weights);
+  } catch {
+    folder = dirname(weights); // a missing file is named by the loader
+  }
+  const isFile = (p: string) => {
+    try {
+      return Deno.statSync(p).isFile;
+    } catch {
+      return false;
+    }
+  };
+  const notices: string[] = [];
+  if (!config) {
+    const c = join(folder, "config.json");
+    if (!isFile(c)) {
+      throw new UsageError(`--text-weights ${weights} needs --text-config (the BERT config.json): none in ${folder}`);
+    }
+    config = c;
+    notices.push(`--text-config not given: using ${c}, beside --text-weights`);
+  }
+  if (!tokenizer) {
+    const t = ["tokenizer.json", "vocab.txt"].map((f) => join(folder, f)).find(isFile);
+    if (!t) {
+      throw new UsageError(
+        `--text-weights ${weights} needs --tokenizer (tokenizer.json or vocab.txt): neither is in ${folder}`,
+      );
+    }
+    tokenizer = t;
+    notices.push(`--tokenizer not given: using ${t}, beside --text-weights`);
+  }
+  return { weights, config, tokenizer, notices };
 }

@@ -415,3 +415,38 @@ Deno.test("library: loadVision then buildModel (the notebooks' path) fits a new 
     err.message,
   );
 });
+
+Deno.test("refine --text-weights <Hugging Face folder> without --text-config uses the folder's config.json and says so", async () => {
+  const dir = await Deno.makeTempDir();
+  for (const e of Deno.readDirSync(`${fx}weights/bert_sharded`)) {
+    await Deno.copyFile(`${fx}weights/bert_sharded/${e.name}`, join(dir, e.name));
+  }
+  const tok = `${fx}weights/bert_cased_vocab_folder`;
+  // Without a config.json in the folder: refused, naming the folder.
+  const none = await cli("refine", ["--text-weights", dir, "--tokenizer", tok, "--pairs", "/nonexistent.csv"]);
+  assertEquals(none.code, 1);
+  assert(
+    none.err.includes(`--text-weights ${dir} needs --text-config (the BERT config.json): none in ${dir}`),
+    none.err,
+  );
+  await Deno.copyFile(`${fx}weights/bert_model_no_mlm_head/config.json`, join(dir, "config.json"));
+  // With it, the folder (or its index) passes the text checks; the run then stops at the missing manifest.
+  for (const w of [dir, join(dir, "model.safetensors.index.json")]) {
+    const r = await cli("refine", [
+      "--text-weights",
+      w,
+      "--tokenizer",
+      tok,
+      "--pairs",
+      "/nonexistent.csv",
+      "--out",
+      join(dir, "run"),
+    ]);
+    assert(r.err.includes(`--text-config not given: using ${join(dir, "config.json")}, beside --text-weights`), r.err);
+    assert(/\/nonexistent\.csv: cannot read manifest/.test(r.err), r.err);
+  }
+  // No tokenizer in the folder either: --tokenizer is asked for.
+  const noTok = await cli("refine", ["--text-weights", dir, "--pairs", "/nonexistent.csv"]);
+  assert(noTok.err.includes(`needs --tokenizer (tokenizer.json or vocab.txt): neither is in ${dir}`), noTok.err);
+  await Deno.remove(dir, { recursive: true });
+});
