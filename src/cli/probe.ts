@@ -1,7 +1,7 @@
 /** `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline. */
 import { basename, join } from "node:path";
 import { formatClassCounts, listTaskFolders, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
-import { loadVit, type VitFamily, type VitModel } from "../encoders/mod.ts";
+import { loadVit, type VitFamily, vitFamilyOf, type VitModel } from "../encoders/mod.ts";
 import { type ModelResults, probeTask, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { compareModels, markdownSingle } from "../probe/report.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
@@ -100,6 +100,21 @@ await runMain(async () => {
       strictHint: "pass --no-strict",
       headsHint: "set --heads",
     }).model;
+  // A comparison of two families is no refined model against its baseline: said before anything runs.
+  const familyNotes: string[] = [];
+  if (values.compare) {
+    const arch = { arch: values.arch as VitFamily | "auto" };
+    const a = vitFamilyOf(String(values.weights), arch);
+    const b = vitFamilyOf(String(values.compare), arch);
+    if (a.family !== b.family) {
+      familyNotes.push(
+        `--weights ${values.weights} is ${a.family} (${a.reason}) but --compare ${values.compare} is ${b.family} ` +
+          `(${b.reason}): two model families, each probed with its own recipe; the paired test then compares ` +
+          `the families, not a refined model with the model it was refined from`,
+      );
+      for (const n of familyNotes) console.error(`notice: ${n}`);
+    }
+  }
   const datasets: ProbeDataset[] = [];
   for (const d of dirs) {
     const ds = await readProbeDataset(d, slice === "all" ? { image: { slice } } : {});
@@ -127,7 +142,7 @@ await runMain(async () => {
   const baseline = await probeAll(String(values.weights));
   const refined = values.compare ? await probeAll(String(values.compare)) : undefined;
   const { files } = await writeProbeReport(out, { baseline, refined }, {
-    notes: [`mode: ${values.mode}`, `seeds: ${seeds.join(", ")}`],
+    notes: [`mode: ${values.mode}`, `seeds: ${seeds.join(", ")}`, ...familyNotes],
   });
   console.log(refined ? terminalTable(compareModels(baseline, refined)) : markdownSingle(baseline));
   console.log(

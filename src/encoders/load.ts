@@ -403,6 +403,23 @@ function decideFamily(
 }
 
 /**
+ * The family {@link loadVit} would decide for a vision checkpoint, without building the model (tensors are not
+ * converted), e.g. to check that two files a task compares are of one family before anything long runs.
+ * @param path The weights.
+ * @param options `arch` (and `archFlag`/`archChoices` for the reason's wording), as {@link loadVit}'s.
+ * @returns The family decision with its reason.
+ * @throws {CheckpointError} for files that are no vision checkpoint, as {@link loadVit}.
+ */
+export function vitFamilyOf(
+  path: string,
+  options: Pick<LoadVitOptions, "arch" | "archFlag" | "archChoices"> = {},
+): FamilyDecision {
+  const { top, metadata } = readWeights(path);
+  const mapped = mapVisionWeights(top, { fileName: path });
+  return decideFamily(path, mapped.layout, readStoredInfo(path, top, metadata), options);
+}
+
+/**
  * Loads a vision encoder from a weight file in any supported layout, deciding
  * its family once (option, stored metadata, layout, then the file name) and
  * printing how, with every other notice (prefixes stripped, head count guessed,

@@ -81,5 +81,6 @@ export {
   type LoadVitOptions,
   stateDict,
   stateDictSize,
+  vitFamilyOf,
 } from "./load.ts";
 export { countParams, disposeParams, gelu, layerNorm, linear, type Params } from "./layers.ts";

@@ -197,5 +197,38 @@ Deno.test("probe --compare: refined VisionFM and UrFound exports get their basel
     ]);
     assertEquals(r.code, 0, r.stderr);
     for (const p of [a, b]) assert(r.stderr.includes(`${p}: family ${family} — stored in the file`), r.stderr);
+    assert(!r.stderr.includes("two model families"), r.stderr); // one family: no notice
   }
+});
+
+Deno.test("probe --compare of two model families says so (terminal and report), naming both", async () => {
+  const out = await Deno.makeTempDir();
+  const a = `${root}data/models/retfound-standin.safetensors`;
+  const b = `${root}data/models/visionfm-standin.safetensors`;
+  const task = `${SYNTH_TINY}tasks/${[...Deno.readDirSync(`${SYNTH_TINY}tasks`)].map((e) => e.name).sort()[0]}`;
+  const r = await cli("probe", [
+    "--weights",
+    a,
+    "--compare",
+    b,
+    "--tasks",
+    task,
+    "--seeds",
+    "0",
+    "--max-epochs",
+    "1",
+    "--out",
+    out,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  const notice = new RegExp(
+    `notice: --weights ${a} is retfound \\(stored in the file[^\n]*\\) but --compare ${b} is visionfm ` +
+      `\\(stored in the file[^\n]*two model families`,
+  );
+  assert(notice.test(r.stderr), r.stderr);
+  // Said before the first model is probed, not after.
+  assert(r.stderr.indexOf("two model families") < r.stderr.indexOf(`${a}: family retfound`), r.stderr);
+  const md = [...Deno.readDirSync(out)].find((e) => e.name.endsWith(".md"))!;
+  assert((await Deno.readTextFile(`${out}/${md.name}`)).includes("two model families"));
+  await Deno.remove(out, { recursive: true });
 });
