@@ -8,7 +8,7 @@
  * - vit: loadVit (the path every task that takes --weights uses)
  * - pth: readPth, then every tensor's data is read
  */
-import { CheckpointError } from "../../src/util/errors.ts";
+import { RetfinerError } from "../../src/util/errors.ts";
 import { isTensorData, mapVisionWeights, readPth, readWeightFile } from "../../src/io/mod.ts";
 import { loadVit } from "../../src/encoders/load.ts";
 
@@ -46,7 +46,7 @@ try {
   out.ok = true;
 } catch (err) {
   out.ok = false;
-  out.typed = err instanceof CheckpointError;
+  out.typed = err instanceof RetfinerError; // one of the package's typed errors
   out.error = (err as Error)?.constructor?.name;
   out.message = String((err as Error)?.message ?? err);
 }

@@ -48,6 +48,17 @@ for (const [name, why] of Object.entries(CASES)) {
   });
 }
 
+Deno.test("hostile s10a: a stored config asking for a 2e21-wide projection is refused before allocating", () => {
+  const file = `${hostile}s10a_meta_projdim_2e21.safetensors`;
+  const r = probe("vit", file);
+  assert(!r.ok, "s10a loaded");
+  assert(r.typed, `untyped ${r.error}: ${r.message}`);
+  assert(r.message!.includes(file), `error does not name the file: ${r.message}`);
+  assert(/retfiner\.vit_config\.projDim = \d+ is not an integer in \[1, \d+\]/.test(r.message!), r.message);
+  assert(r.ms < 5000, `took ${r.ms} ms`);
+  assert(r.hwmMiB < 500, `peak resident ${r.hwmMiB} MiB`);
+});
+
 Deno.test("hostile v01: an object with dtype/shape/data fields is not a tensor", () => {
   const top = readPth(`${hostile}v01_vit_forged_namespace_tensor.pth`).value as Map<string, unknown>;
   const forged = top.get("cls_token") as PyObject;

@@ -330,8 +330,8 @@ Deno.test("BERT layouts: BertForSequenceClassification, BertModel under containe
   assertEquals(mapBertWeights(twin).tensors.get("cls.predictions.bias")?.shape, [6]);
 });
 
-// The wild cases themselves (../shared/cases/weights, 2 MB each, not copied): run when that folder is present.
-const CASES = new URL("../../../shared/cases/weights/", import.meta.url).pathname;
+// The wild cases themselves, copied from the project's issue tracker (../shared/cases/weights) with their README.
+const CASES = new URL("../fixtures/weights/cases/", import.meta.url).pathname;
 const haveCases = (() => {
   try {
     return Deno.statSync(CASES).isDirectory;
