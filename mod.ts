@@ -4,7 +4,8 @@
  * and measure what the refinement buys by linear probing.
  *
  * The package is split into modules that can be imported on their own:
- * `backend`, `io`, `dataset`, `encoders`, `losses`, `refine` and `probe`.
+ * `backend`, `io`, `dataset`, `encoders`, `model`, `losses`, `refine`, `probe`,
+ * `experiment` and `zeroshot`.
  * This root module re-exports their public API.
  *
  * @example
@@ -20,6 +21,7 @@ export * from "./src/backend/mod.ts";
 export * from "./src/io/mod.ts";
 export * from "./src/dataset/mod.ts";
 export * from "./src/encoders/mod.ts";
+export * from "./src/model/mod.ts";
 export * from "./src/losses/mod.ts";
 export * from "./src/refine/mod.ts";
 export * from "./src/probe/mod.ts";

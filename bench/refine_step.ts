@@ -11,16 +11,8 @@
 import { type BackendName, setupBackend } from "../src/backend/mod.ts";
 import { tf } from "../src/backend/tf.ts";
 import { bertPreset, createVit, vitPreset } from "../src/encoders/mod.ts";
-import {
-  ADAMW_DEFAULTS,
-  adamwStep,
-  ALL_LOSSES,
-  assembleModel,
-  createAdamWState,
-  createTextEncoder,
-  modelParams,
-  retfinerLosses,
-} from "../src/refine/mod.ts";
+import { ADAMW_DEFAULTS, adamwStep, ALL_LOSSES, createAdamWState, retfinerLosses } from "../src/refine/mod.ts";
+import { assembleModel, createTextEncoder, modelParams } from "../src/model/mod.ts";
 import { tokenizerFromVocab } from "../src/dataset/mod.ts";
 import { Rng } from "../src/util/rng.ts";
 import { peakRssMiB, timeIt } from "./measure.ts";

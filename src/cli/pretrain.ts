@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { bertConfigToJson, bertPreset, bertStateDictForExport } from "../encoders/mod.ts";
 import { writeSafetensors } from "../io/mod.ts";
 import { pretrainStandin, STANDIN_SPECS, type StandinFamily } from "../pretrain/standins.ts";
-import { STANDIN_DIR } from "../pretrain/paths.ts";
+import { STANDIN_DIR } from "../model/paths.ts";
 import { pretrainingReports, pretrainTextEncoder } from "../pretrain/text.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { floatToHalf, type TensorData } from "../io/mod.ts";

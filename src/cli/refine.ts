@@ -10,26 +10,28 @@ import {
   type ExperimentFamily,
   type ExperimentOptions,
   loadTasks,
-  loadVision,
   probeModel,
   runAblation,
   runExperiment,
-  type WeightLoading,
 } from "../experiment/mod.ts";
 import {
-  BEST_CHECKPOINT,
   buildRetfinerModel,
   checkTextFiles,
+  loadVision,
+  resolveTextFiles,
+  TEXT_STANDIN,
+  type WeightLoading,
+} from "../model/mod.ts";
+import {
+  BEST_CHECKPOINT,
   LAST_CHECKPOINT,
   type LossWeights,
   OBJECTIVES,
   refine,
   type RefineOptions,
 } from "../refine/mod.ts";
-import { resolveTextFiles } from "../refine/factory.ts";
 import { exists } from "../util/fs.ts";
 import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mod.ts";
-import { TEXT_STANDIN } from "../pretrain/paths.ts";
 import { type CommandSpec, numberFlag, parseCli, runMain, withConfigFile } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { disposeParams, loadVit } from "../encoders/mod.ts";

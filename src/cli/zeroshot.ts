@@ -8,11 +8,11 @@ import {
   attentionOverlayPng,
   attentionPeak,
   crossAttentionMaps,
-  loadRun,
   retrieval,
   SYNTH_CLASS_PROMPTS,
   zeroShotTask,
 } from "../zeroshot/mod.ts";
+import { loadRun } from "../model/mod.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";

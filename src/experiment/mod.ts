@@ -17,13 +17,9 @@ import { basename, join } from "node:path";
 import { listTaskFolders, type ProbeDataset, readImageFolderDataset } from "../dataset/folders.ts";
 import { readPairManifest } from "../dataset/manifest.ts";
 import { type BenchmarkInfo, generateBenchmark, SYNTH_PRESETS, SYNTH_VERSION } from "../dataset/synth/generate.ts";
-import { loadTokenizer } from "../dataset/tokenizer.ts";
-import { loadBert, loadVit } from "../encoders/load.ts";
 import type { VitModel } from "../encoders/vit.ts";
-import { initLinearDefault } from "../encoders/layers.ts";
-import { Rng } from "../util/rng.ts";
-import { assembleModel, type RetfinerModel } from "../refine/model.ts";
-import { readBertConfig } from "../refine/factory.ts";
+import type { RetfinerModel } from "../model/model.ts";
+import { buildModel, loadVision, readBertConfig, type WeightLoading } from "../model/factory.ts";
 import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
 import { ALL_LOSSES, type LossWeights, OBJECTIVES } from "../refine/step.ts";
 import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
@@ -31,7 +27,7 @@ import { type ProbeMode, probeTask } from "../probe/protocol.ts";
 import { type ProbeReportFiles, writeProbeReport } from "../probe/outputs.ts";
 import { writeJsonAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
-import { standinPath, TEXT_STANDIN } from "../pretrain/paths.ts";
+import { standinPath, TEXT_STANDIN } from "../model/paths.ts";
 import { pct } from "../probe/report.ts";
 import type { PairRecord } from "../dataset/manifest.ts";
 import {
@@ -135,109 +131,6 @@ export async function ensureBenchmark(
 export async function loadTasks(root: string, only?: string[]): Promise<ProbeDataset[]> {
   const dirs = (await listTaskFolders(join(root, "tasks"))).filter((d) => !only || only.includes(basename(d)));
   return await Promise.all(dirs.map((d) => readImageFolderDataset(d)));
-}
-
-/** How weight files are matched to the model (the tasks' `--no-strict` and `--heads`). */
-export interface WeightLoading {
-  /**
-   * Strict key matching (default true). With `false` the matching keys load and the missing, unexpected,
-   * mis-shaped and dropped keys are printed, as PyTorch's `load_state_dict` returns them.
-   */
-  strict?: boolean;
-  /** Attention heads of real vision weights (not stored in plain weights; default: stored config, else width/64). */
-  numHeads?: number;
-  /** What a strict key mismatch suggests, e.g. "pass --no-strict" (default none). */
-  strictHint?: string;
-  /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
-  headsHint?: string;
-  /**
-   * Width of a projection the vision file does not have (RETFound's new `proj`): the BERT's hidden size (default 768;
-   * {@link runExperiment} sets it from the text config).
-   */
-  newProjDim?: number;
-  /** Where the text weights' loading notices go (default `console.error`; `null`: nowhere). */
-  log?: ((line: string) => void) | null;
-}
-
-/**
- * Loads the vision encoder: real weights with the given family's recipe (the
- * tasks decide and print the family first), or the family's stand-in.
- * @param family The family whose recipe the weights follow.
- * @param weights Real weights; default the family's stand-in.
- * @param log Where loading notices go (default: nowhere; the tasks print the decision once).
- * @param loading Strictness and head count for real weights (the stand-ins store theirs and load strictly).
- * @returns The model.
- * @throws {EncoderError} for keys that do not match in strict mode.
- * @throws {CheckpointError} for unreadable or unrecognised files.
- */
-export function loadVision(
-  family: ExperimentFamily,
-  weights?: string,
-  log: ((line: string) => void) | null = null,
-  loading: WeightLoading = {},
-): VitModel {
-  if (!weights) return loadVit(standinPath(family), { arch: "auto", log, strictHint: "" }).model;
-  const loaded = loadVit(weights, {
-    arch: family,
-    log,
-    strict: loading.strict,
-    numHeads: loading.numHeads,
-    newProjDim: loading.newProjDim,
-    strictHint: loading.strictHint ?? "",
-    headsHint: loading.headsHint,
-  });
-  if (loaded.newlyInitialised.includes("proj.weight")) freshProj.add(loaded.model);
-  return loaded.model;
-}
-
-/** Vision encoders whose RETFound proj {@link loadVision} made new (none in the file): {@link buildModel} may resize it. */
-const freshProj = new WeakSet<VitModel>();
-
-/**
- * Remakes a new RETFound proj at the text encoder's width, as loadVit's `newProjDim` would have made it (same init,
- * same seed), when the vision encoder was loaded without knowing the text side.
- */
-function fitFreshProj(vit: VitModel, width: number, log: ((line: string) => void) | null): void {
-  const { embedDim, projDim } = vit.config;
-  if (!freshProj.has(vit) || projDim === null || projDim === width) return;
-  for (const name of ["proj.weight", "proj.bias"]) {
-    vit.params.get(name)?.dispose();
-    vit.params.delete(name);
-  }
-  initLinearDefault(vit.params, `${vit.scope}_proj${width}`, "proj", embedDim, width, new Rng(0, "proj-init"));
-  vit.config = { ...vit.config, projDim: width };
-  log?.(
-    `new proj ${embedDim}→${width} (RETFound's refinement projection, not in the weights file: nn.Linear's default ` +
-      `init, sized to the text encoder's width instead of ${projDim})`,
-  );
-}
-
-/**
- * Builds the RetFiner model around a vision encoder with the given (or stand-in) text side.
- * @param vit The vision encoder.
- * @param text BERT weights, config and tokenizer; default the text stand-in.
- * @param seed Seed of the new heads.
- * @param loading Strictness of the text weights (the head count is in their config.json).
- * @returns The model.
- * @throws {EncoderError} for keys that do not match in strict mode, or a tokenizer the BERT cannot embed.
- */
-export function buildModel(
-  vit: VitModel,
-  text?: ExperimentOptions["text"],
-  seed = 0,
-  loading: WeightLoading = {},
-): RetfinerModel {
-  const t = text ?? TEXT_STANDIN;
-  const bert = loadBert(t.weights, t.config, {
-    strict: loading.strict,
-    strictHint: loading.strictHint ?? "",
-    log: loading.log,
-  }).model;
-  fitFreshProj(vit, bert.config.hiddenSize, loading.log === undefined ? (line) => console.error(line) : loading.log);
-  return assembleModel(vit, bert, loadTokenizer(t.tokenizer), {
-    seed,
-    sources: { tokenizer: t.tokenizer, textWeights: t.weights, textConfig: t.config },
-  });
 }
 
 /** The options' weight loading, with a new RETFound proj at the text encoder's width. */

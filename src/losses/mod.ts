@@ -1,8 +1,8 @@
 /**
  * RetFiner's objectives (method notes §1.5): image-text contrastive (ITC),
  * image-text matching with hard negatives (ITM), image-conditioned masked
- * language modelling (MLM) and generative modelling (GM), the token masker,
- * and the heads they use.
+ * language modelling (MLM) and generative modelling (GM), and the token
+ * masker. The heads they use are the model's (`@retfiner/retfiner/model`).
  *
  * @example
  * ```ts
@@ -22,7 +22,6 @@ export {
   maskTokens,
   MLM_PROB,
 } from "./masker.ts";
-export { createHeads, type HeadsConfig, itmHead } from "./heads.ts";
 export {
   crossEntropy,
   type HardNegatives,

@@ -10,7 +10,7 @@ import { bertEncode, type BertForwardOptions, type BertModel, clsToken, mlmLogit
 import { linearP, type Params } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
 import type { Rng } from "../util/rng.ts";
-import { itmHead } from "./heads.ts";
+import { itmHead } from "../model/heads.ts";
 import { IGNORE_INDEX } from "./masker.ts";
 
 /** τ = 0.07: the authors' temperature is effectively fixed (§1.5). */

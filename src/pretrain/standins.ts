@@ -20,7 +20,7 @@ import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
 import { contrastiveLoss, createProjector, nuisanceView, projectorParams } from "./contrastive.ts";
 import { createVit } from "../encoders/vit.ts";
-import { standinPath } from "./paths.ts";
+import { standinPath } from "../model/paths.ts";
 
 /** The families with a stand-in. */
 export type StandinFamily = "retfound" | "visionfm" | "urfound";

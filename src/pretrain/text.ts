@@ -15,7 +15,7 @@ import { maskTokens, MLM_PROB } from "../losses/masker.ts";
 import { crossEntropy } from "../losses/objectives.ts";
 import { IGNORE_INDEX } from "../losses/masker.ts";
 import { adamwStep, createAdamWState, scheduledLr } from "../refine/adamw.ts";
-import { createTextEncoder } from "../refine/model.ts";
+import { createTextEncoder } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 

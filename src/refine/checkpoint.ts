@@ -1,23 +1,17 @@
 /**
- * Training checkpoints and exports. A checkpoint is one safetensors file —
+ * Training checkpoints. A checkpoint is one safetensors file —
  * parameters (`param/<name>`), AdamW moments (`adam_m/<name>`, `adam_v/<name>`)
  * and the loop state as JSON metadata — written atomically (temp file, then
- * rename), so an interrupted run never leaves a corrupt checkpoint.
+ * rename), so an interrupted run never leaves a corrupt checkpoint. The
+ * refined model's export is the model's (`src/model/export.ts`).
  * @module
  */
-import { join } from "node:path";
 import type { Variable } from "../backend/tf.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
-import { writePth } from "../io/pth_writer.ts";
 import type { TensorData } from "../io/tensor.ts";
-import { bertConfigToJson } from "../encoders/bert.ts";
-import { bertStateDictForExport, stateDict } from "../encoders/load.ts";
-import type { VitFamily, VitModel } from "../encoders/vit.ts";
 import { assignValues } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
-import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
 import type { AdamWState } from "./adamw.ts";
-import type { RetfinerModel } from "./model.ts";
 
 /** Where the loop stands: enough to resume exactly. */
 export interface LoopState {
@@ -165,74 +159,4 @@ export function loadCheckpoint(
   const { adamStep: _a, ...rest } = meta;
   const loop = { ...rest, bestVal: rest.bestVal ?? Infinity } as LoopState & Record<string, unknown>;
   return { opt, loop, extra: meta };
-}
-
-/**
- * File names of an exported refined backbone, like the authors'
- * `best-model_<run>_bscan.pth` (§1.7), with the family in the name (unless the
- * run name has it already): the authors' scripts choose the model by a
- * substring of the path (§1.2), so `best-model_<run>_visionfm_bscan.pth` is
- * probed as VisionFM there too.
- * @param runName The run's name.
- * @param family The backbone's family (omit for the bare name).
- * @returns The `.pth` and `.safetensors` file names.
- */
-export function backboneFileNames(runName: string, family?: VitFamily): { pth: string; safetensors: string } {
-  // The authors' scripts pick the family by substring of the path (§1.2, §2.2): another family's name inside the
-  // run name (a UrFound run called "vs_vfm") would send the export to the wrong recipe there, so it is neutralised.
-  const own = (t: string) => t.toLowerCase() === family || (family === "visionfm" && t.toLowerCase() === "vfm");
-  const run = family ? runName.replace(/retfound|visionfm|vfm|urfound/gi, (t) => own(t) ? t : "fm") : runName;
-  const tag = family && !run.toLowerCase().includes(family) ? `${run}_${family}` : run;
-  return { pth: `best-model_${tag}_bscan.pth`, safetensors: `best-model_${tag}_bscan.safetensors` };
-}
-
-/**
- * Exports the refined vision backbone with timm names and no prefix — what the
- * authors' `get_vision_backbone_for_linprobing.py` extracts (it keeps `norm.*`
- * and, for RETFound, `proj.*`) — as a PyTorch `.pth` (a plain state dict) and
- * as safetensors with the ViT config in its metadata. Both carry the family:
- * the safetensors metadata `retfiner.family` / `retfiner.vit_config`, and the
- * `.pth` state dict's `_metadata["retfiner"]` (where PyTorch keeps its own
- * state-dict metadata; `torch.load(weights_only=True)` and strict
- * `load_state_dict` accept it) with the same in an archive record
- * `retfiner.json` (which `torch.load` ignores and this package reads), and the
- * file names (see {@link backboneFileNames}).
- * @param vit The refined model.
- * @param dir Output folder.
- * @param runName The run's name.
- * @returns The paths written.
- */
-export async function exportBackbone(
-  vit: VitModel,
-  dir: string,
-  runName: string,
-): Promise<{ pth: string; safetensors: string }> {
-  const names = backboneFileNames(runName, vit.config.family);
-  const sd = stateDict(vit.params);
-  const pth = join(dir, names.pth);
-  const st = join(dir, names.safetensors);
-  const config = JSON.stringify(vit.config);
-  await writePth(pth, sd, {
-    stateDictMetadata: new Map([["retfiner", new Map([["family", vit.config.family], ["vit_config", config]])]]),
-    extraRecords: [{
-      name: "retfiner.json",
-      bytes: new TextEncoder().encode(
-        JSON.stringify({ "retfiner.family": vit.config.family, "retfiner.vit_config": config }),
-      ),
-    }],
-  });
-  await writeSafetensors(st, sd, {
-    "retfiner.vit_config": config,
-    "retfiner.family": vit.config.family,
-    format: "pt",
-  });
-  return { pth, safetensors: st };
-}
-
-/** Saves the text side (BERT in HF names + config.json, heads, tokenizer) so zero-shot and retrieval work on a saved run. */
-export async function exportTextSide(model: RetfinerModel, dir: string): Promise<void> {
-  await writeSafetensors(join(dir, "text_encoder.safetensors"), bertStateDictForExport(model.bert), { format: "pt" });
-  await writeJsonAtomic(join(dir, "text_encoder_config.json"), bertConfigToJson(model.bert.config));
-  await writeSafetensors(join(dir, "heads.safetensors"), stateDict(model.heads), { format: "pt" });
-  await writeFileAtomic(join(dir, "tokenizer.json"), JSON.stringify(model.tokenizer.tokenizerJson));
 }

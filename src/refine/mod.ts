@@ -1,7 +1,8 @@
 /**
- * Refinement (method notes §1.6–1.7): the RetFiner model, AdamW exactly as
- * PyTorch's, the training loop with early stopping and resumable atomic
- * checkpoints, and the export of the refined backbone.
+ * Refinement (method notes §1.6–1.7): training the RetFiner model
+ * (`@retfiner/retfiner/model`) — AdamW exactly as PyTorch's, the objectives'
+ * step, and the training loop with early stopping and resumable atomic
+ * checkpoints. The model, its factory and its export are the model module's.
  *
  * @example
  * ```ts
@@ -20,16 +21,6 @@ export {
   scheduledLr,
 } from "./adamw.ts";
 export {
-  addedTokens,
-  assembleModel,
-  checkVocabulary,
-  CONTRA_DIM,
-  createTextEncoder,
-  modelParams,
-  type RetfinerModel,
-  type TextSources,
-} from "./model.ts";
-export {
   ALL_LOSSES,
   type LossWeights,
   type Objective,
@@ -38,13 +29,5 @@ export {
   retfinerLosses,
   type StepLosses,
 } from "./step.ts";
-export {
-  backboneFileNames,
-  exportBackbone,
-  exportTextSide,
-  loadCheckpoint,
-  type LoopState,
-  saveCheckpoint,
-} from "./checkpoint.ts";
+export { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
 export { BEST_CHECKPOINT, LAST_CHECKPOINT, refine, type RefineOptions, type RefineResult } from "./trainer.ts";
-export { type BuildOptions, buildRetfinerModel, checkTextFiles, readBertConfig } from "./factory.ts";

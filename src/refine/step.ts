@@ -12,7 +12,7 @@ import { vitRefineTokens } from "../encoders/vit.ts";
 import { causalPaddingMask, GM_PROB, maskTokens, MLM_PROB } from "../losses/masker.ts";
 import { itcLoss, itmLoss, maskedTokenLoss, sampleHardNegatives } from "../losses/objectives.ts";
 import type { Rng } from "../util/rng.ts";
-import type { RetfinerModel } from "./model.ts";
+import type { RetfinerModel } from "../model/model.ts";
 
 /** The four objectives. */
 export const OBJECTIVES = ["itc", "itm", "mlm", "gm"] as const;

@@ -36,8 +36,9 @@ import {
   type LrSchedule,
   scheduledLr,
 } from "./adamw.ts";
-import { exportBackbone, exportTextSide, loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
-import { modelParams, type RetfinerModel } from "./model.ts";
+import { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
+import { exportBackbone, exportTextSide } from "../model/export.ts";
+import { modelParams, type RetfinerModel } from "../model/model.ts";
 import { ALL_LOSSES, type LossWeights, OBJECTIVES, type PairBatch, retfinerLosses } from "./step.ts";
 
 /** Options of {@link refine}. */

@@ -7,13 +7,13 @@
  *
  * @example
  * ```ts
- * import { loadRun, zeroShotTask } from "@retfiner/retfiner/zeroshot";
+ * import { loadRun } from "@retfiner/retfiner/model";
+ * import { zeroShotTask } from "@retfiner/retfiner/zeroshot";
  * const run = loadRun("runs/20261128-101500");
  * // const result = await zeroShotTask(run, dataset, prompts);
  * ```
  * @module
  */
-import { basename, join } from "node:path";
 import sharp from "sharp";
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
@@ -23,102 +23,16 @@ import type { GreyImage } from "../dataset/image.ts";
 import type { PairRecord } from "../dataset/manifest.ts";
 import { probingSpec, refinementSpec } from "../dataset/preprocess.ts";
 import { resizeGrey } from "../dataset/resize.ts";
-import { loadTokenizer, type TextTokenizer } from "../dataset/tokenizer.ts";
+import type { TextTokenizer } from "../dataset/tokenizer.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
 import { linearP } from "../encoders/layers.ts";
-import { formatLoadReport, loadBert, loadStateDict, loadVit } from "../encoders/load.ts";
-import { refineTokenDim, type VitFamily, vitRefineTokens } from "../encoders/vit.ts";
-import { readSafetensors } from "../io/safetensors.ts";
-import { createHeads, itmHead } from "../losses/heads.ts";
+import { vitRefineTokens } from "../encoders/vit.ts";
+import { itmHead } from "../model/heads.ts";
 import { ITC_TEMPERATURE, l2normalize } from "../losses/objectives.ts";
 import { classificationMetrics, type Metrics } from "../probe/metrics.ts";
-import { assembleModel, type RetfinerModel } from "../refine/model.ts";
+import type { RetfinerModel } from "../model/model.ts";
 import { ProbeError } from "../util/errors.ts";
-import { Rng } from "../util/rng.ts";
 import type { ProgressCallback } from "../util/progress.ts";
-
-/** Options of {@link loadRun}. */
-export interface LoadRunOptions {
-  /**
-   * Strict key matching of the run's weight files (default true). With `false` the matching keys load and the
-   * missing, unexpected, mis-shaped and dropped keys are printed, as PyTorch's `load_state_dict` returns them.
-   */
-  strict?: boolean;
-  /** Attention heads of the backbone when its file does not store them (this package's exports do). */
-  numHeads?: number;
-  /** The backbone's family (default `auto`: stored in the file, else its layout, else its name). */
-  arch?: VitFamily | "auto";
-  /** The flag that sets it, named when the family is a guess (default `--arch`). */
-  archFlag?: string;
-  /** What a strict key mismatch suggests, e.g. "pass --no-strict" (default none). */
-  strictHint?: string;
-  /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
-  headsHint?: string;
-  /** Where loading notices go (default `console.error`; `null`: nowhere). */
-  log?: ((line: string) => void) | null;
-}
-
-/**
- * Loads a saved refinement run (backbone, text encoder, heads, tokenizer) as a model, with the checks a new model
- * gets: the heads' keys and shapes, the vision token width against the BERT's, the tokenizer against its vocabulary.
- * @param runDir The run directory (`best-model_*_bscan.safetensors`, `text_encoder.safetensors`,
- * `text_encoder_config.json`, `heads.safetensors`, `tokenizer.json`).
- * @param options See {@link LoadRunOptions}.
- * @returns The model.
- * @throws {ProbeError} when the directory holds no backbone export or no usable heads.
- * @throws {EncoderError} for files that do not match the model (strict), widths or vocabularies that disagree.
- * @throws {CheckpointError} for unreadable weight files.
- */
-export function loadRun(runDir: string, options: LoadRunOptions = {}): RetfinerModel {
-  const backbones: string[] = [];
-  for (const e of Deno.readDirSync(runDir)) {
-    if (/^best-model_.*_bscan\.safetensors$/.test(e.name)) backbones.push(join(runDir, e.name));
-  }
-  if (backbones.length === 0) {
-    throw new ProbeError(`${runDir}: no best-model_*_bscan.safetensors (is it a refinement run directory?)`);
-  }
-  if (backbones.length > 1) {
-    throw new ProbeError(
-      `${runDir}: ${backbones.length} backbone exports (${
-        backbones.map((b) => basename(b)).sort().join(", ")
-      }); a run directory holds one: move the others away`,
-    );
-  }
-  const loading = { strict: options.strict, strictHint: options.strictHint, log: options.log };
-  const vit = loadVit(backbones[0], {
-    ...loading,
-    arch: options.arch,
-    archFlag: options.archFlag,
-    numHeads: options.numHeads,
-    headsHint: options.headsHint,
-  }).model;
-  const textWeights = join(runDir, "text_encoder.safetensors");
-  const textConfig = join(runDir, "text_encoder_config.json");
-  const bert = loadBert(textWeights, textConfig, loading).model;
-  const headsPath = join(runDir, "heads.safetensors");
-  const tensors = readSafetensors(headsPath).tensors;
-  const contra = tensors.get("contra_head_t.weight");
-  if (!contra || contra.shape.length !== 2) {
-    throw new ProbeError(
-      `${headsPath}: no contra_head_t.weight [embed, ${bert.config.hiddenSize}] (the text contrastive head): ` +
-        `not the heads of a refinement run`,
-    );
-  }
-  const heads = createHeads(
-    { visionWidth: refineTokenDim(vit.config), textWidth: bert.config.hiddenSize, embedDim: contra.shape[0] },
-    new Rng(0, "heads-init"),
-  );
-  const report = loadStateDict(heads, tensors, { ...loading, fileName: headsPath });
-  if (options.strict === false) {
-    const log = options.log === undefined ? (line: string) => console.error(line) : options.log;
-    for (const line of formatLoadReport(report)) log?.(`${headsPath}: --no-strict: ${line}`);
-  }
-  const tokenizerPath = join(runDir, "tokenizer.json");
-  return assembleModel(vit, bert, loadTokenizer(tokenizerPath), {
-    heads,
-    sources: { tokenizer: tokenizerPath, textWeights, textConfig },
-  });
-}
 
 /** L2-normalised contrastive text embeddings `[N, E]` of `texts` (text-only BERT → CLS → `contra_head_t`). */
 export function embedTexts(model: RetfinerModel, texts: string[], batch = 64): Float32Array {

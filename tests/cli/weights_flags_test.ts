@@ -387,7 +387,7 @@ Deno.test("keys of ViT parts this ViT lacks (q/k norm, register tokens) are refu
 
 Deno.test("library: loadVision then buildModel (the notebooks' path) fits a new RETFound proj to the text stand-in, as refine does", async () => {
   const { setupBackend } = await import("../../src/backend/mod.ts");
-  const { buildModel, loadVision } = await import("../../src/experiment/mod.ts");
+  const { buildModel, loadVision } = await import("../../src/model/mod.ts");
   const { loadVit } = await import("../../src/encoders/mod.ts");
   await setupBackend({ log: null });
   const release = `${fx}weights/retfound_module_prefix.pth`; // a RETFound release layout: no proj

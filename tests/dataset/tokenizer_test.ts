@@ -80,8 +80,8 @@ Deno.test("added tokens (tokenizer.add_tokens) count in the vocabulary; the mode
   assertEquals([...tk.encodeBatch(["pachychoroid"], 3).inputIds], [tk.clsId, 680, tk.sepId]);
   const { setupBackend } = await import("../../src/backend/mod.ts");
   const { loadBert, loadVit } = await import("../../src/encoders/mod.ts");
-  const { assembleModel } = await import("../../src/refine/model.ts");
-  const { TEXT_STANDIN, standinPath } = await import("../../src/pretrain/paths.ts");
+  const { assembleModel } = await import("../../src/model/model.ts");
+  const { TEXT_STANDIN, standinPath } = await import("../../src/model/paths.ts");
   await setupBackend({ log: null });
   const bert = loadBert(TEXT_STANDIN.weights, TEXT_STANDIN.config, { log: null }).model;
   assertEquals(bert.config.vocabSize, 680);

@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { bertConfigToJson, bertStateDictForExport } from "../../src/encoders/mod.ts";
 import { writeSafetensors } from "../../src/io/mod.ts";
-import { exportBackbone } from "../../src/refine/mod.ts";
+import { exportBackbone } from "../../src/model/mod.ts";
 import { tinyModel } from "../refine/_tiny.ts";
 
 export async function tinyFiles(family: "retfound" | "visionfm" | "urfound" = "retfound") {

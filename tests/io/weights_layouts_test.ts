@@ -9,7 +9,7 @@ import { tf } from "../../src/backend/tf.ts";
 import { makeTensor, readSafetensors, toFloat32, writeSafetensors } from "../../src/io/mod.ts";
 import { mapBertWeights, readWeights, unwrapStateDict } from "../../src/io/weights.ts";
 import { loadBert, type LoadedVit, loadVit, type TokenMode, vitFeatures } from "../../src/encoders/mod.ts";
-import { exportBackbone } from "../../src/refine/checkpoint.ts";
+import { exportBackbone } from "../../src/model/export.ts";
 import { loadTokenizer } from "../../src/dataset/tokenizer.ts";
 import { CheckpointError, EncoderError } from "../../src/util/errors.ts";
 

@@ -1,7 +1,7 @@
 /** A tiny RetFiner model on the committed tiny synthetic benchmark, for refinement tests. */
 import { buildWordPieceVocab, readPairManifest, tokenizerFromVocab } from "../../src/dataset/mod.ts";
 import { bertPreset, createVit, vitPreset } from "../../src/encoders/mod.ts";
-import { assembleModel, createTextEncoder, type RetfinerModel } from "../../src/refine/mod.ts";
+import { assembleModel, createTextEncoder, type RetfinerModel } from "../../src/model/mod.ts";
 import type { PairRecord } from "../../src/dataset/mod.ts";
 import { Rng } from "../../src/util/rng.ts";
 

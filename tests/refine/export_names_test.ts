@@ -1,6 +1,6 @@
 /** Export file names lead the authors' substring rule (and ours, as a last guess) to the export's own family. */
 import { assertEquals } from "../_assert.ts";
-import { backboneFileNames } from "../../src/refine/mod.ts";
+import { backboneFileNames } from "../../src/model/mod.ts";
 import { familyFromPath } from "../../src/encoders/mod.ts";
 
 Deno.test("export names: the path-substring rule picks the export's family, whatever the run is called", () => {

@@ -4,7 +4,7 @@ import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { writeNpy } from "../../src/io/mod.ts";
 import { vitFeatures } from "../../src/encoders/mod.ts";
-import { exportBackbone } from "../../src/refine/mod.ts";
+import { exportBackbone } from "../../src/model/mod.ts";
 import { readPth } from "../../src/io/mod.ts";
 import { tinyModel } from "./_tiny.ts";
 

@@ -12,11 +12,11 @@ import {
   LAST_CHECKPOINT,
   loadCheckpoint,
   type LoopState,
-  modelParams,
   refine,
   type RefineOptions,
   saveCheckpoint,
 } from "../../src/refine/mod.ts";
+import { modelParams } from "../../src/model/mod.ts";
 import { RefineError } from "../../src/util/errors.ts";
 import { tinyModel, tinyPairs } from "./_tiny.ts";
 

@@ -10,12 +10,12 @@ import {
   attentionPeak,
   classEmbeddings,
   crossAttentionMaps,
-  loadRun,
   recallAtK,
   retrieval,
   SYNTH_CLASS_PROMPTS,
   zeroShotTask,
 } from "../../src/zeroshot/mod.ts";
+import { loadRun } from "../../src/model/mod.ts";
 import { SYNTH_TINY, tinyModel, tinyPairs } from "../refine/_tiny.ts";
 
 await setupBackend({ log: null });

@@ -9,7 +9,7 @@ import type { TextTokenizer } from "../dataset/tokenizer.ts";
 import { type BertConfig, type BertModel, createBert } from "../encoders/bert.ts";
 import type { Params } from "../encoders/layers.ts";
 import { refineTokenDim, type VitModel } from "../encoders/vit.ts";
-import { createHeads } from "../losses/heads.ts";
+import { createHeads } from "./heads.ts";
 import { EncoderError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 

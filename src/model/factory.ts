@@ -1,16 +1,23 @@
 /**
  * Builds a RetFiner model from weight files (or from scratch for the text
- * side), like open_clip's factory builds a model from a named preset.
+ * side), like open_clip's factory builds a model from a named preset:
+ * {@link buildRetfinerModel} is the one builder; {@link loadVision} and
+ * {@link buildModel} are the two-step form the experiment and the notebooks
+ * use (the vision encoder first, probed as the baseline, then the model
+ * around it).
  * @module
  */
 import { buildWordPieceVocab, loadTokenizer, type TextTokenizer, tokenizerFromVocab } from "../dataset/tokenizer.ts";
 import { type BertConfig, bertConfigFromJson } from "../encoders/bert.ts";
+import { initLinearDefault } from "../encoders/layers.ts";
 import { loadBert, loadVit } from "../encoders/load.ts";
 import { bertPreset } from "../encoders/presets.ts";
 import { refineTokenDim, type VitConfig, type VitFamily, type VitModel } from "../encoders/vit.ts";
 import { EncoderError, UsageError } from "../util/errors.ts";
+import { Rng } from "../util/rng.ts";
 import { dirname, join } from "node:path";
 import { assembleModel, checkVocabulary, createTextEncoder, type RetfinerModel } from "./model.ts";
+import { standinPath, TEXT_STANDIN } from "./paths.ts";
 
 /** Options of {@link buildRetfinerModel}. */
 export interface BuildOptions {
@@ -56,6 +63,11 @@ export interface BuildOptions {
  * @throws {EncoderError} for missing text files, weights that do not match (strict), or a tokenizer larger than the
  * BERT's vocabulary (named with both files, before any training).
  * @throws {CheckpointError} for unreadable weight files.
+ * @example
+ * ```ts
+ * import { buildRetfinerModel } from "@retfiner/retfiner/model";
+ * // const model = buildRetfinerModel({ vision: "RETFound_oct_weights.pth", textWeights, textConfig, tokenizer });
+ * ```
  */
 export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
   const seed = options.seed ?? 0;
@@ -113,6 +125,10 @@ export function buildRetfinerModel(options: BuildOptions): RetfinerModel {
       tokenizer,
       seed,
     );
+  }
+  // A vision encoder given built, whose RETFound proj loadVision made new, gets it at the BERT's width.
+  if (typeof options.vision !== "string") {
+    fitFreshProj(vit, bert.config.hiddenSize, options.log === undefined ? (line) => console.error(line) : options.log);
   }
   return assembleModel(vit, bert, tokenizer, { seed, sources });
 }
@@ -202,4 +218,108 @@ export function resolveTextFiles(
     notices.push(`--tokenizer not given: using ${t}, beside --text-weights`);
   }
   return { weights, config, tokenizer, notices };
+}
+
+/** How weight files are matched to the model (the tasks' `--no-strict` and `--heads`). */
+export interface WeightLoading {
+  /**
+   * Strict key matching (default true). With `false` the matching keys load and the missing, unexpected,
+   * mis-shaped and dropped keys are printed, as PyTorch's `load_state_dict` returns them.
+   */
+  strict?: boolean;
+  /** Attention heads of real vision weights (not stored in plain weights; default: stored config, else width/64). */
+  numHeads?: number;
+  /** What a strict key mismatch suggests, e.g. "pass --no-strict" (default none). */
+  strictHint?: string;
+  /** How the caller sets the head count, named when it is a guess (default "pass numHeads"; "" for none). */
+  headsHint?: string;
+  /**
+   * Width of a projection the vision file does not have (RETFound's new `proj`): the BERT's hidden size (default 768;
+   * the experiment sets it from the text config).
+   */
+  newProjDim?: number;
+  /** Where the text weights' loading notices go (default `console.error`; `null`: nowhere). */
+  log?: ((line: string) => void) | null;
+}
+
+/**
+ * Loads the vision encoder: real weights with the given family's recipe (the
+ * tasks decide and print the family first), or the family's stand-in.
+ * @param family The family whose recipe the weights follow.
+ * @param weights Real weights; default the family's stand-in.
+ * @param log Where loading notices go (default: nowhere; the tasks print the decision once).
+ * @param loading Strictness and head count for real weights (the stand-ins store theirs and load strictly).
+ * @returns The model.
+ * @throws {EncoderError} for keys that do not match in strict mode.
+ * @throws {CheckpointError} for unreadable or unrecognised files.
+ */
+export function loadVision(
+  family: "retfound" | "visionfm" | "urfound",
+  weights?: string,
+  log: ((line: string) => void) | null = null,
+  loading: WeightLoading = {},
+): VitModel {
+  if (!weights) return loadVit(standinPath(family), { arch: "auto", log, strictHint: "" }).model;
+  const loaded = loadVit(weights, {
+    arch: family,
+    log,
+    strict: loading.strict,
+    numHeads: loading.numHeads,
+    newProjDim: loading.newProjDim,
+    strictHint: loading.strictHint ?? "",
+    headsHint: loading.headsHint,
+  });
+  if (loaded.newlyInitialised.includes("proj.weight")) freshProj.add(loaded.model);
+  return loaded.model;
+}
+
+/** Vision encoders whose RETFound proj {@link loadVision} made new (none in the file): {@link buildModel} may resize it. */
+const freshProj = new WeakSet<VitModel>();
+
+/**
+ * Remakes a new RETFound proj at the text encoder's width, as loadVit's `newProjDim` would have made it (same init,
+ * same seed), when the vision encoder was loaded without knowing the text side.
+ */
+function fitFreshProj(vit: VitModel, width: number, log: ((line: string) => void) | null): void {
+  const { embedDim, projDim } = vit.config;
+  if (!freshProj.has(vit) || projDim === null || projDim === width) return;
+  for (const name of ["proj.weight", "proj.bias"]) {
+    vit.params.get(name)?.dispose();
+    vit.params.delete(name);
+  }
+  initLinearDefault(vit.params, `${vit.scope}_proj${width}`, "proj", embedDim, width, new Rng(0, "proj-init"));
+  vit.config = { ...vit.config, projDim: width };
+  log?.(
+    `new proj ${embedDim}→${width} (RETFound's refinement projection, not in the weights file: nn.Linear's default ` +
+      `init, sized to the text encoder's width instead of ${projDim})`,
+  );
+}
+
+/**
+ * Builds the RetFiner model around a vision encoder with the given (or stand-in) text side: {@link buildRetfinerModel}
+ * with pretrained text files.
+ * @param vit The vision encoder.
+ * @param text BERT weights, config and tokenizer; default the text stand-in.
+ * @param seed Seed of the new heads.
+ * @param loading Strictness of the text weights (the head count is in their config.json).
+ * @returns The model.
+ * @throws {EncoderError} for keys that do not match in strict mode, or a tokenizer the BERT cannot embed.
+ */
+export function buildModel(
+  vit: VitModel,
+  text?: { weights: string; config: string; tokenizer: string },
+  seed = 0,
+  loading: WeightLoading = {},
+): RetfinerModel {
+  const t = text ?? TEXT_STANDIN;
+  return buildRetfinerModel({
+    vision: vit,
+    textWeights: t.weights,
+    textConfig: t.config,
+    tokenizer: t.tokenizer,
+    seed,
+    strict: loading.strict,
+    strictHint: loading.strictHint ?? "",
+    log: loading.log,
+  });
 }
