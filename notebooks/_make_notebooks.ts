@@ -6,6 +6,8 @@
  * `tests/notebooks/generated_test.ts` fails when the committed notebooks differ
  * from what this writes, and type-checks every notebook's code cells.
  */
+import { CPU_DEMO, deepMerge, NOTEBOOK_QUICK } from "../src/params.ts";
+
 type Cell = { cell_type: "markdown" | "code"; source: string; tags?: string[] };
 
 const FAMILIES = {
@@ -36,6 +38,8 @@ interface NotebookJson {
 
 function notebook(family: keyof typeof FAMILIES): NotebookJson {
   const f = FAMILIES[family];
+  const quick = deepMerge(CPU_DEMO, NOTEBOOK_QUICK.overrides);
+  const quickSteps = Math.ceil(NOTEBOOK_QUICK.pairs.train / quick.refine.batchSize) * quick.refine.epochs;
   const cells: Cell[] = [
     {
       cell_type: "markdown",
@@ -62,7 +66,9 @@ lost at the next generation, and \`deno task test\` checks that the two match).*
       source: `import * as rf from "../mod.ts";
 
 // Quick settings keep the run to a few minutes on a laptop CPU; set RETFINER_NOTEBOOK_QUICK=0 for the full experiment.
+// Both come from src/params.ts: the CPU demo of \`deno task refine\`, and the quick settings laid over it.
 const QUICK = (Deno.env.get("RETFINER_NOTEBOOK_QUICK") ?? "1") !== "0";
+const SETTINGS = QUICK ? rf.deepMerge(rf.CPU_DEMO, rf.NOTEBOOK_QUICK.overrides) : rf.CPU_DEMO;
 // Outputs go to the repository's runs/ folder whether Jupyter started in notebooks/ or at the root.
 const ROOT = Deno.cwd().endsWith("/notebooks") ? ".." : ".";
 const backend = await rf.setupBackend({ log: null });
@@ -97,7 +103,7 @@ pair corpus comes with a report that describes its findings, with severities, ne
       cell_type: "code",
       tags: ["expect-output"],
       source:
-        `const bench = await rf.ensureBenchmark({ size: "small", seed: 0, root: \`\${ROOT}/\${rf.benchmarkDir("small", 0)}\`, onProgress: rf.notebookProgress() });
+        `const bench = await rf.ensureBenchmark({ ...SETTINGS.synth, root: \`\${ROOT}/\${rf.benchmarkDir(SETTINGS.synth.size, SETTINGS.synth.seed)}\`, onProgress: rf.notebookProgress() });
 const pairs = (await rf.readPairManifest(\`\${bench.root}/pairs/pairs.csv\`)).records;
 const examples = pairs.filter((p) => p.split === "train").slice(0, 4);
 await rf.showScans(await Promise.all(examples.map(async (p) => ({ image: await rf.loadGreyImage(p.image), caption: p.report }))));`,
@@ -105,8 +111,8 @@ await rf.showScans(await Promise.all(examples.map(async (p) => ({ image: await r
     {
       cell_type: "code",
       tags: ["expect-output"],
-      source: `const TASKS = QUICK ? ["amd_vs_normal", "glaucoma_vs_normal", "normal_drusen_cnv"] : undefined;
-const SEEDS = QUICK ? [0, 1] : [0, 1, 2];
+      source: `const TASKS = QUICK ? rf.NOTEBOOK_QUICK.tasks : undefined;
+const SEEDS = SETTINGS.probe.seeds;
 const tasks = await rf.loadTasks(bench.root, TASKS);
 await rf.showMarkdown(tasks.map((t) => "\`\`\`\\n" + rf.formatClassCounts(t) + "\\n\`\`\`").join("\\n"));`,
     },
@@ -137,10 +143,11 @@ updates in place; the loss curves follow.`,
       tags: ["expect-output"],
       source: `const model = rf.buildModel(vit);
 // Zero-shot classification and image↔report retrieval before refinement (beyond the paper; compared at the end).
-const zsBefore = await rf.zeroShotSummary(model, tasks, pairs, QUICK ? 100 : 200);
+const zsBefore = await rf.zeroShotSummary(model, tasks, pairs, SETTINGS.zeroShot.maxPairs);
 const runDir = \`\${ROOT}/runs/notebook-${family}-\${Date.now()}\`;
-const trainPairs = QUICK ? [...pairs.filter((p) => p.split === "train").slice(0, 640), ...pairs.filter((p) => p.split === "val").slice(0, 96)] : pairs;
-const result = await rf.refine({ ...rf.DEMO_REFINE, model, pairs: trainPairs, runDir, epochs: QUICK ? 2 : rf.DEMO_REFINE.epochs, onProgress: rf.notebookProgress() });
+const { train: nTrain, val: nVal } = rf.NOTEBOOK_QUICK.pairs;
+const trainPairs = QUICK ? [...pairs.filter((p) => p.split === "train").slice(0, nTrain), ...pairs.filter((p) => p.split === "val").slice(0, nVal)] : pairs;
+const result = await rf.refine({ preset: SETTINGS, model, pairs: trainPairs, runDir, onProgress: rf.notebookProgress() });
 await rf.showMarkdown(\`Stopped by **\${result.stopReason}** after \${result.loop.step} steps; best epoch \${result.loop.bestEpoch + 1}.\`);`,
     },
     {
@@ -157,7 +164,7 @@ await rf.showFigure({
       cell_type: "markdown",
       source: `## After refinement: probe again and compare
 
-With the quick settings (two epochs on 640 pairs: 80 optimiser steps) refinement has barely started: on this benchmark
+With the quick settings (${quick.refine.epochs} epochs on ${NOTEBOOK_QUICK.pairs.train} pairs: ${quickSteps} optimiser steps) refinement has barely started: on this benchmark
 ITC stays at chance for the first 250–350 steps, while the model finds image features of the pathologies that
 generalise across pairs (README, *What the default run shows*). Expect changes near zero here. The full settings
 (\`RETFINER_NOTEBOOK_QUICK=0\`, 700 steps) give the README's table.`,
@@ -186,7 +193,7 @@ image feature with descriptions of the classes (ITC features), and reports can b
     {
       cell_type: "code",
       tags: ["expect-output"],
-      source: `const zsAfter = await rf.zeroShotSummary(model, tasks, pairs, QUICK ? 100 : 200);
+      source: `const zsAfter = await rf.zeroShotSummary(model, tasks, pairs, SETTINGS.zeroShot.maxPairs);
 await rf.showMarkdown(rf.zeroShotMarkdown(zsBefore, zsAfter));`,
     },
     {

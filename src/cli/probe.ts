@@ -6,6 +6,7 @@ import { type ModelResults, probeTask, terminalTable, writeProbeReport } from ".
 import { compareModels, markdownSingle } from "../probe/report.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
+import { PROBE_HEAD, PROBE_TASK_DEFAULTS } from "../params.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
@@ -53,9 +54,14 @@ await runMain(async () => {
         description:
           "fast: features computed once, no augmentation; faithful: the authors' per-epoch augmented features.",
         choices: ["fast", "faithful"],
-        default: "fast",
+        default: PROBE_TASK_DEFAULTS.mode,
       },
-      seeds: { type: "string", valueName: "<list>", description: "Comma-separated seeds.", default: "0,1,2,3,4" },
+      seeds: {
+        type: "string",
+        valueName: "<list>",
+        description: "Comma-separated seeds.",
+        default: PROBE_TASK_DEFAULTS.seeds.join(","),
+      },
       out: { type: "string", valueName: "<dir>", description: "Output directory (default runs/probe-<timestamp>)." },
       heads: { type: "string", valueName: "<n>", description: "Attention heads, if not width/64." },
       "no-strict": {
@@ -65,8 +71,8 @@ await runMain(async () => {
       "max-epochs": {
         type: "string",
         valueName: "<n>",
-        description: "Maximum epochs of the head (the authors: 1000).",
-        default: "1000",
+        description: `Maximum epochs of the head (the authors: ${PROBE_HEAD.maxEpochs}).`,
+        default: String(PROBE_HEAD.maxEpochs),
       },
       ...IMAGE_FLAGS,
       ...BACKEND_FLAG,

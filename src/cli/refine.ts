@@ -6,7 +6,6 @@
 import { join } from "node:path";
 import { assignSplits, AUTHORS_LAYOUT, type ManifestOptions, readPairManifest } from "../dataset/mod.ts";
 import {
-  DEMO_REFINE,
   type ExperimentFamily,
   type ExperimentOptions,
   loadTasks,
@@ -34,6 +33,7 @@ import { exists } from "../util/fs.ts";
 import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { type CommandSpec, numberFlag, parseCli, runMain, withConfigFile } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
+import { AUTHORS, CPU_DEMO } from "../params.ts";
 import { disposeParams, loadVit } from "../encoders/mod.ts";
 import { formatDuration, ProgressBar } from "../util/progress.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
@@ -114,7 +114,7 @@ const SPEC: CommandSpec = {
       type: "string",
       valueName: "<f>",
       description: "Validation share (by patient) for pairs without a split column.",
-      default: "0.1",
+      default: String(CPU_DEMO.refine.valFraction),
     },
     "skip-bad": {
       type: "boolean",
@@ -132,83 +132,98 @@ const SPEC: CommandSpec = {
       valueName: "<preset>",
       description: "Synthetic benchmark size when it is generated.",
       choices: ["tiny", "small", "medium"],
-      default: "small",
+      default: CPU_DEMO.synth.size,
     },
     "no-probe": { type: "boolean", description: "Refine only; skip the baseline and refined probes." },
     ablation: {
       type: "boolean",
       description: "Also refine once without each objective and tabulate the gains (five refinements).",
     },
-    seeds: { type: "string", valueName: "<list>", description: "Probe seeds.", default: "0,1,2" },
+    seeds: {
+      type: "string",
+      valueName: "<list>",
+      description: `Probe seeds (the authors: ${AUTHORS.probe.seeds.join(",")}).`,
+      default: CPU_DEMO.probe.seeds.join(","),
+    },
     "probe-mode": {
       type: "string",
       valueName: "<mode>",
-      description: "Probe mode.",
+      description: `Probe mode (the authors: ${AUTHORS.probe.mode}).`,
       choices: ["fast", "faithful"],
-      default: "fast",
+      default: CPU_DEMO.probe.mode,
     },
     batch: {
       type: "string",
       valueName: "<n>",
-      description: `Pairs per optimiser step (the authors: 128).`,
-      default: String(DEMO_REFINE.batchSize),
+      description: `Pairs per optimiser step (the authors: ${AUTHORS.refine.batchSize}).`,
+      default: String(CPU_DEMO.refine.batchSize),
     },
     accumulate: {
       type: "string",
       valueName: "<n>",
       description: "Micro-batches per step; ITC/ITM negatives stay within each micro-batch.",
-      default: "1",
+      default: String(CPU_DEMO.refine.accumulate),
     },
     epochs: {
       type: "string",
       valueName: "<n>",
-      description: "Maximum epochs (the authors: 20 for RETFound).",
-      default: String(DEMO_REFINE.epochs),
+      description: `Maximum epochs (the authors: ${AUTHORS.refine.epochs} for RETFound).`,
+      default: String(CPU_DEMO.refine.epochs),
     },
     patience: {
       type: "string",
       valueName: "<n>",
-      description: "Early-stopping patience on the validation loss.",
-      default: String(DEMO_REFINE.patience),
+      description: `Early-stopping patience on the validation loss (the authors: ${AUTHORS.refine.patience}).`,
+      default: String(CPU_DEMO.refine.patience),
     },
     lr: {
       type: "string",
       valueName: "<x>",
-      description: "AdamW learning rate (the authors: 1e-4).",
-      default: String(DEMO_REFINE.optimizer!.lr),
+      description: `AdamW learning rate (the authors: ${AUTHORS.refine.optimizer.lr}).`,
+      default: String(CPU_DEMO.refine.optimizer.lr),
     },
-    "weight-decay": { type: "string", valueName: "<x>", description: "AdamW weight decay.", default: "0.01" },
+    "weight-decay": {
+      type: "string",
+      valueName: "<x>",
+      description: `AdamW weight decay (the authors: ${AUTHORS.refine.optimizer.weightDecay}).`,
+      default: String(CPU_DEMO.refine.optimizer.weightDecay),
+    },
     schedule: {
       type: "string",
       valueName: "<kind>",
-      description: "Learning-rate schedule (the authors: constant).",
+      description: `Learning-rate schedule (the authors: ${AUTHORS.refine.schedule.kind}).`,
       choices: ["constant", "cosine"],
-      default: "constant",
+      default: CPU_DEMO.refine.schedule.kind,
     },
     warmup: {
       type: "string",
       valueName: "<steps>",
       description: "Warmup steps for the cosine schedule.",
-      default: "0",
+      default: String(CPU_DEMO.refine.schedule.warmupSteps),
     },
     losses: {
       type: "string",
       valueName: "<list>",
       description: "Objectives to use, comma-separated.",
-      default: "itc,itm,mlm,gm",
+      default: OBJECTIVES.filter((k) => CPU_DEMO.refine.losses[k] > 0).join(","),
     },
-    seed: { type: "string", valueName: "<n>", description: "Seed of every random draw.", default: "0" },
+    seed: {
+      type: "string",
+      valueName: "<n>",
+      description: "Seed of every random draw.",
+      default: String(CPU_DEMO.refine.seed),
+    },
     "max-length": {
       type: "string",
       valueName: "<n>",
-      description: "Report length in tokens (the authors: 30).",
-      default: "30",
+      description: `Report length in tokens (the authors: ${AUTHORS.refine.maxLength}).`,
+      default: String(CPU_DEMO.refine.maxLength),
     },
     "checkpoint-every": {
       type: "string",
       valueName: "<n>",
       description: "Resumable checkpoint every N steps (0: epoch ends only).",
-      default: "25",
+      default: String(CPU_DEMO.refine.checkpointEvery),
     },
     resume: {
       type: "boolean",
@@ -371,7 +386,7 @@ await runMain(async () => {
       text,
       loading,
       benchmark: v.benchmark as string | undefined,
-      synth: { size: v["synth-size"] as "tiny" | "small" | "medium", seed: 0 },
+      synth: { size: v["synth-size"] as "tiny" | "small" | "medium", seed: CPU_DEMO.synth.seed },
       probe: { seeds, mode: v["probe-mode"] as "fast" | "faithful" },
       refine: {
         ...refineOptions,

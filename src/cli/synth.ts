@@ -3,6 +3,7 @@ import { generateBenchmark, SYNTH_PRESETS } from "../dataset/synth/mod.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { UsageError } from "../util/errors.ts";
+import { CPU_DEMO } from "../params.ts";
 
 await runMain(async () => {
   const { values } = parseCli(Deno.args, {
@@ -12,14 +13,19 @@ await runMain(async () => {
       "refinement and seven probing tasks (tasks/<task>/{train,val,test}/<class>/). Same seed, same bytes. An existing " +
       "benchmark with the same settings is reused unless --force is given.",
     flags: {
-      out: { type: "string", valueName: "<dir>", description: "Output directory.", default: "runs/synth-small-0" },
-      seed: { type: "string", valueName: "<n>", description: "Random seed.", default: "0" },
+      out: {
+        type: "string",
+        valueName: "<dir>",
+        description: "Output directory.",
+        default: `runs/synth-${CPU_DEMO.synth.size}-${CPU_DEMO.synth.seed}`,
+      },
+      seed: { type: "string", valueName: "<n>", description: "Random seed.", default: String(CPU_DEMO.synth.seed) },
       size: {
         type: "string",
         valueName: "<preset>",
         description: "Size preset.",
         choices: ["tiny", "small", "medium"],
-        default: "small",
+        default: CPU_DEMO.synth.size,
       },
       "image-size": { type: "string", valueName: "<px>", description: "Override the rendered B-scan size." },
       force: { type: "boolean", description: "Regenerate even if the benchmark exists." },

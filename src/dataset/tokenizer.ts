@@ -8,9 +8,10 @@
 import { Tokenizer } from "@huggingface/tokenizers";
 import { dirname, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
+import { AUTHORS } from "../params.ts";
 
-/** The authors' text length: `padding="max_length", truncation=True, max_length=30`. */
-export const DEFAULT_MAX_LENGTH = 30;
+/** The authors' text length: `padding="max_length", truncation=True, max_length=30` (`AUTHORS.refine.maxLength`). */
+export const DEFAULT_MAX_LENGTH: number = AUTHORS.refine.maxLength;
 
 /** A batch of token ids and masks, row-major `[batch, length]`. */
 export interface TokenBatch {

@@ -21,6 +21,7 @@ import type { VitModel } from "../encoders/vit.ts";
 import type { RetfinerModel } from "../model/model.ts";
 import { buildModel, loadVision, readBertConfig, type WeightLoading } from "../model/factory.ts";
 import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
+import { CPU_DEMO, deepMerge, type RunParams } from "../params.ts";
 import { ALL_LOSSES, type LossWeights, OBJECTIVES } from "../refine/step.ts";
 import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
 import { type ProbeMode, probeTask } from "../probe/protocol.ts";
@@ -55,14 +56,6 @@ export function baselineName(family: ExperimentFamily, standin: boolean): string
   return standin ? `${n}-like stand-in` : n;
 }
 
-/** Refinement settings of the CPU demo (see the README for how they differ from the paper's). */
-export const DEMO_REFINE: Partial<RefineOptions> = {
-  batchSize: 16,
-  epochs: 7,
-  patience: 3,
-  optimizer: { lr: 3e-4 },
-};
-
 /** Options of {@link runExperiment}. */
 export interface ExperimentOptions {
   /** Vision family (decides the token and probing recipes). */
@@ -81,11 +74,16 @@ export interface ExperimentOptions {
   synth?: { size?: keyof typeof SYNTH_PRESETS; seed?: number };
   /** Pair manifest; default: the benchmark's `pairs/pairs.csv`. */
   pairs?: string;
-  /** Probing: seeds and mode. */
+  /**
+   * Where every setting left out comes from (default `CPU_DEMO` of `src/params.ts`, as `deno task refine`; `AUTHORS`
+   * for the paper's): refinement, probe seeds and mode, synthetic benchmark, zero-shot pairs.
+   */
+  preset?: Readonly<RunParams>;
+  /** Probing: seeds and mode (default: the preset's). */
   probe?: { seeds?: number[]; mode?: ProbeMode; maxEpochs?: number };
   /** Task subset (folder names under `tasks/`); default all. */
   tasks?: string[];
-  /** Refinement settings; default {@link DEMO_REFINE}. */
+  /** Refinement settings, merged deeply over the preset's (`{ optimizer: { weightDecay } }` keeps its lr). */
   refine?: Partial<RefineOptions>;
   /** Progress updates (all phases). */
   onProgress?: ProgressCallback;
@@ -120,8 +118,8 @@ export function benchmarkDir(size: string, seed: number): string {
 export async function ensureBenchmark(
   options: { size?: keyof typeof SYNTH_PRESETS; seed?: number; root?: string; onProgress?: ProgressCallback } = {},
 ): Promise<{ root: string; info: BenchmarkInfo }> {
-  const size = options.size ?? "small";
-  const seed = options.seed ?? 0;
+  const size = options.size ?? CPU_DEMO.synth.size;
+  const seed = options.seed ?? CPU_DEMO.synth.seed;
   const root = options.root ?? benchmarkDir(size, seed);
   const info = await generateBenchmark({ root, seed, sizes: SYNTH_PRESETS[size], onProgress: options.onProgress });
   return { root, info };
@@ -138,7 +136,7 @@ function experimentLoading(options: ExperimentOptions): WeightLoading {
   return { newProjDim: readBertConfig((options.text ?? TEXT_STANDIN).config).hiddenSize, ...options.loading };
 }
 
-/** Probes every task with one model. */
+/** Probes every task with one model (seeds and mode default to `CPU_DEMO`'s: 0, 1, 2, fast). */
 export async function probeModel(
   vit: VitModel,
   name: string,
@@ -150,8 +148,8 @@ export async function probeModel(
   for (const ds of tasks) {
     r.tasks.push(
       await probeTask(vit, ds, {
-        seeds: probe.seeds ?? [0, 1, 2],
-        mode: probe.mode ?? "fast",
+        seeds: probe.seeds ?? CPU_DEMO.probe.seeds,
+        mode: probe.mode ?? CPU_DEMO.probe.mode,
         hyper: probe.maxEpochs ? { maxEpochs: probe.maxEpochs } : {},
         onProgress,
       }),
@@ -173,7 +171,7 @@ export async function zeroShotSummary(
   model: RetfinerModel,
   tasks: ProbeDataset[],
   pairs: PairRecord[],
-  maxPairs = 200,
+  maxPairs: number = CPU_DEMO.zeroShot.maxPairs,
   onProgress?: ProgressCallback,
 ): Promise<ZeroShotSummary> {
   const out: ZeroShotResult[] = [];
@@ -211,6 +209,15 @@ export function zeroShotMarkdown(before: ZeroShotSummary, after: ZeroShotSummary
   return lines.join("\n");
 }
 
+/** The probe settings of an experiment: `options.probe` over the preset's seeds and mode. */
+function experimentProbe(options: ExperimentOptions): { seeds: number[]; mode: ProbeMode; maxEpochs?: number } {
+  const p = (options.preset ?? CPU_DEMO).probe;
+  return deepMerge<{ seeds: number[]; mode: ProbeMode; maxEpochs?: number }>(
+    { seeds: p.seeds, mode: p.mode },
+    options.probe,
+  );
+}
+
 /** Baseline probe → refinement → probe → report. */
 export async function runExperiment(options: ExperimentOptions): Promise<ExperimentResult> {
   const log = options.log ?? (() => {});
@@ -224,9 +231,11 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
       return s;
     };
   })();
+  const settings = options.preset ?? CPU_DEMO;
+  const probe = experimentProbe(options);
   const bench = options.benchmark
     ? { root: options.benchmark }
-    : await ensureBenchmark({ ...options.synth, onProgress: options.onProgress });
+    : await ensureBenchmark({ ...deepMerge(settings.synth, options.synth), onProgress: options.onProgress });
   const sBench = lap();
   log(`benchmark: ${bench.root} (${sBench.toFixed(0)} s)`);
   const tasks = await loadTasks(bench.root, options.tasks);
@@ -242,22 +251,20 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
     vit,
     baselineName(options.family, standin),
     tasks,
-    options.probe,
+    probe,
     options.onProgress,
   );
   const sBase = lap();
   log(
-    `baseline probe: ${tasks.length} tasks × ${(options.probe?.seeds ?? [0, 1, 2]).length} seeds (${
-      sBase.toFixed(0)
-    } s)`,
+    `baseline probe: ${tasks.length} tasks × ${probe.seeds.length} seeds (${sBase.toFixed(0)} s)`,
   );
   const model = buildModel(vit, options.text, 0, loading);
   const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
   // Before refinement the heads are untrained: this is the chance-level reference.
-  const zsBefore = await zeroShotSummary(model, tasks, pairs, 200, options.onProgress);
+  const zsBefore = await zeroShotSummary(model, tasks, pairs, settings.zeroShot.maxPairs, options.onProgress);
   const refinement = await refine({
-    ...DEMO_REFINE,
     ...options.refine,
+    preset: options.refine?.preset ?? settings,
     model,
     pairs,
     runDir: options.runDir,
@@ -269,8 +276,8 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
       sRef.toFixed(0)
     } s)`,
   );
-  const refined = await probeModel(model.vit, REFINED_NAMES[options.family], tasks, options.probe, options.onProgress);
-  const zsAfter = await zeroShotSummary(model, tasks, pairs, 200, options.onProgress);
+  const refined = await probeModel(model.vit, REFINED_NAMES[options.family], tasks, probe, options.onProgress);
+  const zsAfter = await zeroShotSummary(model, tasks, pairs, settings.zeroShot.maxPairs, options.onProgress);
   const sRefined = lap();
   const seconds = {
     benchmark: sBench,
@@ -283,7 +290,7 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
     notes: [
       `vision encoder: ${options.weights ?? standinPath(options.family)}`,
       `refinement: ${refinement.loop.step} optimiser steps over ${refinement.loop.history.length} epochs (${refinement.stopReason}); backbone: ${refinement.backbone.pth}`,
-      `probe: fast mode, seeds ${(options.probe?.seeds ?? [0, 1, 2]).join(", ")}`,
+      `probe: ${probe.mode} mode, seeds ${probe.seeds.join(", ")}`,
       `time: ${Object.entries(seconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(", ")}`,
     ],
     extraSections: [{
@@ -318,9 +325,11 @@ export interface AblationRow {
 export async function runAblation(
   options: ExperimentOptions,
 ): Promise<{ baseline: ModelResults; rows: AblationRow[]; markdown: string }> {
+  const settings = options.preset ?? CPU_DEMO;
+  const probe = experimentProbe(options);
   const bench = options.benchmark
     ? { root: options.benchmark }
-    : await ensureBenchmark({ ...options.synth, onProgress: options.onProgress });
+    : await ensureBenchmark({ ...deepMerge(settings.synth, options.synth), onProgress: options.onProgress });
   const tasks = await loadTasks(bench.root, options.tasks);
   const standin = !options.weights;
   const loading = experimentLoading(options);
@@ -328,7 +337,7 @@ export async function runAblation(
     loadVision(options.family, options.weights, null, loading),
     baselineName(options.family, standin),
     tasks,
-    options.probe,
+    probe,
     options.onProgress,
   );
   const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
@@ -348,8 +357,8 @@ export async function runAblation(
     );
     const dir = join(options.runDir, label === "all" ? "all" : `without-${label.slice(2).toLowerCase()}`);
     await refine({
-      ...DEMO_REFINE,
       ...options.refine,
+      preset: options.refine?.preset ?? settings,
       losses,
       model,
       pairs,
@@ -360,7 +369,7 @@ export async function runAblation(
       model.vit,
       `${REFINED_NAMES[options.family]} (${label})`,
       tasks,
-      options.probe,
+      probe,
       options.onProgress,
     );
     rows.push({ label, losses, comparison: compareModels(baseline, refined) });

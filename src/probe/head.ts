@@ -13,6 +13,7 @@ import { ProbeError } from "../util/errors.ts";
 import { adamwUpdate } from "../util/optim.ts";
 import type { Rng } from "../util/rng.ts";
 import { balancedAccuracy } from "./metrics.ts";
+import { PROBE_HEAD, PROBE_WEIGHT_DECAY } from "../params.ts";
 
 /** Protocol constants (the authors' / MIRAGE's values). */
 export interface ProbeHyper {
@@ -36,22 +37,15 @@ export interface ProbeHyper {
   delta: number;
 }
 
-/** The authors' protocol; weight decay depends on the model ({@link probeWeightDecay}). */
-export const PROBE_DEFAULTS: ProbeHyper = {
-  lr: 1e-3,
-  minLr: 1e-8,
-  warmupEpochs: 10,
-  maxEpochs: 1000,
-  weightDecay: 0.01,
-  labelSmoothing: 0.1,
-  patience: 20,
-  startFrom: 20,
-  delta: 0.001,
-};
+/**
+ * The authors' protocol (`PROBE_HEAD` of `src/params.ts`, frozen); weight decay depends on the model
+ * ({@link probeWeightDecay}).
+ */
+export const PROBE_DEFAULTS: ProbeHyper = PROBE_HEAD;
 
 /** §2.3: 0.05 for RETFound (its weights path contains `_bscan_`), 0.01 for VisionFM and UrFound. */
 export function probeWeightDecay(family: string): number {
-  return family === "retfound" ? 0.05 : 0.01;
+  return Object.hasOwn(PROBE_WEIGHT_DECAY, family) ? PROBE_WEIGHT_DECAY[family] : PROBE_HEAD.weightDecay;
 }
 
 /** §2.3's automatic batch size: the largest power of 2 ≤ 25 % of the training images, at most 64 (8 as a fallback). */

@@ -11,6 +11,7 @@ import { Rng } from "../util/rng.ts";
 import { extractFeatures } from "./features.ts";
 import { PROBE_DEFAULTS, type ProbeHyper, type ProbeRun, probeWeightDecay, trainProbe } from "./head.ts";
 import { classificationMetrics, type Metrics } from "./metrics.ts";
+import { PROBE_TASK_DEFAULTS } from "../params.ts";
 
 /** `fast`: features once, no augmentation (default). `faithful`: the authors' per-epoch augmented features. */
 export type ProbeMode = "fast" | "faithful";
@@ -49,9 +50,9 @@ export interface TaskResult {
 
 /** Options of {@link probeTask}. */
 export interface ProbeTaskOptions {
-  /** Seeds (the authors: 0–4). */
+  /** Seeds (default `PROBE_TASK_DEFAULTS.seeds` of `src/params.ts`: the authors' 0–4). */
   seeds?: number[];
-  /** Mode (default `fast`). */
+  /** Mode (default `PROBE_TASK_DEFAULTS.mode`: `fast`). */
   mode?: ProbeMode;
   /** Protocol overrides; weight decay defaults to the model family's (§2.3). */
   hyper?: Partial<ProbeHyper>;
@@ -77,8 +78,8 @@ export async function probeTask(
   dataset: ProbeDataset,
   options: ProbeTaskOptions = {},
 ): Promise<TaskResult> {
-  const seeds = options.seeds ?? [0, 1, 2, 3, 4];
-  const mode = options.mode ?? "fast";
+  const seeds = options.seeds ?? PROBE_TASK_DEFAULTS.seeds;
+  const mode = options.mode ?? PROBE_TASK_DEFAULTS.mode;
   const hyper: ProbeHyper = { ...PROBE_DEFAULTS, weightDecay: probeWeightDecay(vit.config.family), ...options.hyper };
   const bySplit = (s: Split) => dataset.items.filter((i) => i.split === s);
   const train = bySplit("train");

@@ -11,6 +11,7 @@ import type { Tensor, Variable } from "../backend/tf.ts";
 import { RefineError } from "../util/errors.ts";
 import { assignValues } from "../encoders/layers.ts";
 import { adamwUpdate } from "../util/optim.ts";
+import { AUTHORS } from "../params.ts";
 
 /** AdamW hyper-parameters (PyTorch defaults except the learning rate). */
 export interface AdamWConfig {
@@ -26,8 +27,8 @@ export interface AdamWConfig {
   weightDecay: number;
 }
 
-/** The authors' optimiser settings (method notes §1.6). */
-export const ADAMW_DEFAULTS: AdamWConfig = { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
+/** The authors' optimiser settings (method notes §1.6): `AUTHORS.refine.optimizer` of `src/params.ts` (frozen). */
+export const ADAMW_DEFAULTS: AdamWConfig = AUTHORS.refine.optimizer;
 
 /** Optimiser state: step count and first/second moments by parameter name. */
 export interface AdamWState {

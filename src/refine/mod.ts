@@ -30,4 +30,11 @@ export {
   type StepLosses,
 } from "./step.ts";
 export { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
-export { BEST_CHECKPOINT, LAST_CHECKPOINT, refine, type RefineOptions, type RefineResult } from "./trainer.ts";
+export {
+  BEST_CHECKPOINT,
+  LAST_CHECKPOINT,
+  refine,
+  type RefineOptions,
+  type RefineResult,
+  refineSettings,
+} from "./trainer.ts";

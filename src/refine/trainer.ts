@@ -23,23 +23,16 @@ import type { Tensor } from "../backend/tf.ts";
 import { batchIndices, InputCache, loadImageBatch, prefetch } from "../dataset/batches.ts";
 import type { PairRecord } from "../dataset/manifest.ts";
 import { type PreprocessSpec, refinementSpec } from "../dataset/preprocess.ts";
-import { DEFAULT_MAX_LENGTH } from "../dataset/tokenizer.ts";
 import { RefineError } from "../util/errors.ts";
 import { exists, writeFileAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
-import {
-  ADAMW_DEFAULTS,
-  type AdamWConfig,
-  adamwStep,
-  createAdamWState,
-  type LrSchedule,
-  scheduledLr,
-} from "./adamw.ts";
+import { type AdamWConfig, adamwStep, createAdamWState, type LrSchedule, scheduledLr } from "./adamw.ts";
 import { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
 import { exportBackbone, exportTextSide } from "../model/export.ts";
 import { modelParams, type RetfinerModel } from "../model/model.ts";
-import { ALL_LOSSES, type LossWeights, OBJECTIVES, type PairBatch, retfinerLosses } from "./step.ts";
+import { type LossWeights, OBJECTIVES, type PairBatch, retfinerLosses } from "./step.ts";
+import { AUTHORS, CPU_DEMO, deepMerge, type RunParams } from "../params.ts";
 
 /** Options of {@link refine}. */
 export interface RefineOptions {
@@ -51,15 +44,21 @@ export interface RefineOptions {
   runDir: string;
   /** Name used in export file names (default: the run directory's name). */
   runName?: string;
-  /** Pairs per optimiser step (the authors: 128). */
+  /**
+   * Where the settings below that are left out come from (default `CPU_DEMO` of `src/params.ts`, as
+   * `deno task refine`, with a notice naming the values taken; `AUTHORS` for the paper's). Given settings are merged
+   * over its `refine` section deeply: `optimizer: { weightDecay }` keeps the preset's lr.
+   */
+  preset?: Readonly<RunParams>;
+  /** Pairs per optimiser step (CPU demo 16; the authors: 128). */
   batchSize?: number;
   /** Micro-batches per optimiser step (gradients are averaged; ITC/ITM negatives stay per micro-batch). */
   accumulate?: number;
-  /** Maximum epochs (RETFound: 20). */
+  /** Maximum epochs (CPU demo 7; RETFound: 20). */
   epochs?: number;
   /** Early-stopping patience in epochs on the validation loss (RETFound: 3). */
   patience?: number;
-  /** Optimiser. */
+  /** Optimiser (CPU demo lr 3e-4; the authors: 1e-4; both weight decay 0.01). */
   optimizer?: Partial<AdamWConfig>;
   /** Learning-rate schedule (the authors: constant). */
   schedule?: LrSchedule;
@@ -69,7 +68,7 @@ export interface RefineOptions {
   seed?: number;
   /** Text length (the authors: 30). */
   maxLength?: number;
-  /** Save a resumable checkpoint every N optimiser steps (0 = only at epoch ends). */
+  /** Save a resumable checkpoint every N optimiser steps (0 = only at epoch ends; default 25). */
   checkpointEvery?: number;
   /** Resume from `runDir/last.ckpt.safetensors` if present. */
   resume?: boolean;
@@ -195,6 +194,38 @@ async function truncateLog(logPath: string, loop: LoopState | undefined): Promis
 }
 
 /**
+ * The settings {@link refine} trains with: those given in `options`, merged deeply over `options.preset`'s `refine`
+ * section (default `CPU_DEMO`, the same as `deno task refine`).
+ * @param options Settings as given to {@link refine} (the model, pairs and callbacks are not read).
+ * @returns Every refinement setting, filled in.
+ */
+export function refineSettings(options: Partial<RefineOptions>): RunParams["refine"] {
+  return deepMerge((options.preset ?? CPU_DEMO).refine, {
+    batchSize: options.batchSize,
+    accumulate: options.accumulate,
+    epochs: options.epochs,
+    patience: options.patience,
+    optimizer: options.optimizer,
+    schedule: options.schedule,
+    losses: options.losses,
+    seed: options.seed,
+    maxLength: options.maxLength,
+    checkpointEvery: options.checkpointEvery,
+    cacheBytes: options.cacheBytes,
+  });
+}
+
+/** The method settings taken from the default preset because `options` left them out, as a phrase (or ""). */
+function presetTaken(options: Partial<RefineOptions>, s: RunParams["refine"]): string {
+  const taken: string[] = [];
+  if (options.batchSize === undefined) taken.push(`batch ${s.batchSize}`);
+  if (options.epochs === undefined) taken.push(`${s.epochs} epochs`);
+  if (options.patience === undefined) taken.push(`patience ${s.patience}`);
+  if (options.optimizer?.lr === undefined) taken.push(`lr ${s.optimizer.lr}`);
+  return taken.join(", ");
+}
+
+/**
  * Refines `options.model` on image-report pairs and exports the best backbone.
  *
  * @param options The model, pairs, run directory and settings.
@@ -214,16 +245,22 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   const { model, runDir } = options;
   const notice = options.onNotice ?? ((m: string) => console.error(m));
   const runName = options.runName ?? runDir.split("/").filter(Boolean).pop() ?? "run";
-  const batchSize = options.batchSize ?? 128;
-  const accumulate = options.accumulate ?? 1;
+  const settings = refineSettings(options);
+  if (!options.preset) {
+    const taken = presetTaken(options, settings);
+    if (taken) {
+      notice(
+        `refine: ${taken} from the ${CPU_DEMO.name} preset (not given; the same as deno task refine); ` +
+          `pass preset: AUTHORS (src/params.ts) for the authors' batch ${AUTHORS.refine.batchSize}, ` +
+          `${AUTHORS.refine.epochs} epochs, lr ${AUTHORS.refine.optimizer.lr}`,
+      );
+    }
+  }
+  const { batchSize, accumulate, epochs, patience, seed, maxLength } = settings;
   const micro = Math.ceil(batchSize / accumulate);
-  const epochs = options.epochs ?? 20;
-  const patience = options.patience ?? 3;
-  const opt = { ...ADAMW_DEFAULTS, ...options.optimizer };
-  const schedule = options.schedule ?? { kind: "constant" };
-  const weights = options.losses ?? ALL_LOSSES;
-  const seed = options.seed ?? 0;
-  const maxLength = options.maxLength ?? DEFAULT_MAX_LENGTH;
+  const opt: AdamWConfig = settings.optimizer;
+  const schedule: LrSchedule = settings.schedule;
+  const weights: LossWeights = settings.losses;
   const spec = options.preprocess ??
     refinementSpec(model.vit.config.imgSize, { mean: model.vit.config.mean, std: model.vit.config.std });
   if (OBJECTIVES.every((k) => !(weights[k] > 0))) {
@@ -269,7 +306,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   const origins = all.map((r) => r.origin); // decode errors name the manifest line
   const trainIdx = train.map((_, i) => i);
   const valIdx = val.map((_, i) => train.length + i);
-  const cache = new InputCache(options.cacheBytes ?? 2 ** 30);
+  const cache = new InputCache(settings.cacheBytes);
   const params = modelParams(model);
 
   let state = createAdamWState();
@@ -471,7 +508,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         total: order.length,
         info: { loss: total, ...termValues },
       });
-      if (options.checkpointEvery && loop.step % options.checkpointEvery === 0) {
+      if (settings.checkpointEvery && loop.step % settings.checkpointEvery === 0) {
         await save(lastPath, {
           ...loop,
           epochSums: { ...sums },

@@ -81,7 +81,16 @@ Deno.test("a non-finite loss stops with the step and term named, and applies no 
   const before = Array.from(model.vit.params.get("cls_token")!.dataSync());
   const pairs = await tinyPairs();
   await assertRejects(
-    () => refine({ model, pairs, runDir, batchSize: 12, epochs: 1, losses: { itc: 1, itm: 0, mlm: 0, gm: 0 } }),
+    () =>
+      refine({
+        model,
+        pairs,
+        runDir,
+        batchSize: 12,
+        epochs: 1,
+        optimizer: { lr: 1e-4 },
+        losses: { itc: 1, itm: 0, mlm: 0, gm: 0 },
+      }),
     /^refinement stopped at step 1 \(epoch 1, batch 1 of 2, learning rate 0\.0001\): non-finite ITC loss \(NaN\)\. No update was applied and nothing was saved\. No checkpoint has been written yet/,
     RefineError,
   );
