@@ -14,7 +14,7 @@ import { vitPreset } from "../encoders/presets.ts";
 import type { VitConfig, VitFamily } from "../encoders/vit.ts";
 import { floatToHalf, type TensorData } from "../io/tensor.ts";
 import { writeSafetensors } from "../io/safetensors.ts";
-import { adamwStep, createAdamWState, scheduledLr } from "../refine/adamw.ts";
+import { adamwStep, createAdamWState, scheduledLr } from "../optim/adamw.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";

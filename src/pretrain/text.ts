@@ -14,7 +14,7 @@ import { type BertConfig, bertEncode, type BertModel, mlmLogits } from "../encod
 import { maskTokens, MLM_PROB } from "../losses/masker.ts";
 import { crossEntropy } from "../losses/objectives.ts";
 import { IGNORE_INDEX } from "../losses/masker.ts";
-import { adamwStep, createAdamWState, scheduledLr } from "../refine/adamw.ts";
+import { adamwStep, createAdamWState, scheduledLr } from "../optim/adamw.ts";
 import { createTextEncoder } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";

@@ -11,7 +11,7 @@ import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import type { TensorData } from "../io/tensor.ts";
 import { assignValues } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
-import type { AdamWState } from "./adamw.ts";
+import type { AdamWState } from "../optim/adamw.ts";
 
 /** Where the loop stands: enough to resume exactly. */
 export interface LoopState {

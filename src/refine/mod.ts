@@ -19,7 +19,7 @@ export {
   createAdamWState,
   type LrSchedule,
   scheduledLr,
-} from "./adamw.ts";
+} from "../optim/adamw.ts";
 export {
   ALL_LOSSES,
   type LossWeights,

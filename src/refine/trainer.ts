@@ -27,7 +27,7 @@ import { RefineError } from "../util/errors.ts";
 import { exists, writeFileAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
-import { type AdamWConfig, adamwStep, createAdamWState, type LrSchedule, scheduledLr } from "./adamw.ts";
+import { type AdamWConfig, adamwStep, createAdamWState, type LrSchedule, scheduledLr } from "../optim/adamw.ts";
 import { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
 import { exportBackbone, exportTextSide } from "../model/export.ts";
 import { modelParams, type RetfinerModel } from "../model/model.ts";
