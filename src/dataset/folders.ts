@@ -68,7 +68,8 @@ export interface ProbeDatasetOptions {
   onNotice?: (message: string) => void;
 }
 
-const SPLIT_ALIASES: Record<string, Split> = {
+/** Split names as folders and manifests spell them, lower-cased, to the split they mean. */
+export const SPLIT_ALIASES: Record<string, Split> = {
   train: "train",
   training: "train",
   val: "val",

@@ -12,6 +12,7 @@ import { DatasetError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 import { type CsvRow, decodeText, headerDelimiterHint, parseCsv } from "./csv.ts";
 import { expandVolumes, type ImageOptions, inspectImage } from "./image.ts";
+import { SPLIT_ALIASES } from "./folders.ts";
 
 /** One image-report pair. */
 export interface PairRecord {
@@ -216,7 +217,7 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
       if (!report) throw new DatasetError(`${origin}: empty report in column "${textCol}"`);
       const full = resolvePath(base, image.trim());
       const rawSplit = columns.includes(o.splitColumn) ? v[o.splitColumn]?.trim() || undefined : undefined;
-      const split = rawSplit === undefined ? undefined : SPLIT_NAMES[rawSplit.toLowerCase()];
+      const split = rawSplit === undefined ? undefined : SPLIT_ALIASES[rawSplit.toLowerCase()];
       if (rawSplit !== undefined && !split) {
         const found = [...new Set(rows.map((r) => (r.values[o.splitColumn] ?? "").trim()))].slice(0, 20);
         throw new DatasetError(
@@ -239,16 +240,6 @@ export async function readPairManifest(path: string, options: ManifestOptions = 
   skipped.sort((a, b) => originLine(a.origin) - originLine(b.origin));
   return { records: kept, skipped };
 }
-
-const SPLIT_NAMES: Record<string, string> = {
-  train: "train",
-  training: "train",
-  val: "val",
-  valid: "val",
-  validation: "val",
-  test: "test",
-  testing: "test",
-};
 
 function originLine(origin: string): number {
   return Number(/:(\d+)$/.exec(origin)?.[1] ?? 0);

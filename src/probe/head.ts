@@ -13,29 +13,10 @@ import { ProbeError } from "../util/errors.ts";
 import { adamwUpdate } from "../util/optim.ts";
 import type { Rng } from "../util/rng.ts";
 import { balancedAccuracy } from "./metrics.ts";
-import { PROBE_HEAD, PROBE_WEIGHT_DECAY } from "../params.ts";
+import { PROBE_HEAD, PROBE_WEIGHT_DECAY, type ProbeHeadParams } from "../params.ts";
 
-/** Protocol constants (the authors' / MIRAGE's values). */
-export interface ProbeHyper {
-  /** Peak learning rate (forced to 1e-3 for linear probing). */
-  lr: number;
-  /** Final learning rate of the cosine. */
-  minLr: number;
-  /** Linear warmup epochs. */
-  warmupEpochs: number;
-  /** Maximum epochs. */
-  maxEpochs: number;
-  /** AdamW weight decay. */
-  weightDecay: number;
-  /** Label smoothing of the training loss. */
-  labelSmoothing: number;
-  /** Early-stopping patience (epochs). */
-  patience: number;
-  /** The counter only runs from this epoch on. */
-  startFrom: number;
-  /** Minimum improvement of balanced accuracy (and of the loss for the tie-break). */
-  delta: number;
-}
+/** Protocol constants (the authors' / MIRAGE's values); defined once, in `src/params.ts`. */
+export type ProbeHyper = ProbeHeadParams;
 
 /**
  * The authors' protocol (`PROBE_HEAD` of `src/params.ts`, frozen); weight decay depends on the model
