@@ -33,6 +33,7 @@ export {
   CheckpointError,
   DatasetError,
   EncoderError,
+  OptimizerError,
   ProbeError,
   RefineError,
   RetfinerError,

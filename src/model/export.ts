@@ -19,7 +19,7 @@ import {
   stateDict,
 } from "../encoders/load.ts";
 import { refineTokenDim, type VitFamily, type VitModel } from "../encoders/vit.ts";
-import { ProbeError } from "../util/errors.ts";
+import { EncoderError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
 import { Rng } from "../util/rng.ts";
 import { createHeads } from "./heads.ts";
@@ -123,8 +123,8 @@ export interface LoadRunOptions {
  * `text_encoder_config.json`, `heads.safetensors`, `tokenizer.json`).
  * @param options See {@link LoadRunOptions}.
  * @returns The model.
- * @throws {ProbeError} when the directory holds no backbone export or no usable heads.
- * @throws {EncoderError} for files that do not match the model (strict), widths or vocabularies that disagree.
+ * @throws {EncoderError} when the directory holds no backbone export, several, or no usable heads; for files that do
+ * not match the model (strict), widths or vocabularies that disagree.
  * @throws {CheckpointError} for unreadable weight files.
  */
 export function loadRun(runDir: string, options: LoadRunOptions = {}): RetfinerModel {
@@ -133,10 +133,10 @@ export function loadRun(runDir: string, options: LoadRunOptions = {}): RetfinerM
     if (/^best-model_.*_bscan\.safetensors$/.test(e.name)) backbones.push(join(runDir, e.name));
   }
   if (backbones.length === 0) {
-    throw new ProbeError(`${runDir}: no best-model_*_bscan.safetensors (is it a refinement run directory?)`);
+    throw new EncoderError(`${runDir}: no best-model_*_bscan.safetensors (is it a refinement run directory?)`);
   }
   if (backbones.length > 1) {
-    throw new ProbeError(
+    throw new EncoderError(
       `${runDir}: ${backbones.length} backbone exports (${
         backbones.map((b) => basename(b)).sort().join(", ")
       }); a run directory holds one: move the others away`,
@@ -157,7 +157,7 @@ export function loadRun(runDir: string, options: LoadRunOptions = {}): RetfinerM
   const tensors = readSafetensors(headsPath).tensors;
   const contra = tensors.get("contra_head_t.weight");
   if (!contra || contra.shape.length !== 2) {
-    throw new ProbeError(
+    throw new EncoderError(
       `${headsPath}: no contra_head_t.weight [embed, ${bert.config.hiddenSize}] (the text contrastive head): ` +
         `not the heads of a refinement run`,
     );

@@ -8,23 +8,20 @@
  */
 import { tf } from "../backend/tf.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
-import { RefineError } from "../util/errors.ts";
+import { OptimizerError } from "../util/errors.ts";
 import { assignValues } from "../encoders/layers.ts";
-import { adamwUpdate } from "../util/optim.ts";
+import { type AdamWHyper, adamwUpdate } from "../util/optim.ts";
 import { AUTHORS } from "../params.ts";
 
-/** AdamW hyper-parameters (PyTorch defaults except the learning rate). */
-export interface AdamWConfig {
+export type { AdamWHyper };
+
+/**
+ * AdamW hyper-parameters with the learning rate: {@link AdamWHyper} (β₁ 0.9, β₂ 0.999, ε 1e-8 as PyTorch's — tfjs's
+ * Adam would default to 1e-7 —, decoupled weight decay 0.01 applied to all parameters as the authors do) plus `lr`.
+ */
+export interface AdamWConfig extends AdamWHyper {
   /** Learning rate (the authors: 1e-4). */
   lr: number;
-  /** β₁ (0.9). */
-  beta1: number;
-  /** β₂ (0.999). */
-  beta2: number;
-  /** ε (1e-8, PyTorch's; tfjs's Adam defaults to 1e-7). */
-  eps: number;
-  /** Decoupled weight decay (0.01, applied to all parameters as the authors do). */
-  weightDecay: number;
 }
 
 /** The authors' optimiser settings (method notes §1.6): `AUTHORS.refine.optimizer` of `src/params.ts` (frozen). */
@@ -103,12 +100,12 @@ function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Floa
   const [G, W, M, V] = rootSumSquares(g, w, m, v);
   if (!Number.isFinite(G)) {
     const i = firstNonFinite(g);
-    throw new RefineError(`non-finite gradient of ${name} (${g[i]} at index ${i})`);
+    throw new OptimizerError(`non-finite gradient of ${name} (${g[i]} at index ${i})`);
   }
   for (const [what, x, r] of [["weights", w, W], ["first moment", m, M], ["second moment", v, V]] as const) {
     if (!Number.isFinite(r)) {
       const i = firstNonFinite(x);
-      throw new RefineError(`${name}: the ${what} are already non-finite before the update (${x[i]} at index ${i})`);
+      throw new OptimizerError(`${name}: the ${what} are already non-finite before the update (${x[i]} at index ${i})`);
     }
   }
   // m' is a convex combination of m and g, v' of v and g²; the step is at most stepSize·|m'|/ε.
@@ -130,7 +127,7 @@ function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Floa
     for (const [what, x] of [["weights", cw], ["first moment", cm], ["second moment", cv]] as const) {
       const i = firstNonFinite(x);
       if (i >= 0) {
-        throw new RefineError(
+        throw new OptimizerError(
           `the AdamW update would make ${name} non-finite (its ${what} at index ${off + i} would become ${x[i]}, ` +
             `learning rate ${lr}, gradient there ${g[off + i]})`,
         );
@@ -157,7 +154,7 @@ function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Floa
  * @param config Hyper-parameters.
  * @param lr Learning rate of this step (default `config.lr`).
  * @param noDecay Names exempt from weight decay.
- * @throws {RefineError} A gradient has another size than its parameter; a gradient, weight or moment is
+ * @throws {OptimizerError} A gradient has another size than its parameter; a gradient, weight or moment is
  *   non-finite; or the update would make one non-finite (it names the parameter, the index and the value).
  *   Nothing has been changed when it throws.
  */
@@ -174,7 +171,9 @@ export function adamwStep(
   for (const [name, p] of params) {
     const gT = grads.get(name);
     if (!gT) continue;
-    if (gT.size !== p.size) throw new RefineError(`gradient of ${name} has ${gT.size} values, the parameter ${p.size}`);
+    if (gT.size !== p.size) {
+      throw new OptimizerError(`gradient of ${name} has ${gT.size} values, the parameter ${p.size}`);
+    }
     const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
     // Read the gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
     pending.push({ name, p, g: cpuValues(gT) ?? (gT.dataSync() as Float32Array), hyper });

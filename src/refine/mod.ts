@@ -14,6 +14,7 @@
 export {
   ADAMW_DEFAULTS,
   type AdamWConfig,
+  type AdamWHyper,
   type AdamWState,
   adamwStep,
   createAdamWState,

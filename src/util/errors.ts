@@ -28,6 +28,13 @@ export class EncoderError extends RetfinerError {}
 /** Refinement could not run or could not continue (e.g. a non-finite loss). */
 export class RefineError extends RetfinerError {}
 
+/**
+ * An optimiser update (src/optim/adamw.ts) could not run or would leave a non-finite weight or moment. It extends
+ * {@link RefineError}, which the optimiser threw before it had a module of its own, so `instanceof RefineError` checks
+ * keep working; the stand-ins' pretraining uses the same optimiser.
+ */
+export class OptimizerError extends RefineError {}
+
 /** Linear probing or its statistics got inputs it cannot handle. */
 export class ProbeError extends RetfinerError {}
 

@@ -1,5 +1,5 @@
 import { assert, assertAllClose, assertAlmostEquals, assertEquals, assertThrows } from "../_assert.ts";
-import { RefineError } from "../../src/util/errors.ts";
+import { OptimizerError, RefineError } from "../../src/util/errors.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import type { Tensor, Variable } from "../../src/backend/tf.ts";
@@ -64,21 +64,23 @@ Deno.test("AdamW is all or nothing: a non-finite gradient or update throws befor
   assertThrows(
     () => adamwStep(params, grads(Array.from(f("gw1")), [0.1, NaN, 0.2]), state, { ...ADAMW_DEFAULTS, lr: 1e-2 }),
     /non-finite gradient of b \(NaN at index 1\)/,
-    RefineError,
+    OptimizerError,
   );
+  // The optimiser's own class is still a RefineError, which the trainer's fault handling catches.
+  assert(OptimizerError.prototype instanceof RefineError);
   assertEquals(snapshot(params, state), before);
   // Finite gradients, but the step overflows float32 (the weights would become ±Infinity).
   assertThrows(
     () => adamwStep(params, ok, state, { ...ADAMW_DEFAULTS, lr: 1e39 }),
     /the AdamW update would make a non-finite \(its weights at index 0 would become -?Infinity/,
-    RefineError,
+    OptimizerError,
   );
   assertEquals(snapshot(params, state), before);
   // A gradient so large that its square overflows the second moment (float32) while the weights stay finite.
   assertThrows(
     () => adamwStep(params, grads(Array.from(f("gw1")), [0.1, 1e30, 0.2]), state, { ...ADAMW_DEFAULTS, lr: 1e-2 }),
     /the AdamW update would make b non-finite \(its second moment at index 1 would become Infinity/,
-    RefineError,
+    OptimizerError,
   );
   assertEquals(snapshot(params, state), before);
   // A large but representable step is applied, and ends up finite.
