@@ -36,7 +36,14 @@ export {
   trainProbe,
 } from "./head.ts";
 export { extractFeatures, type FeatureOptions } from "./features.ts";
-export { type ProbeMode, probeTask, type ProbeTaskOptions, type SeedResult, type TaskResult } from "./protocol.ts";
+export {
+  type ProbeMode,
+  probeTask,
+  type ProbeTaskOptions,
+  probeTasks,
+  type SeedResult,
+  type TaskResult,
+} from "./protocol.ts";
 export {
   compareModels,
   type Comparison,

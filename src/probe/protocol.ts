@@ -156,3 +156,29 @@ export async function probeTask(
     trainSeconds,
   };
 }
+
+/**
+ * Probes `vit` on every dataset in turn with the same settings: the probing loop of `deno task probe`, the
+ * experiment and `deno task refine --pairs`.
+ *
+ * @param vit The vision encoder (frozen).
+ * @param datasets The probing tasks, probed in this order.
+ * @param options Seeds, mode, protocol overrides and progress, as for {@link probeTask}.
+ * @returns One result per dataset, in order.
+ * @throws {ProbeError} When a task cannot be probed (see {@link probeTask}).
+ *
+ * @example
+ * ```ts
+ * import { probeTasks } from "./protocol.ts";
+ * // const results = await probeTasks(vit, [octid, octdl], { seeds: [0, 1, 2], mode: "fast" });
+ * ```
+ */
+export async function probeTasks(
+  vit: VitModel,
+  datasets: ProbeDataset[],
+  options: ProbeTaskOptions = {},
+): Promise<TaskResult[]> {
+  const results: TaskResult[] = [];
+  for (const ds of datasets) results.push(await probeTask(vit, ds, options));
+  return results;
+}

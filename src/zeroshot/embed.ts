@@ -1,0 +1,64 @@
+/** Contrastive embeddings of reports and B-scans: BERT or ViT CLS through the contrastive heads, L2-normalised. */
+import { tf } from "../backend/tf.ts";
+import { batchIndices, loadImageBatch, prefetch } from "../dataset/batches.ts";
+import { probingSpec, refinementSpec } from "../dataset/preprocess.ts";
+import { bertEncode, clsToken } from "../encoders/bert.ts";
+import { linearP } from "../encoders/layers.ts";
+import { vitRefineTokens } from "../encoders/vit.ts";
+import { l2normalize } from "../losses/objectives.ts";
+import type { RetfinerModel } from "../model/model.ts";
+import type { ProgressCallback } from "../util/progress.ts";
+
+/** L2-normalised contrastive text embeddings `[N, E]` of `texts` (text-only BERT → CLS → `contra_head_t`). */
+export function embedTexts(model: RetfinerModel, texts: string[], batch = 64): Float32Array {
+  const tok = model.tokenizer.encodeBatch(texts);
+  const L = tok.length;
+  const E = model.heads.get("contra_head_t.weight")!.shape[0];
+  const out = new Float32Array(texts.length * E);
+  for (let i = 0; i < texts.length; i += batch) {
+    const n = Math.min(batch, texts.length - i);
+    const y = tf.tidy(() => {
+      const ids = tf.tensor(tok.inputIds.subarray(i * L, (i + n) * L), [n, L], "int32");
+      const mask = tf.tensor(tok.attentionMask.subarray(i * L, (i + n) * L), [n, L], "int32");
+      return l2normalize(
+        linearP(model.heads, "contra_head_t", clsToken(bertEncode(model.bert, { inputIds: ids, attentionMask: mask }))),
+      );
+    });
+    out.set(y.dataSync() as Float32Array, i * E);
+    y.dispose();
+  }
+  return out;
+}
+
+/**
+ * L2-normalised contrastive image embeddings `[N, E]` (CLS of the refinement
+ * tokens → `contra_head_v`); also returns the tokens when `keepTokens`.
+ */
+export async function embedImages(
+  model: RetfinerModel,
+  paths: string[],
+  options: { recipe?: "refine" | "probe"; batch?: number; onProgress?: ProgressCallback } = {},
+): Promise<Float32Array> {
+  const c = model.vit.config;
+  const spec = (options.recipe ?? "refine") === "refine" ? refinementSpec(c.imgSize, c) : probingSpec(c.imgSize, c);
+  const E = model.heads.get("contra_head_v.weight")!.shape[0];
+  const out = new Float32Array(paths.length * E);
+  let done = 0;
+  for await (
+    const b of prefetch(
+      batchIndices(paths.length, options.batch ?? 32).map((idx) => () => loadImageBatch(paths, idx, spec)),
+      2,
+    )
+  ) {
+    const y = tf.tidy(() => {
+      const tokens = vitRefineTokens(model.vit, tf.tensor(b.data, [b.n, 3, c.imgSize, c.imgSize]));
+      const cls = tf.reshape(tf.slice(tokens, [0, 0, 0], [b.n, 1, tokens.shape[2] as number]), [b.n, -1]);
+      return l2normalize(linearP(model.heads, "contra_head_v", cls));
+    });
+    out.set(y.dataSync() as Float32Array, b.indices[0] * E);
+    y.dispose();
+    done += b.n;
+    options.onProgress?.({ phase: "embed images", done, total: paths.length });
+  }
+  return out;
+}
