@@ -16,7 +16,19 @@ const TABLES: Uint32Array[] = (() => {
   return t;
 })();
 
-/** Continues a CRC-32 over `bytes` (start with `crc = 0`). */
+/**
+ * Continues a CRC-32 over `bytes` (start with `crc = 0`).
+ * @param bytes the bytes to add
+ * @param crc the CRC of the bytes before them (0 to start)
+ * @returns the CRC-32 (IEEE, as zlib's `crc32`), an unsigned 32-bit integer
+ * @example
+ * ```ts
+ * import { crc32 } from "./crc32.ts";
+ * const text = new TextEncoder().encode("123456789");
+ * if (crc32(text) !== 0xcbf43926) throw new Error("check value");
+ * if (crc32(text.subarray(4), crc32(text.subarray(0, 4))) !== 0xcbf43926) throw new Error("continuation");
+ * ```
+ */
 export function crc32(bytes: Uint8Array, crc = 0): number {
   const [t0, t1, t2, t3, t4, t5, t6, t7] = TABLES;
   let c = ~crc >>> 0;

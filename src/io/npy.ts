@@ -226,7 +226,12 @@ export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
   return { descr: `<${descr.slice(1)}`, shape, data };
 }
 
-/** Reads a `.npy` file. */
+/**
+ * Reads a `.npy` file.
+ * @param path the `.npy` file
+ * @returns the array (C order)
+ * @throws {CheckpointError} when the file is missing, unreadable or malformed (see {@link parseNpy})
+ */
 export async function readNpy(path: string): Promise<NpyArray> {
   let bytes: Uint8Array;
   try {
@@ -248,7 +253,19 @@ const DESCR: Partial<Record<DType, string>> = {
   BOOL: "|b1",
 };
 
-/** Encodes a tensor as `.npy` bytes (format 1.0). */
+/**
+ * Encodes a tensor as `.npy` bytes (format 1.0).
+ * @param t the tensor (any dtype with a NumPy equivalent; raw `<u2` halves too)
+ * @returns the `.npy` bytes (format 1.0, C order, header padded to 64 bytes)
+ * @throws {CheckpointError} when the dtype has no `.npy` equivalent (bfloat16)
+ * @example
+ * ```ts
+ * import { encodeNpy, parseNpy } from "./npy.ts";
+ * import { float32Tensor } from "./tensor.ts";
+ * const a = parseNpy(encodeNpy(float32Tensor(new Float32Array([0.5, -1, 2, 3, 4, 5]), [2, 3])));
+ * if (a.descr !== "<f4" || a.shape.join() !== "2,3" || a.data[1] !== -1) throw new Error("round trip");
+ * ```
+ */
 export function encodeNpy(t: TensorData | { descr: "<u2"; shape: number[]; data: Uint16Array }): Uint8Array {
   const descr = "descr" in t ? t.descr : DESCR[t.dtype];
   if (!descr) throw new CheckpointError(`encodeNpy: dtype ${(t as TensorData).dtype} has no .npy equivalent`);
@@ -264,12 +281,24 @@ export function encodeNpy(t: TensorData | { descr: "<u2"; shape: number[]; data:
   return concatBytes([head, new TextEncoder().encode(header), data]);
 }
 
-/** Writes a tensor to a `.npy` file atomically. */
+/**
+ * Writes a tensor to a `.npy` file atomically.
+ * @param path the file to write (replaced atomically)
+ * @param t the tensor
+ * @returns when the file is written
+ * @throws {CheckpointError} when the dtype has no `.npy` equivalent
+ */
 export async function writeNpy(path: string, t: TensorData): Promise<void> {
   await writeFileAtomic(path, encodeNpy(t));
 }
 
-/** Converts a parsed `.npy` array to a {@link TensorData} when its dtype maps to one. */
+/**
+ * Converts a parsed `.npy` array to a {@link TensorData} when its dtype maps to one.
+ * @param a the parsed array
+ * @param name names the array in error messages
+ * @returns a tensor viewing the same data
+ * @throws {CheckpointError} when the dtype has no tensor equivalent or the data does not fill the shape
+ */
 export function npyToTensor(a: NpyArray, name = "<npy>"): TensorData {
   const map: Record<string, DType> = {
     "<f4": "F32",

@@ -160,7 +160,12 @@ function wholeModelHint(bytes: Uint8Array, module: string, name: string): boolea
   return has("_modules") && has("_parameters");
 }
 
-/** An attribute-bag object for allow-listed plain classes such as `argparse.Namespace`. */
+/**
+ * An attribute-bag object for allow-listed plain classes such as `argparse.Namespace`.
+ * @param qualname the allow-listed class, `module.Name` (e.g. `argparse.Namespace`)
+ * @returns a pickle global whose instances are plain attribute bags
+ * @throws {CheckpointError} (when an instance is built) for an attribute name that is not a string
+ */
 export function plainClass(qualname: string): PyGlobal {
   return {
     call: () => ({ __class__: qualname }) as PyObject,
@@ -185,6 +190,13 @@ export function plainClass(qualname: string): PyGlobal {
 /**
  * Runs the pickle in `bytes` and returns the value it builds plus the offset
  * just past its STOP opcode.
+ * @param bytes the pickle stream (protocols 0–5)
+ * @param options the allowed globals, persistent-id loader and work limits, see {@link UnpickleOptions}
+ * @returns the value built and the offset just past STOP
+ * @throws {UnsafePickleError} for a global outside the allow-list or an opcode that would run code
+ * @throws {PickleLimitError} when the stream exceeds a time, memory or nesting limit
+ * @throws {PickleTruncatedError} when the stream ends before STOP
+ * @throws {CheckpointError} for any other malformed stream
  */
 export function unpickle(bytes: Uint8Array, options: UnpickleOptions): { value: unknown; end: number } {
   const file = options.fileName ?? "<pickle>";

@@ -592,8 +592,14 @@ function parseLegacy(
 /**
  * Reads a PyTorch checkpoint safely.
  *
+ * @param input a path (read through a bounded file source) or the checkpoint's bytes: a PyTorch zip checkpoint
+ *  (`torch.save` since 1.6) or a legacy one
+ * @param options limits and which pickle globals to allow, see {@link ReadPthOptions}
+ * @returns the unpickled value (tensors as {@link TensorData}, dicts as Maps) and the archive's details
+ * @throws {CheckpointError} when the file is missing, truncated, malformed, over a limit or asks for a global
+ *  outside the allow-list (nothing in it is executed); its subclasses name the kind
  * @example
- * ```ts
+ * ```ts ignore
  * import { readPth } from "./pth.ts";
  * const { value } = readPth("RETFound_oct_weights.pth");
  * const model = (value as Map<string, unknown>).get("model");

@@ -177,7 +177,20 @@ export function pthMembers(value: PthValue, archiveName = "archive", options: Wr
   ];
 }
 
-/** The bytes of a PyTorch checkpoint holding `value`. */
+/**
+ * The bytes of a PyTorch checkpoint holding `value`.
+ * @param value what to save: a Map, array, number, string, boolean, null or {@link TensorData}
+ * @returns the checkpoint's bytes (a zip archive `torch.load` reads)
+ * @example
+ * ```ts
+ * import { encodePth } from "./pth_writer.ts";
+ * import { readPth } from "./pth.ts";
+ * import { float32Tensor } from "./tensor.ts";
+ * const bytes = encodePth(new Map([["pos_embed", float32Tensor(new Float32Array([1, 2, 3]), [1, 3])]]));
+ * const back = readPth(bytes).value as Map<string, { shape: number[]; data: Float32Array }>;
+ * if (back.get("pos_embed")!.data[2] !== 3) throw new Error("round trip");
+ * ```
+ */
 export function encodePth(value: PthValue): Uint8Array {
   return concatBytes(buildZip(pthMembers(value)));
 }
@@ -186,8 +199,12 @@ export function encodePth(value: PthValue): Uint8Array {
  * Writes `value` (typically a state dict: a Map of name → tensor) to `path`
  * atomically, without copying tensor data.
  *
+ * @param path the file to write (replaced atomically: a temporary file, then a rename)
+ * @param value what to save, as for {@link encodePth}
+ * @param options e.g. the state dict's `_metadata`, see {@link WritePthOptions}
+ * @returns when the file is written
  * @example
- * ```ts
+ * ```ts ignore
  * import { writePth } from "./pth_writer.ts";
  * await writePth("backbone.pth", new Map([["cls_token", { dtype: "F32", shape: [1, 1, 2], data: new Float32Array(2) }]]));
  * ```

@@ -180,12 +180,34 @@ export function safetensorsChunks(
   return [len, headerBytes, ...chunks];
 }
 
-/** Encodes tensors as safetensors bytes. */
+/**
+ * Encodes tensors as safetensors bytes.
+ * @param tensors tensors by name, written in this order
+ * @param metadata string pairs stored as the header's `__metadata__` (omitted when empty)
+ * @returns the file's bytes: 8-byte header length, JSON header, then the data, little-endian
+ * @example
+ * ```ts
+ * import { encodeSafetensors, readSafetensors } from "./safetensors.ts";
+ * import { float32Tensor } from "./tensor.ts";
+ * const bytes = encodeSafetensors(new Map([["w", float32Tensor(new Float32Array([1, 2, 3, 4]), [2, 2])]]), {
+ *   format: "pt",
+ * });
+ * const back = readSafetensors(bytes);
+ * const w = back.tensors.get("w")!;
+ * if (w.shape.join() !== "2,2" || w.data[3] !== 4 || back.metadata.format !== "pt") throw new Error("round trip");
+ * ```
+ */
 export function encodeSafetensors(tensors: Map<string, TensorData>, metadata: Record<string, string> = {}): Uint8Array {
   return concatBytes(safetensorsChunks(tensors, metadata));
 }
 
-/** Writes tensors to a safetensors file atomically. */
+/**
+ * Writes tensors to a safetensors file atomically.
+ * @param path the file to write (replaced atomically: a temporary file, then a rename)
+ * @param tensors tensors by name, written in this order
+ * @param metadata string pairs stored as the header's `__metadata__`
+ * @returns when the file is written
+ */
 export async function writeSafetensors(
   path: string,
   tensors: Map<string, TensorData>,

@@ -17,7 +17,13 @@ export interface ByteSource {
   close(): void;
 }
 
-/** A byte source over an in-memory buffer. */
+/**
+ * A byte source over an in-memory buffer.
+ * @param bytes the buffer
+ * @param name names it in error messages
+ * @returns a source whose reads are bounds-checked copies
+ * @throws {CheckpointError} (from `read`) when a read runs past the end
+ */
 export function memorySource(bytes: Uint8Array, name = "<memory>"): ByteSource {
   return {
     name,

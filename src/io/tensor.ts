@@ -146,14 +146,24 @@ export const DTYPE_SIZE: Record<DType, number> = {
   BOOL: 1,
 };
 
-/** Number of elements of a shape. */
+/**
+ * Number of elements of a shape.
+ * @param shape the dimensions (`[]`: a scalar)
+ * @returns their product (1 for a scalar)
+ */
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
 }
 
-/** Views `bytes` (little-endian) as a typed array of `dtype`; copies only if unaligned. */
+/**
+ * Views `bytes` (little-endian) as a typed array of `dtype`; copies only if unaligned.
+ * @param dtype the element type
+ * @param bytes the little-endian elements
+ * @returns a typed array over the same memory when aligned, else over a copy (F16/BF16: raw Uint16 words)
+ * @throws {CheckpointError} when the byte length is not a whole number of elements
+ */
 export function typedView(dtype: DType, bytes: Uint8Array): TypedData {
   const size = DTYPE_SIZE[dtype];
   if (bytes.byteLength % size !== 0) {
@@ -184,17 +194,37 @@ export function typedView(dtype: DType, bytes: Uint8Array): TypedData {
   }
 }
 
-/** An empty typed array of `dtype` with `n` elements. */
+/**
+ * An empty typed array of `dtype` with `n` elements.
+ * @param dtype the element type
+ * @param n the number of elements
+ * @returns a zero-filled typed array
+ */
 export function allocTyped(dtype: DType, n: number): TypedData {
   return typedView(dtype, new Uint8Array(n * DTYPE_SIZE[dtype]));
 }
 
-/** The raw little-endian bytes of a tensor (a view, no copy). */
+/**
+ * The raw little-endian bytes of a tensor (a view, no copy).
+ * @param t the tensor
+ * @returns its data's bytes
+ */
 export function tensorBytes(t: TensorData): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
-/** IEEE half → float. */
+/**
+ * IEEE half → float.
+ * @param h the 16-bit pattern (0–65535)
+ * @returns its value (subnormals, ±Infinity and NaN included)
+ * @example
+ * ```ts
+ * import { floatToHalf, halfToFloat } from "./tensor.ts";
+ * if (floatToHalf(1) !== 0x3c00 || halfToFloat(0x3c00) !== 1) throw new Error("one");
+ * if (halfToFloat(floatToHalf(0.1)) !== 0.0999755859375) throw new Error("rounding");
+ * if (floatToHalf(70000) !== 0x7c00) throw new Error("overflow to Infinity");
+ * ```
+ */
 export function halfToFloat(h: number): number {
   const s = h & 0x8000 ? -1 : 1;
   const e = (h >> 10) & 0x1f;
@@ -207,7 +237,11 @@ export function halfToFloat(h: number): number {
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
-/** float → IEEE half (round to nearest even). */
+/**
+ * float → IEEE half (round to nearest even).
+ * @param x the value
+ * @returns the nearest half's 16-bit pattern; beyond 65504 (after rounding) ±Infinity, NaN stays NaN
+ */
 export function floatToHalf(x: number): number {
   f32[0] = x;
   const bits = u32[0];
@@ -234,13 +268,21 @@ export function floatToHalf(x: number): number {
   return sign | half;
 }
 
-/** bfloat16 → float. */
+/**
+ * bfloat16 → float.
+ * @param h the 16-bit pattern (the upper half of a float32)
+ * @returns its value
+ */
 export function bf16ToFloat(h: number): number {
   u32[0] = h << 16;
   return f32[0];
 }
 
-/** float → bfloat16 (round to nearest even, as PyTorch). */
+/**
+ * float → bfloat16 (round to nearest even, as PyTorch).
+ * @param x the value
+ * @returns the nearest bfloat16's 16-bit pattern (NaN stays NaN)
+ */
 export function floatToBf16(x: number): number {
   f32[0] = x;
   const bits = u32[0];
@@ -248,7 +290,11 @@ export function floatToBf16(x: number): number {
   return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-/** Converts any floating or integer tensor to float32 (bools become 0/1). */
+/**
+ * Converts any floating or integer tensor to float32 (bools become 0/1).
+ * @param t the tensor
+ * @returns its values as float32 (a new array, or the tensor's own data when it is float32 already)
+ */
 export function toFloat32(t: TensorData): Float32Array {
   const d = t.data;
   if (t.dtype === "F32") return d as Float32Array;
@@ -260,7 +306,13 @@ export function toFloat32(t: TensorData): Float32Array {
   return out;
 }
 
-/** A float32 tensor from values and shape, checking the size. */
+/**
+ * A float32 tensor from values and shape, checking the size.
+ * @param data the values, row-major
+ * @param shape the dimensions
+ * @returns the tensor (not a copy of `data`)
+ * @throws {CheckpointError} when `data.length` is not the product of `shape`
+ */
 export function float32Tensor(data: Float32Array, shape: number[]): TensorData {
   if (data.length !== numel(shape)) {
     throw new CheckpointError(`float32Tensor: ${data.length} values do not fill shape [${shape}]`);

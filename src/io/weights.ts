@@ -483,7 +483,11 @@ function diagnoseNoWeights(
   return undefined;
 }
 
-/** One line saying where the weights were found and which prefixes were stripped. */
+/**
+ * One line saying where the weights were found and which prefixes were stripped.
+ * @param u the containers walked through (e.g. `["model"]`) and the key prefixes stripped, with their counts
+ * @returns one line for a notice, e.g. `weights found under "model"; stripped "module." (150 keys)`
+ */
 export function describeUnwrap(u: { container: string[]; stripped: Map<string, number> }): string {
   const where = u.container.length ? `under "${u.container.join(".")}"` : "at the top level";
   const pre = [...u.stripped].map(([p, n]) => `"${p}" (${n} keys)`).join(", ");
@@ -514,7 +518,12 @@ function dropReason(k: string, layout: VisionLayout, original: string): string {
   return "not part of the vision backbone";
 }
 
-/** Recognises the layout of a vision checkpoint's top-level dict. */
+/**
+ * Recognises the layout of a vision checkpoint's top-level dict.
+ * @param top the checkpoint's top-level dict (after unwrapping)
+ * @param file names the file in notices
+ * @returns the layout recognised (`"retfound"`, `"mae-finetuned"`, `"dinov2"`…)
+ */
 export function detectVisionLayout(top: Map<string, unknown>, file = "<weights>"): VisionLayout {
   return classify(top, unwrapStateDict(top, "vision", file));
 }

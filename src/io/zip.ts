@@ -247,6 +247,9 @@ export interface ZipInput {
  * Lays out a stored (uncompressed) zip archive with each member's data aligned
  * to `align` bytes, as PyTorch does, using zip64 records when needed.
  * Returns the chunks to write, in order; member data is not copied.
+ * @param members the files: path inside the archive and contents as chunks, stored uncompressed
+ * @param align the alignment of each member's data in bytes (PyTorch: 64)
+ * @returns the archive's chunks, to write in order
  */
 export function buildZip(members: ZipInput[], align = 64): Uint8Array[] {
   const out: Uint8Array[] = [];
