@@ -39,6 +39,13 @@ const ROW_START = /[^"\r\n,;\t|]{0,1000}\.(?:png|jpe?g|tiff?|bmp|npy)(?:#slice=\
  *   unclosed quote merging rows does), a row whose field count differs
  *   from the header's (saying when the file looks semicolon- or tab-delimited), a duplicated column name, or an
  *   empty file. An unnamed column (pandas' index) is called `Unnamed: <k>`, as pandas calls it.
+ * @example
+ * ```ts
+ * import { parseCsv } from "./csv.ts";
+ * const { header, rows } = parseCsv('image,report\r\na.png,"drusen, ""small""\nno fluid"\r\nb.png,normal\r\n');
+ * if (header.join() !== "image,report" || rows.length !== 2) throw new Error("two rows");
+ * if (rows[0].values.report !== 'drusen, "small"\nno fluid' || rows[1].line !== 4) throw new Error("quoted field");
+ * ```
  */
 export function parseCsv(
   text: string,

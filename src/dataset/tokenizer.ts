@@ -56,7 +56,13 @@ export interface TextTokenizer {
 
 const SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
-/** A standard BERT `tokenizer.json` for a WordPiece vocabulary (ids = positions). */
+/**
+ * A standard BERT `tokenizer.json` for a WordPiece vocabulary (ids = positions).
+ * @param vocab the WordPiece vocabulary; a token's id is its position; it must hold [PAD], [UNK], [CLS], [SEP], [MASK]
+ * @param options BertNormalizer settings: `lowercase` (default true), `stripAccents` (null: follow `lowercase`)
+ * @returns the `tokenizer.json` object (BertNormalizer, BertPreTokenizer, `[CLS] $A [SEP]` template, WordPiece)
+ * @throws {DatasetError} when a special token is missing from the vocabulary
+ */
 export function bertTokenizerJson(
   vocab: string[],
   options: { lowercase?: boolean; stripAccents?: boolean | null } = {},
@@ -111,7 +117,15 @@ export function bertTokenizerJson(
   };
 }
 
-/** Wraps a `tokenizer.json` object. */
+/**
+ * Wraps a `tokenizer.json` object.
+ * @param json a Hugging Face `tokenizer.json` object (WordPiece model)
+ * @param config the `tokenizer_config.json` object, if any (e.g. `model_max_length`)
+ * @param source names the file in error messages
+ * @returns the tokenizer
+ * @throws {DatasetError} when the object is no usable tokenizer or its vocabulary lacks a special token;
+ *   `encodeBatch` throws it for a `maxLength` below 2
+ */
 export function tokenizerFromJson(
   json: Record<string, unknown>,
   config: Record<string, unknown> = {},
@@ -194,7 +208,21 @@ function encodePrefix(tk: Tokenizer, text: string, keep: number): number[] {
   }
 }
 
-/** A tokenizer from a BERT `vocab.txt` (one token per line, id = line number). */
+/**
+ * A tokenizer from a BERT `vocab.txt` (one token per line, id = line number).
+ * @param vocab the tokens, one per id (a `vocab.txt`'s lines)
+ * @param options BertNormalizer settings as for {@link bertTokenizerJson}, and `source` for messages
+ * @returns the tokenizer
+ * @throws {DatasetError} when a special token is missing from the vocabulary
+ * @example
+ * ```ts
+ * import { tokenizerFromVocab } from "./tokenizer.ts";
+ * const tok = tokenizerFromVocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "drusen", "fluid", "##s", "no"]);
+ * const { inputIds, attentionMask } = tok.encodeBatch(["No fluids"], 6);
+ * if (inputIds.join() !== "2,8,6,7,3,0" || attentionMask.join() !== "1,1,1,1,1,0") throw new Error(`${inputIds}`);
+ * if (tok.decode(inputIds) !== "no fluids") throw new Error(tok.decode(inputIds));
+ * ```
+ */
 export function tokenizerFromVocab(
   vocab: string[],
   options: { lowercase?: boolean; stripAccents?: boolean | null; source?: string } = {},
@@ -205,6 +233,17 @@ export function tokenizerFromVocab(
 /**
  * Loads a tokenizer from a `tokenizer.json`, a `vocab.txt`, or a directory
  * holding either (with `tokenizer_config.json` if present).
+ * @param path a `tokenizer.json`, a `vocab.txt`, or a folder holding either
+ * @returns the tokenizer
+ * @throws {DatasetError} when the path is missing, holds neither file, or a file is unreadable or unusable
+ * @example
+ * ```ts
+ * import { loadTokenizer } from "./tokenizer.ts";
+ * // The BERT stand-in shipped in data/models/ (a small vocabulary built from the synthetic reports).
+ * const tok = loadTokenizer(new URL("../../data/models/bert-standin/tokenizer.json", import.meta.url).pathname);
+ * const batch = tok.encodeBatch(["drusen in the outer retina"], 30);
+ * if (batch.inputIds[0] !== tok.clsId || batch.length !== 30) throw new Error("[CLS] first, padded to 30");
+ * ```
  */
 export function loadTokenizer(path: string): TextTokenizer {
   let stat: Deno.FileInfo;
@@ -267,6 +306,9 @@ export function loadTokenizer(path: string): TextTokenizer {
  * corpus can be spelled), then whole words and frequent `##` suffixes by
  * frequency, up to `vocabSize`. Words are split with the library's own BERT
  * normaliser and pre-tokeniser.
+ * @param corpus the texts (e.g. the reports)
+ * @param options `vocabSize` (default 2048), `minFrequency` of a word or suffix to be kept, `lowercase` (default true)
+ * @returns the vocabulary, special tokens first (ids 0–4: [PAD], [UNK], [CLS], [SEP], [MASK])
  */
 export function buildWordPieceVocab(
   corpus: Iterable<string>,

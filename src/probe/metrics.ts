@@ -28,7 +28,11 @@ export interface Metrics {
 /** Metric names in table order. */
 export const METRIC_NAMES: readonly (keyof Metrics)[] = ["bacc", "auroc", "ap", "f1", "mcc"];
 
-/** Index of the first maximum (as `torch.argmax`). */
+/**
+ * Index of the first maximum (as `torch.argmax`).
+ * @param row the scores
+ * @returns the index of the first maximum (0 for an empty row)
+ */
 export function argmax(row: ArrayLike<number>): number {
   let best = 0;
   for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
@@ -56,7 +60,13 @@ function confusion(labels: number[], preds: number[], c: number): number[][] {
   return m;
 }
 
-/** `balanced_accuracy_score`: mean recall over classes that occur in `labels`. */
+/**
+ * `balanced_accuracy_score`: mean recall over classes that occur in `labels`.
+ * @param labels true classes, in [0, numClasses)
+ * @param preds predicted classes, same length
+ * @param numClasses the number of classes
+ * @returns mean per-class recall over the classes present in `labels`, in [0, 1]
+ */
 export function balancedAccuracy(labels: number[], preds: number[], numClasses: number): number {
   const m = confusion(labels, preds, numClasses);
   let sum = 0;
@@ -137,7 +147,13 @@ export function binaryAveragePrecision(positive: boolean[], scores: ArrayLike<nu
   return ap;
 }
 
-/** Support-weighted F1 with zero_division=0. */
+/**
+ * Support-weighted F1 with zero_division=0.
+ * @param labels true classes, in [0, numClasses)
+ * @param preds predicted classes, same length
+ * @param numClasses the number of classes
+ * @returns per-class F1 averaged with the classes' supports as weights (`f1_score(average="weighted")`), in [0, 1]
+ */
 export function weightedF1(labels: number[], preds: number[], numClasses: number): number {
   const m = confusion(labels, preds, numClasses);
   let total = 0;
@@ -155,7 +171,13 @@ export function weightedF1(labels: number[], preds: number[], numClasses: number
   return total ? sum / total : 0;
 }
 
-/** Multiclass Matthews correlation coefficient (sklearn's covariance form). */
+/**
+ * Multiclass Matthews correlation coefficient (sklearn's covariance form).
+ * @param labels true classes, in [0, numClasses)
+ * @param preds predicted classes, same length
+ * @param numClasses the number of classes
+ * @returns the coefficient in [−1, 1]; 0 when either side has a single class (sklearn's convention)
+ */
 export function matthewsCorrcoef(labels: number[], preds: number[], numClasses: number): number {
   const m = confusion(labels, preds, numClasses);
   const t = m.map((row) => row.reduce((a, b) => a + b, 0));
@@ -175,11 +197,18 @@ export function matthewsCorrcoef(labels: number[], preds: number[], numClasses: 
  * The five metrics of `labels` (class indices) against `probs` (softmax
  * probabilities, one row per sample), exactly as the authors' sklearn calls.
  *
+ * @param labels true classes, one per sample
+ * @param probs class probabilities, [N, C] with C ≥ 2 (AUROC and AP use them; the other three their argmax)
+ * @returns balanced accuracy, AUROC (one-vs-rest macro for C > 2), AP (macro), weighted F1 and MCC (method notes
+ *  §3, docs/method.md)
+ * @throws {ProbeError} when the lengths differ, rows have other widths or fewer than 2 classes, or a probability is
+ *  not finite
  * @example
  * ```ts
  * import { classificationMetrics } from "./metrics.ts";
  * const m = classificationMetrics([0, 1, 1], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]);
- * console.log(m.bacc); // 0.75
+ * // Predictions 0, 1, 0: recall 1 for class 0 and 1/2 for class 1; both positives score above the negative.
+ * if (m.bacc !== 0.75 || m.auroc !== 1) throw new Error(JSON.stringify(m));
  * ```
  */
 export function classificationMetrics(labels: number[], probs: number[][]): Metrics {

@@ -39,13 +39,26 @@ function erfcFraction(x: number): number {
   return Math.exp(-x * x) / Math.sqrt(Math.PI) / f;
 }
 
-/** The complementary error function to double precision. */
+/**
+ * The complementary error function to double precision.
+ * @param x any number
+ * @returns erfc(x) = 1 − erf(x), in [0, 2]
+ */
 export function erfc(x: number): number {
   if (x < 0) return 2 - erfc(-x);
   return x < 3 ? 1 - erfSeries(x) : erfcFraction(x);
 }
 
-/** Standard normal survival function 1 − Φ(z). */
+/**
+ * Standard normal survival function 1 − Φ(z).
+ * @param z the standard score
+ * @returns P(Z > z) for Z ~ N(0, 1), `scipy.stats.norm.sf(z)`
+ * @example
+ * ```ts
+ * import { normalSf } from "./stats.ts";
+ * if (Math.abs(normalSf(1.959963984540054) - 0.025) > 1e-15) throw new Error("two-sided 5%");
+ * ```
+ */
 export function normalSf(z: number): number {
   return 0.5 * erfc(z / Math.SQRT2);
 }
@@ -109,6 +122,8 @@ function signedRankPmf(n: number): Float64Array {
  * ```ts
  * import { wilcoxon } from "./stats.ts";
  * const { statistic, pValue } = wilcoxon([0.8, 0.9, 0.7, 0.95], [0.7, 0.85, 0.72, 0.8]);
+ * // scipy.stats.wilcoxon gives statistic 1.0, p-value 0.25 (exact distribution, n = 4).
+ * if (statistic !== 1 || Math.abs(pValue - 0.25) > 1e-12) throw new Error(`${statistic} ${pValue}`);
  * ```
  * @param x the first sample
  * @param y the paired second sample
@@ -162,12 +177,20 @@ export function wilcoxon(x: number[], y: number[]): WilcoxonResult {
   return { statistic: T, pValue: 2 * normalSf(Math.abs(z)), method: "approx", n };
 }
 
-/** Mean of values (NaN for none). */
+/**
+ * Mean of values (NaN for none).
+ * @param values the values
+ * @returns their arithmetic mean (NaN for none)
+ */
 export function mean(values: number[]): number {
   return values.length ? values.reduce((a, b) => a + b, 0) / values.length : NaN;
 }
 
-/** Sample standard deviation (n − 1), 0 for a single value. */
+/**
+ * Sample standard deviation (n − 1), 0 for a single value.
+ * @param values the values
+ * @returns their sample standard deviation (divisor n − 1; 0 for one value)
+ */
 export function sd(values: number[]): number {
   if (values.length < 2) return 0;
   const m = mean(values);

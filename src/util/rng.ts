@@ -39,37 +39,57 @@ function hashString(text: string): number {
  * const x = rng.uniform(); // in [0, 1)
  * const saved = rng.state();
  * const again = Rng.fromState(saved);
- * console.assert(again.uniform() === rng.uniform());
+ * if (!(x >= 0 && x < 1) || again.uniform() !== rng.uniform()) throw new Error("restored state continues");
+ * const order = new Rng(7, "shuffle").permutation(5); // the same order for the same seed and stream
+ * if ([...order].sort().join() !== "0,1,2,3,4") throw new Error("a permutation");
  * ```
  */
 export class Rng {
   #s: Uint32Array;
 
-  /** Creates a generator from an integer seed (and an optional stream label). */
+  /**
+   * Creates a generator from an integer seed (and an optional stream label).
+   * @param seed any number, taken as a 32-bit word (`seed >>> 0`)
+   * @param stream a label mixed into the seed (FNV-1a), so streams of one seed ("shuffle", "masking") are independent
+   */
   constructor(seed: number, stream = "") {
     const init = splitmix32((seed >>> 0) ^ hashString(stream));
     this.#s = new Uint32Array([init(), init(), init(), init()]);
     if (this.#s.every((v) => v === 0)) this.#s[0] = 1;
   }
 
-  /** Restores a generator from {@link Rng.state}. */
+  /**
+   * Restores a generator from {@link Rng.state}.
+   * @param state four 32-bit words from {@link Rng.state}
+   * @returns a generator that continues exactly where the saved one was
+   */
   static fromState(state: RngState): Rng {
     const rng = new Rng(0);
     rng.#s.set(state.map((v) => v >>> 0));
     return rng;
   }
 
-  /** The current state, to store in a checkpoint. */
+  /**
+   * The current state, to store in a checkpoint.
+   * @returns a copy of the four state words
+   */
   state(): RngState {
     return [this.#s[0], this.#s[1], this.#s[2], this.#s[3]];
   }
 
-  /** A new independent generator derived from this one's next output and a label. */
+  /**
+   * A new independent generator derived from this one's next output and a label.
+   * @param label the child's stream label
+   * @returns the child generator (this one advances by one output)
+   */
   fork(label: string): Rng {
     return new Rng(this.nextU32(), label);
   }
 
-  /** The next raw 32-bit unsigned integer. */
+  /**
+   * The next raw 32-bit unsigned integer.
+   * @returns an integer in [0, 2³²) (xoshiro128** 1.1, Blackman & Vigna)
+   */
   nextU32(): number {
     const s = this.#s;
     const result = Math.imul(rotl(Math.imul(s[1], 5) >>> 0, 7), 9) >>> 0;
@@ -83,19 +103,29 @@ export class Rng {
     return result;
   }
 
-  /** A double uniformly distributed in [0, 1), with 53 random bits. */
+  /**
+   * A double uniformly distributed in [0, 1), with 53 random bits.
+   * @returns a number in [0, 1), a multiple of 2⁻⁵³ (MT19937's `genrand_res53` construction)
+   */
   uniform(): number {
     const hi = this.nextU32() >>> 5; // 27 bits
     const lo = this.nextU32() >>> 6; // 26 bits
     return (hi * 67108864 + lo) / 9007199254740992;
   }
 
-  /** A uniform number in (0, 1) with 32 random bits: cheaper than {@link Rng.uniform}, for noise. */
+  /**
+   * A uniform number in (0, 1) with 32 random bits: cheaper than {@link Rng.uniform}, for noise.
+   * @returns a number in (0, 1), never 0 (safe under `log`)
+   */
   uniform32(): number {
     return (this.nextU32() + 0.5) / 4294967296;
   }
 
-  /** Fills `out` with standard normal draws (Box–Muller, both outputs used). */
+  /**
+   * Fills `out` with standard normal draws (Box–Muller, both outputs used).
+   * @param out the array to fill (any length)
+   * @returns `out`
+   */
   fillNormal(out: Float32Array): Float32Array {
     for (let i = 0; i < out.length; i += 2) {
       const r = Math.sqrt(-2 * Math.log(this.uniform32()));
@@ -106,12 +136,22 @@ export class Rng {
     return out;
   }
 
-  /** A uniform double in [low, high). */
+  /**
+   * A uniform double in [low, high).
+   * @param low the lower bound (included)
+   * @param high the upper bound (excluded)
+   * @returns a number in [low, high)
+   */
   uniformRange(low: number, high: number): number {
     return low + (high - low) * this.uniform();
   }
 
-  /** An unbiased integer in [0, n). */
+  /**
+   * An unbiased integer in [0, n).
+   * @param n the number of values, a positive integer (rejection sampling up to 2³², then `uniform() * n`)
+   * @returns an integer in [0, n)
+   * @throws {RangeError} when `n` is not a positive integer
+   */
   int(n: number): number {
     if (!(n >= 1) || !Number.isInteger(n)) throw new RangeError(`Rng.int: n must be a positive integer, got ${n}`);
     if (n <= 0x100000000) {
@@ -124,7 +164,10 @@ export class Rng {
     return Math.floor(this.uniform() * n);
   }
 
-  /** A standard normal draw (Box–Muller; one pair member is discarded to keep state simple). */
+  /**
+   * A standard normal draw (Box–Muller; one pair member is discarded to keep state simple).
+   * @returns a draw from N(0, 1)
+   */
   normal(): number {
     let u = 0;
     while (u === 0) u = this.uniform();
@@ -132,7 +175,11 @@ export class Rng {
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
 
-  /** True with probability p. */
+  /**
+   * True with probability p.
+   * @param p the probability of true, in [0, 1]
+   * @returns true with probability `p`
+   */
   bernoulli(p: number): boolean {
     return this.uniform() < p;
   }
@@ -140,6 +187,9 @@ export class Rng {
   /**
    * An index drawn with probability proportional to non-negative `weights`
    * (like `torch.multinomial(weights, 1)`).
+   * @param weights finite, non-negative weights, not all zero
+   * @returns an index in [0, weights.length), never one of zero weight
+   * @throws {RangeError} for a negative or non-finite weight, or weights that sum to zero
    */
   categorical(weights: ArrayLike<number>): number {
     let total = 0;
@@ -161,7 +211,11 @@ export class Rng {
     return last;
   }
 
-  /** Shuffles an array in place (Fisher–Yates) and returns it. */
+  /**
+   * Shuffles an array in place (Fisher–Yates) and returns it.
+   * @param items the array, shuffled in place
+   * @returns `items`
+   */
   shuffle<T>(items: T[]): T[] {
     for (let i = items.length - 1; i > 0; i--) {
       const j = this.int(i + 1);
@@ -172,7 +226,11 @@ export class Rng {
     return items;
   }
 
-  /** A random permutation of 0..n-1. */
+  /**
+   * A random permutation of 0..n-1.
+   * @param n the length
+   * @returns 0..n−1 in random order
+   */
   permutation(n: number): number[] {
     return this.shuffle(Array.from({ length: n }, (_, i) => i));
   }
