@@ -85,7 +85,13 @@ export interface BertModel {
   scope: string;
 }
 
-/** Reads a Hugging Face `config.json` object into a {@link BertConfig}; RetFiner forces cross-attention on. */
+/**
+ * Reads a Hugging Face `config.json` object into a {@link BertConfig}; RetFiner forces cross-attention on.
+ * @param json the parsed `config.json`
+ * @param file names the file in error messages
+ * @returns the config, with cross-attention on
+ * @throws {EncoderError} for a missing or out-of-range field, or an activation other than exact GELU
+ */
 export function bertConfigFromJson(json: Record<string, unknown>, file = "config.json"): BertConfig {
   const num = (key: string, fallback?: number): number => {
     const v = json[key] ?? fallback;
@@ -132,7 +138,11 @@ export function bertConfigFromJson(json: Record<string, unknown>, file = "config
   return cfg;
 }
 
-/** The inverse of {@link bertConfigFromJson}, for saving next to exported weights. */
+/**
+ * The inverse of {@link bertConfigFromJson}, for saving next to exported weights.
+ * @param c the config
+ * @returns a Hugging Face `config.json` object (`BertConfig` keys)
+ */
 export function bertConfigToJson(c: BertConfig): Record<string, unknown> {
   return {
     architectures: ["BertForMaskedLM"],
@@ -155,7 +165,11 @@ export function bertConfigToJson(c: BertConfig): Record<string, unknown> {
   };
 }
 
-/** The parameter names and shapes of a BERT config, in state-dict order. */
+/**
+ * The parameter names and shapes of a BERT config, in state-dict order.
+ * @param c the config
+ * @returns `[name, shape]` pairs with Hugging Face's names (`bert.embeddings…`, `bert.encoder.layer.<i>…`, `cls.predictions…`)
+ */
 export function bertParamShapes(c: BertConfig): [string, number[]][] {
   const H = c.hiddenSize;
   const out: [string, number[]][] = [
@@ -191,6 +205,10 @@ export function bertParamShapes(c: BertConfig): [string, number[]][] {
 /**
  * Creates a BERT with HF's initialisation: weights N(0, 0.02), biases 0,
  * LayerNorm 1/0 (`init: "zeros"` only allocates, for loading right after).
+ * @param config the architecture
+ * @param options the initialisation's generator, and `init: "zeros"` to only allocate before loading
+ * @returns the model
+ * @throws {EncoderError} when the width is not divisible by the head count
  */
 export function createBert(config: BertConfig, options: { rng?: Rng; init?: "random" | "zeros" } = {}): BertModel {
   if (config.hiddenSize % config.numAttentionHeads !== 0) {
@@ -248,7 +266,12 @@ function dropout(x: Tensor, rate: number, options: BertForwardOptions): Tensor {
   return tf.mul(x, tf.tensor(mask, x.shape));
 }
 
-/** `(1 - mask) * -10000`, broadcastable to `[B, heads, Lq, Lk]` (HF's extended attention mask). */
+/**
+ * `(1 - mask) * -10000`, broadcastable to `[B, heads, Lq, Lk]` (HF's extended attention mask).
+ * @param mask `[B, L]` padding mask or `[B, L, L]` full mask, 1 = attend, 0 = masked
+ * @returns additive mask `[B, 1, 1, L]` or `[B, 1, L, L]`: 0 where attended, −10000 elsewhere
+ * @throws {EncoderError} for a mask of another rank
+ */
 export function extendedAttentionMask(mask: Tensor): Tensor {
   const m = tf.cast(mask, "float32");
   const ext = m.rank === 2
@@ -290,7 +313,15 @@ function attentionBlock(
   return layerNormP(p, `${prefix}.output.LayerNorm`, tf.add(out, hidden), model.config.layerNormEps);
 }
 
-/** Runs the encoder: `[B, L, hidden]` (HF `sequence_output`). */
+/**
+ * Runs the encoder: `[B, L, hidden]` (HF `sequence_output`).
+ * @param model the BERT
+ * @param inputs token ids `[B, L]`, attention mask `[B, L]` or `[B, L, L]`, optional image tokens `[B, N, hidden]`
+ * @param options training mode (dropout) and its generator; arrays to collect attention probabilities
+ * @returns the last layer's hidden states `[B, L, hidden]`
+ * @throws {EncoderError} when L exceeds `maxPositionEmbeddings`, image tokens have the wrong shape or the model has no
+ *   cross-attention, or training has no `rng`
+ */
 export function bertEncode(model: BertModel, inputs: BertInputs, options: BertForwardOptions = {}): Tensor {
   const c = model.config;
   const p = model.params;
@@ -346,6 +377,9 @@ export function bertEncode(model: BertModel, inputs: BertInputs, options: BertFo
  * The MLM head (`BertOnlyMLMHead`): dense → GELU → LayerNorm → decoder tied
  * to the word embeddings, plus `cls.predictions.bias`. `hidden` is `[..., H]`;
  * returns logits `[..., vocab]`.
+ * @param model the BERT
+ * @param hidden hidden states `[..., H]`
+ * @returns vocabulary logits `[..., vocabSize]`
  */
 export function mlmLogits(model: BertModel, hidden: Tensor): Tensor {
   const p = model.params;
@@ -366,7 +400,11 @@ export function mlmLogits(model: BertModel, hidden: Tensor): Tensor {
   return tf.reshape(logits, [...lead, model.config.vocabSize]);
 }
 
-/** The last-layer `[CLS]` vector `[B, H]` of an encoder output. */
+/**
+ * The last-layer `[CLS]` vector `[B, H]` of an encoder output.
+ * @param sequence the encoder output `[B, L, H]`
+ * @returns `[B, H]`, token 0 of each row
+ */
 export function clsToken(sequence: Tensor): Tensor {
   const [B, , H] = sequence.shape;
   return tf.reshape(tf.slice(sequence, [0, 0, 0], [B, 1, H]), [B, H]);

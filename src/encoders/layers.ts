@@ -104,6 +104,10 @@ export function initLayerNorm(params: Params, scope: string, prefix: string, dim
  * `nn.Linear`: y = x Wᵀ + b with W stored [out, in] as in PyTorch.
  * Works on any rank by flattening to 2-D (tfjs's batched-matmul gradient
  * does not reduce broadcast batch dimensions).
+ * @param x input `[..., in]`
+ * @param weight `[out, in]`
+ * @param bias `[out]`, optional
+ * @returns `[..., out]`
  */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const inDim = x.shape[x.shape.length - 1];
@@ -119,7 +123,14 @@ export function linearP(params: Params, prefix: string, x: Tensor): Tensor {
   return linear(x, param(params, `${prefix}.weight`), params.get(`${prefix}.bias`));
 }
 
-/** LayerNorm over the last axis with biased variance, as `nn.LayerNorm`. */
+/**
+ * LayerNorm over the last axis with biased variance, as `nn.LayerNorm`.
+ * @param x input `[..., D]`
+ * @param weight γ `[D]` (omitted: 1)
+ * @param bias β `[D]` (omitted: 0)
+ * @param eps added to the variance (timm ViT 1e-6, BERT 1e-12)
+ * @returns the normalised tensor, same shape
+ */
 export function layerNorm(
   x: Tensor,
   weight: Tensor | undefined,
@@ -134,7 +145,11 @@ export function layerNormP(params: Params, prefix: string, x: Tensor, eps: numbe
   return layerNorm(x, param(params, `${prefix}.weight`), param(params, `${prefix}.bias`), eps);
 }
 
-/** Exact (erf) GELU, `nn.GELU()`: 0.5·x·(1 + erf(x/√2)). */
+/**
+ * Exact (erf) GELU, `nn.GELU()`: 0.5·x·(1 + erf(x/√2)).
+ * @param x any tensor
+ * @returns GELU(x), same shape
+ */
 export function gelu(x: Tensor): Tensor {
   return fusedGelu(x);
 }
@@ -183,14 +198,21 @@ export function dropPath(x: Tensor, rate: number, rng: Rng | undefined): Tensor 
   return tf.mul(x, tf.tensor(mask, [b, ...new Array(x.rank - 1).fill(1)]));
 }
 
-/** Total number of scalar parameters. */
+/**
+ * Total number of scalar parameters.
+ * @param params the model's variables
+ * @returns the sum of their sizes
+ */
 export function countParams(params: Params): number {
   let n = 0;
   for (const p of params.values()) n += p.size;
   return n;
 }
 
-/** Disposes every variable of a model. */
+/**
+ * Disposes every variable of a model.
+ * @param params the model's variables (unusable afterwards)
+ */
 export function disposeParams(params: Params): void {
   for (const p of params.values()) p.dispose();
   params.clear();

@@ -139,7 +139,11 @@ function splitUnexpected(
   return { unexpected, documented };
 }
 
-/** Reads every parameter into float32 tensors, in parameter order (for export). */
+/**
+ * Reads every parameter into float32 tensors, in parameter order (for export).
+ * @param params the model's variables
+ * @returns float32 copies by parameter name
+ */
 export function stateDict(params: Params): Map<string, TensorData> {
   const out = new Map<string, TensorData>();
   for (const [name, p] of params) {
@@ -706,7 +710,11 @@ export function loadBert(
   return { model, mapped, newlyInitialised, notices, report };
 }
 
-/** A state dict for Hugging Face: adds the tied decoder weight and bias back. */
+/**
+ * A state dict for Hugging Face: adds the tied decoder weight and bias back.
+ * @param model the BERT
+ * @returns its state dict with `cls.predictions.decoder.weight` (tied to the word embeddings) and `.bias` added
+ */
 export function bertStateDictForExport(model: BertModel): Map<string, TensorData> {
   const sd = stateDict(model.params);
   sd.set("cls.predictions.decoder.weight", sd.get("bert.embeddings.word_embeddings.weight")!);
@@ -714,7 +722,11 @@ export function bertStateDictForExport(model: BertModel): Map<string, TensorData
   return sd;
 }
 
-/** Number of parameters a state dict holds. */
+/**
+ * Number of parameters a state dict holds.
+ * @param tensors the state dict
+ * @returns the total number of elements
+ */
 export function stateDictSize(tensors: Map<string, TensorData>): number {
   let n = 0;
   for (const t of tensors.values()) n += numel(t.shape);

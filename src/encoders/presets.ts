@@ -66,14 +66,24 @@ export const VIT_PRESETS: Record<VitPresetName, VitConfig> = {
   },
 };
 
-/** A preset with overrides, e.g. `vitPreset("retfound", { imgSize: 112 })`. */
+/**
+ * A preset with overrides, e.g. `vitPreset("retfound", { imgSize: 112 })`.
+ * @param name `retfound`, `visionfm` or `urfound` (the real models' architectures, method notes §1.2)
+ * @param overrides fields to change
+ * @returns the config
+ * @throws {EncoderError} for an unknown preset name or an invalid field
+ */
 export function vitPreset(name: VitPresetName, overrides: Partial<VitConfig> = {}): VitConfig {
   const base = VIT_PRESETS[name];
   if (!base) throw new EncoderError(`unknown ViT preset "${name}"; choose retfound, visionfm or urfound`);
   return { ...base, ...overrides };
 }
 
-/** Normalisation statistics per family: VisionFM's OCT stats, ImageNet otherwise (§1.3, §2.5). */
+/**
+ * Normalisation statistics per family: VisionFM's OCT stats, ImageNet otherwise (§1.3, §2.5).
+ * @param family the ViT family
+ * @returns per-channel mean and std (RGB) used to normalise images in [0, 1]
+ */
 export function familyStats(family: VitFamily): { mean: [number, number, number]; std: [number, number, number] } {
   return family === "visionfm"
     ? { mean: VISIONFM_MEAN, std: VISIONFM_STD }
@@ -86,6 +96,12 @@ export function familyStats(family: VitFamily): { mean: [number, number, number]
  * projection, image size from `pos_embed`, MLP ratio from `fc1`, qkv bias and
  * `proj` from their presence. The head count is not stored in the weights; it
  * defaults to width/64 (true for ViT-B/16 and ViT-L/16) unless given.
+ * @param tensors the weights, timm names
+ * @param family the family (sets the defaults that weights cannot show, e.g. the refinement recipe)
+ * @param options `numHeads` when the width is unusual; `fileName` for messages
+ * @returns the inferred config
+ * @throws {EncoderError} when a needed key is missing, `pos_embed` is not 1 + a square grid, there are no blocks, or
+ *  the head count cannot be inferred
  */
 export function inferVitConfig(
   tensors: Map<string, TensorData>,
@@ -232,7 +248,13 @@ export function validateVitConfig(config: VitConfig, where: string): VitConfig {
 /** Names of the BERT presets. */
 export type BertPresetName = "bert-base-crossattn" | "small";
 
-/** BERT presets: the authors' bert-base with cross-attention, and a small one for tests and the CPU demo. */
+/**
+ * BERT presets: the authors' bert-base with cross-attention, and a small one for tests and the CPU demo.
+ * @param name `bert-base-crossattn` (the authors') or `small` (tests and the CPU demo)
+ * @param overrides fields to change
+ * @returns the config
+ * @throws {EncoderError} for an unknown preset name or an invalid field
+ */
 export function bertPreset(name: BertPresetName, overrides: Partial<BertConfig> = {}): BertConfig {
   if (name === "bert-base-crossattn") return { ...BERT_BASE_CROSSATTN, ...overrides };
   if (name === "small") {

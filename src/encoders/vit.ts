@@ -120,7 +120,12 @@ export interface CreateVitOptions {
   sincosPosEmbed?: boolean;
 }
 
-/** Number of patches per side. */
+/**
+ * Number of patches per side.
+ * @param config the ViT config
+ * @returns `imgSize / patchSize` (e.g. 224 / 16 = 14)
+ * @throws {EncoderError} when the image size is not a multiple of the patch size
+ */
 export function gridSize(config: VitConfig): number {
   if (config.imgSize % config.patchSize !== 0) {
     throw new EncoderError(`imgSize ${config.imgSize} is not a multiple of patchSize ${config.patchSize}`);
@@ -128,7 +133,13 @@ export function gridSize(config: VitConfig): number {
   return config.imgSize / config.patchSize;
 }
 
-/** MAE's 2-D sin-cos position embedding, with a zero row for the CLS token: `[1 + g², dim]`. */
+/**
+ * MAE's 2-D sin-cos position embedding, with a zero row for the CLS token: `[1 + g², dim]`.
+ * @param dim the embedding width, a multiple of 4
+ * @param grid patches per side g
+ * @returns row-major `[1 + g², dim]` values (MAE's `get_2d_sincos_pos_embed(cls_token=True)`)
+ * @throws {EncoderError} when `dim` is not a multiple of 4
+ */
 export function sincosPosEmbed(dim: number, grid: number): Float32Array {
   if (dim % 4 !== 0) throw new EncoderError(`sin-cos position embedding needs embedDim divisible by 4, got ${dim}`);
   const out = new Float32Array((1 + grid * grid) * dim);
@@ -150,7 +161,13 @@ export function sincosPosEmbed(dim: number, grid: number): Float32Array {
   return out;
 }
 
-/** Creates a vision transformer with freshly initialised (or zero) parameters. */
+/**
+ * Creates a vision transformer with freshly initialised (or zero) parameters.
+ * @param config the architecture (see `vitPreset`, `inferVitConfig`)
+ * @param options the initialisation's generator, `init: "zeros"` to only allocate before loading, sin-cos positions
+ * @returns the model (tfjs variables named as timm's state dict)
+ * @throws {EncoderError} when the width is not divisible by the head count or the image not by the patch size
+ */
 export function createVit(config: VitConfig, options: CreateVitOptions = {}): VitModel {
   const grid = gridSize(config);
   if (config.embedDim % config.numHeads !== 0) {
@@ -221,7 +238,13 @@ export interface VitForwardOptions {
   returnAttention?: boolean;
 }
 
-/** Patchifies `[B, C, H, W]` images and embeds them: `[B, N, D]` (conv as patchify + matmul). */
+/**
+ * Patchifies `[B, C, H, W]` images and embeds them: `[B, N, D]` (conv as patchify + matmul).
+ * @param model the ViT
+ * @param images `[B, C, S, S]` float32, normalised, with S the config's `imgSize`
+ * @returns the patch tokens `[B, N, D]`, N = (S / patchSize)²
+ * @throws {EncoderError} when the images have another shape
+ */
 export function patchEmbed(model: VitModel, images: Tensor): Tensor {
   const { patchSize: P, inChans: C, embedDim: D, imgSize } = model.config;
   const [B, c, H, W] = images.shape;
@@ -237,7 +260,15 @@ export function patchEmbed(model: VitModel, images: Tensor): Tensor {
   return tf.reshape(linear(patches, w, param(model.params, "patch_embed.proj.bias")), [B, g * g, D]);
 }
 
-/** One pre-norm transformer block (timm `Block`). */
+/**
+ * One pre-norm transformer block (timm `Block`).
+ * @param model the ViT
+ * @param index the block, in [0, depth)
+ * @param x the tokens `[B, 1+N, D]`
+ * @param options training mode (drop-path at the block's linearly scaled rate) and its generator
+ * @param attnOut when given, receives the attention probabilities `[B, heads, 1+N, 1+N]`
+ * @returns the block's output `[B, 1+N, D]`
+ */
 export function vitBlock(
   model: VitModel,
   index: number,
@@ -267,7 +298,15 @@ export function vitBlock(
   return tf.add(x, dropPath(m, rate, options.rng));
 }
 
-/** Embeds, prepends CLS, adds position embeddings and runs every block: raw `[B, 1+N, D]`. */
+/**
+ * Embeds, prepends CLS, adds position embeddings and runs every block: raw `[B, 1+N, D]`.
+ * @param model the ViT
+ * @param images `[B, C, S, S]` float32, normalised
+ * @param options training mode (drop-path) and its generator
+ * @param attnOut when given, receives each block's attention probabilities `[B, heads, 1+N, 1+N]`, in order
+ * @returns the last block's raw output `[B, 1+N, D]` (before any final norm)
+ * @throws {EncoderError} for images of another shape, or training with drop-path but no `rng`
+ */
 export function vitBlocks(
   model: VitModel,
   images: Tensor,
@@ -296,7 +335,12 @@ export function vitBlocks(
   return x;
 }
 
-/** The final `norm` (`fc_norm` for a global-pool fine-tune, which has no other), per token. */
+/**
+ * The final `norm` (`fc_norm` for a global-pool fine-tune, which has no other), per token.
+ * @param model the ViT
+ * @param tokens `[B, 1+N, D]` (or `[B, D]`)
+ * @returns the normalised tokens, same shape
+ */
 export function vitFinalNorm(model: VitModel, tokens: Tensor): Tensor {
   return layerNormP(model.params, model.config.globalPool ? "fc_norm" : "norm", tokens, model.config.eps);
 }
@@ -304,6 +348,11 @@ export function vitFinalNorm(model: VitModel, tokens: Tensor): Tensor {
 /**
  * The tokens the text encoder cross-attends to during refinement (§1.2):
  * RETFound: norm → proj; VisionFM: norm; UrFound: raw block output; timm: norm (→ proj).
+ * @param model the ViT
+ * @param images `[B, C, S, S]` float32, normalised
+ * @param options training mode (drop-path) and its generator
+ * @returns `[B, 1+N, W]`, W = {@link refineTokenDim} (the BERT's width after RETFound's projection)
+ * @throws {EncoderError} as {@link vitBlocks}
  */
 export function vitRefineTokens(model: VitModel, images: Tensor, options: VitForwardOptions = {}): Tensor {
   const x = vitBlocks(model, images, options);
@@ -312,7 +361,12 @@ export function vitRefineTokens(model: VitModel, images: Tensor, options: VitFor
   return model.config.projDim ? linearP(model.params, "proj", normed) : normed;
 }
 
-/** Width of the tokens from {@link vitRefineTokens}. */
+/**
+ * Width of the tokens from {@link vitRefineTokens}.
+ * @param config the ViT config
+ * @returns the width of the refinement tokens: `projDim` when set (not for UrFound, whose raw block output is
+ *   used), else `embedDim`
+ */
 export function refineTokenDim(config: VitConfig): number {
   return config.family !== "urfound" && config.projDim ? config.projDim : config.embedDim;
 }
@@ -332,6 +386,12 @@ function concatMeanCls(tokens: Tensor, clsFirst: boolean): Tensor {
  * - `cls`: token 0 of `all`, `[B, D]`.
  * - `pooled`: a global-pool fine-tune's `fc_norm(mean of patch tokens)`; otherwise as `cls`.
  * - `concat`: the probing representation (§2.2), `[B, 2D]`.
+ * @param model the ViT
+ * @param images `[B, C, S, S]` float32, normalised
+ * @param mode which features, see above
+ * @param options forward options (probing uses the default: eval mode)
+ * @returns `[B, 1+N, D]` for `all`, `[B, D]` for `cls`/`pooled`, `[B, 2D]` for `concat`
+ * @throws {EncoderError} as {@link vitBlocks}
  */
 export function vitFeatures(
   model: VitModel,
@@ -357,7 +417,12 @@ export function vitFeatures(
   return tf.reshape(tf.slice(all, [0, 0, 0], [B, 1, D]), [B, D]);
 }
 
-/** Width of a {@link vitFeatures} output per token (or per image for `cls`/`concat`). */
+/**
+ * Width of a {@link vitFeatures} output per token (or per image for `cls`/`concat`).
+ * @param config the ViT config
+ * @param mode the feature mode
+ * @returns `2 · embedDim` for `concat`, else `embedDim`
+ */
 export function featureDim(config: VitConfig, mode: TokenMode): number {
   return mode === "concat" ? 2 * config.embedDim : config.embedDim;
 }
@@ -367,6 +432,13 @@ export function featureDim(config: VitConfig, mode: TokenMode): number {
  * bicubic interpolation (PyTorch `interpolate(mode="bicubic",
  * align_corners=False)`, as MAE's `interpolate_pos_embed`). Prefix tokens
  * (CLS) are kept as they are.
+ * @param values the embedding, row-major `[1, prefix + oldGrid², dim]`
+ * @param dim the width D
+ * @param oldGrid the grid side it was trained at
+ * @param newGrid the grid side wanted
+ * @param prefix the number of leading tokens kept as they are (1: CLS)
+ * @returns the resized embedding `[1, prefix + newGrid², dim]`, a new array (a copy when the grids are equal)
+ * @throws {EncoderError} when `values` does not have `(prefix + oldGrid²) · dim` elements
  */
 export function resizePosEmbed(
   values: Float32Array,
