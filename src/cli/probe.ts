@@ -1,8 +1,9 @@
 /** `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline. */
-import { basename, join } from "node:path";
-import { formatClassCounts, listTaskFolders, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
+import { basename } from "node:path";
+import { formatClassCounts, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
+import { findTaskDirs } from "../experiment/tasks.ts";
 import { loadVit, type VitFamily, vitFamilyOf, type VitModel } from "../encoders/mod.ts";
-import { type ModelResults, probeTask, terminalTable, writeProbeReport } from "../probe/mod.ts";
+import { type ModelResults, probeTasks, terminalTable, writeProbeReport } from "../probe/mod.ts";
 import { compareModels, markdownSingle } from "../probe/report.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
@@ -88,12 +89,11 @@ await runMain(async () => {
     if (!Number.isInteger(n) || n < 0) throw new UsageError(`--seeds: "${s}" is not a non-negative integer`);
     return n;
   });
-  const dirs: string[] = [...((values.tasks as string[] | undefined) ?? [])];
-  if (values.benchmark) {
-    dirs.push(...await listTaskFolders(join(String(values.benchmark), "tasks")));
-  }
+  const dirs = await findTaskDirs({
+    tasks: values.tasks as string[] | undefined,
+    benchmark: values.benchmark as string | undefined,
+  });
   if (dirs.length === 0) throw new UsageError("give probing datasets with --tasks (repeatable) or --benchmark");
-  dirs.sort();
   const slice = applyImageFlags(values);
   await backendFromFlags(values);
   const heads = numberFlag(values, "heads", { integer: true, min: 1 });
@@ -131,19 +131,14 @@ await runMain(async () => {
   const bar = new ProgressBar();
   const probeAll = async (path: string): Promise<ModelResults> => {
     const vit = load(path);
-    const r: ModelResults = { name: basename(path).replace(/\.(pth|safetensors|ckpt|bin)$/, ""), tasks: [] };
-    for (const ds of datasets) {
-      r.tasks.push(
-        await probeTask(vit, ds, {
-          seeds,
-          mode: values.mode as "fast" | "faithful",
-          hyper: { maxEpochs: numberFlag(values, "max-epochs", { integer: true, min: 1 }) },
-          onProgress: bar.callback,
-        }),
-      );
-    }
+    const tasks = await probeTasks(vit, datasets, {
+      seeds,
+      mode: values.mode as "fast" | "faithful",
+      hyper: { maxEpochs: numberFlag(values, "max-epochs", { integer: true, min: 1 }) },
+      onProgress: bar.callback,
+    });
     bar.finish();
-    return r;
+    return { name: basename(path).replace(/\.(pth|safetensors|ckpt|bin)$/, ""), tasks };
   };
   const baseline = await probeAll(String(values.weights));
   const refined = values.compare ? await probeAll(String(values.compare)) : undefined;

@@ -4,33 +4,19 @@
  * RETFound-like stand-in); with --pairs it refines on your image-report pairs.
  */
 import { join } from "node:path";
-import { assignSplits, AUTHORS_LAYOUT, type ManifestOptions, readPairManifest } from "../dataset/mod.ts";
+import { AUTHORS_LAYOUT, type ManifestOptions } from "../dataset/mod.ts";
 import {
   type ExperimentFamily,
   type ExperimentOptions,
-  loadTasks,
-  probeModel,
+  refineOnPairs,
   runAblation,
   runExperiment,
+  skippedLine,
 } from "../experiment/mod.ts";
-import {
-  buildRetfinerModel,
-  checkTextFiles,
-  loadVision,
-  resolveTextFiles,
-  TEXT_STANDIN,
-  type WeightLoading,
-} from "../model/mod.ts";
-import {
-  BEST_CHECKPOINT,
-  LAST_CHECKPOINT,
-  type LossWeights,
-  OBJECTIVES,
-  refine,
-  type RefineOptions,
-} from "../refine/mod.ts";
+import { checkTextFiles, resolveTextFiles, TEXT_STANDIN, type WeightLoading } from "../model/mod.ts";
+import { BEST_CHECKPOINT, LAST_CHECKPOINT, type LossWeights, OBJECTIVES, type RefineOptions } from "../refine/mod.ts";
 import { exists } from "../util/fs.ts";
-import { compareModels, pct, terminalTable, writeProbeReport } from "../probe/mod.ts";
+import { pct, terminalTable } from "../probe/mod.ts";
 import { type CommandSpec, numberFlag, parseCli, runMain, withConfigFile } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { AUTHORS, CPU_DEMO } from "../params.ts";
@@ -440,73 +426,52 @@ await runMain(async () => {
     ? { ...AUTHORS_LAYOUT, skipBad: !!v["skip-bad"] }
     : { imageColumn: String(v["image-column"]), textColumn: String(v["text-column"]), skipBad: !!v["skip-bad"] };
   if (slice === "all") manifest.image = { slice };
-  const { records, skipped } = await readPairManifest(String(v.pairs), manifest);
-  if (skipped.length) {
-    for (const s of skipped) console.error(`skipped ${s.origin}: ${s.reason}`);
-    await Deno.mkdir(out, { recursive: true });
-    await Deno.writeTextFile(
-      join(out, "skipped_rows.tsv"),
-      "row\treason\n" + skipped.map((s) => `${s.origin}\t${s.reason.replace(/[\t\n]/g, " ")}`).join("\n") + "\n",
-    );
-  }
-  assignSplits(records, { val: numberFlag(v, "val-fraction", { min: 0 })! }, int("seed"));
-  console.error(
-    `pairs: ${records.filter((r) => r.split === "train").length} train, ${
-      records.filter((r) => r.split === "val").length
-    } val` +
-      (skipped.length ? `; ${skipped.length} rows skipped` : ""),
-  );
-  const vit = decideFamily() ?? loadVision(family);
-  const model = v["text-from-scratch"]
-    ? buildRetfinerModel({ vision: vit, reports: records.map((r) => r.report) })
-    : buildRetfinerModel({
-      vision: vit,
-      strict: loading.strict,
-      strictHint: loading.strictHint,
-      ...(text
-        ? { textWeights: text.weights, textConfig: text.config, tokenizer: text.tokenizer }
-        : { textWeights: TEXT_STANDIN.weights, textConfig: TEXT_STANDIN.config, tokenizer: TEXT_STANDIN.tokenizer }),
-    });
-  const tasks = v.benchmark && !v["no-probe"] ? await loadTasks(String(v.benchmark)) : [];
-  const baseline = tasks.length
-    ? await probeModel(
-      loadVision(family, v.weights as string | undefined, null, loading),
-      "baseline",
-      tasks,
-      { seeds },
-      bar.callback,
-    )
-    : undefined;
-  const result = await refine({
-    ...refineOptions,
-    model,
-    pairs: records,
+  const notice = (m: string) => {
+    bar.finish();
+    console.error(m);
+  };
+  const r = await refineOnPairs({
+    pairs: String(v.pairs),
+    manifest,
+    valFraction: numberFlag(v, "val-fraction", { min: 0 })!,
     runDir: out,
-    onProgress: bar.callback,
-    onNotice: (m) => {
-      bar.finish();
-      console.error(m);
+    family,
+    vision: () => {
+      const vit = decideFamily();
+      return vit ? { vit, family } : undefined;
     },
-    onEpoch: (e) => {
+    weights: v.weights as string | undefined,
+    loading,
+    text,
+    textFromScratch: !!v["text-from-scratch"],
+    benchmark: v.benchmark && !v["no-probe"] ? String(v.benchmark) : undefined,
+    probe: { seeds },
+    refine: {
+      ...refineOptions,
+      onNotice: notice,
+      onEpoch: (e) =>
+        notice(
+          `epoch ${e.epoch + 1}: train ${e.trainLoss.toFixed(4)}, ${
+            Number.isNaN(e.valLoss) ? "no validation" : `val ${e.valLoss.toFixed(4)}`
+          } (${Object.entries(e.terms).map(([k, x]) => `${k} ${x.toFixed(3)}`).join(", ")})`,
+        ),
+    },
+    onProgress: bar.callback,
+    log: (line) => console.error(line),
+    onRefined: (result) => {
       bar.finish();
-      console.error(
-        `epoch ${e.epoch + 1}: train ${e.trainLoss.toFixed(4)}, ${
-          Number.isNaN(e.valLoss) ? "no validation" : `val ${e.valLoss.toFixed(4)}`
-        } (${Object.entries(e.terms).map(([k, x]) => `${k} ${x.toFixed(3)}`).join(", ")})`,
+      console.log(
+        `stopped: ${result.stopReason} after ${result.loop.step} steps; best epoch ${result.loop.bestEpoch + 1}`,
       );
+      console.log(`refined backbone: ${result.backbone.pth} and ${result.backbone.safetensors}`);
     },
   });
-  bar.finish();
-  console.log(`stopped: ${result.stopReason} after ${result.loop.step} steps; best epoch ${result.loop.bestEpoch + 1}`);
-  console.log(`refined backbone: ${result.backbone.pth} and ${result.backbone.safetensors}`);
-  if (baseline) {
-    const refined = await probeModel(model.vit, "refined", tasks, { seeds }, bar.callback);
+  if (r.probe) {
     bar.finish();
-    const { files } = await writeProbeReport(out, { baseline, refined });
-    console.log("\n" + terminalTable(compareModels(baseline, refined)) + `\nreport: ${files.markdown}`);
+    console.log("\n" + terminalTable(r.probe.comparison) + `\nreport: ${r.probe.files.markdown}`);
   }
-  if (skipped.length) {
-    for (const s of skipped) console.error(`skipped ${s.origin}: ${s.reason}`);
-    console.error(`${skipped.length} row(s) skipped; listed in ${join(out, "skipped_rows.tsv")}`);
+  if (r.skipped.length) {
+    for (const s of r.skipped) console.error(skippedLine(s));
+    console.error(`${r.skipped.length} row(s) skipped; listed in ${join(out, "skipped_rows.tsv")}`);
   }
 });

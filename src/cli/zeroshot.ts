@@ -1,7 +1,7 @@
 /** `deno task zeroshot`: zero-shot classification, image↔report retrieval and attention maps from a saved refinement run. */
 import { join } from "node:path";
 import { tf } from "../backend/tf.ts";
-import { listTaskFolders, loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
+import { loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
 import { loadImageBatch } from "../dataset/batches.ts";
 import { METRIC_NAMES, pct } from "../probe/mod.ts";
 import {
@@ -10,8 +10,9 @@ import {
   crossAttentionMaps,
   retrieval,
   SYNTH_CLASS_PROMPTS,
-  zeroShotTask,
+  zeroShotTasks,
 } from "../zeroshot/mod.ts";
+import { findTaskDirs } from "../experiment/tasks.ts";
 import { loadRun } from "../model/mod.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
@@ -109,22 +110,21 @@ await runMain(async () => {
   const out = String(values.out ?? join(String(values.run), "zeroshot"));
   const bar = new ProgressBar();
   const summary: Record<string, unknown> = {};
-  const dirs = [...((values.tasks as string[] | undefined) ?? [])];
-  if (values.benchmark) {
-    dirs.push(...await listTaskFolders(join(String(values.benchmark), "tasks")));
-  }
+  const dirs = await findTaskDirs({
+    tasks: values.tasks as string[] | undefined,
+    benchmark: values.benchmark as string | undefined,
+  });
   if (dirs.length) {
     const prompts = values.prompts ? JSON.parse(await Deno.readTextFile(String(values.prompts))) : SYNTH_CLASS_PROMPTS;
     const rows = [
       `| task | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`,
       `|---|${METRIC_NAMES.map(() => "---").join("|")}|`,
     ];
-    const results = [];
-    for (const d of dirs.sort()) {
-      const r = await zeroShotTask(run, await readProbeDataset(d, image), prompts, { onProgress: bar.callback });
-      results.push(r);
-      rows.push(`| ${r.task} | ${METRIC_NAMES.map((m) => pct(r.metrics[m])).join(" | ")} |`);
-    }
+    const results = await zeroShotTasks(run, dirs, prompts, {
+      read: (d) => readProbeDataset(d, image),
+      onProgress: bar.callback,
+    });
+    for (const r of results) rows.push(`| ${r.task} | ${METRIC_NAMES.map((m) => pct(r.metrics[m])).join(" | ")} |`);
     bar.finish();
     summary.zeroShot = results;
     console.log(`Zero-shot classification (test splits, %):\n\n${rows.join("\n")}\n`);
