@@ -41,7 +41,15 @@ export interface MaskedTokens {
   labels: Int32Array;
 }
 
-/** Masks a `[batch, length]` id matrix. */
+/**
+ * Masks a `[batch, length]` id matrix.
+ * @param ids token ids, row-major `[batch, length]`, `[CLS]` at position 0
+ * @param batch the rows B
+ * @param length the columns L
+ * @param options the selection probability (MLM 0.15, GM 0.6), the `[MASK]` id, the random-id range and the generator
+ * @returns the masked ids and the labels (original id at masked positions, −100 elsewhere), both `[batch, length]`
+ * @throws {RefineError} when a row has no maskable token (only `[CLS]` and padding)
+ */
 export function maskTokens(ids: Int32Array, batch: number, length: number, options: MaskOptions): MaskedTokens {
   const pad = options.padId ?? 0;
   const { rng, prob, maskId } = options;
@@ -76,7 +84,13 @@ export function maskTokens(ids: Int32Array, batch: number, length: number, optio
   return { inputIds, labels };
 }
 
-/** GM's attention mask (§1.5): the padding mask expanded to `[B, L, L]` and made lower-triangular. */
+/**
+ * GM's attention mask (§1.5): the padding mask expanded to `[B, L, L]` and made lower-triangular.
+ * @param attentionMask the padding mask, row-major `[batch, length]`, 1 = token
+ * @param batch the rows B
+ * @param length the columns L
+ * @returns `[batch, length, length]`: entry (b, i, j) is the padding mask at j when j ≤ i, else 0
+ */
 export function causalPaddingMask(attentionMask: Int32Array, batch: number, length: number): Float32Array {
   const out = new Float32Array(batch * length * length);
   for (let b = 0; b < batch; b++) {

@@ -21,6 +21,10 @@ export const ITC_LABEL_SMOOTHING = 0.1;
 /**
  * PyTorch's `F.cross_entropy(logits, targets, label_smoothing=ε)` averaged over
  * rows: (1−ε)·NLL(target) + ε·mean over classes of −log p.
+ * @param logits `[N, C]`
+ * @param targets N class indices in [0, C)
+ * @param labelSmoothing ε in [0, 1) (the authors' ITC: 0.1)
+ * @returns the mean loss, a scalar
  */
 export function crossEntropy(logits: Tensor, targets: Int32Array, labelSmoothing = 0): Tensor {
   return tf.tidy(() => {
@@ -46,6 +50,11 @@ export interface ItcResult {
  * Image-text contrastive loss: CLS features through the bias-free heads,
  * L2-normalised, similarities / τ, symmetric label-smoothed cross-entropy
  * with in-batch negatives.
+ * @param heads the model's heads (`contra_head_v`, `contra_head_t`)
+ * @param imageCls image CLS features `[B, visionWidth]`
+ * @param textCls text CLS features `[B, textWidth]`
+ * @param options τ (default 0.07) and label smoothing (default 0.1), docs/method.md §1.5
+ * @returns the scalar loss and the similarities `[B, B]` for negative sampling
  */
 export function itcLoss(
   heads: Params,
@@ -65,7 +74,11 @@ export function itcLoss(
   return { loss, simI2T };
 }
 
-/** `x / max(‖x‖₂, 1e-12)` per row (`F.normalize(dim=-1)`). */
+/**
+ * `x / max(‖x‖₂, 1e-12)` per row (`F.normalize(dim=-1)`).
+ * @param x `[N, D]`
+ * @returns each row divided by its L2 norm (at least 1e-12), `[N, D]`
+ */
 export function l2normalize(x: Tensor): Tensor {
   return tf.div(x, tf.maximum(tf.norm(x, 2, -1, true), 1e-12));
 }
@@ -91,7 +104,12 @@ function softmaxRows(sim: Float32Array, B: number, transpose: boolean): Float64A
   return w;
 }
 
-/** The sampling weights `softmax(sim, dim=1) + 1e-4` with a zero diagonal, row-major `[B, B]`. */
+/**
+ * The sampling weights `softmax(sim, dim=1) + 1e-4` with a zero diagonal, row-major `[B, B]`.
+ * @param simI2T image-to-text similarities, row-major `[batch, batch]`
+ * @param batch B
+ * @returns the sampling weights of texts per image (`i2t`) and of images per text (`t2i`), each `[B, B]`
+ */
 export function hardNegativeWeights(simI2T: Float32Array, batch: number): { i2t: Float64Array; t2i: Float64Array } {
   return { i2t: softmaxRows(simI2T, batch, false), t2i: softmaxRows(simI2T, batch, true) }; // sim_t2i = sim_i2tᵀ
 }
@@ -132,6 +150,14 @@ export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rn
 /**
  * Image-text matching over 3B pairs: (text_b, image_b) → 1, (text_b, image_negImage[b]) → 0,
  * (text_negText[b], image_b) → 0; the cross-attending BERT's CLS → `itm_head` → 2-way CE.
+ * @param bert the cross-attending text encoder
+ * @param heads the model's heads (`itm_head`)
+ * @param textIds token ids `[B, L]`
+ * @param textMask padding mask `[B, L]`
+ * @param imageTokens the refinement tokens `[B, 1+N, W]`
+ * @param negatives from {@link sampleHardNegatives}
+ * @param options training mode (dropout) and its generator
+ * @returns the mean 2-way cross-entropy over the 3B pairs, a scalar
  */
 export function itmLoss(
   bert: BertModel,
@@ -163,6 +189,14 @@ export function itmLoss(
  * Masked-token loss shared by MLM and GM: the cross-attending BERT on masked
  * ids, the MLM head at the masked positions only (labels ≠ −100), mean CE.
  * `attentionMask` is `[B, L]` (MLM, bidirectional) or `[B, L, L]` (GM, causal).
+ * @param bert the cross-attending text encoder with its MLM head
+ * @param maskedIds masked token ids `[B, L]` (from `maskTokens`)
+ * @param labels original ids at masked positions, −100 elsewhere, row-major `[B, L]`
+ * @param attentionMask `[B, L]` (MLM) or `[B, L, L]` (GM, from `causalPaddingMask`)
+ * @param imageTokens the refinement tokens `[B, 1+N, W]`
+ * @param options training mode (dropout) and its generator
+ * @returns the mean cross-entropy over the masked positions, a scalar
+ * @throws {RefineError} when no position is masked
  */
 export function maskedTokenLoss(
   bert: BertModel,

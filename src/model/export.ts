@@ -87,7 +87,12 @@ export async function exportBackbone(
   return { pth, safetensors: st };
 }
 
-/** Saves the text side (BERT in HF names + config.json, heads, tokenizer) so zero-shot and retrieval work on a saved run. */
+/**
+ * Saves the text side (BERT in HF names + config.json, heads, tokenizer) so zero-shot and retrieval work on a saved run.
+ * @param model the refined model
+ * @param dir the run directory
+ * @returns when `text_encoder.safetensors`, `text_encoder_config.json`, `heads.safetensors` and `tokenizer.json` are written
+ */
 export async function exportTextSide(model: RetfinerModel, dir: string): Promise<void> {
   await writeSafetensors(join(dir, "text_encoder.safetensors"), bertStateDictForExport(model.bert), { format: "pt" });
   await writeJsonAtomic(join(dir, "text_encoder_config.json"), bertConfigToJson(model.bert.config));

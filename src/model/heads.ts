@@ -26,7 +26,12 @@ export interface HeadsConfig {
   embedDim: number;
 }
 
-/** Creates the heads with PyTorch's default `nn.Linear` init; the ITM LayerNorm starts at 1/0. */
+/**
+ * Creates the heads with PyTorch's default `nn.Linear` init; the ITM LayerNorm starts at 1/0.
+ * @param config the vision token width, the BERT width and the contrastive embedding width (at most 512)
+ * @param rng the initialisation's generator
+ * @returns `contra_head_v` `[embed, visionWidth]`, `contra_head_t` `[embed, textWidth]` (both bias-free) and the ITM head
+ */
 export function createHeads(config: HeadsConfig, rng: Rng): Params {
   const scope = uniqueScope("heads");
   const p: Params = new Map();
@@ -39,7 +44,12 @@ export function createHeads(config: HeadsConfig, rng: Rng): Params {
   return p;
 }
 
-/** The ITM head on `[N, textWidth]` multimodal CLS vectors: `[N, 2]` logits. */
+/**
+ * The ITM head on `[N, textWidth]` multimodal CLS vectors: `[N, 2]` logits.
+ * @param heads the heads from {@link createHeads}
+ * @param x multimodal CLS vectors `[N, textWidth]`
+ * @returns match / no-match logits `[N, 2]`
+ */
 export function itmHead(heads: Params, x: Tensor): Tensor {
   return linearP(heads, "itm_head.3", layerNormP(heads, "itm_head.2", gelu(linearP(heads, "itm_head.0", x)), 1e-12));
 }

@@ -133,12 +133,22 @@ export function assembleModel(
   return { vit, bert, heads, tokenizer };
 }
 
-/** A BERT initialised from scratch for a tokenizer (when no pretrained text weights are given). */
+/**
+ * A BERT initialised from scratch for a tokenizer (when no pretrained text weights are given).
+ * @param config the BERT architecture (its vocabulary size is set to the tokenizer's)
+ * @param tokenizer the tokenizer
+ * @param seed seed of the initialisation stream
+ * @returns a randomly initialised BERT with cross-attention
+ */
 export function createTextEncoder(config: BertConfig, tokenizer: TextTokenizer, seed = 0): BertModel {
   return createBert({ ...config, vocabSize: tokenizer.vocabSize }, { rng: new Rng(seed, "bert-init") });
 }
 
-/** Every trainable parameter, prefixed as in the authors' Lightning module (`vision_encoder.`, `text_encoder.`, `heads.`). */
+/**
+ * Every trainable parameter, prefixed as in the authors' Lightning module (`vision_encoder.`, `text_encoder.`, `heads.`).
+ * @param model the RetFiner model
+ * @returns the trainable variables by prefixed name
+ */
 export function modelParams(model: RetfinerModel): Map<string, Variable> {
   const out = new Map<string, Variable>();
   for (const [k, v] of model.vit.params) out.set(`vision_encoder.${k}`, v);

@@ -7,7 +7,11 @@ import { join } from "node:path";
 /** The directory of the shipped stand-ins. */
 export const STANDIN_DIR: string = new URL("../../data/models/", import.meta.url).pathname;
 
-/** Path of a vision family's stand-in weights. */
+/**
+ * Path of a vision family's stand-in weights.
+ * @param family the vision family
+ * @returns `data/models/<family>-standin.safetensors` in the package
+ */
 export function standinPath(family: "retfound" | "visionfm" | "urfound"): string {
   return join(STANDIN_DIR, `${family}-standin.safetensors`);
 }

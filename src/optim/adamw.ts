@@ -37,7 +37,10 @@ export interface AdamWState {
   v: Map<string, Float32Array>;
 }
 
-/** A fresh optimiser state. */
+/**
+ * A fresh optimiser state.
+ * @returns step 0 and no moments (they are created at a parameter's first update)
+ */
 export function createAdamWState(): AdamWState {
   return { step: 0, m: new Map(), v: new Map() };
 }
@@ -212,7 +215,13 @@ export interface LrSchedule {
   minLr?: number;
 }
 
-/** The learning rate at `step` (0-based) for base rate `lr`. */
+/**
+ * The learning rate at `step` (0-based) for base rate `lr`.
+ * @param lr the base learning rate
+ * @param step the optimiser step, 0-based
+ * @param schedule `constant` (the authors', method notes §1.6) or `cosine` (linear warmup, then half-cosine to `minLr`)
+ * @returns the learning rate for that step
+ */
 export function scheduledLr(lr: number, step: number, schedule: LrSchedule): number {
   if (schedule.kind === "constant") return lr;
   const warm = schedule.warmupSteps ?? 0;

@@ -199,10 +199,10 @@ export function matthewsCorrcoef(labels: number[], preds: number[], numClasses: 
  *
  * @param labels true classes, one per sample
  * @param probs class probabilities, [N, C] with C ≥ 2 (AUROC and AP use them; the other three their argmax)
- * @returns balanced accuracy, AUROC (one-vs-rest macro for C > 2), AP (macro), weighted F1 and MCC (method notes
- *  §3, docs/method.md)
- * @throws {ProbeError} when the lengths differ, rows have other widths or fewer than 2 classes, or a probability is
- *  not finite
+ * @returns balanced accuracy, AUROC and AP (one-vs-rest per class, weighted by support; NaN AUROC when one class
+ *   holds every label), weighted F1 and MCC, all in float64 (docs/method.md §2.6)
+ * @throws {ProbeError} when there are no labels, the lengths differ, rows have other widths or fewer than 2
+ *   classes, a label is not an integer in [0, C), or a probability is not finite
  * @example
  * ```ts
  * import { classificationMetrics } from "./metrics.ts";

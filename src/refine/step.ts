@@ -52,6 +52,15 @@ export interface StepLosses {
  * Computes the objectives for one batch. `rng` drives drop-path, dropout,
  * token masking and negative sampling (one generator per step keeps a run
  * reproducible and resumable). Call inside `tf.variableGrads` to train.
+ * @param model the RetFiner model
+ * @param batch images `[B, 3, S, S]`, token ids and padding mask `[B, L]`
+ * @param weights each objective's weight (ITC, ITM, MLM, GM; 0 skips it, method notes §1.5)
+ * @param rng the step's generator
+ * @param training training mode (drop-path, dropout) or evaluation
+ * @returns the weighted total (a scalar) and each computed term
+ * @throws {RefineError} when a row has nothing to mask, the batch is too small for ITM negatives, or similarities are
+ *  not finite
+ * @throws {EncoderError} for images or tokens of the wrong shape
  */
 export function retfinerLosses(
   model: RetfinerModel,
