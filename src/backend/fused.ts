@@ -281,6 +281,7 @@ let installed = false;
  * Registers the fused kernels and their gradients on the `cpu` backend
  * (idempotent). `math` computes GELU and its gradient on long arrays; `null`
  * means plain JavaScript loops; left out, the previous choice stays.
+ * @param math vectorised GELU math, `null` for plain loops, or undefined to keep the previous choice
  */
 export function installFusedKernels(math: VectorMath | null | undefined = vectorMath): void {
   vectorMath = math ?? undefined;
@@ -373,7 +374,14 @@ function fusedAvailable(x: Tensor): boolean {
   return installed && x.dtype === "float32" && tf.getBackend() === "cpu";
 }
 
-/** LayerNorm over the last axis (biased variance), as `nn.LayerNorm`; `gamma`/`beta` optional. */
+/**
+ * LayerNorm over the last axis (biased variance), as `nn.LayerNorm`; `gamma`/`beta` optional.
+ * @param x input `[..., D]`
+ * @param gamma scale `[D]` (omitted: 1)
+ * @param beta shift `[D]` (omitted: 0)
+ * @param eps added to the variance
+ * @returns the normalised tensor, same shape
+ */
 export function fusedLayerNorm(x: Tensor, gamma: Tensor | undefined, beta: Tensor | undefined, eps: number): Tensor {
   if (fusedAvailable(x) && (!gamma || gamma.rank === 1) && (!beta || beta.rank === 1)) {
     // The kernel always takes gamma and beta (tfjs cannot save an absent input for the gradient).
@@ -393,7 +401,11 @@ export function fusedLayerNorm(x: Tensor, gamma: Tensor | undefined, beta: Tenso
   });
 }
 
-/** Exact GELU, `0.5·x·(1 + erf(x/√2))`. */
+/**
+ * Exact GELU, `0.5·x·(1 + erf(x/√2))`.
+ * @param x any tensor
+ * @returns GELU(x), same shape
+ */
 export function fusedGelu(x: Tensor): Tensor {
   if (fusedAvailable(x)) return tf.engine().runKernel("RetfinerGelu", { x }) as Tensor;
   return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(tf.erf(tf.mul(x, Math.SQRT1_2)), 1)));
@@ -402,6 +414,10 @@ export function fusedGelu(x: Tensor): Tensor {
 /**
  * `softmax(scale·x + mask)` over the last axis of `[B, H, Lq, Lk]` scores; `mask`
  * (additive, no gradient) broadcasts from `[B or 1, 1, Lq or 1, Lk]`.
+ * @param x attention scores `[B, H, Lq, Lk]`
+ * @param scale multiplies the scores (1/√d for attention)
+ * @param mask additive mask broadcastable from `[B or 1, 1, Lq or 1, Lk]`
+ * @returns the probabilities, same shape as `x`
  */
 export function fusedSoftmax(x: Tensor, scale: number, mask?: Tensor): Tensor {
   const maskOk = !mask || (mask.rank === 4 && x.rank === 4 && mask.shape[1] === 1 && mask.shape[3] === x.shape[3] &&

@@ -86,6 +86,9 @@ function removeOrtTelemetryStub(): void {
  * Loads ONNX Runtime's native binding directly. Its `run` is synchronous (the
  * package's public API only wraps it in a promise), which is what a tfjs kernel
  * needs.
+ * @param options the intra-op thread count
+ * @returns a synchronous GEMM backed by ONNX Runtime's MatMul
+ * @throws {BackendError} when onnxruntime-node cannot be loaded
  */
 export async function createOrtGemm(options: { threads?: number } = {}): Promise<Gemm> {
   let ort: { Tensor: OrtTensorCtor; env: { versions?: { common?: string } } };
@@ -207,7 +210,10 @@ const sgemmSymbol = {
   },
 } as const;
 
-/** The BLAS libraries tried, in order, when `RETFINER_BLAS` is not set. */
+/**
+ * The BLAS libraries tried, in order, when `RETFINER_BLAS` is not set.
+ * @returns library names or paths, tried in order by {@link createBlasGemm}
+ */
 export function defaultBlasCandidates(): string[] {
   if (Deno.build.os === "darwin") return ["/System/Library/Frameworks/Accelerate.framework/Accelerate"];
   if (Deno.build.os === "windows") return ["libopenblas.dll"];
@@ -217,6 +223,9 @@ export function defaultBlasCandidates(): string[] {
 /**
  * Opens a CBLAS library with `Deno.dlopen`. `path` (or `RETFINER_BLAS`)
  * overrides the default search list.
+ * @param path a CBLAS shared library (default: `RETFINER_BLAS`, else {@link defaultBlasCandidates})
+ * @returns a GEMM calling `cblas_sgemm`
+ * @throws {BackendError} when no library with `cblas_sgemm` can be opened
  */
 export function createBlasGemm(path?: string): Gemm {
   const explicit = path ?? Deno.env.get("RETFINER_BLAS");
@@ -292,6 +301,10 @@ export const HYBRID_BLAS_MIN = 2 ** 27;
  * than MLAS and writes straight into a pooled buffer (ONNX Runtime's binding always returns a fresh copy, which
  * V8 must collect), while MLAS is as fast or faster on the small products of the stand-in models. Small products stay
  * on ONNX Runtime, so results of small models are the same as with ONNX Runtime alone.
+ * @param ort the ONNX Runtime GEMM
+ * @param blas the BLAS GEMM
+ * @param minMultiplyAdds products of at least this many multiply-adds (M·K·N) go to the BLAS
+ * @returns the combined GEMM
  */
 export function hybridGemm(ort: Gemm, blas: Gemm, minMultiplyAdds = HYBRID_BLAS_MIN): Gemm {
   const large = (spec: GemmSpec) => spec.batch * spec.m * spec.n * spec.k >= minMultiplyAdds;

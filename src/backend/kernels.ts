@@ -181,6 +181,7 @@ const ourKernels: Record<string, KernelFunc> = {
 /**
  * Registers the accelerated `BatchMatMul` and `_FusedMatMul` kernels on the
  * tfjs `cpu` backend, using `gemm`. Calling it again swaps the GEMM.
+ * @param gemm the matrix product to use
  */
 export function installMatMulKernels(gemm: Gemm): void {
   for (const name of Object.keys(ourKernels)) {
@@ -209,7 +210,10 @@ export function restoreMatMulKernels(): void {
   activeGemm = undefined;
 }
 
-/** The GEMM the `cpu` kernels use now, if accelerated. */
+/**
+ * The GEMM the `cpu` kernels use now, if accelerated.
+ * @returns the installed GEMM, or undefined when tfjs's own kernels run
+ */
 export function activeMatMulGemm(): Gemm | undefined {
   return activeGemm;
 }

@@ -50,7 +50,10 @@ function releasePending(): void {
   }
 }
 
-/** Tensors the lean tape has freed early since it was installed (for tests and the bench). */
+/**
+ * Tensors the lean tape has freed early since it was installed (for tests and the bench).
+ * @returns the count
+ */
 export function leanTapeFreed(): number {
   return freedTensors;
 }

@@ -77,7 +77,10 @@ export interface BufferPoolStats {
   liveHighWater: number;
 }
 
-/** The pool's counters. */
+/**
+ * The pool's counters.
+ * @returns buffers reused (hits), newly allocated (misses), returned to the pool and dropped
+ */
 export function bufferPoolStats(): BufferPoolStats {
   return { ...counters, pooledBytes, limitBytes: currentLimit(), liveHighWater };
 }
@@ -85,6 +88,9 @@ export function bufferPoolStats(): BufferPoolStats {
 /**
  * A float32 array of length `n` for a kernel's output. Its contents are
  * arbitrary (a reused buffer is not cleared) unless `zero` is set.
+ * @param n the length
+ * @param zero clear a reused buffer (new buffers are zero anyway)
+ * @returns a buffer of exactly `n` elements
  */
 export function allocFloat32(n: number, zero = false): Float32Array {
   if (!installedOn || n < MIN_POOLED) return new Float32Array(n);
@@ -169,6 +175,8 @@ function noteHeld(values: unknown): void {
  * keeps at most the working set's high-water mark (at least 256 MiB);
  * `limitMiB` (or `RETFINER_POOL_MIB`) fixes the cap instead, and 0 turns
  * pooling off.
+ * @param backend tfjs's `cpu` backend object
+ * @param limitMiB the pool's cap in MiB (0: off; default: `RETFINER_POOL_MIB`, else the high-water mark)
  */
 export function installBufferPool(backend: object, limitMiB?: number): void {
   const env = Deno.env.get("RETFINER_POOL_MIB");

@@ -55,12 +55,21 @@ export interface BackendOptions {
 
 let current: BackendInfo | undefined;
 
-/** The backend set up by the last {@link setupBackend} call, if any. */
+/**
+ * The backend set up by the last {@link setupBackend} call, if any.
+ * @returns the backend's name, tfjs backend and GEMM, or undefined before the first setup
+ */
 export function currentBackend(): BackendInfo | undefined {
   return current;
 }
 
-/** Parses a backend name (from a flag or `RETFINER_BACKEND`), naming the source on error. */
+/**
+ * Parses a backend name (from a flag or `RETFINER_BACKEND`), naming the source on error.
+ * @param value the name: `auto` or one of the backends
+ * @param source the flag or variable it came from, for the message
+ * @returns the choice
+ * @throws {BackendError} for an unknown name
+ */
 export function parseBackendChoice(value: string, source = "--backend"): BackendChoice {
   if (value === "auto" || (BACKENDS as readonly string[]).includes(value)) return value as BackendChoice;
   throw new BackendError(`${source}: unknown backend "${value}"; choose one of auto, ${BACKENDS.join(", ")}`);
@@ -153,6 +162,9 @@ async function setupOne(name: BackendName, threads: number | undefined): Promise
 /**
  * Sets up tfjs and reports the choice in one line.
  *
+ * @param options the backend wanted (default `auto`: the fastest that loads), thread count, where the line goes
+ * @returns what was set up, and the candidates skipped with their reasons
+ * @throws {BackendError} when a requested backend is unavailable, or none can be set up
  * @example
  * ```ts
  * import { setupBackend } from "./setup.ts";

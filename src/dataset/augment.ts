@@ -21,7 +21,11 @@ export interface AffineParams {
   shear: [number, number];
 }
 
-/** torchvision's `_get_inverse_affine_matrix` about the image centre. */
+/**
+ * torchvision's `_get_inverse_affine_matrix` about the image centre.
+ * @param p angle and shear in degrees, translation in pixels, scale
+ * @returns the 6 coefficients of the 2×3 matrix mapping output to input coordinates (relative to the centre)
+ */
 export function inverseAffineMatrix(p: AffineParams): number[] {
   const rot = (p.angle * Math.PI) / 180;
   const sx = (p.shear[0] * Math.PI) / 180;
@@ -37,7 +41,12 @@ export function inverseAffineMatrix(p: AffineParams): number[] {
   return m;
 }
 
-/** Applies an affine transform with bilinear sampling and fill 0, exactly as torchvision's tensor `F.affine(..., fill=0)`. */
+/**
+ * Applies an affine transform with bilinear sampling and fill 0, exactly as torchvision's tensor `F.affine(..., fill=0)`.
+ * @param img the image
+ * @param p the transform (see {@link sampleAffine})
+ * @returns a new image of the same size
+ */
 export function affine(img: GreyImage, p: AffineParams): GreyImage {
   const { width: W, height: H, data } = img;
   const m = inverseAffineMatrix(p);
@@ -66,7 +75,13 @@ export function affine(img: GreyImage, p: AffineParams): GreyImage {
   return { width: W, height: H, data: out };
 }
 
-/** Draws affine parameters like torchvision `RandomAffine(10, (0.1, 0.1), (0.9, 1.1), 5)`. */
+/**
+ * Draws affine parameters like torchvision `RandomAffine(10, (0.1, 0.1), (0.9, 1.1), 5)`.
+ * @param rng the generator
+ * @param width image width (translations are up to 10 % of it)
+ * @param height image height
+ * @returns angle in [−10°, 10°], translation rounded to whole pixels, scale in [0.9, 1.1], x-shear in [−5°, 5°]
+ */
 export function sampleAffine(rng: Rng, width: number, height: number): AffineParams {
   const angle = rng.uniformRange(-10, 10);
   const tx = Math.round(rng.uniformRange(-0.1 * width, 0.1 * width));
@@ -76,7 +91,12 @@ export function sampleAffine(rng: Rng, width: number, height: number): AffinePar
   return { angle, translate: [tx, ty], scale, shear: [shearX, 0] };
 }
 
-/** The full probing augmentation: flip → intensity → affine (p 0.9). */
+/**
+ * The full probing augmentation: flip → intensity → affine (p 0.9).
+ * @param img the image, values in [0, 1]
+ * @param rng the generator
+ * @returns the augmented image, same size (docs/method.md §2.5)
+ */
 export function augmentProbe(img: GreyImage, rng: Rng): GreyImage {
   const { width: W, height: H } = img;
   const data = img.data.slice();

@@ -10,7 +10,14 @@ import type { Rng } from "../util/rng.ts";
 import { loadGreyImage } from "./image.ts";
 import { type PreprocessSpec, toModelInput } from "./preprocess.ts";
 
-/** Splits `0..n-1` into batches, shuffled with `rng` if given. */
+/**
+ * Splits `0..n-1` into batches, shuffled with `rng` if given.
+ * @param n the number of items
+ * @param batchSize items per batch, ≥ 1
+ * @param options `rng` to shuffle; `dropLast` to drop a last short batch
+ * @returns the batches of indices
+ * @throws {DatasetError} for a batch size below 1
+ */
 export function batchIndices(
   n: number,
   batchSize: number,
@@ -30,6 +37,9 @@ export function batchIndices(
 /**
  * Iterates `loaders` in order while keeping up to `depth` of them running
  * ahead, so the work of batch i+1 overlaps the compute of batch i.
+ * @param loaders functions each producing one item
+ * @param depth how many run ahead
+ * @returns the items, in order
  */
 export async function* prefetch<T>(loaders: Iterable<() => Promise<T>>, depth = 2): AsyncGenerator<T> {
   const queue: Promise<T>[] = [];
@@ -92,6 +102,12 @@ export class InputCache {
  * the probing augmentations; without it, inputs may be served from `cache`.
  * `origins[i]` (e.g. `manifest.csv:17`) prefixes the error of image `i`, so a
  * decoding failure names the manifest line as well as the file.
+ * @param paths every image path of the dataset
+ * @param indices which to load
+ * @param spec the preprocessing recipe
+ * @param options augmentation generator, `skipBad`, input cache, and origins for messages
+ * @returns `data` `[n, 3, S, S]` float32, the count and indices loaded, and the images skipped with reasons
+ * @throws {DatasetError} for an unreadable or invalid image, unless `skipBad`
  */
 export async function loadImageBatch(
   paths: string[],

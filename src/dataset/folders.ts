@@ -474,7 +474,11 @@ export function readProbeDataset(path: string, options: ProbeDatasetOptions = {}
   return path.toLowerCase().endsWith(".csv") ? readLabelCsv(path, options) : readImageFolderDataset(path, options);
 }
 
-/** Images per class in each split: `counts[split][classIndex]`. */
+/**
+ * Images per class in each split: `counts[split][classIndex]`.
+ * @param ds the dataset
+ * @returns `counts[split][classIndex]`
+ */
 export function classCounts(ds: ProbeDataset): Record<Split, number[]> {
   const out = { train: [], val: [], test: [] } as Record<Split, number[]>;
   for (const s of SPLITS) out[s] = ds.classes.map(() => 0);
@@ -482,7 +486,11 @@ export function classCounts(ds: ProbeDataset): Record<Split, number[]> {
   return out;
 }
 
-/** A plain-text table of per-split class counts. */
+/**
+ * A plain-text table of per-split class counts.
+ * @param ds the dataset
+ * @returns the table, one line per class
+ */
 export function formatClassCounts(ds: ProbeDataset): string {
   const counts = classCounts(ds);
   const w = Math.max(5, ...ds.classes.map((c) => c.length));

@@ -91,7 +91,14 @@ function resolvePath(base: string, p: string): string {
   return isAbsolute(p) ? p : join(base, p);
 }
 
-/** Reads a CSV or JSONL pair manifest. */
+/**
+ * Reads a CSV or JSONL pair manifest.
+ * @param path a `.csv` or `.jsonl` manifest; image paths are relative to its folder
+ * @param options column names, the authors' layout, `skipBad`, …, see {@link ManifestOptions}
+ * @returns the records (image, report, split, patient, origin line) and the rows skipped with reasons
+ * @throws {DatasetError} naming the file and line for an unreadable file, invalid JSON or CSV, a missing column, an
+ *   empty image or report, or no usable rows
+ */
 export async function readPairManifest(path: string, options: ManifestOptions = {}): Promise<Manifest> {
   let bytes: Uint8Array;
   try {
@@ -316,6 +323,11 @@ export function checkValidationSplit(records: readonly PairRecord[]): void {
  * that already have a split keep it. A drawn validation split of a single pair takes one more patient (or
  * pair), since one pair gives no contrastive loss; a validation split of one pair given in the manifest is an
  * error ({@link checkValidationSplit}).
+ * @param records the records; those without a split get one (in place)
+ * @param fractions the validation share and optional test share, of patients (or records)
+ * @param seed seed of the `splits` stream
+ * @returns `records`
+ * @throws {DatasetError} when the validation split ends up with a single pair
  */
 export function assignSplits(records: PairRecord[], fractions: { val: number; test?: number }, seed = 0): PairRecord[] {
   const unassigned = records.filter((r) => !r.split);

@@ -23,7 +23,12 @@ export interface PreprocessSpec {
   pil8bit?: boolean;
 }
 
-/** The refinement recipe (§1.3): bicubic resize, no augmentation. */
+/**
+ * The refinement recipe (§1.3): bicubic resize, no augmentation.
+ * @param size the model's input side S in pixels
+ * @param stats per-channel mean and std (see `familyStats`)
+ * @returns the recipe
+ */
 export function refinementSpec(
   size: number,
   stats: { mean: readonly [number, number, number]; std: readonly [number, number, number] },
@@ -31,7 +36,12 @@ export function refinementSpec(
   return { size, resize: "bicubic", mean: stats.mean, std: stats.std };
 }
 
-/** The probing recipe (§2.5): bilinear resize. */
+/**
+ * The probing recipe (§2.5): bilinear resize.
+ * @param size the model's input side S in pixels
+ * @param stats per-channel mean and std (see `familyStats`)
+ * @returns the recipe
+ */
 export function probingSpec(
   size: number,
   stats: { mean: readonly [number, number, number]; std: readonly [number, number, number] },
@@ -42,6 +52,10 @@ export function probingSpec(
 /**
  * Writes one preprocessed image as `[3, size, size]` into `out` at `offset`
  * (or a new array). With `augment` (an Rng), applies the probing augmentations.
+ * @param img the grey image, values in [0, 1]
+ * @param spec the recipe (size, resize mode, normalisation)
+ * @param options the augmentation's generator; the batch array and offset to write into
+ * @returns `out` (or a new `[3, S, S]` array), the grey plane repeated over 3 normalised channels
  */
 export function toModelInput(
   img: GreyImage,

@@ -94,6 +94,12 @@ function resample(img: GreyImage, outW: number, outH: number, tx: Taps, ty: Taps
  * Resizes a grey image. `bicubic` follows PyTorch's tensor interpolation;
  * `bilinear` follows PIL (set `pil8bit` to round each pass to 8 bits, as PIL
  * does for an 8-bit "L" image).
+ * @param img the image (values in [0, 1])
+ * @param width target width in pixels
+ * @param height target height in pixels
+ * @param mode `bicubic` (refinement, docs/method.md §1.3) or `bilinear` (probing, §2.5)
+ * @param options `pil8bit`: round each pass to 8 bits as PIL does
+ * @returns a new image (a copy when the size is unchanged)
  */
 export function resizeGrey(
   img: GreyImage,

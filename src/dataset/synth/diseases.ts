@@ -47,7 +47,13 @@ export interface SampleOptions {
   rnflRange?: [number, number];
 }
 
-/** Draws the pathology of a scan with diagnosis `dx`. */
+/**
+ * Draws the pathology of a scan with diagnosis `dx`.
+ * @param dx the diagnosis
+ * @param rng the generator
+ * @param options severity settings, see {@link SampleOptions}
+ * @returns the severities of each finding
+ */
 export function samplePathology(dx: Diagnosis, rng: Rng, options: SampleOptions = {}): Pathology {
   const p = healthy();
   const sev = () => options.severity ?? rng.uniformRange(0.25, 1);

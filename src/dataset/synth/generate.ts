@@ -83,6 +83,8 @@ const PAIR_MIX: [Diagnosis, number][] = DIAGNOSES.map((
 /**
  * Generates (or reuses) the benchmark under `options.root`.
  *
+ * @param options where, seed, sizes and tasks
+ * @returns the benchmark's description (also written as `benchmark.json`)
  * @example
  * ```ts
  * import { generateBenchmark, SYNTH_PRESETS } from "./generate.ts";

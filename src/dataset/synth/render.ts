@@ -34,7 +34,10 @@ export interface Pathology {
   traction: number;
 }
 
-/** A pathology state with every severity 0. */
+/**
+ * A pathology state with every severity 0.
+ * @returns the state
+ */
 export function healthy(): Pathology {
   return {
     drusen: 0,
@@ -119,7 +122,14 @@ interface Bump {
   height: number;
 }
 
-/** Renders one B-scan of `width` × `height` pixels, values in [0, 1]. */
+/**
+ * Renders one B-scan of `width` × `height` pixels, values in [0, 1].
+ * @param spec the scan's pathology, eye and appearance
+ * @param rng the generator
+ * @param width width in pixels
+ * @param height height in pixels
+ * @returns the image
+ */
 export function renderBscan(spec: ScanSpec, rng: Rng, width = 256, height = 256): GreyImage {
   const p = spec.pathology;
   const W = width;

@@ -94,7 +94,14 @@ const IMPRESSION: Record<Diagnosis, string[]> = {
 
 const EYE: Record<"OD" | "OS", string[]> = { OD: ["od:", "right eye:", "od"], OS: ["os:", "left eye:", "os"] };
 
-/** Writes a report for a scan with the given findings. */
+/**
+ * Writes a report for a scan with the given findings.
+ * @param pathology the findings' severities
+ * @param diagnosis the diagnosis
+ * @param eye the eye
+ * @param rng the generator (phrasing)
+ * @returns the report text
+ */
 export function writeReport(pathology: Pathology, diagnosis: Diagnosis, eye: "OD" | "OS", rng: Rng): string {
   const pick = (xs: string[]) => xs[rng.int(xs.length)];
   const positives: string[] = [];
