@@ -18,7 +18,13 @@ export interface PlotlyFigure {
   layout: Record<string, unknown>;
 }
 
-/** Bar chart of the per-task change in `metric` (percentage points, ± sd of the refined seeds), green up, red down. */
+/**
+ * Bar chart of the per-task change in `metric` (percentage points, ± sd of the refined seeds), green up, red down.
+ * @param c the comparison
+ * @param metric the metric shown
+ * @param title the figure's title (default: derived from the metric)
+ * @returns a Plotly figure
+ */
 export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title?: string): PlotlyFigure {
   const tasks = c.tasks.map((t) => t.task);
   const gains = c.tasks.map((t) => 100 * t.delta[metric]);
@@ -68,7 +74,12 @@ export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title
   };
 }
 
-/** Grouped bars of baseline and refined `metric` per task, with seed sd error bars. */
+/**
+ * Grouped bars of baseline and refined `metric` per task, with seed sd error bars.
+ * @param c the comparison
+ * @param metric the metric shown
+ * @returns a Plotly figure
+ */
 export function absoluteFigure(c: Comparison, metric: keyof Metrics = "bacc"): PlotlyFigure {
   const tasks = c.tasks.map((t) => t.task);
   const bar = (
@@ -102,13 +113,22 @@ export function absoluteFigure(c: Comparison, metric: keyof Metrics = "bacc"): P
 
 let plotlySource: string | undefined;
 
-/** The plotly.min.js source (from the npm package). */
+/**
+ * The plotly.min.js source (from the npm package).
+ * @returns the script's text (read once)
+ */
 export function plotlyJs(): string {
   if (!plotlySource) plotlySource = Deno.readTextFileSync(createRequire(import.meta.url).resolve("plotly.js-dist-min"));
   return plotlySource;
 }
 
-/** A self-contained HTML page with the figures (and optional HTML above them). */
+/**
+ * A self-contained HTML page with the figures (and optional HTML above them).
+ * @param title the page title
+ * @param figures the figures, one div each
+ * @param preamble HTML placed above the figures
+ * @returns the page
+ */
 export function figuresHtml(title: string, figures: PlotlyFigure[], preamble = ""): string {
   const divs = figures.map((_, i) => `<div id="fig${i}"></div>`).join("\n");
   const calls = figures.map((f, i) =>
@@ -127,14 +147,23 @@ ${divs}
 `;
 }
 
-/** An HTML fragment for a figure (for notebooks): a div and its newPlot call; Plotly must already be loaded. */
+/**
+ * An HTML fragment for a figure (for notebooks): a div and its newPlot call; Plotly must already be loaded.
+ * @param figure the figure
+ * @param id the div's id (default: random)
+ * @returns the HTML fragment
+ */
 export function figureDiv(figure: PlotlyFigure, id = `retfiner-${crypto.randomUUID().slice(0, 8)}`): string {
   return `<div id="${id}"></div><script>Plotly.newPlot("${id}", ${JSON.stringify(figure.data)}, ${
     JSON.stringify(figure.layout)
   });</script>`;
 }
 
-/** Renders a figure to PNG without a browser: Plotly in jsdom → SVG → sharp. */
+/**
+ * Renders a figure to PNG without a browser: Plotly in jsdom → SVG → sharp.
+ * @param figure the figure
+ * @returns PNG bytes
+ */
 export async function figurePng(figure: PlotlyFigure): Promise<Uint8Array> {
   const dom = new JSDOM(`<!DOCTYPE html><html><body><div id="c"></div></body></html>`, {
     pretendToBeVisual: true,

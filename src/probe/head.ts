@@ -24,12 +24,20 @@ export type ProbeHyper = ProbeHeadParams;
  */
 export const PROBE_DEFAULTS: ProbeHyper = PROBE_HEAD;
 
-/** §2.3: 0.05 for RETFound (its weights path contains `_bscan_`), 0.01 for VisionFM and UrFound. */
+/**
+ * §2.3: 0.05 for RETFound (its weights path contains `_bscan_`), 0.01 for VisionFM and UrFound.
+ * @param family the ViT family
+ * @returns its probing weight decay
+ */
 export function probeWeightDecay(family: string): number {
   return Object.hasOwn(PROBE_WEIGHT_DECAY, family) ? PROBE_WEIGHT_DECAY[family] : PROBE_HEAD.weightDecay;
 }
 
-/** §2.3's automatic batch size: the largest power of 2 ≤ 25 % of the training images, at most 64 (8 as a fallback). */
+/**
+ * §2.3's automatic batch size: the largest power of 2 ≤ 25 % of the training images, at most 64 (8 as a fallback).
+ * @param nTrain the number of training images
+ * @returns the batch size
+ */
 export function authorsBatchSize(nTrain: number): number {
   const q = Math.round(0.25 * nTrain);
   if (q < 1) return 8;
@@ -48,7 +56,13 @@ export interface LinearHead {
   b: Float32Array;
 }
 
-/** `nn.Linear` default init, then `trunc_normal_(weight, std=2e-5)` (§2.2); the bias keeps U(±1/√D). */
+/**
+ * `nn.Linear` default init, then `trunc_normal_(weight, std=2e-5)` (§2.2); the bias keeps U(±1/√D).
+ * @param dim the feature width D
+ * @param classes the number of classes C
+ * @param rng the initialisation's generator
+ * @returns the head, `W` `[C, D]` and `b` `[C]`
+ */
 export function initHead(dim: number, classes: number, rng: Rng): LinearHead {
   const W = new Float32Array(classes * dim);
   for (let i = 0; i < W.length; i++) {
@@ -61,7 +75,12 @@ export function initHead(dim: number, classes: number, rng: Rng): LinearHead {
   return { dim, classes, W, b };
 }
 
-/** The learning rate at fractional epoch `e` (MAE's `adjust_learning_rate`). */
+/**
+ * The learning rate at fractional epoch `e` (MAE's `adjust_learning_rate`).
+ * @param e the fractional epoch (epoch + iteration / iterations per epoch)
+ * @param h the protocol: base and minimum rate, warmup and maximum epochs
+ * @returns the learning rate (linear warmup, then half-cosine to `minLr`)
+ */
 export function probeLr(e: number, h: ProbeHyper): number {
   if (e < h.warmupEpochs) return (h.lr * e) / h.warmupEpochs;
   return h.minLr +
@@ -101,7 +120,11 @@ export interface HeadOptimizer {
   vb: Float32Array;
 }
 
-/** A fresh optimiser for `head`. */
+/**
+ * A fresh optimiser for `head`.
+ * @param head the head
+ * @returns step 0 and zero moments of its shapes
+ */
 export function headOptimizer(head: LinearHead): HeadOptimizer {
   return {
     step: 0,
@@ -115,6 +138,14 @@ export function headOptimizer(head: LinearHead): HeadOptimizer {
 /**
  * One epoch of head training over `batches` (row indices into `x`) with the
  * learning rate `lrs[i]` for iteration i. Returns the mean training loss.
+ * @param head the head, updated in place
+ * @param opt its AdamW state, advanced in place
+ * @param x features, row-major `[N, D]`
+ * @param y labels in [0, C), length N
+ * @param batches row indices of each iteration
+ * @param lrs the learning rate of each iteration
+ * @param h the protocol (label smoothing, weight decay, AdamW βs and ε)
+ * @returns the mean training loss over the batches
  */
 export function trainHeadEpoch(
   head: LinearHead,
@@ -160,7 +191,13 @@ export function trainHeadEpoch(
   return lossSum / batches.length;
 }
 
-/** Probabilities for every row of `x` (`[N, C]` as nested arrays). */
+/**
+ * Probabilities for every row of `x` (`[N, C]` as nested arrays).
+ * @param head the head
+ * @param x features, row-major `[n, D]`
+ * @param n the number of rows
+ * @returns softmax probabilities, `n` rows of C
+ */
 export function predictHead(head: LinearHead, x: Float32Array, n: number): number[][] {
   const idx = Array.from({ length: n }, (_, i) => i);
   const p = new Float64Array(n * head.classes);
@@ -168,7 +205,14 @@ export function predictHead(head: LinearHead, x: Float32Array, n: number): numbe
   return idx.map((i) => Array.from(p.subarray(i * head.classes, (i + 1) * head.classes)));
 }
 
-/** Validation as the authors: plain CE averaged over batches, and balanced accuracy. */
+/**
+ * Validation as the authors: plain CE averaged over batches, and balanced accuracy.
+ * @param head the head
+ * @param x features, row-major `[N, D]`
+ * @param y labels in [0, C)
+ * @param batches row indices of each batch
+ * @returns the cross-entropy averaged over batches and the balanced accuracy
+ */
 export function evaluateHead(
   head: LinearHead,
   x: Float32Array,
@@ -269,7 +313,15 @@ export interface ProbeRun {
   stop: "early-stopping" | "max-epochs" | "non-finite-loss";
 }
 
-/** Trains one head with one seed and returns the best state's test predictions. */
+/**
+ * Trains one head with one seed and returns the best state's test predictions.
+ * @param data features and labels of the three splits (training features may be drawn per epoch, augmented)
+ * @param rng the seed's generator (forked per use: head init, each epoch's order)
+ * @param h the protocol (default {@link PROBE_DEFAULTS}; docs/method.md §2.3–2.4)
+ * @param batchSize default {@link authorsBatchSize} of the training split
+ * @returns the best validation state's test probabilities, epochs run, the best epoch and why it stopped
+ * @throws {ProbeError} when a split is empty
+ */
 export async function trainProbe(
   data: ProbeData,
   rng: Rng,

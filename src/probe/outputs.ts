@@ -31,7 +31,14 @@ export interface ProbeReportFiles {
   png?: string;
 }
 
-/** Writes the report of one model, or of a baseline and its refinement. */
+/**
+ * Writes the report of one model, or of a baseline and its refinement.
+ * @param dir the output folder
+ * @param models one model's results, or a baseline and its refinement
+ * @param options the report's title, notes and extra Markdown sections
+ * @returns the files written (`results.csv`, `summary.json`, `report.md`; with a comparison also the HTML and PNG
+ *   charts) and the comparison
+ */
 export async function writeProbeReport(
   dir: string,
   models: { baseline: ModelResults; refined?: ModelResults },

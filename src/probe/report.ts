@@ -57,7 +57,13 @@ function stat(xs: number[]): MeanSd {
   return { mean: mean(xs), sd: sd(xs) };
 }
 
-/** Compares two models task by task; pairs are matched by task name and seed. */
+/**
+ * Compares two models task by task; pairs are matched by task name and seed.
+ * @param baseline the baseline's results
+ * @param refined the refined model's results
+ * @returns per task, mean ± sd of each model and the change; overall, over every task × seed pair: the same and a
+ *   Wilcoxon signed-rank test (refined vs baseline; null when nothing pairs or every difference is zero)
+ */
 export function compareModels(baseline: ModelResults, refined: ModelResults): Comparison {
   const tasks: TaskComparison[] = [];
   const pairs: Record<keyof Metrics, [number[], number[]]> = Object.fromEntries(
@@ -97,7 +103,12 @@ export function compareModels(baseline: ModelResults, refined: ModelResults): Co
   return { baselineName: baseline.name, refinedName: refined.name, tasks, overall };
 }
 
-/** Percentage-point formatting of a metric in [0, 1]. */
+/**
+ * Percentage-point formatting of a metric in [0, 1].
+ * @param x the value in [0, 1]
+ * @param digits decimals
+ * @returns `100·x` formatted, or `n/a` when not finite
+ */
 export function pct(x: number, digits = 1): string {
   return Number.isFinite(x) ? (100 * x).toFixed(digits) : "n/a";
 }
@@ -110,7 +121,11 @@ function stars(p: number | undefined): string {
   return p === undefined || !Number.isFinite(p) ? "" : p < 0.001 ? "***" : p < 0.01 ? "**" : "";
 }
 
-/** The paper's Table 1 layout: one row per model, mean ± sd per metric, change and stars. */
+/**
+ * The paper's Table 1 layout: one row per model, mean ± sd per metric, change and stars.
+ * @param c the comparison
+ * @returns a Markdown table
+ */
 export function markdownSummary(c: Comparison): string {
   const head = `| model | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`;
   const sep = `|---|${METRIC_NAMES.map(() => "---").join("|")}|`;
@@ -138,7 +153,12 @@ export function markdownSummary(c: Comparison): string {
   ].join("\n");
 }
 
-/** Per-task balanced accuracy with gains. */
+/**
+ * Per-task balanced accuracy with gains.
+ * @param c the comparison
+ * @param metric the metric shown
+ * @returns a Markdown table
+ */
 export function markdownPerTask(c: Comparison, metric: keyof Metrics = "bacc"): string {
   const lines = [`| task | ${c.baselineName} | ${c.refinedName} | gain |`, "|---|---|---|---|"];
   for (const t of c.tasks) {
@@ -157,7 +177,11 @@ export function markdownPerTask(c: Comparison, metric: keyof Metrics = "bacc"): 
   return lines.join("\n");
 }
 
-/** One model's per-task table (no comparison). */
+/**
+ * One model's per-task table (no comparison).
+ * @param r the model's results
+ * @returns a Markdown table
+ */
 export function markdownSingle(r: ModelResults): string {
   const lines = [
     `| task | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`,
@@ -171,7 +195,11 @@ export function markdownSingle(r: ModelResults): string {
   return lines.join("\n");
 }
 
-/** Per-task, per-seed rows for every model. */
+/**
+ * Per-task, per-seed rows for every model.
+ * @param models the models' results
+ * @returns CSV text with a header row
+ */
 export function perSeedCsv(models: ModelResults[]): string {
   const rows = [`model,task,seed,${METRIC_NAMES.join(",")},epochs,best_epoch,val_bacc,stop`];
   for (const mr of models) {
@@ -195,7 +223,11 @@ export function perSeedCsv(models: ModelResults[]): string {
   return rows.join("\n") + "\n";
 }
 
-/** A plain-text table for the terminal. */
+/**
+ * A plain-text table for the terminal.
+ * @param c the comparison
+ * @returns the table's lines joined with newlines
+ */
 export function terminalTable(c: Comparison): string {
   const w = Math.max(10, ...c.tasks.map((t) => t.task.length));
   const lines = [
