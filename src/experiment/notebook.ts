@@ -20,7 +20,12 @@ function jupyter(): JupyterApi | undefined {
   return (Deno as unknown as { jupyter?: JupyterApi }).jupyter;
 }
 
-/** Shows a MIME bundle in the notebook (no-op outside Jupyter). */
+/**
+ * Shows a MIME bundle in the notebook (no-op outside Jupyter).
+ * @param bundle MIME type → content
+ * @param options a display id, to update an earlier output in place
+ * @returns when shown
+ */
 export async function showBundle(
   bundle: MimeBundle,
   options: { displayId?: string; update?: boolean } = {},
@@ -41,6 +46,8 @@ function escapeHtml(s: string): string {
 /**
  * A progress callback that draws one bar per phase and updates it in place
  * (at most every `intervalMs`); the last state stays in the saved notebook.
+ * @param intervalMs the least time between redraws
+ * @returns the callback
  */
 export function notebookProgress(intervalMs = 1000): ProgressCallback {
   const id = `retfiner-progress-${crypto.randomUUID().slice(0, 8)}`;
@@ -77,7 +84,11 @@ export function notebookProgress(intervalMs = 1000): ProgressCallback {
   };
 }
 
-/** Shows B-scans side by side with their reports underneath. */
+/**
+ * Shows B-scans side by side with their reports underneath.
+ * @param scans images and their captions
+ * @returns when shown
+ */
 export async function showScans(scans: { image: GreyImage; caption: string }[]): Promise<void> {
   const cells = await Promise.all(scans.map(async (s) => {
     const png = await encodePng(s.image);
@@ -97,6 +108,8 @@ let plotlySent = false;
  * Shows a Plotly figure: `application/vnd.plotly.v1+json` for JupyterLab and
  * VS Code, with a `text/html` rendering in the same output (plotly.min.js is
  * inlined the first time per kernel) for exported HTML.
+ * @param figure the figure
+ * @returns when shown
  */
 export async function showFigure(figure: PlotlyFigure): Promise<void> {
   const id = `retfiner-fig-${crypto.randomUUID().slice(0, 8)}`;
@@ -111,7 +124,11 @@ export async function showFigure(figure: PlotlyFigure): Promise<void> {
   });
 }
 
-/** Shows Markdown text. */
+/**
+ * Shows Markdown text.
+ * @param md the Markdown
+ * @returns when shown
+ */
 export async function showMarkdown(md: string): Promise<void> {
   await showBundle({ "text/markdown": md, "text/plain": md });
 }

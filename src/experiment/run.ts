@@ -46,7 +46,12 @@ export const REFINED_NAMES: Record<ExperimentFamily, string> = {
   urfound: "RetFiner-U",
 };
 
-/** Display names of the baselines (stand-ins are marked as such). */
+/**
+ * Display names of the baselines (stand-ins are marked as such).
+ * @param family the vision family
+ * @param standin whether the weights are the package's stand-in
+ * @returns e.g. `RETFound`, or `RETFound-like stand-in`
+ */
 export function baselineName(family: ExperimentFamily, standin: boolean): string {
   const n = { retfound: "RETFound", visionfm: "VisionFM", urfound: "UrFound" }[family];
   return standin ? `${n}-like stand-in` : n;
@@ -105,12 +110,21 @@ export interface ExperimentResult {
   seconds: Record<"benchmark" | "baseline" | "refine" | "refined" | "total", number>;
 }
 
-/** The cache directory of a synthetic benchmark. */
+/**
+ * The cache directory of a synthetic benchmark.
+ * @param size the preset size
+ * @param seed the benchmark's seed
+ * @returns `runs/cache/synth-<size>-v<version>-seed<seed>` (relative to the working directory)
+ */
 export function benchmarkDir(size: string, seed: number): string {
   return join("runs", "cache", `synth-${size}-v${SYNTH_VERSION}-seed${seed}`);
 }
 
-/** Generates (or reuses) the synthetic benchmark. */
+/**
+ * Generates (or reuses) the synthetic benchmark.
+ * @param options preset size, seed, folder and progress
+ * @returns the folder and the benchmark's description
+ */
 export async function ensureBenchmark(
   options: { size?: keyof typeof SYNTH_PRESETS; seed?: number; root?: string; onProgress?: ProgressCallback } = {},
 ): Promise<{ root: string; info: BenchmarkInfo }> {
@@ -126,7 +140,16 @@ function experimentLoading(options: ExperimentOptions): WeightLoading {
   return { newProjDim: readBertConfig((options.text ?? TEXT_STANDIN).config).hiddenSize, ...options.loading };
 }
 
-/** Probes every task with one model (seeds and mode default to `CPU_DEMO`'s: 0, 1, 2, fast). */
+/**
+ * Probes every task with one model (seeds and mode default to `CPU_DEMO`'s: 0, 1, 2, fast).
+ * @param vit the backbone
+ * @param name its display name
+ * @param tasks the tasks
+ * @param probe seeds, feature mode and protocol overrides
+ * @param onProgress progress
+ * @returns the model's results per task and seed
+ * @throws {ProbeError} when a split is empty or metrics get non-finite scores
+ */
 export async function probeModel(
   vit: VitModel,
   name: string,
@@ -153,7 +176,15 @@ export interface ZeroShotSummary {
   retrieval: RetrievalResult;
 }
 
-/** Zero-shot classification on every task and retrieval on up to `maxPairs` validation pairs. */
+/**
+ * Zero-shot classification on every task and retrieval on up to `maxPairs` validation pairs.
+ * @param model the RetFiner model
+ * @param tasks the tasks
+ * @param pairs validation pairs for retrieval
+ * @param maxPairs at most this many pairs are used
+ * @param onProgress progress
+ * @returns zero-shot metrics per task and retrieval recall
+ */
 export async function zeroShotSummary(
   model: RetfinerModel,
   tasks: ProbeDataset[],
@@ -169,7 +200,12 @@ export async function zeroShotSummary(
   };
 }
 
-/** Markdown for zero-shot and retrieval results before and after refinement. */
+/**
+ * Markdown for zero-shot and retrieval results before and after refinement.
+ * @param before the summary before refinement
+ * @param after the summary after
+ * @returns Markdown tables
+ */
 export function zeroShotMarkdown(before: ZeroShotSummary, after: ZeroShotSummary): string {
   const lines = ["| task | zero-shot BAcc before | after | zero-shot AUROC before | after |", "|---|---|---|---|---|"];
   after.tasks.forEach((t, i) => {
@@ -204,7 +240,13 @@ function experimentProbe(options: ExperimentOptions): { seeds: number[]; mode: P
   );
 }
 
-/** Baseline probe → refinement → probe → report. */
+/**
+ * Baseline probe → refinement → probe → report.
+ * @param options family, weights, benchmark, preset and overrides, output folder, progress, see {@link ExperimentOptions}
+ * @returns both models' results, the comparison, the refinement's result, the files written, zero-shot results
+ *   before and after, and the seconds each stage took
+ * @throws {RetfinerError} subclasses from each stage (weights, data, refinement, probing)
+ */
 export async function runExperiment(options: ExperimentOptions): Promise<ExperimentResult> {
   const log = options.log ?? (() => {});
   const t0 = performance.now();
@@ -307,7 +349,12 @@ export interface AblationRow {
   comparison: Comparison;
 }
 
-/** Refines once with all objectives and once without each, from the same start; one shared baseline probe. */
+/**
+ * Refines once with all objectives and once without each, from the same start; one shared baseline probe.
+ * @param options as for {@link runExperiment}
+ * @returns the baseline's results, one row per objective left out, and a Markdown table
+ * @throws {RetfinerError} subclasses from each stage
+ */
 export async function runAblation(
   options: ExperimentOptions,
 ): Promise<{ baseline: ModelResults; rows: AblationRow[]; markdown: string }> {

@@ -67,6 +67,12 @@ export interface ProbeTaskOptions {
 /**
  * Probes `vit` on `dataset` with every seed.
  *
+ * @param vit the backbone (frozen: its features are extracted once, or per epoch when augmenting)
+ * @param dataset the task's images and labels with train/val/test splits
+ * @param options seeds, feature mode, protocol overrides, batch sizes and progress, see {@link ProbeTaskOptions}
+ * @returns every seed's test metrics, epochs and stopping reason (docs/method.md §2.3–2.7)
+ * @throws {ProbeError} when a split is empty or metrics get non-finite scores
+ * @throws {DatasetError} for unreadable images
  * @example
  * ```ts
  * import { probeTask } from "./protocol.ts";

@@ -11,6 +11,10 @@ import type { RetfinerModel } from "../model/model.ts";
 /**
  * Cross-attention of each report token over the image patches, averaged over
  * heads and layers: `[tokens, gridH, gridW]` plus the tokens themselves.
+ * @param model the RetFiner model
+ * @param images one image `[1, 3, S, S]`, preprocessed
+ * @param report the report text
+ * @returns the word pieces, their maps row-major `[tokens, grid, grid]` and the grid side
  */
 export function crossAttentionMaps(
   model: RetfinerModel,
@@ -48,6 +52,8 @@ export function crossAttentionMaps(
  * How peaked an attention map is: its maximum over its mean (1 = uniform over
  * the patches; `grid²` = all mass on one patch). Overlays are stretched from
  * the map's minimum to its maximum, so read them together with this number.
+ * @param map one token's map (grid² values)
+ * @returns max / mean, in [1, grid²]
  */
 export function attentionPeak(map: ArrayLike<number>): number {
   let max = -Infinity;
@@ -62,6 +68,11 @@ export function attentionPeak(map: ArrayLike<number>): number {
 /**
  * Renders an attention map `[grid, grid]` over a grey image as a PNG heat
  * overlay, the map stretched from its minimum (clear) to its maximum (red-yellow).
+ * @param image the grey image
+ * @param map one token's map, row-major `[grid, grid]`
+ * @param grid the map's side
+ * @param size the PNG's side in pixels
+ * @returns PNG bytes
  */
 export async function attentionOverlayPng(
   image: GreyImage,

@@ -39,7 +39,15 @@ export const SYNTH_CLASS_PROMPTS: Record<string, string[]> = {
   early: ["mild rnfl thinning", "subtle thinning of the nerve fiber layer", "minimal ganglion cell loss"],
 };
 
-/** Class embeddings: the mean of every template × description embedding, renormalised (open_clip). */
+/**
+ * Class embeddings: the mean of every template × description embedding, renormalised (open_clip).
+ * @param model the RetFiner model
+ * @param classes the class names
+ * @param prompts descriptions per class name
+ * @param templates sentence templates with `{}` for a description
+ * @returns row-major `[classes, E]` unit vectors
+ * @throws {ProbeError} when a class has no description
+ */
 export function classEmbeddings(
   model: RetfinerModel,
   classes: string[],
@@ -78,7 +86,15 @@ export interface ZeroShotResult {
   metrics: Metrics;
 }
 
-/** Zero-shot classification of a dataset's test split from class descriptions. */
+/**
+ * Zero-shot classification of a dataset's test split from class descriptions.
+ * @param model the RetFiner model
+ * @param dataset the task (only its test split is used)
+ * @param prompts descriptions per class name
+ * @param options progress
+ * @returns the task's name and the five metrics of softmax(image · class / τ)
+ * @throws {ProbeError} when a class has no description
+ */
 export async function zeroShotTask(
   model: RetfinerModel,
   dataset: ProbeDataset,

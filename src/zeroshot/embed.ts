@@ -9,7 +9,13 @@ import { l2normalize } from "../losses/objectives.ts";
 import type { RetfinerModel } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 
-/** L2-normalised contrastive text embeddings `[N, E]` of `texts` (text-only BERT → CLS → `contra_head_t`). */
+/**
+ * L2-normalised contrastive text embeddings `[N, E]` of `texts` (text-only BERT → CLS → `contra_head_t`).
+ * @param model the RetFiner model
+ * @param texts the texts (tokenised to the model's maximum length)
+ * @param batch texts per forward pass
+ * @returns row-major `[N, E]` unit vectors, E the contrastive width
+ */
 export function embedTexts(model: RetfinerModel, texts: string[], batch = 64): Float32Array {
   const tok = model.tokenizer.encodeBatch(texts);
   const L = tok.length;
@@ -32,7 +38,12 @@ export function embedTexts(model: RetfinerModel, texts: string[], batch = 64): F
 
 /**
  * L2-normalised contrastive image embeddings `[N, E]` (CLS of the refinement
- * tokens → `contra_head_v`); also returns the tokens when `keepTokens`.
+ * tokens → `contra_head_v`).
+ * @param model the RetFiner model
+ * @param paths the image files
+ * @param options preprocessing recipe (`refine`: bicubic, default; `probe`: bilinear), images per batch, progress
+ * @returns row-major `[N, E]` unit vectors, E the contrastive width
+ * @throws {DatasetError} for an unreadable image
  */
 export async function embedImages(
   model: RetfinerModel,

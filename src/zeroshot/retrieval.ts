@@ -22,7 +22,12 @@ export interface RecallAtK {
   medianRank: number;
 }
 
-/** Ranks of the true matches given a similarity matrix `[Nq, Nc]` where query i matches candidate i. */
+/**
+ * Recall at 1, 5, 10 and the median rank of the true matches in a square similarity matrix (query i matches candidate i).
+ * @param sim row-major `[n, n]` similarities, query i's match is candidate i
+ * @param n the number of pairs
+ * @returns recall@1, @5, @10 in [0, 1] and the median rank (1 = first; ties count in the query's favour)
+ */
 export function recallAtK(sim: Float32Array | Float64Array, n: number): RecallAtK {
   const ranks: number[] = [];
   for (let i = 0; i < n; i++) {
@@ -52,6 +57,11 @@ export interface RetrievalResult {
 /**
  * Retrieval on held-out pairs with the contrastive heads; with `itmRerank`,
  * each image's top-k reports are re-scored by the ITM head (ALBEF).
+ * @param model the RetFiner model
+ * @param pairs the image-report pairs
+ * @param options `itmRerank`: top-k re-scored by the ITM head; progress
+ * @returns recall in both directions (and after re-ranking when asked)
+ * @throws {DatasetError} for an unreadable image
  */
 export async function retrieval(
   model: RetfinerModel,
