@@ -57,6 +57,7 @@ function firstNonFinite(x: Float32Array): number {
  * @param opt The optimiser state.
  * @param loop Where the loop stands.
  * @param extra More metadata (run settings).
+ * @returns When the file is in place.
  * @throws {RefineError} A weight or moment is non-finite (nothing is written then).
  */
 export async function saveCheckpoint(

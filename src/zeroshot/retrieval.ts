@@ -23,7 +23,8 @@ export interface RecallAtK {
 }
 
 /**
- * Recall at 1, 5, 10 and the median rank of the true matches in a square similarity matrix (query i matches candidate i).
+ * Recall at 1, 5, 10 and the median rank of the true matches in a square similarity matrix (query i matches
+ * candidate i).
  * @param sim row-major `[n, n]` similarities, query i's match is candidate i
  * @param n the number of pairs
  * @returns recall@1, @5, @10 in [0, 1] and the median rank (1 = first; ties count in the query's favour)
