@@ -79,17 +79,28 @@ export class InputCache {
   #bytes = 0;
   readonly #maxBytes: number;
 
-  /** Creates a cache holding at most `maxBytes` (default 1 GiB). */
+  /**
+   * Creates a cache holding at most `maxBytes` (default 1 GiB).
+   * @param maxBytes the cache's capacity in bytes
+   */
   constructor(maxBytes = 2 ** 30) {
     this.#maxBytes = maxBytes;
   }
 
-  /** A cached input, if present. */
+  /**
+   * A cached input, if present.
+   * @param key the image path
+   * @returns the preprocessed input `[3, S, S]`, or undefined
+   */
   get(key: string): Float32Array | undefined {
     return this.#map.get(key);
   }
 
-  /** Stores an input unless the cache is full. */
+  /**
+   * Stores an input unless the cache is full.
+   * @param key the image path
+   * @param value the preprocessed input (kept, not copied)
+   */
   set(key: string, value: Float32Array): void {
     if (this.#map.has(key) || this.#bytes + value.byteLength > this.#maxBytes) return;
     this.#map.set(key, value);

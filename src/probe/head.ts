@@ -251,12 +251,21 @@ export class EarlyStopping {
   counter: number = 0;
   readonly #h: ProbeHyper;
 
-  /** Creates a stopper with the protocol's patience, start and deltas. */
+  /**
+   * Creates a stopper with the protocol's patience, start and deltas.
+   * @param h the protocol: `patience`, `startFrom` (epochs before it are not counted) and `delta`
+   */
   constructor(h: ProbeHyper) {
     this.#h = h;
   }
 
-  /** Records an epoch; returns whether it is the new best. */
+  /**
+   * Records an epoch; returns whether it is the new best.
+   * @param epoch the epoch, 0-based
+   * @param bacc its validation balanced accuracy
+   * @param loss its validation loss (breaks ties within `delta`)
+   * @returns true when this epoch is the new best (the caller keeps its weights)
+   */
   update(epoch: number, bacc: number, loss: number): boolean {
     const d = this.#h.delta;
     const best = this.bestEpoch < 0 || bacc > this.bestBacc + d ||

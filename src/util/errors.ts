@@ -6,7 +6,11 @@
 
 /** Base class of every error this package throws on purpose. */
 export class RetfinerError extends Error {
-  /** Creates an error with a message that names the file, line or key at fault. */
+  /**
+   * Creates an error with a message that names the file, line or key at fault.
+   * @param message what went wrong, naming the file, line or key at fault
+   * @param options `cause`: the underlying error
+   */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = new.target.name;
