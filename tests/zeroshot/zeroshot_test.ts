@@ -1,4 +1,4 @@
-import { assert, assertAlmostEquals, assertEquals } from "../_assert.ts";
+import { assert, assertAlmostEquals, assertEquals, assertRejects } from "../_assert.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { loadGreyImage, readImageFolderDataset, refinementSpec } from "../../src/dataset/mod.ts";
@@ -14,7 +14,9 @@ import {
   retrieval,
   SYNTH_CLASS_PROMPTS,
   zeroShotTask,
+  zeroShotTasks,
 } from "../../src/zeroshot/mod.ts";
+import { UsageError } from "../../src/util/errors.ts";
 import { loadRun } from "../../src/model/mod.ts";
 import { SYNTH_TINY, tinyModel, tinyPairs } from "../refine/_tiny.ts";
 
@@ -66,6 +68,21 @@ Deno.test("zero-shot classification and retrieval run on a saved run and give va
   for (const x of [r.imageToText, r.textToImage, r.imageToTextItm!]) {
     assert(x.r1 <= x.r5 && x.r5 <= x.r10 && x.medianRank >= 1 && x.medianRank <= 8);
   }
+});
+
+Deno.test("zeroShotTasks: one zeroShotTask per task in order, paths read with `read`; a path without read is refused", async () => {
+  const run = loadRun(runDir);
+  const a = `${SYNTH_TINY}tasks/normal_amd_dme`;
+  const b = await readImageFolderDataset(`${SYNTH_TINY}tasks/amd_vs_normal`);
+  const read: string[] = [];
+  const both = await zeroShotTasks(run, [a, b], SYNTH_CLASS_PROMPTS, {
+    read: (p) => (read.push(p), readImageFolderDataset(p)),
+  });
+  assertEquals(read, [a]);
+  assertEquals(both.map((r) => r.task), ["normal_amd_dme", "amd_vs_normal"]);
+  assertEquals(both[1], await zeroShotTask(run, b));
+  assertEquals(both[0], await zeroShotTask(run, await readImageFolderDataset(a)));
+  await assertRejects(() => zeroShotTasks(run, [a]), /normal_amd_dme is a path; pass options\.read/, UsageError);
 });
 
 Deno.test("cross-attention maps: one distribution over patches per report token, rendered as an overlay", async () => {
