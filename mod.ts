@@ -9,7 +9,7 @@
  * This root module re-exports their public API.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { loadVit, setupBackend } from "@retfiner/retfiner";
  * await setupBackend();
  * const { model, mapped } = loadVit("RETFound_oct_weights.pth");

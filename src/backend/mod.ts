@@ -8,7 +8,7 @@
  *
  * @example
  * ```ts
- * import { setupBackend, tf } from "@retfiner/retfiner/backend";
+ * import { setupBackend, tensorflow as tf } from "@retfiner/retfiner/backend";
  * const info = await setupBackend();
  * const y = tf.matMul(tf.ones([2, 3]), tf.ones([3, 4]));
  * console.log(info.name, y.shape);

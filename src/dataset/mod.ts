@@ -4,7 +4,7 @@
  * synthetic OCT benchmark, and report tokenization.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { loadGreyImage, refinementSpec, toModelInput } from "@retfiner/retfiner/dataset";
  * const img = await loadGreyImage("scan.png");
  * const x = toModelInput(img, refinementSpec(224, { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }));

@@ -430,7 +430,7 @@ export function vitFamilyOf(
  * non-strict report).
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { loadVit } from "./load.ts";
  * const { model, mapped, family } = loadVit("RETFound_oct_weights.pth", { arch: "auto" });
  * console.log(mapped.layout, family.reason, model.config.embedDim);

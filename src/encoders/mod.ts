@@ -6,7 +6,7 @@
  *
  * @example
  * ```ts
- * import { setupBackend, tf } from "@retfiner/retfiner/backend";
+ * import { setupBackend, tensorflow as tf } from "@retfiner/retfiner/backend";
  * import { createVit, vitFeatures, vitPreset } from "@retfiner/retfiner/encoders";
  * await setupBackend();
  * const model = createVit(vitPreset("visionfm", { depth: 2 }));

@@ -9,7 +9,7 @@
  * cell.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { runExperiment } from "@retfiner/retfiner/experiment";
  * const result = await runExperiment({ family: "retfound", runDir: "runs/demo" });
  * console.log(result.comparison.overall.bacc.delta);

@@ -6,7 +6,7 @@
  * on the RETFound-like stand-in; the notebooks drive it cell by cell.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { runExperiment } from "@retfiner/retfiner/experiment";
  * const result = await runExperiment({ family: "retfound", runDir: "runs/demo" });
  * console.log(result.comparison.overall.bacc.delta);

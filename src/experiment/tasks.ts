@@ -15,7 +15,7 @@ import { listTaskFolders, type ProbeDataset, readImageFolderDataset } from "../d
  * @throws {DatasetError} When `<benchmark>/tasks` cannot be listed.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { findTaskDirs } from "./tasks.ts";
  * const dirs = await findTaskDirs({ tasks: ["data/OCTID"] });
  * console.log(dirs); // ["data/OCTID"]

@@ -4,7 +4,7 @@
  * release layout to this project's parameter names.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { mapVisionWeights, readWeightFile } from "@retfiner/retfiner/io";
  * const top = readWeightFile("RETFound_oct_weights.pth");
  * const { layout, tensors, dropped } = mapVisionWeights(top);

@@ -7,7 +7,7 @@
  * `classify.ts`, retrieval in `retrieval.ts`, attention maps in `attention.ts`.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { loadRun } from "@retfiner/retfiner/model";
  * import { zeroShotTask } from "@retfiner/retfiner/zeroshot";
  * const run = loadRun("runs/20261128-101500");

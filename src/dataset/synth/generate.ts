@@ -86,7 +86,7 @@ const PAIR_MIX: [Diagnosis, number][] = DIAGNOSES.map((
  * @param options where, seed, sizes and tasks
  * @returns the benchmark's description (also written as `benchmark.json`)
  * @example
- * ```ts
+ * ```ts ignore
  * import { generateBenchmark, SYNTH_PRESETS } from "./generate.ts";
  * const info = await generateBenchmark({ root: "runs/synth", seed: 0, sizes: SYNTH_PRESETS.tiny });
  * console.log(info.tasks.map((t) => t.id));
