@@ -11,18 +11,16 @@ import type { Tensor, Variable } from "../backend/tf.ts";
 import { OptimizerError } from "../util/errors.ts";
 import { assignValues } from "../encoders/layers.ts";
 import { type AdamWHyper, adamwUpdate } from "../util/optim.ts";
-import { AUTHORS } from "../params.ts";
+import { AUTHORS, type OptimizerParams } from "../params.ts";
 
 export type { AdamWHyper };
 
 /**
- * AdamW hyper-parameters with the learning rate: {@link AdamWHyper} (β₁ 0.9, β₂ 0.999, ε 1e-8 as PyTorch's — tfjs's
- * Adam would default to 1e-7 —, decoupled weight decay 0.01 applied to all parameters as the authors do) plus `lr`.
+ * AdamW hyper-parameters with the learning rate (PyTorch's defaults but the rate: β₁ 0.9, β₂ 0.999, ε 1e-8 —
+ * tfjs's Adam would use 1e-7 —, decoupled weight decay 0.01 applied to all parameters as the authors do): the
+ * run settings' `OptimizerParams` (src/params.ts), where the fields are defined once.
  */
-export interface AdamWConfig extends AdamWHyper {
-  /** Learning rate (the authors: 1e-4). */
-  lr: number;
-}
+export type AdamWConfig = OptimizerParams;
 
 /** The authors' optimiser settings (method notes §1.6): `AUTHORS.refine.optimizer` of `src/params.ts` (frozen). */
 export const ADAMW_DEFAULTS: AdamWConfig = AUTHORS.refine.optimizer;

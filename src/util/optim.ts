@@ -4,18 +4,13 @@
  * dividing √v by √(1−β₂ᵗ). Shared by refinement and linear probing.
  * @module
  */
+import type { OptimizerParams } from "../params.ts";
 
-/** AdamW hyper-parameters. */
-export interface AdamWHyper {
-  /** β₁. */
-  beta1: number;
-  /** β₂. */
-  beta2: number;
-  /** ε. */
-  eps: number;
-  /** Decoupled weight decay. */
-  weightDecay: number;
-}
+/**
+ * AdamW hyper-parameters without the learning rate (β₁, β₂, ε, decoupled weight decay): the fields of
+ * `OptimizerParams` in src/params.ts, the one place they are defined.
+ */
+export type AdamWHyper = Omit<OptimizerParams, "lr">;
 
 /** Updates `w` in place from gradient `g`, moments `m`/`v`, at step `t` (1-based) and rate `lr`. */
 export function adamwUpdate(
