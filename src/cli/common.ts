@@ -1,6 +1,7 @@
 /** Flags and helpers shared by the CLI tasks. */
 import { type BackendInfo, BACKENDS, parseBackendChoice, setupBackend } from "../backend/mod.ts";
 import type { FlagSpec, FlagValues } from "../util/cli.ts";
+import { UsageError } from "../util/errors.ts";
 
 /** The `--backend` flag. */
 export const BACKEND_FLAG: Record<string, FlagSpec> = {
@@ -21,4 +22,26 @@ export function backendFromFlags(values: FlagValues): Promise<BackendInfo> {
 /** Where the tasks print loading notices (family decision, stripped prefixes, guesses): stderr, beside progress. */
 export function noticeLog(line: string): void {
   console.error(line);
+}
+
+/**
+ * A run directory's default name: the UTC time to the second, e.g. `20261128-101500`.
+ * @returns The stamp.
+ */
+export function timestamp(): string {
+  return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+}
+
+/**
+ * Parses `--seeds`: a comma-separated list of non-negative integers.
+ * @param list The flag's value.
+ * @returns The seeds, in order.
+ * @throws {UsageError} Naming the first entry that is not a non-negative integer.
+ */
+export function parseSeeds(list: string): number[] {
+  return list.split(",").map((s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--seeds: "${s}" is not a non-negative integer`);
+    return n;
+  });
 }

@@ -9,12 +9,8 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { PROBE_HEAD, PROBE_TASK_DEFAULTS } from "../params.ts";
 import { ProgressBar } from "../util/progress.ts";
-import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlags, noticeLog, parseSeeds, timestamp } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
-
-function timestamp(): string {
-  return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
-}
 
 await runMain(async () => {
   const { values } = parseCli(Deno.args, {
@@ -84,11 +80,7 @@ await runMain(async () => {
     ],
   });
   if (!values.weights) throw new UsageError("--weights is required (see --help)");
-  const seeds = String(values.seeds).split(",").map((s) => {
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--seeds: "${s}" is not a non-negative integer`);
-    return n;
-  });
+  const seeds = parseSeeds(String(values.seeds));
   const dirs = await findTaskDirs({
     tasks: values.tasks as string[] | undefined,
     benchmark: values.benchmark as string | undefined,

@@ -22,7 +22,7 @@ import { UsageError } from "../util/errors.ts";
 import { AUTHORS, CPU_DEMO } from "../params.ts";
 import { disposeParams, loadVit } from "../encoders/mod.ts";
 import { formatDuration, ProgressBar } from "../util/progress.ts";
-import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlags, noticeLog, parseSeeds, timestamp } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 const SPEC: CommandSpec = {
@@ -235,10 +235,6 @@ const SPEC: CommandSpec = {
   ],
 };
 
-function timestamp(): string {
-  return new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
-}
-
 function parseLosses(list: string): LossWeights {
   const chosen = list.split(",").map((s) => s.trim().toLowerCase()).filter(Boolean);
   for (const c of chosen) {
@@ -257,11 +253,7 @@ await runMain(async () => {
   let family = v.model as ExperimentFamily;
   const out = String(v.out ?? join("runs", timestamp()));
   const slice = applyImageFlags(v);
-  const seeds = String(v.seeds).split(",").map((s) => {
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < 0) throw new UsageError(`--seeds: "${s}" is not a non-negative integer`);
-    return n;
-  });
+  const seeds = parseSeeds(String(v.seeds));
   const refineOptions: Partial<RefineOptions> = {
     batchSize: int("batch", 2),
     accumulate: int("accumulate", 1),
