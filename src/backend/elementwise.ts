@@ -7,6 +7,7 @@
  * and layouts go to tfjs's kernels.
  * @module
  */
+import { BackendError } from "../util/errors.ts";
 import { tf } from "./tf.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
 
@@ -380,7 +381,7 @@ function gatherKernel(args: KernelArgs): TensorInfo {
   for (let o = 0; o < outer; o++) {
     for (let k = 0; k < n; k++) {
       const idx = I[k];
-      if (idx < 0 || idx >= dim) throw new Error(`GatherV2: index ${idx} is not in [0, ${dim})`);
+      if (idx < 0 || idx >= dim) throw new BackendError(`GatherV2: index ${idx} is not in [0, ${dim})`);
       const src = (o * dim + idx) * inner;
       out.set(Xa.subarray(src, src + inner), (o * n + k) * inner);
     }

@@ -5,6 +5,7 @@
  * dimensions; other dtypes go to the original kernels.
  * @module
  */
+import { BackendError } from "../util/errors.ts";
 import { tf } from "./tf.ts";
 import type { Gemm } from "./gemm.ts";
 import { allocFloat32 } from "./pool.ts";
@@ -73,7 +74,7 @@ function gemmProduct(
   const kB = transB ? b.shape[br - 1] : b.shape[br - 2];
   const n = transB ? b.shape[br - 2] : b.shape[br - 1];
   if (kA !== kB) {
-    throw new Error(
+    throw new BackendError(
       `Error in matMul: inner shapes (${kA}) and (${kB}) of Tensors with shapes ${a.shape} and ${b.shape} ` +
         `and transposeA=${transA} and transposeB=${transB} must match.`,
     );
@@ -132,7 +133,7 @@ const activationKernels: Record<string, string> = {
 
 function runCpuKernel(name: string, args: KernelArgs): TensorInfo {
   const config = tf.getKernel(name, "cpu");
-  if (!config) throw new Error(`tfjs cpu kernel ${name} is not registered`);
+  if (!config) throw new BackendError(`tfjs cpu kernel ${name} is not registered`);
   return (config.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
 }
 
@@ -164,7 +165,7 @@ function fusedMatMulKernel(args: KernelArgs): TensorInfo {
   const activation = attrs.activation ?? "linear";
   if (activation !== "linear") {
     const kernel = activationKernels[activation];
-    if (!kernel) throw new Error(`Activation ${activation} has not been implemented for the CPU backend.`);
+    if (!kernel) throw new BackendError(`Activation ${activation} has not been implemented for the CPU backend.`);
     const inputs = kernel === "Prelu" ? { x: current, alpha: preluActivationWeights } : { x: current };
     const activated = runCpuKernel(kernel, { inputs, backend, attrs: { alpha: attrs.leakyreluAlpha } });
     backend.disposeIntermediateTensorInfo(current);
@@ -187,7 +188,7 @@ export function installMatMulKernels(gemm: Gemm): void {
   for (const name of Object.keys(ourKernels)) {
     if (!originals.has(name)) {
       const original = tf.getKernel(name, "cpu");
-      if (!original) throw new Error(`tfjs cpu kernel ${name} is not registered; is the cpu backend loaded?`);
+      if (!original) throw new BackendError(`tfjs cpu kernel ${name} is not registered; is the cpu backend loaded?`);
       originals.set(name, original);
     }
     tf.unregisterKernel(name, "cpu");

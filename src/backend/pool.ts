@@ -16,6 +16,7 @@
  * values (tfjs's contiguous `slice` does that). Anything else is left to V8.
  * @module
  */
+import { BackendError } from "../util/errors.ts";
 
 type DataEntry = { values?: unknown; refCount: number };
 type CpuBackendInternals = {
@@ -182,7 +183,7 @@ export function installBufferPool(backend: object, limitMiB?: number): void {
   const env = Deno.env.get("RETFINER_POOL_MIB");
   const mib = limitMiB ?? (env !== undefined && env !== "" ? Number(env) : undefined);
   if (mib !== undefined && (!Number.isFinite(mib) || mib < 0)) {
-    throw new Error(`RETFINER_POOL_MIB must be a number of MiB ≥ 0, got "${env}"`);
+    throw new BackendError(`RETFINER_POOL_MIB must be a number of MiB ≥ 0, got "${env}"`);
   }
   fixedLimit = mib === undefined ? undefined : mib * 2 ** 20;
   if (installedOn?.backend === backend) return;

@@ -1,9 +1,17 @@
 /**
  * Each module throws its own error class (src/util/errors.ts): the model module's loader an EncoderError, the
- * optimiser an OptimizerError, which stays a RefineError for the trainer's fault handling.
+ * optimiser an OptimizerError, which stays a RefineError for the trainer's fault handling, the backend's kernels a
+ * BackendError.
  */
 import { assert, assertEquals, assertThrows } from "../_assert.ts";
-import { EncoderError, OptimizerError, ProbeError, RefineError, RetfinerError } from "../../src/util/errors.ts";
+import {
+  BackendError,
+  EncoderError,
+  OptimizerError,
+  ProbeError,
+  RefineError,
+  RetfinerError,
+} from "../../src/util/errors.ts";
 import { loadRun } from "../../src/model/mod.ts";
 import { adamwStep, createAdamWState } from "../../src/optim/adamw.ts";
 import { ADAMW_DEFAULTS } from "../../src/refine/mod.ts";
@@ -35,5 +43,17 @@ Deno.test("the optimiser throws OptimizerError, a RefineError and a RetfinerErro
     assertEquals((err as Error).name, "OptimizerError");
   } finally {
     w.dispose();
+  }
+});
+
+Deno.test("the backend's own kernels throw BackendError (same message as before): a gather index out of range", async () => {
+  await setupBackend({ backend: "cpu-onnx", log: null });
+  const x = tf.tensor([1, 2, 3]);
+  const i = tf.tensor([5], [1], "int32");
+  try {
+    assertThrows(() => tf.gather(x, i).dataSync(), /GatherV2: index 5 is not in \[0, 3\)/, BackendError);
+  } finally {
+    x.dispose();
+    i.dispose();
   }
 });
