@@ -10,6 +10,10 @@
  * import { Rng } from "@retfiner/retfiner";
  * const ids = Int32Array.from([101, 2023, 2003, 102, 0, 0]);
  * const { inputIds, labels } = maskTokens(ids, 1, 6, { prob: MLM_PROB, maskId: 103, randomRange: [106, 30521], rng: new Rng(0) });
+ * // [CLS] and padding are never masked; at least one token is; labels are the original ids there, −100 elsewhere.
+ * if (labels[0] !== -100 || labels[4] !== -100 || labels[5] !== -100) throw new Error("[CLS] or padding masked");
+ * const masked = [1, 2, 3].filter((j) => labels[j] !== -100);
+ * if (masked.length === 0 || masked.some((j) => labels[j] !== ids[j])) throw new Error(`${inputIds} ${labels}`);
  * ```
  * @module
  */

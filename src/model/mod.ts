@@ -7,8 +7,13 @@
  *
  * @example
  * ```ts
+ * import { setupBackend } from "@retfiner/retfiner/backend";
  * import { buildModel, loadVision } from "@retfiner/retfiner/model";
- * // const model = buildModel(loadVision("retfound")); // the RETFound-like stand-in with the text stand-in
+ * await setupBackend({ log: null });
+ * // The RETFound-like stand-in shipped in data/models/, with the text stand-in.
+ * const model = buildModel(loadVision("retfound"));
+ * // RETFound's refinement tokens go through a projection to the BERT's width before cross-attention (§1.2).
+ * if (model.vit.config.family !== "retfound" || model.bert.config.addCrossAttention !== true) throw new Error();
  * ```
  * @module
  */
