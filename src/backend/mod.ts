@@ -11,7 +11,7 @@
  * import { setupBackend, tensorflow as tf } from "@retfiner/retfiner/backend";
  * const info = await setupBackend();
  * const y = tf.matMul(tf.ones([2, 3]), tf.ones([3, 4]));
- * console.log(info.name, y.shape);
+ * if (y.shape.join() !== "2,4" || y.dataSync()[0] !== 3) throw new Error(`${info.name}: ${y.shape}`);
  * ```
  * @module
  */

@@ -11,7 +11,8 @@
  * await setupBackend();
  * const model = createVit(vitPreset("visionfm", { depth: 2 }));
  * const feats = tf.tidy(() => vitFeatures(model, tf.zeros([1, 3, 224, 224]), "concat"));
- * console.log(feats.shape); // [1, 1536]
+ * // VisionFM's probing feature is [CLS ‖ mean of the patch tokens]: twice the width, 2 · 768.
+ * if (feats.shape.join() !== "1,1536") throw new Error(`${feats.shape}`);
  * ```
  * @module
  */
