@@ -183,6 +183,7 @@ const ourKernels: Record<string, KernelFunc> = {
  * Registers the accelerated `BatchMatMul` and `_FusedMatMul` kernels on the
  * tfjs `cpu` backend, using `gemm`. Calling it again swaps the GEMM.
  * @param gemm the matrix product to use
+ * @throws {BackendError} when tfjs's `cpu` backend (and so its matmul kernels) is not loaded
  */
 export function installMatMulKernels(gemm: Gemm): void {
   for (const name of Object.keys(ourKernels)) {

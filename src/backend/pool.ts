@@ -178,6 +178,7 @@ function noteHeld(values: unknown): void {
  * pooling off.
  * @param backend tfjs's `cpu` backend object
  * @param limitMiB the pool's cap in MiB (0: off; default: `RETFINER_POOL_MIB`, else the high-water mark)
+ * @throws {BackendError} when the cap (or `RETFINER_POOL_MIB`) is not a number ≥ 0
  */
 export function installBufferPool(backend: object, limitMiB?: number): void {
   const env = Deno.env.get("RETFINER_POOL_MIB");
