@@ -11,7 +11,14 @@ import type { GreyImage } from "./image.ts";
 /** Resize kernels. */
 export type ResizeMode = "bicubic" | "bilinear";
 
-function torchCubicWeights(t: number): [number, number, number, number] {
+/**
+ * PyTorch's cubic convolution weights (a = −0.75, `upsample_bicubic2d`) of the four taps around a sample at fraction
+ * `t` past the left-centre tap. The one copy of the kernel: image resizing and the ViT's position-embedding
+ * interpolation both use it.
+ * @param t fractional offset in [0, 1)
+ * @returns the weights of taps −1, 0, +1, +2 (they sum to 1)
+ */
+export function torchCubicWeights(t: number): [number, number, number, number] {
   const A = -0.75;
   const w0 = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A;
   const w1 = ((A + 2) * t - (A + 3)) * t * t + 1;

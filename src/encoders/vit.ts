@@ -18,6 +18,7 @@ import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
 import { Rng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
+import { torchCubicWeights } from "../dataset/resize.ts";
 import {
   attention,
   dropPath,
@@ -456,13 +457,7 @@ export function resizePosEmbed(
     out.set(values);
     return out;
   }
-  const A = -0.75; // PyTorch's cubic convolution coefficient
-  const cubic = (t: number): number[] => {
-    const w0 = ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A;
-    const w1 = ((A + 2) * t - (A + 3)) * t * t + 1;
-    const w2 = ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1;
-    return [w0, w1, w2, 1 - w0 - w1 - w2];
-  };
+  const cubic = torchCubicWeights; // PyTorch's bicubic kernel (a = −0.75), as timm's resample_abs_pos_embed uses it
   const scale = oldGrid / newGrid;
   const taps = (o: number) => {
     const src = (o + 0.5) * scale - 0.5;
