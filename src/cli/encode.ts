@@ -1,6 +1,6 @@
 /** `deno task encode`: features of B-scans from a vision encoder, to .npy or .safetensors. */
 import { tf } from "../backend/tf.ts";
-import { featureDim, loadVit, type TokenMode, type VitFamily, vitFeatures } from "../encoders/mod.ts";
+import { featureDim, imagesTensor, loadVit, type TokenMode, type VitFamily, vitFeatures } from "../encoders/mod.ts";
 import {
   batchIndices,
   decodeText,
@@ -177,7 +177,7 @@ await runMain(async () => {
   const batches = batchIndices(paths.length, batch);
   let done = 0;
   for await (const b of prefetch(batches.map((idx) => () => loadImageBatch(paths, idx, spec)), 2)) {
-    const y = tf.tidy(() => vitFeatures(model, tf.tensor(b.data, [b.n, 3, c.imgSize, c.imgSize]), mode));
+    const y = tf.tidy(() => vitFeatures(model, imagesTensor(b.data, b.n, c.imgSize), mode));
     features.set(y.dataSync() as Float32Array, b.indices[0] * perImage);
     y.dispose();
     done += b.n;

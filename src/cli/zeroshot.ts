@@ -1,6 +1,5 @@
 /** `deno task zeroshot`: zero-shot classification, image↔report retrieval and attention maps from a saved refinement run. */
 import { join } from "node:path";
-import { tf } from "../backend/tf.ts";
 import { loadGreyImage, readPairManifest, readProbeDataset, refinementSpec } from "../dataset/mod.ts";
 import { loadImageBatch } from "../dataset/batches.ts";
 import { METRIC_NAMES, pct } from "../probe/mod.ts";
@@ -18,7 +17,7 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fs.ts";
 import { ProgressBar } from "../util/progress.ts";
-import type { VitFamily } from "../encoders/mod.ts";
+import { imagesTensor, type VitFamily } from "../encoders/mod.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
@@ -154,7 +153,7 @@ await runMain(async () => {
     const img = await loadGreyImage(String(values.attention));
     const { tokens, maps, grid } = crossAttentionMaps(
       run,
-      tf.tensor(b.data, [1, 3, c.imgSize, c.imgSize]),
+      imagesTensor(b.data, 1, c.imgSize),
       String(values.report),
     );
     const written: string[] = [];

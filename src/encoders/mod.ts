@@ -23,6 +23,7 @@ export {
   gridSize,
   IMAGENET_MEAN,
   IMAGENET_STD,
+  imagesTensor,
   patchEmbed,
   refineTokenDim,
   resizePosEmbed,

@@ -381,6 +381,25 @@ function concatMeanCls(tokens: Tensor, clsFirst: boolean): Tensor {
 }
 
 /**
+ * Packs preprocessed images (`toModelInput`'s layout, image after image) into the ViT's input tensor.
+ * The one place a batch becomes `[n, 3, S, S]`; the length is checked, so a wrong size is an error, not a reshape
+ * of the wrong pixels.
+ * @param data `n · 3 · S · S` float32 values, normalised
+ * @param n number of images
+ * @param size the input side S in pixels (`config.imgSize`)
+ * @returns a `[n, 3, S, S]` tensor (the caller disposes it, or creates it inside `tf.tidy`)
+ * @throws {EncoderError} when `data` does not hold `n · 3 · S · S` values
+ */
+export function imagesTensor(data: Float32Array, n: number, size: number): Tensor {
+  if (data.length !== n * 3 * size * size) {
+    throw new EncoderError(
+      `an image batch of ${data.length} values is not ${n} images of 3×${size}×${size} (${n * 3 * size * size} values)`,
+    );
+  }
+  return tf.tensor(data, [n, 3, size, size]);
+}
+
+/**
  * Token features for encoding and probing.
  * - `all`: `[B, 1+N, D]`, where the family's refinement recipe takes tokens,
  *   but for RETFound before the new projection (after the final norm).

@@ -19,7 +19,7 @@ import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
 import { contrastiveLoss, createProjector, nuisanceView, projectorParams } from "./contrastive.ts";
-import { createVit } from "../encoders/vit.ts";
+import { createVit, imagesTensor } from "../encoders/vit.ts";
 import { standinPath } from "../model/paths.ts";
 
 /** The families with a stand-in. */
@@ -186,7 +186,7 @@ export async function pretrainStandin(
         loss = () =>
           maeLoss(
             mae,
-            tf.tensor(batch, [B, 3, S, S]),
+            imagesTensor(batch, B, S),
             spec.maskRatio,
             stepRng.fork("mask"),
             stepRng.fork("drop"),
@@ -203,7 +203,7 @@ export async function pretrainStandin(
           contrastiveLoss(
             encoder,
             projector!,
-            tf.tensor(batch, [2 * B, 3, S, S]),
+            imagesTensor(batch, 2 * B, S),
             0.2,
             stepRng.fork("drop"),
           ) as tf.Scalar;

@@ -10,7 +10,7 @@
 import { tf } from "../backend/tf.ts";
 import { batchIndices, type InputCache, loadImageBatch, prefetch } from "../dataset/batches.ts";
 import { probingSpec } from "../dataset/preprocess.ts";
-import { featureDim, vitFeatures, type VitModel } from "../encoders/vit.ts";
+import { featureDim, imagesTensor, vitFeatures, type VitModel } from "../encoders/vit.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import type { Rng } from "../util/rng.ts";
 import { ProbeError } from "../util/errors.ts";
@@ -84,7 +84,7 @@ export async function extractFeatures(
     const y = tf.tidy(() =>
       vitFeatures(
         vit,
-        tf.tensor(b.data, [b.n, 3, c.imgSize, c.imgSize]),
+        imagesTensor(b.data, b.n, c.imgSize),
         "concat",
         options.dropPath ? { training: true, rng: options.dropPath } : {},
       )

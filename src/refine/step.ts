@@ -8,7 +8,7 @@
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
-import { vitRefineTokens } from "../encoders/vit.ts";
+import { imagesTensor, vitRefineTokens } from "../encoders/vit.ts";
 import { causalPaddingMask, GM_PROB, maskTokens, MLM_PROB } from "../losses/masker.ts";
 import { itcLoss, itmLoss, maskedTokenLoss, sampleHardNegatives } from "../losses/objectives.ts";
 import type { Rng } from "../util/rng.ts";
@@ -75,7 +75,7 @@ export function retfinerLosses(
   const S = vit.config.imgSize;
   const dropRng = rng.fork("drop");
   const opts = { training, rng: dropRng };
-  const images = tf.tensor(batch.images, [B, 3, S, S]);
+  const images = imagesTensor(batch.images, B, S);
   const ids = tf.tensor(batch.inputIds, [B, L], "int32");
   const mask = tf.tensor(batch.attentionMask, [B, L], "int32");
   // Image tokens the text encoder cross-attends to (RETFound: after norm and proj, §1.2).

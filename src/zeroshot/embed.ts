@@ -4,7 +4,7 @@ import { batchIndices, loadImageBatch, prefetch } from "../dataset/batches.ts";
 import { probingSpec, refinementSpec } from "../dataset/preprocess.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
 import { linearP } from "../encoders/layers.ts";
-import { vitRefineTokens } from "../encoders/vit.ts";
+import { imagesTensor, vitRefineTokens } from "../encoders/vit.ts";
 import { l2normalize } from "../losses/objectives.ts";
 import type { RetfinerModel } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
@@ -62,7 +62,7 @@ export async function embedImages(
     )
   ) {
     const y = tf.tidy(() => {
-      const tokens = vitRefineTokens(model.vit, tf.tensor(b.data, [b.n, 3, c.imgSize, c.imgSize]));
+      const tokens = vitRefineTokens(model.vit, imagesTensor(b.data, b.n, c.imgSize));
       const cls = tf.reshape(tf.slice(tokens, [0, 0, 0], [b.n, 1, tokens.shape[2] as number]), [b.n, -1]);
       return l2normalize(linearP(model.heads, "contra_head_v", cls));
     });

@@ -4,7 +4,7 @@ import { loadImageBatch } from "../dataset/batches.ts";
 import type { PairRecord } from "../dataset/manifest.ts";
 import { refinementSpec } from "../dataset/preprocess.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
-import { vitRefineTokens } from "../encoders/vit.ts";
+import { imagesTensor, vitRefineTokens } from "../encoders/vit.ts";
 import { itmHead } from "../model/heads.ts";
 import type { RetfinerModel } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
@@ -95,7 +95,7 @@ export async function retrieval(
       const order = Array.from({ length: n }, (_, j) => j).sort((a, b) => i2t[i * n + b] - i2t[i * n + a]).slice(0, k);
       const b = await loadImageBatch(pairs.map((p) => p.image), [i], spec);
       const scores = tf.tidy(() => {
-        const tokens = vitRefineTokens(model.vit, tf.tensor(b.data, [1, 3, c.imgSize, c.imgSize]));
+        const tokens = vitRefineTokens(model.vit, imagesTensor(b.data, 1, c.imgSize));
         const ids = new Int32Array(k * L);
         const mask = new Int32Array(k * L);
         order.forEach((j, r) => {
