@@ -8,25 +8,22 @@
  * @module
  */
 import { BackendError } from "../util/errors.ts";
-import { tf } from "./tf.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
+import {
+  callOriginal,
+  type KernelArgs,
+  type OriginalKernels,
+  overrideCpuKernel,
+  restoreCpuKernels,
+  type TensorInfo,
+} from "./cpu_kernel.ts";
 
-type TensorInfo = { dataId: object; shape: number[]; dtype: string };
-type CpuBackend = {
-  data: { get(id: object): { values: unknown } };
-  makeTensorInfo(shape: number[], dtype: string, values?: unknown): TensorInfo;
-};
-type KernelArgs = {
-  inputs: Record<string, TensorInfo | undefined>;
-  backend: CpuBackend;
-  attrs?: Record<string, unknown>;
-};
 type KernelFunc = (args: KernelArgs) => TensorInfo;
 
-const originals = new Map<string, tf.KernelConfig>();
+const originals: OriginalKernels = new Map();
 
 function fallback(name: string, args: KernelArgs): TensorInfo {
-  return (originals.get(name)!.kernelFunc as unknown as KernelFunc)(args);
+  return callOriginal(originals, name, args);
 }
 
 /** Output shape and per-input strides (0 on broadcast axes), with adjacent axes merged where possible. */
@@ -311,7 +308,7 @@ function splitVKernel(args: KernelArgs): TensorInfo[] {
   const axis = axis0 < 0 ? axis0 + x.shape.length : axis0;
   const spec = args.attrs!.numOrSizeSplits as number | number[];
   if (!ArrayBuffer.isView(X) || x.dtype === "string" || x.dtype === "complex64") {
-    return (originals.get("SplitV")!.kernelFunc as unknown as (a: KernelArgs) => TensorInfo[])(args);
+    return callOriginal<TensorInfo[]>(originals, "SplitV", args);
   }
   let sizes: number[];
   if (Array.isArray(spec)) {
@@ -403,18 +400,10 @@ const KERNELS: Record<string, KernelFunc> = {
 
 /** Registers the fast elementwise kernels on `cpu` (idempotent). */
 export function installElementwiseKernels(): void {
-  for (const [name, fn] of Object.entries(KERNELS)) {
-    if (!originals.has(name)) originals.set(name, tf.getKernel(name, "cpu")!);
-    tf.unregisterKernel(name, "cpu");
-    tf.registerKernel({ kernelName: name, backendName: "cpu", kernelFunc: fn as unknown as tf.KernelFunc });
-  }
+  for (const [name, fn] of Object.entries(KERNELS)) overrideCpuKernel(originals, name, fn);
 }
 
 /** Restores tfjs's own kernels. */
 export function uninstallElementwiseKernels(): void {
-  for (const [name, config] of originals) {
-    tf.unregisterKernel(name, "cpu");
-    tf.registerKernel(config);
-  }
-  originals.clear();
+  restoreCpuKernels(originals);
 }

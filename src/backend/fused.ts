@@ -15,16 +15,8 @@ import { installElementwiseKernels, uninstallElementwiseKernels } from "./elemen
 import type { VectorMath } from "./gemm.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
 
-type TensorInfo = { dataId: object; shape: number[]; dtype: string };
-type CpuBackend = {
-  data: { get(id: object): { values: unknown } };
-  makeTensorInfo(shape: number[], dtype: string, values?: unknown): TensorInfo;
-};
-type KernelArgs = {
-  inputs: Record<string, TensorInfo | undefined>;
-  backend: CpuBackend;
-  attrs?: Record<string, unknown>;
-};
+import { type CpuBackend, registerCpuKernel, type TensorInfo } from "./cpu_kernel.ts";
+import type { KernelArgs } from "./cpu_kernel.ts";
 
 const vals = (b: CpuBackend, t: TensorInfo) => b.data.get(t.dataId).values as Float32Array;
 
@@ -287,10 +279,7 @@ export function installFusedKernels(math: VectorMath | null | undefined = vector
   vectorMath = math ?? undefined;
   if (installed) return;
   installElementwiseKernels();
-  const reg = (kernelName: string, kernelFunc: unknown) => {
-    if (tf.getKernel(kernelName, "cpu")) tf.unregisterKernel(kernelName, "cpu");
-    tf.registerKernel({ kernelName, backendName: "cpu", kernelFunc: kernelFunc as tf.KernelFunc });
-  };
+  const reg = registerCpuKernel;
   reg("RetfinerLayerNorm", layerNormKernel);
   reg("RetfinerLayerNormGrad", layerNormGradKernel);
   reg("RetfinerGelu", geluKernel);

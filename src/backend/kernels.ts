@@ -10,20 +10,18 @@ import { tf } from "./tf.ts";
 import type { Gemm } from "./gemm.ts";
 import { allocFloat32 } from "./pool.ts";
 
-type TensorInfo = { dataId: object; shape: number[]; dtype: string };
-type CpuBackend = {
-  data: { get(id: object): { values: unknown } };
-  makeTensorInfo(shape: number[], dtype: string, values?: unknown): TensorInfo;
-  disposeIntermediateTensorInfo(info: TensorInfo): void;
-};
-type KernelArgs = {
-  inputs: Record<string, TensorInfo | undefined>;
-  backend: CpuBackend;
-  attrs?: Record<string, unknown>;
-};
-type KernelFunc = (args: KernelArgs) => TensorInfo | TensorInfo[];
+import {
+  callOriginal,
+  type CpuBackend,
+  type KernelArgs,
+  type KernelFunc,
+  type OriginalKernels,
+  overrideCpuKernel,
+  restoreCpuKernels,
+  type TensorInfo,
+} from "./cpu_kernel.ts";
 
-const originals = new Map<string, tf.KernelConfig>();
+const originals: OriginalKernels = new Map();
 let activeGemm: Gemm | undefined;
 
 function sizeOf(shape: readonly number[]): number {
@@ -116,7 +114,7 @@ function batchMatMulKernel(args: KernelArgs): TensorInfo {
   const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
   const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
   if (!activeGemm || a.dtype !== "float32" || b.dtype !== "float32") {
-    return (originals.get("BatchMatMul")!.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
+    return callOriginal(originals, "BatchMatMul", args);
   }
   const { values, shape } = gemmProduct(activeGemm, args.backend, a, b, !!transposeA, !!transposeB);
   return args.backend.makeTensorInfo(shape, "float32", values);
@@ -146,7 +144,7 @@ function fusedMatMulKernel(args: KernelArgs): TensorInfo {
     leakyreluAlpha?: number;
   };
   if (!activeGemm || a!.dtype !== "float32" || b!.dtype !== "float32") {
-    return (originals.get("_FusedMatMul")!.kernelFunc as unknown as KernelFunc)(args) as TensorInfo;
+    return callOriginal(originals, "_FusedMatMul", args);
   }
   const backend = args.backend;
   // A bias over the last axis only (shape [n], or [1, ..., n]) can be folded into the GEMM.
@@ -186,29 +184,13 @@ const ourKernels: Record<string, KernelFunc> = {
  * @throws {BackendError} when tfjs's `cpu` backend (and so its matmul kernels) is not loaded
  */
 export function installMatMulKernels(gemm: Gemm): void {
-  for (const name of Object.keys(ourKernels)) {
-    if (!originals.has(name)) {
-      const original = tf.getKernel(name, "cpu");
-      if (!original) throw new BackendError(`tfjs cpu kernel ${name} is not registered; is the cpu backend loaded?`);
-      originals.set(name, original);
-    }
-    tf.unregisterKernel(name, "cpu");
-    tf.registerKernel({
-      kernelName: name,
-      backendName: "cpu",
-      kernelFunc: ourKernels[name] as unknown as tf.KernelFunc,
-    });
-  }
+  for (const name of Object.keys(ourKernels)) overrideCpuKernel(originals, name, ourKernels[name]);
   activeGemm = gemm;
 }
 
 /** Restores tfjs's own `cpu` matmul kernels. */
 export function restoreMatMulKernels(): void {
-  for (const [name, config] of originals) {
-    tf.unregisterKernel(name, "cpu");
-    tf.registerKernel(config);
-  }
-  originals.clear();
+  restoreCpuKernels(originals);
   activeGemm = undefined;
 }
 
