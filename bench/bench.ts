@@ -8,6 +8,7 @@
  * `speed_vs_torch` = PyTorch seconds / our seconds for the same work
  * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
  */
+import { fileURLToPath } from "node:url";
 import { type BackendName, BACKENDS, setupBackend } from "../src/backend/mod.ts";
 import { tf } from "../src/backend/tf.ts";
 import { createVit, disposeParams, vitBlock, vitFeatures, vitPreset } from "../src/encoders/mod.ts";
@@ -38,7 +39,7 @@ export type TorchResult = { seconds: number } & Record<string, unknown>;
 
 /** Runs jobs in PyTorch (Debian python3-torch) if available, in one fresh process; results by job name. */
 export function runTorch(jobs: TorchJob[]): Map<string, TorchResult> | null {
-  const script = new URL("./reference/torch_bench.py", import.meta.url).pathname;
+  const script = fileURLToPath(new URL("./reference/torch_bench.py", import.meta.url));
   let out: Deno.CommandOutput;
   try {
     out = new Deno.Command("/usr/bin/python3", { args: [script, JSON.stringify({ jobs })], stderr: "piped" })
@@ -276,7 +277,7 @@ async function main() {
   }
   if (sections.has("refine")) {
     // Each backend's step runs in a fresh Deno process (bench/refine_step.ts) so that VmHWM is the step's peak RSS.
-    const script = new URL("./refine_step.ts", import.meta.url).pathname;
+    const script = fileURLToPath(new URL("./refine_step.ts", import.meta.url));
     const torchRss = torchRefine?.get(refineCfg.name)?.peak_rss_mib as number | undefined;
     for (const backend of backends.filter((b) => b !== "cpu")) {
       const out = new Deno.Command(Deno.execPath(), {

@@ -4,11 +4,12 @@
  * copies and their HTML exports under notebooks/.out/, and fails if any cell
  * errors or a cell tagged `expect-output` produced nothing.
  */
+import { fileURLToPath } from "node:url";
 import { basename, join } from "node:path";
 import { parseCli, runMain } from "../util/cli.ts";
 import { RetfinerError, UsageError } from "../util/errors.ts";
 
-const root = new URL("../../", import.meta.url).pathname;
+const root = fileURLToPath(new URL("../../", import.meta.url));
 
 function run(cmd: string, args: string[], env: Record<string, string> = {}): { code: number; stderr: string } {
   try {

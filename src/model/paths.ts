@@ -2,10 +2,11 @@
  * Where the shipped stand-in models live (`data/models/`).
  * @module
  */
+import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 
 /** The directory of the shipped stand-ins. */
-export const STANDIN_DIR: string = new URL("../../data/models/", import.meta.url).pathname;
+export const STANDIN_DIR: string = fileURLToPath(new URL("../../data/models/", import.meta.url));
 
 /**
  * Path of a vision family's stand-in weights.
