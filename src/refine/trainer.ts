@@ -341,6 +341,23 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         );
       }
     }
+    // The validation loss that early stopping compares across epochs must stay the same quantity.
+    for (const [key, now] of [["losses", weights], ["maxLength", maxLength]] as const) {
+      if (x[key] !== undefined && JSON.stringify(x[key]) !== JSON.stringify(now)) {
+        throw new RefineError(
+          `${lastPath} was made with ${key} ${JSON.stringify(x[key])}, this run has ${JSON.stringify(now)}; the ` +
+            "validation loss of the epochs before and after would not be comparable for early stopping and the best " +
+            "checkpoint (resume with the same settings, or start a new run in another --out)",
+        );
+      }
+    }
+    const before = x.optimizer as Partial<AdamWConfig> | undefined;
+    if (before && JSON.stringify(before) !== JSON.stringify(opt)) {
+      notice(
+        `refine: resuming with other optimizer settings than ${lastPath} was made with ` +
+          `(${JSON.stringify(before)} → ${JSON.stringify(opt)}); the AdamW moments are kept`,
+      );
+    }
     const { epochSums, epochSteps, epochSeconds, ...rest } = restored.loop;
     state = restored.opt;
     loop = rest;

@@ -193,3 +193,20 @@ Deno.test("a validation split of one pair is an error before training, not `val 
   assert(notices.some((m) => m.includes("no validation pairs; early stopping is off")), notices.join("\n"));
   assert(Number.isNaN(r.loop.history[0].valLoss));
 });
+
+Deno.test("--resume with other losses or token length is refused (early stopping would compare different losses); another lr gets a notice", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await run(dir, { maxSteps: 2 });
+    await assertRejects(
+      () => run(dir, { resume: true, losses: { itc: 1, itm: 0, mlm: 0, gm: 0 } }),
+      /was made with losses .* not be comparable for early stopping/,
+      RefineError,
+    );
+    const notices: string[] = [];
+    await run(dir, { resume: true, maxSteps: 3, optimizer: { lr: 5e-4 }, onNotice: (m) => notices.push(m) });
+    assert(notices.some((m) => m.includes("resuming with other optimizer settings")), notices.join("\n"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
