@@ -414,6 +414,11 @@ await runMain(async () => {
   }
 
   // Refinement on the user's pairs.
+  if (v.ablation) {
+    throw new UsageError(
+      "--ablation runs the end-to-end experiment on the synthetic benchmark; it does not apply to --pairs",
+    );
+  }
   const manifest: ManifestOptions = v["authors-layout"]
     ? { ...AUTHORS_LAYOUT, skipBad: !!v["skip-bad"] }
     : { imageColumn: String(v["image-column"]), textColumn: String(v["text-column"]), skipBad: !!v["skip-bad"] };
@@ -437,7 +442,7 @@ await runMain(async () => {
     text,
     textFromScratch: !!v["text-from-scratch"],
     benchmark: v.benchmark && !v["no-probe"] ? String(v.benchmark) : undefined,
-    probe: { seeds },
+    probe: { seeds, mode: v["probe-mode"] as "fast" | "faithful" },
     refine: {
       ...refineOptions,
       onNotice: notice,

@@ -50,8 +50,8 @@ export interface PairsRefineOptions {
   textFromScratch?: boolean;
   /** Probing benchmark root: the encoder is probed before and after refinement when given. */
   benchmark?: string;
-  /** Probe seeds (default `CPU_DEMO`'s). */
-  probe?: { seeds?: number[] };
+  /** Probe seeds and mode (default `CPU_DEMO`'s). */
+  probe?: { seeds?: number[]; mode?: "fast" | "faithful" };
   /** Refinement settings (batch, epochs, seed, its `onNotice` and `onEpoch`...); the seed also splits the pairs. */
   refine?: Partial<RefineOptions>;
   /** Progress updates (refinement and probes). */
@@ -141,12 +141,13 @@ export async function refineOnPairs(options: PairsRefineOptions): Promise<PairsR
     });
   const tasks = options.benchmark ? await loadTasks(options.benchmark) : [];
   const seeds = options.probe?.seeds ?? CPU_DEMO.probe.seeds;
+  const mode = options.probe?.mode ?? CPU_DEMO.probe.mode;
   const baseline = tasks.length
     ? await probeModel(
       loadVision(family, options.weights, null, loading),
       "baseline",
       tasks,
-      { seeds },
+      { seeds, mode },
       options.onProgress,
     )
     : undefined;
@@ -159,7 +160,7 @@ export async function refineOnPairs(options: PairsRefineOptions): Promise<PairsR
   });
   options.onRefined?.(refinement);
   if (!baseline) return { records, skipped, refinement };
-  const refined = await probeModel(model.vit, "refined", tasks, { seeds }, options.onProgress);
+  const refined = await probeModel(model.vit, "refined", tasks, { seeds, mode }, options.onProgress);
   const { files } = await writeProbeReport(out, { baseline, refined });
   return {
     records,

@@ -232,3 +232,22 @@ Deno.test("probe --compare of two model families says so (terminal and report), 
   assert((await Deno.readTextFile(`${out}/${md.name}`)).includes("two model families"));
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("refine --pairs --ablation is a usage error, not a silent single refinement", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const r = await cli("refine", [
+      "--pairs",
+      `${SYNTH_TINY}pairs/pairs.csv`,
+      "--ablation",
+      "--max-steps",
+      "1",
+      "--out",
+      out,
+    ]);
+    assertEquals(r.code, 1, r.stderr);
+    assert(r.stderr.includes("--ablation runs the end-to-end experiment"), r.stderr);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
