@@ -21,6 +21,32 @@ import { imagesTensor, type VitFamily } from "../encoders/mod.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
+/**
+ * Reads a `--prompts` file: a JSON object from class name to a list of descriptions.
+ * @param path the file
+ * @returns descriptions per class name
+ * @throws {UsageError} naming the file when it is unreadable, not JSON, or not of that shape
+ */
+async function readPrompts(path: string): Promise<Record<string, string[]>> {
+  let json: unknown;
+  try {
+    json = JSON.parse(await Deno.readTextFile(path));
+  } catch (err) {
+    throw new UsageError(`--prompts ${path}: cannot read it as JSON (${(err as Error).message})`);
+  }
+  if (!json || typeof json !== "object" || Array.isArray(json)) {
+    throw new UsageError(`--prompts ${path}: expected an object from class name to a list of descriptions`);
+  }
+  for (const [k, v] of Object.entries(json)) {
+    if (!Array.isArray(v) || !v.length || !v.every((d) => typeof d === "string")) {
+      throw new UsageError(
+        `--prompts ${path}: class "${k}" needs a non-empty list of strings, found ${JSON.stringify(v)}`,
+      );
+    }
+  }
+  return json as Record<string, string[]>;
+}
+
 await runMain(async () => {
   const { values } = parseCli(Deno.args, {
     usage: "deno task zeroshot",
@@ -97,6 +123,11 @@ await runMain(async () => {
     throw new UsageError("--attention maps one B-scan: choose it with --slice <k|first|middle|last>, not --slice all");
   }
   const image = slice === "all" ? { image: { slice } } : {};
+  if (!values.tasks && !values.benchmark && !values.pairs && !values.attention) {
+    throw new UsageError(
+      "nothing to do: give --tasks or --benchmark (classification), --pairs (retrieval) or --attention",
+    );
+  }
   await backendFromFlags(values);
   const run = loadRun(String(values.run), {
     strict: !values["no-strict"],
@@ -114,7 +145,7 @@ await runMain(async () => {
     benchmark: values.benchmark as string | undefined,
   });
   if (dirs.length) {
-    const prompts = values.prompts ? JSON.parse(await Deno.readTextFile(String(values.prompts))) : SYNTH_CLASS_PROMPTS;
+    const prompts = values.prompts ? await readPrompts(String(values.prompts)) : SYNTH_CLASS_PROMPTS;
     const rows = [
       `| task | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`,
       `|---|${METRIC_NAMES.map(() => "---").join("|")}|`,

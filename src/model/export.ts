@@ -134,7 +134,13 @@ export interface LoadRunOptions {
  */
 export function loadRun(runDir: string, options: LoadRunOptions = {}): RetfinerModel {
   const backbones: string[] = [];
-  for (const e of Deno.readDirSync(runDir)) {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(runDir)];
+  } catch (err) {
+    throw new EncoderError(`${runDir}: cannot read the run directory (${(err as Error).message})`);
+  }
+  for (const e of entries) {
     if (/^best-model_.*_bscan\.safetensors$/.test(e.name)) backbones.push(join(runDir, e.name));
   }
   if (backbones.length === 0) {

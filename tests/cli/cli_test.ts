@@ -251,3 +251,13 @@ Deno.test("refine --pairs --ablation is a usage error, not a silent single refin
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("zeroshot: nothing asked is a usage error; a missing run directory is a typed error naming it", async () => {
+  const none = await cli("zeroshot", ["--run", "/nonexistent/run"]);
+  assertEquals(none.code, 1, none.stderr);
+  assert(none.stderr.includes("nothing to do"), none.stderr);
+  const missing = await cli("zeroshot", ["--run", "/nonexistent/run", "--tasks", `${SYNTH_TINY}tasks/amd_vs_normal`]);
+  assertEquals(missing.code, 1, missing.stderr);
+  assert(missing.stderr.includes("/nonexistent/run: cannot read the run directory"), missing.stderr);
+  assert(!missing.stderr.includes("    at "), `a stack trace: ${missing.stderr}`);
+});
