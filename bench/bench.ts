@@ -8,6 +8,7 @@
  * `speed_vs_torch` = PyTorch seconds / our seconds for the same work
  * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
  */
+import { UsageError } from "../src/util/errors.ts";
 import { fileURLToPath } from "node:url";
 import { type BackendName, BACKENDS, setupBackend } from "../src/backend/mod.ts";
 import { tf } from "../src/backend/tf.ts";
@@ -124,10 +125,20 @@ async function main() {
   });
   const json = !!values.json;
   const quick = !!values.quick;
-  const sections = new Set(String(values.only).split(","));
-  const backends = String(values.backends).split(",").filter((b) =>
-    (BACKENDS as readonly string[]).includes(b)
-  ) as BackendName[];
+  const SECTIONS = ["matmul", "vit", "encode", "refine", "probe", "data", "io"];
+  const sections = new Set(String(values.only).split(",").map((x) => x.trim()).filter(Boolean));
+  const unknownSections = [...sections].filter((x) => !SECTIONS.includes(x));
+  if (unknownSections.length) {
+    throw new UsageError(`--only: unknown section(s) ${unknownSections.join(", ")} (known: ${SECTIONS.join(", ")})`);
+  }
+  const asked = String(values.backends).split(",").map((x) => x.trim()).filter(Boolean);
+  const unknownBackends = asked.filter((b) => !(BACKENDS as readonly string[]).includes(b));
+  if (unknownBackends.length) {
+    throw new UsageError(
+      `--backends: unknown backend(s) ${unknownBackends.join(", ")} (known: ${BACKENDS.join(", ")})`,
+    );
+  }
+  const backends = asked as BackendName[];
   const depth = quick ? 1 : 2;
   const batch = 4;
   const jobs: TorchJob[] = [];
