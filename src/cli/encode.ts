@@ -43,6 +43,7 @@ export async function resolveInputs(
     throw new DatasetError(`${input}: input not found`);
   }
   let paths: string[];
+  let origins: string[] | undefined; // manifest lines, named in errors
   if (stat.isDirectory) {
     paths = await listImageFiles(input);
     if (paths.length === 0) {
@@ -53,6 +54,7 @@ export async function resolveInputs(
     const imageColumn = /(^|,|")path("|,|$)/.test(head) && !/(^|,|")image("|,|$)/.test(head) ? "path" : "image";
     const { records } = await readPairManifest(input, { imageColumn, textColumn: imageColumn, checkFiles: false });
     paths = records.map((r) => r.image);
+    origins = records.map((r) => r.origin);
   } else paths = [input];
   const slice = options.slice === "all" ? "first" : options.slice;
   // The header pre-pass, 16 files at a time, results kept in input order.
@@ -74,8 +76,9 @@ export async function resolveInputs(
   const skipped: { path: string; reason: string }[] = [];
   const kept: string[] = [];
   results.forEach((r, k) => {
-    if (r instanceof DatasetError) skipped.push({ path: paths[k], reason: r.message });
-    else kept.push(...r);
+    if (r instanceof DatasetError) {
+      skipped.push({ path: paths[k], reason: origins ? `${origins[k]}: ${r.message}` : r.message });
+    } else kept.push(...r);
   });
   if (skipped.length && !options.skipBad) {
     throw new DatasetError(

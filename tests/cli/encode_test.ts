@@ -152,6 +152,11 @@ Deno.test("encode: links followed, hidden files skipped, BOM manifests read, vol
   assertEquals(parseNpy(await Deno.readFile(`${o}/b.npy`)).shape, [4, 64]);
   const listed = await Deno.readTextFile(`${o}/b.npy.skipped.txt`);
   assert(/bomb\.png\t.*exceeds the limit/.test(listed) && /lfs\.png\t.*Git LFS pointer/.test(listed), listed);
+  // From a manifest, a bad image is named with its manifest line.
+  await Deno.writeTextFile(`${dir}/bad.csv`, "path,label,split\na.png,CNV,train\nlfs.png,CNV,train\n");
+  const badRow = await runEncode(args(`${dir}/bad.csv`, `${o}/br.npy`));
+  assertEquals(badRow.code, 1);
+  assert(/bad\.csv:3: .*lfs\.png.*Git LFS pointer/.test(badRow.stderr), badRow.stderr);
   // A lower --max-pixels refuses the 61x47 images too.
   const small = await runEncode(args(`${dir}/c.tif`, `${o}/s.npy`, "--max-pixels", "1000"));
   assertEquals(small.code, 1);
