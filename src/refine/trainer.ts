@@ -444,6 +444,15 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     for await (const imgs of prefetchDrained(loaders, 2)) {
       if (options.maxSteps !== undefined && loop.step >= options.maxSteps) {
         stopReason = "max-steps";
+        // Keep the steps taken since the last checkpoint, so that --resume continues from here.
+        if (lastSavedStep !== loop.step) {
+          await save(lastPath, {
+            ...loop,
+            epochSums: { ...sums },
+            epochSteps: count,
+            epochSeconds: (performance.now() - t0) / 1000,
+          });
+        }
         break outer;
       }
       const stepRng = new Rng(seed, `step/${loop.step}`);
@@ -591,6 +600,12 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   }
   // Export the best state (ModelCheckpoint monitor=val_epoch_loss, §1.6/§1.7).
   if (await exists(bestPath)) loadCheckpoint(bestPath, params);
+  else if (val.length && loop.history.length === 0) {
+    notice(
+      `refine: stopped (${stopReason}) before the first validation: the exported backbone holds the weights after ` +
+        `step ${loop.step}, not checked on validation pairs`,
+    );
+  }
   const backbone = await exportBackbone(model.vit, runDir, runName);
   await exportTextSide(model, runDir);
   return { loop, stopReason, backbone };

@@ -210,3 +210,18 @@ Deno.test("--resume with other losses or token length is refused (early stopping
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a stop by maxSteps keeps a checkpoint where it stopped (resume continues), and says the export is unvalidated", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const notices: string[] = [];
+    await run(dir, { maxSteps: 1, checkpointEvery: 100, onNotice: (m) => notices.push(m) });
+    const ckpt = JSON.parse(readSafetensors(`${dir}/${LAST_CHECKPOINT}`).metadata["retfiner.checkpoint"]);
+    assertEquals([ckpt.step, ckpt.batchInEpoch], [1, 1]);
+    assert(notices.some((m) => m.includes("before the first validation")), notices.join("\n"));
+    const r = await run(dir, { resume: true, maxSteps: 2, checkpointEvery: 100, onNotice: quiet });
+    assertEquals(r.loop.step, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

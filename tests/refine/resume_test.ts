@@ -108,10 +108,14 @@ Deno.test("stopped mid-epoch with the log ahead of the checkpoint, then resumed:
   const a = await Deno.makeTempDir();
   const c = await Deno.makeTempDir();
   await finish(start(a, false));
-  // Steps 1-5 logged; the checkpoint (every 2 steps) holds step 4: epoch 2, after its first batch.
-  await finish(start(c, false, 2, 5));
+  // A stop by --max-steps checkpoints where it stopped: step 4, epoch 2, after its first batch.
+  await finish(start(c, false, 2, 4));
   const ckpt = JSON.parse(readSafetensors(`${c}/${LAST_CHECKPOINT}`).metadata["retfiner.checkpoint"]);
   assertEquals([ckpt.step, ckpt.epoch, ckpt.batchInEpoch, ckpt.epochSteps], [4, 1, 1, 1]);
+  // A process that died after logging step 5 but before its checkpoint: the uninterrupted run's step-5 line.
+  const step5 = (await Deno.readTextFile(`${a}/log.jsonl`)).split("\n").find((l) => /"kind":"step","step":5,/.test(l));
+  assert(step5, "the uninterrupted run logged step 5");
+  await Deno.writeTextFile(`${c}/log.jsonl`, step5 + "\n", { append: true });
   assertEquals((await logEntries(c)).filter((e) => e.kind === "step").length, 5);
   const notices = await finish(start(c, true));
   assert(notices.includes("after step 4 (epoch 2, batch 1); dropped 1 log entries"), notices);
