@@ -167,7 +167,17 @@ Deno.test("refine without --model takes the family from the weights and says how
   assertEquals(r.code, 0, r.stderr);
   assert(r.stderr.includes(`${plain}: family urfound — stored in the file`), r.stderr);
   await Deno.stat(`${out}/best-model_${out.split("/").pop()}_urfound_bscan.pth`);
-  const forced = await cli("refine", [...common, "--weights", plain, ...text, "--model", "visionfm", "--out", out]);
+  // (a fresh --out: the first run's --max-steps stop left its checkpoint in `out`)
+  const forced = await cli("refine", [
+    ...common,
+    "--weights",
+    plain,
+    ...text,
+    "--model",
+    "visionfm",
+    "--out",
+    await Deno.makeTempDir(),
+  ]);
   assert(forced.stderr.includes(`${plain}: family visionfm — set by --model`), forced.stderr);
 });
 
