@@ -3,10 +3,9 @@ import { tf } from "../backend/tf.ts";
 import { featureDim, imagesTensor, loadVit, type TokenMode, type VitFamily, vitFeatures } from "../encoders/mod.ts";
 import {
   batchIndices,
+  checkImageFiles,
   decodeText,
-  expandVolumes,
   IMAGE_EXTENSIONS,
-  inspectImage,
   listImageFiles,
   loadImageBatch,
   prefetch,
@@ -56,23 +55,7 @@ export async function resolveInputs(
     paths = records.map((r) => r.image);
     origins = records.map((r) => r.origin);
   } else paths = [input];
-  const slice = options.slice === "all" ? "first" : options.slice;
-  // The header pre-pass, 16 files at a time, results kept in input order.
-  const results: (string[] | DatasetError)[] = new Array(paths.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < paths.length) {
-      const k = next++;
-      try {
-        await inspectImage(paths[k], slice !== undefined ? { slice } : {});
-        results[k] = options.slice === "all" ? await expandVolumes([paths[k]]) : [paths[k]];
-      } catch (err) {
-        if (!(err instanceof DatasetError)) throw err;
-        results[k] = err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: 16 }, worker));
+  const results = await checkImageFiles(paths, options.slice !== undefined ? { slice: options.slice } : {});
   const skipped: { path: string; reason: string }[] = [];
   const kept: string[] = [];
   results.forEach((r, k) => {

@@ -26,7 +26,7 @@
 import { basename, dirname, isAbsolute, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
 import { decodeText, headerDelimiterHint, parseCsv } from "./csv.ts";
-import { expandVolumes, type ImageOptions, inspectImage, isImagePath } from "./image.ts";
+import { checkImageFiles, type ImageSetOptions, isImagePath } from "./image.ts";
 
 /** The three splits. */
 export type Split = "train" | "val" | "test";
@@ -63,7 +63,7 @@ export interface ProbeDatasetOptions {
   /** Check every image's header before returning (default true). */
   checkImages?: boolean;
   /** Decode options for the check; `slice: "all"` makes one item per B-scan of a volume. */
-  image?: Omit<ImageOptions, "slice"> & { slice?: ImageOptions["slice"] | "all" };
+  image?: ImageSetOptions;
   /** Where notices go (default: stderr). */
   onNotice?: (message: string) => void;
 }
@@ -348,29 +348,14 @@ export async function readImageFolderDataset(root: string, options: ProbeDataset
 /** The header pre-pass over a dataset's images; volumes expanded with `slice: "all"`. */
 async function checkDatasetImages(ds: ProbeDataset, options: ProbeDatasetOptions): Promise<ProbeDataset> {
   if (options.checkImages === false) return ds;
-  const { slice, ...image } = options.image ?? {};
-  const opts: ImageOptions = {
-    ...image,
-    ...(slice === "all" ? { slice: "first" as const } : slice !== undefined ? { slice } : {}),
-  };
+  const results = await checkImageFiles(ds.items.map((it) => it.path), options.image);
   const bad: string[] = [];
-  const expanded: LabelledImage[][] = new Array(ds.items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < ds.items.length) {
-      const k = next++;
-      const it = ds.items[k];
-      try {
-        await inspectImage(it.path, opts);
-        expanded[k] = slice === "all" ? (await expandVolumes([it.path], image)).map((path) => ({ ...it, path })) : [it];
-      } catch (err) {
-        if (!(err instanceof DatasetError)) throw err;
-        bad.push(it.origin ? `${it.origin}: image ${err.message}` : err.message);
-        expanded[k] = [];
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: 16 }, worker));
+  const items: LabelledImage[] = [];
+  results.forEach((res, k) => {
+    const it = ds.items[k];
+    if (res instanceof DatasetError) bad.push(it.origin ? `${it.origin}: image ${res.message}` : res.message);
+    else for (const path of res) items.push(path === it.path ? it : { ...it, path });
+  });
   if (bad.length) {
     bad.sort();
     throw new DatasetError(
@@ -378,7 +363,7 @@ async function checkDatasetImages(ds: ProbeDataset, options: ProbeDatasetOptions
         (bad.length > 20 ? `\n  ... and ${bad.length - 20} more` : ""),
     );
   }
-  return { ...ds, items: expanded.flat() };
+  return { ...ds, items };
 }
 
 /**

@@ -1113,6 +1113,51 @@ export async function expandVolumes(paths: readonly string[], options: ImageOpti
   return out;
 }
 
+/** Image options where `slice` may also be `"all"`: every B-scan of a volume becomes its own image. */
+export type ImageSetOptions = Omit<ImageOptions, "slice"> & { slice?: VolumeSlice | "all" };
+
+/**
+ * The header pre-pass over many images, run before training or probing so that a bad file stops (or is skipped)
+ * before any work is done: each file is checked by {@link inspectImage} (float images are also scanned for
+ * non-finite values), `concurrency` files at a time, and with `slice: "all"` a volume is expanded to its B-scans
+ * ({@link volumeSlicePath}). One implementation for manifests, probing folders and `encode`.
+ * @param paths The image files.
+ * @param options Decoding options; `slice: "all"` expands volumes.
+ * @param concurrency Files checked at a time (default 16).
+ * @returns Per path, in input order: the paths it contributes (itself, or its slices), or the `DatasetError` that
+ *   makes it unusable.
+ * @throws Any error that is not a `DatasetError` (a bug, not a bad file).
+ */
+export async function checkImageFiles(
+  paths: readonly string[],
+  options: ImageSetOptions = {},
+  concurrency = 16,
+): Promise<(string[] | DatasetError)[]> {
+  const { slice, ...image } = options;
+  const opts: ImageOptions = {
+    ...image,
+    ...(slice === "all" ? { slice: "first" as const } : slice !== undefined ? { slice } : {}),
+  };
+  const results: (string[] | DatasetError)[] = new Array(paths.length);
+  let unexpected: unknown;
+  let next = 0;
+  const worker = async () => {
+    while (next < paths.length && unexpected === undefined) {
+      const k = next++;
+      try {
+        await inspectImage(paths[k], opts);
+        results[k] = slice === "all" ? await expandVolumes([paths[k]], image) : [paths[k]];
+      } catch (err) {
+        if (err instanceof DatasetError) results[k] = err;
+        else unexpected ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  if (unexpected !== undefined) throw unexpected;
+  return results;
+}
+
 /**
  * Encodes a grey image in [0, 1] as an 8-bit PNG.
  * @param img The image.

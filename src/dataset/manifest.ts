@@ -11,7 +11,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import { DatasetError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
 import { type CsvRow, decodeText, headerDelimiterHint, parseCsv } from "./csv.ts";
-import { expandVolumes, type ImageOptions, inspectImage } from "./image.ts";
+import { checkImageFiles, type ImageSetOptions } from "./image.ts";
 import { SPLIT_ALIASES } from "./folders.ts";
 
 /** One image-report pair. */
@@ -64,7 +64,7 @@ export interface ManifestOptions {
    */
   checkFiles?: boolean;
   /** Decode options for the image check (pixel limit, slice); `slice: "all"` makes one pair per B-scan of a volume. */
-  image?: Omit<ImageOptions, "slice"> & { slice?: ImageOptions["slice"] | "all" };
+  image?: ImageSetOptions;
   /** Images checked at once (default 16). */
   concurrency?: number;
 }
@@ -258,31 +258,11 @@ async function checkImages(
   skipped: SkippedRow[],
   o: ManifestOptions,
 ): Promise<PairRecord[]> {
-  const { slice, ...image } = o.image ?? {};
-  const opts: ImageOptions = {
-    ...image,
-    ...(slice === "all" ? { slice: "first" as const } : slice !== undefined ? { slice } : {}),
-  };
-  const results: (Error | string[] | null)[] = new Array(records.length).fill(null);
-  let next = 0;
-  const worker = async () => {
-    while (next < records.length) {
-      const k = next++;
-      const r = records[k];
-      try {
-        await inspectImage(r.image, opts);
-        results[k] = slice === "all" ? await expandVolumes([r.image], image) : [r.image];
-      } catch (err) {
-        results[k] = err as Error;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 16) }, worker));
+  const results = await checkImageFiles(records.map((r) => r.image), o.image, o.concurrency ?? 16);
   const kept: PairRecord[] = [];
   records.forEach((r, k) => {
-    const res = results[k]!;
-    if (res instanceof Error) {
-      if (!(res instanceof DatasetError)) throw res;
+    const res = results[k];
+    if (res instanceof DatasetError) {
       const msg = `image ${res.message.startsWith(r.image) ? res.message : `${r.image}: ${res.message}`}`;
       if (!o.skipBad) throw new DatasetError(`${r.origin}: ${msg}`, { cause: res });
       skipped.push({ origin: r.origin, reason: msg });

@@ -23,6 +23,7 @@ export {
   tokenizerFromVocab,
 } from "./tokenizer.ts";
 export {
+  checkImageFiles,
   decodeBmp,
   decodeGreyImage,
   decodeNpyImage,
@@ -35,6 +36,7 @@ export {
   type ImageFormat,
   type ImageInfo,
   type ImageOptions,
+  type ImageSetOptions,
   inspectImage,
   isImagePath,
   loadGreyImage,
