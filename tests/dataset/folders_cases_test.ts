@@ -14,21 +14,13 @@ import {
 } from "../../src/dataset/mod.ts";
 import { DatasetError } from "../../src/util/errors.ts";
 import { encodeTiff } from "./_tiff.ts";
+import { buildTree } from "./_tree.ts";
 
 const fx = new URL("../fixtures/dataset/", import.meta.url).pathname;
 const cases = new URL("../fixtures/data_cases/", import.meta.url).pathname;
 const jpg = await Deno.readFile(`${fx}grey8.jpg`);
 
-async function build(files: Record<string, Uint8Array | string>): Promise<string> {
-  const root = await Deno.makeTempDir();
-  for (const [name, content] of Object.entries(files)) {
-    const p = `${root}/${name}`;
-    await Deno.mkdir(p.replace(/\/[^/]+$/, ""), { recursive: true });
-    if (typeof content === "string") await Deno.writeTextFile(p, content);
-    else await Deno.writeFile(p, content);
-  }
-  return root;
-}
+const build = buildTree;
 
 const quiet = { onNotice: (_: string) => {} };
 

@@ -21,20 +21,12 @@ import {
 import { encodeNpy } from "../../src/io/npy.ts";
 import { DatasetError } from "../../src/util/errors.ts";
 import { encodeTiff } from "./_tiff.ts";
+import { buildTree } from "./_tree.ts";
 
 const tester = new URL("../fixtures/data_cases/tester/", import.meta.url).pathname;
 const jpg = await Deno.readFile(new URL("../fixtures/dataset/grey8.jpg", import.meta.url).pathname);
 
-async function build(files: Record<string, Uint8Array | string>): Promise<string> {
-  const root = await Deno.makeTempDir();
-  for (const [name, content] of Object.entries(files)) {
-    const p = `${root}/${name}`;
-    await Deno.mkdir(p.replace(/\/[^/]+$/, ""), { recursive: true });
-    if (typeof content === "string") await Deno.writeTextFile(p, content);
-    else await Deno.writeFile(p, content);
-  }
-  return root;
-}
+const build = buildTree;
 
 /** The tester's generator: g = (i mod 251) + 4 on a 64x64 grid, NaN where g > 200. */
 function nanCountAndFirst(): { count: number; row: number; col: number } {
