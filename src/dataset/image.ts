@@ -23,8 +23,8 @@
  */
 import sharp from "sharp";
 import { inflateSync } from "node:zlib";
-import { parseNpy } from "../io/npy.ts";
-import { DatasetError } from "../util/errors.ts";
+import { NPY_HEADER_BYTES, type NpyHeader, parseNpy, parseNpyHeader } from "../io/npy.ts";
+import { CheckpointError, DatasetError } from "../util/errors.ts";
 
 /** A single-channel float image, row-major. */
 export interface GreyImage {
@@ -411,11 +411,7 @@ function bmpInfo(src: ByteSource, name: string): ImageInfo {
   return { format: "bmp", width, height, slices: 1, sample: "uint8" };
 }
 
-interface NpyHeader {
-  descr: string;
-  fortran: boolean;
-  shape: number[];
-  dataStart: number;
+interface NpyImageHeader extends NpyHeader {
   itemSize: number;
 }
 
@@ -427,24 +423,16 @@ const NPY_IMAGE_TYPES: Record<string, string> = {
   f8: "float64",
 };
 
-function npyHeader(src: ByteSource, name: string): NpyHeader {
-  const h = src.read(0, 12);
-  if (h.length < 10) throw new DatasetError(`${name}: truncated .npy header`);
-  const major = h[6];
-  const v = new DataView(h.buffer, h.byteOffset, h.byteLength);
-  const [len, start] = major === 1 ? [v.getUint16(8, true), 10] : [h.length >= 12 ? v.getUint32(8, true) : -1, 12];
-  if (![1, 2, 3].includes(major) || len < 0 || len > 1 << 20) {
-    throw new DatasetError(`${name}: unsupported or corrupt .npy header (version ${major})`);
+function npyHeader(src: ByteSource, name: string): NpyImageHeader {
+  // The header is parsed as numpy checks it, by the package's one .npy header parser.
+  let header: NpyHeader;
+  try {
+    header = parseNpyHeader(src.read(0, NPY_HEADER_BYTES), name);
+  } catch (err) {
+    if (err instanceof CheckpointError) throw new DatasetError(err.message, { cause: err });
+    throw err;
   }
-  const text = new TextDecoder("latin1").decode(src.read(start, len));
-  const descr = /'descr'\s*:\s*'([^']+)'/.exec(text)?.[1];
-  const fortran = /'fortran_order'\s*:\s*(True|False)/.exec(text)?.[1];
-  const shapeText = /'shape'\s*:\s*\(([^)]*)\)/.exec(text)?.[1];
-  if (!descr || !fortran || shapeText === undefined) throw new DatasetError(`${name}: malformed .npy header`);
-  const shape = shapeText.split(",").map((s) => s.trim()).filter((s) => s).map(Number);
-  if (!shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new DatasetError(`${name}: bad .npy shape (${shapeText})`);
-  }
+  const { descr, shape, dataStart } = header;
   const sample = NPY_IMAGE_TYPES[descr.slice(1)];
   if (!sample || !"<>|=".includes(descr[0])) {
     throw new DatasetError(
@@ -453,10 +441,10 @@ function npyHeader(src: ByteSource, name: string): NpyHeader {
   }
   const itemSize = Number(descr.slice(2));
   const n = shape.reduce((a, b) => a * b, 1);
-  if (start + len + n * itemSize > src.size) {
-    throw new DatasetError(`${name}: .npy data is truncated (${src.size - start - len} bytes, needs ${n * itemSize})`);
+  if (dataStart + n * itemSize > src.size) {
+    throw new DatasetError(`${name}: .npy data is truncated (${src.size - dataStart} bytes, needs ${n * itemSize})`);
   }
-  return { descr, fortran: fortran === "True", shape, dataStart: start + len, itemSize };
+  return { ...header, itemSize };
 }
 
 /** `[slices, height, width]` of an image array: 2-D, `[1,H,W]`, `[H,W,1]` or a `[D,H,W]` volume. */

@@ -17,7 +17,17 @@ export { MAX_VIEW_EXPANSION_BYTES, type PthContents, readPth, type ReadPthOption
 export { encodePth, type PthValue, writePth, type WritePthOptions } from "./pth_writer.ts";
 export { CheckpointError, RetfinerError } from "../util/errors.ts";
 export { encodeSafetensors, readSafetensors, type SafetensorsContents, writeSafetensors } from "./safetensors.ts";
-export { encodeNpy, type NpyArray, npyToTensor, parseNpy, readNpy, writeNpy } from "./npy.ts";
+export {
+  encodeNpy,
+  NPY_HEADER_BYTES,
+  type NpyArray,
+  type NpyHeader,
+  npyToTensor,
+  parseNpy,
+  parseNpyHeader,
+  readNpy,
+  writeNpy,
+} from "./npy.ts";
 export {
   DEFAULT_PICKLE_LIMITS,
   PickleLimitError,

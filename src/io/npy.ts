@@ -147,15 +147,31 @@ function parseHeader(header: string, name: string): { descr: string; fortran: bo
   return { descr: descr as string, fortran: fortran as boolean, shape: shape!.tuple as number[] };
 }
 
+/** What a `.npy` header says, checked as numpy checks it. */
+export interface NpyHeader {
+  /** dtype descriptor with its byte-order mark (`=` added where the file has none), e.g. `<f4`. */
+  descr: string;
+  /** Fortran (column-major) order. */
+  fortran: boolean;
+  /** Array shape. */
+  shape: number[];
+  /** Byte offset of the data. */
+  dataStart: number;
+}
+
+/** Bytes from the start of a `.npy` file that always hold its whole header (magic, length, dict). */
+export const NPY_HEADER_BYTES = 12 + MAX_HEADER;
+
 /**
- * Parses `.npy` bytes.
- * @param bytes the file's contents
+ * Parses a `.npy` file's header from its first bytes ({@link NPY_HEADER_BYTES} are always enough), without reading
+ * the data: the one header parser, used by {@link parseNpy} and by image decoding's header pre-pass.
+ * @param bytes the start of the file (or all of it)
  * @param name names the file in error messages
- * @returns the array (C order)
- * @throws {CheckpointError} when the header is malformed (missing, extra or repeated keys, as numpy refuses), the
- * dtype unsupported or the data truncated
+ * @returns descr, order, shape and where the data starts
+ * @throws {CheckpointError} when the magic, version or header is malformed (missing, extra or repeated keys, as
+ * numpy refuses) or longer than numpy's default limit
  */
-export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
+export function parseNpyHeader(bytes: Uint8Array, name = "<npy>"): NpyHeader {
   if (bytes.length < 10 || !MAGIC.every((m, i) => bytes[i] === m)) {
     throw new CheckpointError(`${name}: not a .npy file (bad magic)`);
   }
@@ -185,14 +201,26 @@ export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
   } catch {
     throw new CheckpointError(`${name}: .npy header is not valid text`);
   }
-  let { descr, fortran, shape } = parseHeader(header, name);
-  if (/^[a-z]/.test(descr)) descr = `=${descr}`; // no byte-order mark: native (numpy accepts 'f4')
+  const { descr, fortran, shape } = parseHeader(header, name);
+  // no byte-order mark: native (numpy accepts 'f4')
+  return { descr: /^[a-z]/.test(descr) ? `=${descr}` : descr, fortran, shape, dataStart: start + headerLen };
+}
+
+/**
+ * Parses `.npy` bytes.
+ * @param bytes the file's contents
+ * @param name names the file in error messages
+ * @returns the array (C order)
+ * @throws {CheckpointError} when the header is malformed (missing, extra or repeated keys, as numpy refuses), the
+ * dtype unsupported or the data truncated
+ */
+export function parseNpy(bytes: Uint8Array, name = "<npy>"): NpyArray {
+  const { descr, fortran, shape, dataStart } = parseNpyHeader(bytes, name);
   const order = descr[0];
   const kind = KINDS[descr.slice(1)];
   if (!kind || !"<>|=".includes(order)) throw new CheckpointError(`${name}: unsupported .npy dtype '${descr}'`);
   const n = numel(shape);
   if (!Number.isSafeInteger(n * kind.size)) throw new CheckpointError(`${name}: .npy shape (${shape}) is too large`);
-  const dataStart = start + headerLen;
   if (dataStart + n * kind.size > bytes.length) {
     throw new CheckpointError(
       `${name}: .npy data is truncated (${bytes.length - dataStart} bytes, needs ${n * kind.size})`,

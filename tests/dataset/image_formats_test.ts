@@ -251,3 +251,33 @@ Deno.test("hostile TIFFs: IFD loops, overlapping page chains, strips past the en
   await assertRejects(async () => inspectImage(await tmp(cut, ".tif")), /truncated/, DatasetError);
   assertEquals(v.getUint16(8, true), 10);
 });
+
+Deno.test(".npy images: the header is checked as numpy checks it (a repeated or extra key is refused, naming the file)", async () => {
+  const npy = (header: string) => {
+    const text = header.padEnd(118, " ") + "\n";
+    const out = new Uint8Array(10 + text.length + 16);
+    out.set([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]);
+    new DataView(out.buffer).setUint16(8, text.length, true);
+    out.set(new TextEncoder().encode(text), 10);
+    out.fill(128, 10 + text.length);
+    return out;
+  };
+  const dir = await Deno.makeTempDir();
+  try {
+    const good = `${dir}/good.npy`;
+    await Deno.writeFile(good, npy("{'descr': '|u1', 'fortran_order': False, 'shape': (4, 4), }"));
+    assertEquals((await inspectImage(good)).width, 4);
+    for (
+      const [file, header, why] of [
+        ["twice.npy", "{'descr': '|u1', 'descr': '|u1', 'fortran_order': False, 'shape': (4, 4), }", /appears twice/],
+        ["extra.npy", "{'descr': '|u1', 'fortran_order': False, 'shape': (4, 4), 'x': 1, }", /exactly the keys/],
+      ] as const
+    ) {
+      await Deno.writeFile(`${dir}/${file}`, npy(header));
+      const err = await assertRejects(() => inspectImage(`${dir}/${file}`), why, DatasetError);
+      assert(err.message.includes(file), err.message);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
