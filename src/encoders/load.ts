@@ -3,6 +3,7 @@
  * dicts. Loading is a name lookup: the files' names are the models' names.
  * @module
  */
+import { countNonFinite, firstNonFinite } from "../util/finite.ts";
 import { dirname, join } from "node:path";
 import {
   describeUnwrap,
@@ -107,16 +108,13 @@ export function loadStateDict(params: Params, tensors: Map<string, TensorData>, 
  * @throws {CheckpointError} naming the file, the tensor, how many values are not finite and the first one
  */
 export function checkFiniteWeights(values: Float32Array, name: string, fileName = "weights"): void {
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (!Number.isFinite(v)) {
-      let bad = 0;
-      for (let k = i; k < values.length; k++) if (!Number.isFinite(values[k])) bad++;
-      throw new CheckpointError(
-        `${fileName}: tensor "${name}" holds ${bad} non-finite value(s) of ${values.length} (first: ${v} at index ${i}); ` +
-          "a model with NaN or infinite weights gives NaN outputs: use an undamaged file (or one saved before training diverged)",
-      );
-    }
+  const i = firstNonFinite(values);
+  if (i >= 0) {
+    throw new CheckpointError(
+      `${fileName}: tensor "${name}" holds ${countNonFinite(values, i)} non-finite value(s) of ${values.length} ` +
+        `(first: ${values[i]} at index ${i}); ` +
+        "a model with NaN or infinite weights gives NaN outputs: use an undamaged file (or one saved before training diverged)",
+    );
   }
 }
 

@@ -4,6 +4,7 @@
  * All tensor functions are pure and meant to run inside `tf.variableGrads`.
  * @module
  */
+import { firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
 import { bertEncode, type BertForwardOptions, type BertModel, clsToken, mlmLogits } from "../encoders/bert.ts";
@@ -131,13 +132,12 @@ export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rn
   if (simI2T.length !== batch * batch) {
     throw new RefineError(`ITM negative sampling: ${simI2T.length} similarities for a batch of ${batch}`);
   }
-  for (let i = 0; i < simI2T.length; i++) {
-    if (!Number.isFinite(simI2T[i])) {
-      throw new RefineError(
-        `ITM negative sampling: image-text similarity [${Math.floor(i / batch)}, ${i % batch}] is ${simI2T[i]} ` +
-          "(the image or text features are non-finite)",
-      );
-    }
+  const i = firstNonFinite(simI2T);
+  if (i >= 0) {
+    throw new RefineError(
+      `ITM negative sampling: image-text similarity [${Math.floor(i / batch)}, ${i % batch}] is ${simI2T[i]} ` +
+        "(the image or text features are non-finite)",
+    );
   }
   const { i2t: wI2T, t2i: wT2I } = hardNegativeWeights(simI2T, batch);
   const negImage: number[] = [];

@@ -6,6 +6,7 @@
  * unambiguous. Updates run in place on the cpu backend's buffers.
  * @module
  */
+import { firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
 import { OptimizerError } from "../util/errors.ts";
@@ -76,11 +77,6 @@ function rootSumSquares(
     sv += d * d;
   }
   return [Math.sqrt(sg), Math.sqrt(sw), Math.sqrt(sm), Math.sqrt(sv)];
-}
-
-function firstNonFinite(x: ArrayLike<number>, from = 0, to = x.length): number {
-  for (let i = from; i < to; i++) if (!Number.isFinite(x[i])) return i;
-  return -1;
 }
 
 interface PendingUpdate {

@@ -7,6 +7,7 @@
  * as the authors' `model.train(True)` does.
  * @module
  */
+import { countNonFinite, firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
 import { batchIndices, type InputCache, loadImageBatch, prefetch } from "../dataset/batches.ts";
 import { probingSpec } from "../dataset/preprocess.ts";
@@ -40,18 +41,16 @@ export interface FeatureOptions {
  * @throws {ProbeError} naming the first image with a non-finite feature
  */
 export function checkFeatures(data: Float32Array, dim: number, paths: string[]): void {
-  for (let i = 0; i < data.length; i++) {
-    if (!Number.isFinite(data[i])) {
-      const row = Math.floor(i / dim);
-      let bad = 0;
-      for (let k = row * dim; k < (row + 1) * dim; k++) if (!Number.isFinite(data[k])) bad++;
-      throw new ProbeError(
-        `${paths[row]}: its features hold ${bad} non-finite value(s) of ${dim} (first: ${data[i]} at ${
-          i - row * dim
-        }); ` +
-          `the weights or the image give NaN/Inf through the encoder`,
-      );
-    }
+  const i = firstNonFinite(data);
+  if (i >= 0) {
+    const row = Math.floor(i / dim);
+    const bad = countNonFinite(data, row * dim, (row + 1) * dim);
+    throw new ProbeError(
+      `${paths[row]}: its features hold ${bad} non-finite value(s) of ${dim} (first: ${data[i]} at ${
+        i - row * dim
+      }); ` +
+        `the weights or the image give NaN/Inf through the encoder`,
+    );
   }
 }
 

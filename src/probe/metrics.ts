@@ -9,6 +9,7 @@
  * - `mcc`: `matthews_corrcoef(y, argmax)` (multiclass).
  * @module
  */
+import { firstNonFinite } from "../util/finite.ts";
 import { ProbeError } from "../util/errors.ts";
 
 /** The five metrics of the paper's tables. */
@@ -44,13 +45,12 @@ export function argmax(row: ArrayLike<number>): number {
  * comparable values (NaN equals nothing, so grouping it would never advance).
  */
 function checkFinite(what: string, scores: ArrayLike<number>): void {
-  for (let i = 0; i < scores.length; i++) {
-    if (!Number.isFinite(scores[i])) {
-      throw new ProbeError(
-        `${what}: score ${i} is ${scores[i]}; metrics need finite scores (a NaN or infinite probability ` +
-          `comes from non-finite features or a diverged head)`,
-      );
-    }
+  const i = firstNonFinite(scores);
+  if (i >= 0) {
+    throw new ProbeError(
+      `${what}: score ${i} is ${scores[i]}; metrics need finite scores (a NaN or infinite probability ` +
+        `comes from non-finite features or a diverged head)`,
+    );
   }
 }
 

@@ -6,6 +6,7 @@
  * refined model's export is the model's (`src/model/export.ts`).
  * @module
  */
+import { firstNonFinite } from "../util/finite.ts";
 import type { Variable } from "../backend/tf.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import type { TensorData } from "../io/tensor.ts";
@@ -40,11 +41,6 @@ export interface LoopState {
   epochSteps?: number;
   /** Seconds already spent on the current epoch before the checkpoint. */
   epochSeconds?: number;
-}
-
-function firstNonFinite(x: Float32Array): number {
-  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i])) return i;
-  return -1;
 }
 
 /**
