@@ -7,7 +7,7 @@
  */
 import { DatasetError } from "../util/errors.ts";
 import type { Rng } from "../util/rng.ts";
-import { loadGreyImage } from "./image.ts";
+import { type GreyImage, loadGreyImage } from "./image.ts";
 import { type PreprocessSpec, toModelInput } from "./preprocess.ts";
 
 /**
@@ -108,6 +108,9 @@ export class InputCache {
   }
 }
 
+/** One image of a batch: decoded, taken from the cache, or (with `skipBad`) the reason it was skipped. */
+type Decoded = { img?: GreyImage; cached?: Float32Array; error?: string };
+
 /**
  * Loads and preprocesses images into one batch. `augment` (an Rng) applies
  * the probing augmentations; without it, inputs may be served from `cache`.
@@ -129,8 +132,10 @@ export async function loadImageBatch(
   const plane = 3 * spec.size * spec.size;
   const inputs: (Float32Array | undefined)[] = [];
   const skipped: { path: string; reason: string }[] = [];
-  // Decode all images of the batch concurrently; augmentation draws happen afterwards, in order.
-  const decoded = await Promise.all(indices.map(async (i) => {
+  // Decode all images of the batch concurrently; augmentation draws happen afterwards, in order. allSettled, not
+  // all: on an error every decode still finishes before it is thrown, so no native (sharp) work runs on after the
+  // caller moved on (in-flight decodes left behind crashed the process at exit); the error is the first in batch order.
+  const settled = await Promise.allSettled(indices.map(async (i): Promise<Decoded> => {
     const path = paths[i];
     if (!options.augment && options.cache?.get(path)) return { cached: options.cache.get(path)! };
     try {
@@ -144,6 +149,9 @@ export async function loadImageBatch(
       throw e;
     }
   }));
+  const failed = settled.find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  const decoded = settled.map((r) => (r as PromiseFulfilledResult<Decoded>).value);
   const kept: number[] = [];
   decoded.forEach((d, k) => {
     const path = paths[indices[k]];

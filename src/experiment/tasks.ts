@@ -37,5 +37,9 @@ export async function findTaskDirs(options: { tasks?: string[]; benchmark?: stri
  */
 export async function loadTasks(root: string, only?: string[]): Promise<ProbeDataset[]> {
   const dirs = (await listTaskFolders(join(root, "tasks"))).filter((d) => !only || only.includes(basename(d)));
-  return await Promise.all(dirs.map((d) => readImageFolderDataset(d)));
+  // allSettled: a bad task is reported (the first in folder order) only after the other tasks' image checks ended.
+  const settled = await Promise.allSettled(dirs.map((d) => readImageFolderDataset(d)));
+  const failed = settled.find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<ProbeDataset>).value);
 }
