@@ -160,7 +160,7 @@ export interface NpyHeader {
 }
 
 /** Bytes from the start of a `.npy` file that always hold its whole header (magic, length, dict). */
-export const NPY_HEADER_BYTES = 12 + MAX_HEADER;
+export const NPY_HEADER_BYTES: number = 12 + MAX_HEADER;
 
 /**
  * Parses a `.npy` file's header from its first bytes ({@link NPY_HEADER_BYTES} are always enough), without reading
