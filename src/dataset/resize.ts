@@ -1,15 +1,20 @@
 /**
  * Resampling that matches the authors' two resizes (method notes §1.3, §2.5):
- * - refinement: torchvision `Resize(BICUBIC)` on a tensor = `F.interpolate(mode="bicubic",
- *   align_corners=False)` (cubic a = −0.75, no antialias, edge-clamped);
+ * - refinement: torchvision `Resize(BICUBIC)` on a float tensor. The authors' environment (torch 2.4.1, so
+ *   torchvision ≥ 0.17) antialiases it by default: `F.interpolate(mode="bicubic", align_corners=False,
+ *   antialias=True)`, a separable filter with Keys' a = −0.5 stretched by the shrink factor (`bicubic`). Older
+ *   torchvision did not: cubic convolution with a = −0.75 on four edge-clamped taps (`bicubic-noaa`);
  * - probing: torchvision `Resize(BILINEAR)` on a PIL image = PIL's bilinear
  *   (triangle) filter, antialiased when shrinking.
  * @module
  */
 import type { GreyImage } from "./image.ts";
 
-/** Resize kernels. */
-export type ResizeMode = "bicubic" | "bilinear";
+/**
+ * Resize kernels: `bicubic` = PyTorch's antialiased bicubic (torchvision ≥ 0.17's default for tensors),
+ * `bicubic-noaa` = PyTorch's bicubic without antialiasing (torchvision < 0.17), `bilinear` = PIL's bilinear.
+ */
+export type ResizeMode = "bicubic" | "bicubic-noaa" | "bilinear";
 
 /**
  * PyTorch's cubic convolution weights (a = −0.75, `upsample_bicubic2d`) of the four taps around a sample at fraction
@@ -43,6 +48,47 @@ function torchBicubicTaps(inSize: number, outSize: number): Taps {
     }
   }
   return { idx, w, n: 4 };
+}
+
+/** Keys' cubic with a = −0.5: the filter of PyTorch's antialiased bicubic (`aa_filter` in `UpSampleKernel.cpp`). */
+function keysCubic(x: number): number {
+  const a = -0.5;
+  x = Math.abs(x);
+  if (x < 1) return ((a + 2) * x - (a + 3)) * x * x + 1;
+  if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0;
+}
+
+/**
+ * PyTorch's antialiased bicubic taps (`_compute_indices_min_size_weights_aa`, align_corners=False): the cubic
+ * stretched by the shrink factor (support 2·scale when shrinking, 2 when enlarging), only in-range taps,
+ * normalised to sum 1.
+ */
+function torchBicubicAATaps(inSize: number, outSize: number): Taps {
+  const scale = inSize / outSize;
+  const support = 2 * Math.max(scale, 1);
+  const invscale = scale >= 1 ? 1 / scale : 1;
+  const n = Math.ceil(support) * 2 + 1;
+  const idx = new Int32Array(outSize * n);
+  const w = new Float32Array(outSize * n);
+  for (let o = 0; o < outSize; o++) {
+    const center = scale * (o + 0.5);
+    // C++ truncation toward zero, then clamped to the image.
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xsize = Math.min(Math.trunc(center + support + 0.5), inSize) - xmin;
+    const ww: number[] = [];
+    let total = 0;
+    for (let j = 0; j < xsize; j++) {
+      const v = keysCubic((j + xmin - center + 0.5) * invscale);
+      ww.push(v);
+      total += v;
+    }
+    for (let k = 0; k < n; k++) {
+      idx[o * n + k] = Math.min(inSize - 1, xmin + k);
+      w[o * n + k] = k < ww.length && total !== 0 ? ww[k] / total : 0;
+    }
+  }
+  return { idx, w, n };
 }
 
 /** PIL's `ImagingResample` coefficients for the bilinear (triangle) filter. */
@@ -98,13 +144,14 @@ function resample(img: GreyImage, outW: number, outH: number, tx: Taps, ty: Taps
 }
 
 /**
- * Resizes a grey image. `bicubic` follows PyTorch's tensor interpolation;
- * `bilinear` follows PIL (set `pil8bit` to round each pass to 8 bits, as PIL
+ * Resizes a grey image. `bicubic` follows PyTorch's antialiased tensor interpolation (torchvision ≥ 0.17),
+ * `bicubic-noaa` the one without antialiasing; `bilinear` follows PIL (set `pil8bit` to round each pass to 8 bits, as PIL
  * does for an 8-bit "L" image).
  * @param img the image (values in [0, 1])
  * @param width target width in pixels
  * @param height target height in pixels
- * @param mode `bicubic` (refinement, docs/method.md §1.3) or `bilinear` (probing, §2.5)
+ * @param mode `bicubic` (refinement, docs/method.md §1.3), `bicubic-noaa` (torchvision < 0.17) or `bilinear`
+ *   (probing, §2.5)
  * @param options `pil8bit`: round each pass to 8 bits as PIL does
  * @returns a new image (a copy when the size is unchanged)
  */
@@ -117,6 +164,16 @@ export function resizeGrey(
 ): GreyImage {
   if (img.width === width && img.height === height) return { width, height, data: img.data.slice() };
   if (mode === "bicubic") {
+    return resample(
+      img,
+      width,
+      height,
+      torchBicubicAATaps(img.width, width),
+      torchBicubicAATaps(img.height, height),
+      false,
+    );
+  }
+  if (mode === "bicubic-noaa") {
     return resample(
       img,
       width,

@@ -59,12 +59,24 @@ Deno.test("bad images give a DatasetError naming the file", async () => {
   await Deno.remove(rgb);
 });
 
-Deno.test("bicubic resize matches torch F.interpolate(bicubic, align_corners=False)", async () => {
+Deno.test("bicubic resize matches torch F.interpolate(bicubic, align_corners=False, antialias=True)", async () => {
+  // torchvision >= 0.17 (the authors' torch 2.4.1) antialiases tensor resizes by default: shrinking and enlarging.
   const img = await loadGreyImage(`${dir}grey8.png`);
-  for (const [h, w] of [[30, 40], [64, 80]]) {
+  for (const [h, w] of [[30, 40], [64, 80], [13, 17], [40, 100]]) {
     const r = resizeGrey(img, w, h, "bicubic");
     const d = maxAbsDiff(r.data, e(`bicubic_${h}x${w}`));
     assert(d < 1e-5, `bicubic ${h}x${w}: ${d}`);
+  }
+});
+
+Deno.test("bicubic-noaa resize matches torch F.interpolate(bicubic) without antialiasing (torchvision < 0.17)", async () => {
+  const img = await loadGreyImage(`${dir}grey8.png`);
+  for (const [h, w] of [[30, 40], [64, 80], [13, 17], [40, 100]]) {
+    const r = resizeGrey(img, w, h, "bicubic-noaa");
+    const d = maxAbsDiff(r.data, e(`bicubic_noaa_${h}x${w}`));
+    assert(d < 1e-5, `bicubic-noaa ${h}x${w}: ${d}`);
+    // The two differ where it matters: shrinking without a low-pass keeps more high-frequency energy.
+    if (h < 48) assert(maxAbsDiff(r.data, e(`bicubic_${h}x${w}`)) > 1e-3, `${h}x${w}: antialiasing changed nothing`);
   }
 });
 
