@@ -37,9 +37,43 @@ function formatInfo(info: Record<string, number | string> | undefined): string {
     .join(" ");
 }
 
+/** Options of a {@link ProgressBar}. */
+export interface ProgressBarOptions {
+  /** Least time between printed lines within a phase (ms); default 100 on a terminal, 5000 otherwise. */
+  intervalMs?: number;
+  /** Bar width in characters; default 24. */
+  width?: number;
+  /** Suppresses all output. */
+  quiet?: boolean;
+  /**
+   * Where the text goes; default stderr. A custom writer counts as not a terminal: one line per print, no
+   * redrawing.
+   */
+  write?: (text: string) => void;
+  /** The clock in ms; default `performance.now`. */
+  now?: () => number;
+}
+
+/** The clock of one run of a phase. */
+interface PhaseRun {
+  /** When this run started (the `now` clock, ms). */
+  start: number;
+  /** `done` at the last update of this run. */
+  lastDone: number;
+  /** Whether this run reached `done >= total`. */
+  finished: boolean;
+}
+
 /**
  * A progress bar on stderr. On a terminal it redraws one line; otherwise it
  * prints a line at most every `intervalMs` so logs stay readable.
+ *
+ * Each run of a phase has its own clock: a phase starts anew when it finished
+ * before (`done >= total` was seen) or when `done` went down since its last
+ * update, so a phase label that recurs later in a run (an "embed images"
+ * before and after refinement, a "features" pass per epoch) shows its own
+ * elapsed time and ETA, not the time since the label was first seen. Phases
+ * whose updates interleave keep their clocks.
  *
  * @example
  * ```ts
@@ -50,20 +84,27 @@ function formatInfo(info: Record<string, number | string> | undefined): string {
  * ```
  */
 export class ProgressBar {
-  #start = new Map<string, number>();
+  #runs = new Map<string, PhaseRun>();
   #lastPrint = 0;
   #lastPhase = "";
   #isTty: boolean;
   #intervalMs: number;
   #width: number;
   #quiet: boolean;
+  #out: (text: string) => void;
+  #now: () => number;
 
-  /** Creates a bar; `quiet` suppresses all output. */
-  constructor(options: { intervalMs?: number; width?: number; quiet?: boolean } = {}) {
-    this.#isTty = Deno.stderr.isTerminal();
+  /**
+   * Creates a bar.
+   * @param options See {@link ProgressBarOptions}.
+   */
+  constructor(options: ProgressBarOptions = {}) {
+    this.#isTty = options.write ? false : Deno.stderr.isTerminal();
     this.#intervalMs = options.intervalMs ?? (this.#isTty ? 100 : 5000);
     this.#width = options.width ?? 24;
     this.#quiet = options.quiet ?? false;
+    this.#out = options.write ?? ((text) => Deno.stderr.writeSync(new TextEncoder().encode(text)));
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** The bar as a {@link ProgressCallback}. */
@@ -71,23 +112,29 @@ export class ProgressBar {
     return (p) => this.update(p);
   }
 
-  /** Renders one update (rate-limited). */
+  /** Renders one update (rate-limited; a new phase, a restarted phase and a finish print at once). */
   update(p: Progress): void {
     if (this.#quiet) return;
-    const now = performance.now();
-    if (!this.#start.has(p.phase)) this.#start.set(p.phase, now);
-    const phaseChanged = p.phase !== this.#lastPhase;
+    const now = this.#now();
+    let run = this.#runs.get(p.phase);
+    const restarted = run !== undefined && (run.finished || p.done < run.lastDone);
+    if (!run || restarted) {
+      run = { start: now, lastDone: p.done, finished: false };
+      this.#runs.set(p.phase, run);
+    }
+    run.lastDone = p.done;
     const finished = p.done >= p.total;
-    if (!phaseChanged && !finished && now - this.#lastPrint < this.#intervalMs) return;
+    if (finished) run.finished = true;
+    const phaseChanged = p.phase !== this.#lastPhase;
+    if (!phaseChanged && !restarted && !finished && now - this.#lastPrint < this.#intervalMs) return;
     if (phaseChanged && this.#isTty && this.#lastPhase) this.#write("\n");
     this.#lastPhase = p.phase;
     this.#lastPrint = now;
-    const elapsed = (now - this.#start.get(p.phase)!) / 1000;
+    const elapsed = (now - run.start) / 1000;
     const frac = p.total > 0 ? Math.min(1, p.done / p.total) : 0;
     const filled = Math.round(frac * this.#width);
     const bar = "#".repeat(filled) + ".".repeat(this.#width - filled);
-    const rate = elapsed > 0 ? p.done / elapsed : 0;
-    const eta = rate > 0 ? (p.total - p.done) / rate : NaN;
+    const eta = finished ? 0 : p.done > 0 && elapsed > 0 ? (p.total - p.done) / (p.done / elapsed) : NaN;
     const line = `${p.phase} [${bar}] ${p.done}/${p.total} ${formatDuration(elapsed)}<${formatDuration(eta)}` +
       (p.info ? ` ${formatInfo(p.info)}` : "");
     if (this.#isTty) this.#write(`\r\x1b[2K${line}${finished ? "\n" : ""}`);
@@ -102,6 +149,6 @@ export class ProgressBar {
   }
 
   #write(text: string): void {
-    Deno.stderr.writeSync(new TextEncoder().encode(text));
+    this.#out(text);
   }
 }
