@@ -3,7 +3,14 @@ import { basename } from "node:path";
 import { formatClassCounts, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
 import { findTaskDirs } from "../experiment/tasks.ts";
 import { loadVit, type VitFamily, vitFamilyOf, type VitModel } from "../encoders/mod.ts";
-import { type ModelResults, probeTasks, terminalTable, writeProbeReport } from "../probe/mod.ts";
+import {
+  describeProbe,
+  type ModelResults,
+  pixelSource,
+  probeTasks,
+  terminalTable,
+  writeProbeReport,
+} from "../probe/mod.ts";
 import { compareModels, markdownSingle } from "../probe/report.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
@@ -134,11 +141,27 @@ await runMain(async () => {
   };
   const baseline = await probeAll(String(values.weights));
   const refined = values.compare ? await probeAll(String(values.compare)) : undefined;
+  // The raw-pixel reference: what a linear probe gets from the same inputs without any model.
+  const pixels = pixelSource(load(String(values.weights)).config);
+  const references = [{
+    name: `raw pixels (${pixels.kind.replace("raw pixels ", "")})`,
+    tasks: await probeTasks(pixels, datasets, {
+      seeds,
+      mode: values.mode as "fast" | "faithful",
+      hyper: { maxEpochs: numberFlag(values, "max-epochs", { integer: true, min: 1 }) },
+      onProgress: bar.callback,
+    }),
+  }];
+  bar.finish();
   const { files } = await writeProbeReport(out, { baseline, refined }, {
-    notes: [`mode: ${values.mode}`, `seeds: ${seeds.join(", ")}`, ...familyNotes],
+    probe: describeProbe(values.mode as "fast" | "faithful", seeds),
+    references,
+    notes: familyNotes,
   });
   console.log(refined ? terminalTable(compareModels(baseline, refined)) : markdownSingle(baseline));
   console.log(
-    `\nreport: ${files.markdown}${files.html ? `, ${files.html}, ${files.png}` : ""}; per-seed results: ${files.csv}`,
+    `\nreport: ${files.markdown}${
+      files.html ? `, ${files.html}, ${files.png}, ${files.absolutePng}` : ""
+    }; per-seed results: ${files.csv}`,
   );
 });

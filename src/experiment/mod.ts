@@ -25,6 +25,7 @@ export {
   type ExperimentOptions,
   type ExperimentResult,
   probeModel,
+  probeReferences,
   REFINED_NAMES,
   runAblation,
   runExperiment,

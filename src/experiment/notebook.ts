@@ -7,7 +7,7 @@
  */
 import { encodePng, type GreyImage } from "../dataset/image.ts";
 import { type PlotlyFigure, plotlyJs } from "../probe/chart.ts";
-import { formatDuration, type Progress, type ProgressCallback } from "../util/progress.ts";
+import { formatDuration, PhaseClocks, type Progress, type ProgressCallback } from "../util/progress.ts";
 
 /** A Jupyter MIME bundle: MIME type → data, e.g. `{ "text/html": "<b>hi</b>" }`. */
 export type MimeBundle = Record<string, unknown>;
@@ -53,13 +53,11 @@ export function notebookProgress(intervalMs = 1000): ProgressCallback {
   const id = `retfiner-progress-${crypto.randomUUID().slice(0, 8)}`;
   let started = false;
   let last = 0;
-  const t0 = new Map<string, number>();
+  const clocks = new PhaseClocks();
   const lines = new Map<string, string>();
   return (p: Progress) => {
     const now = performance.now();
-    if (!t0.has(p.phase)) t0.set(p.phase, now);
-    const el = (now - t0.get(p.phase)!) / 1000;
-    const eta = p.done > 0 ? (el / p.done) * (p.total - p.done) : NaN;
+    const { elapsed: el, eta } = clocks.tick(p, now);
     const frac = p.total ? p.done / p.total : 0;
     const info = p.info
       ? " · " + Object.entries(p.info).map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(3) : v}`).join(" · ")

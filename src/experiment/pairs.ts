@@ -20,7 +20,8 @@ import { type ProbeReportFiles, writeProbeReport } from "../probe/outputs.ts";
 import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
 import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
 import type { ProgressCallback } from "../util/progress.ts";
-import { type ExperimentFamily, probeModel } from "./run.ts";
+import { type ExperimentFamily, probeModel, probeReferences } from "./run.ts";
+import { describeProbe } from "../probe/protocol.ts";
 import { loadTasks } from "./tasks.ts";
 
 /** Options of {@link refineOnPairs}. */
@@ -161,7 +162,11 @@ export async function refineOnPairs(options: PairsRefineOptions): Promise<PairsR
   options.onRefined?.(refinement);
   if (!baseline) return { records, skipped, refinement };
   const refined = await probeModel(model.vit, "refined", tasks, { seeds, mode }, options.onProgress);
-  const { files } = await writeProbeReport(out, { baseline, refined });
+  const references = await probeReferences(model.vit, tasks, { seeds, mode }, {}, options.onProgress);
+  const { files } = await writeProbeReport(out, { baseline, refined }, {
+    probe: describeProbe(mode, seeds),
+    references,
+  });
   return {
     records,
     skipped,

@@ -18,14 +18,16 @@ import type { ProbeDataset } from "../dataset/folders.ts";
 import { loadTasks } from "./tasks.ts";
 import { readPairManifest } from "../dataset/manifest.ts";
 import { type BenchmarkInfo, generateBenchmark, SYNTH_PRESETS, SYNTH_VERSION } from "../dataset/synth/generate.ts";
-import type { VitModel } from "../encoders/vit.ts";
+import { createVit, type VitModel } from "../encoders/vit.ts";
+import { type FeatureSource, pixelSource } from "../probe/features.ts";
+import { Rng } from "../util/rng.ts";
 import type { RetfinerModel } from "../model/model.ts";
 import { buildModel, loadVision, readBertConfig, type WeightLoading } from "../model/factory.ts";
 import { refine, type RefineOptions, type RefineResult } from "../refine/trainer.ts";
 import { CPU_DEMO, deepMerge, type RunParams } from "../params.ts";
 import { ALL_LOSSES, type LossWeights, OBJECTIVES } from "../refine/step.ts";
 import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
-import { type ProbeMode, probeTasks } from "../probe/protocol.ts";
+import { describeProbe, type ProbeMode, probeTasks } from "../probe/protocol.ts";
 import { type ProbeReportFiles, writeProbeReport } from "../probe/outputs.ts";
 import { writeJsonAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
@@ -98,6 +100,8 @@ export interface ExperimentResult {
   baseline: ModelResults;
   /** Refined probe. */
   refined: ModelResults;
+  /** Reference rows probed alike: raw pixels and, for a stand-in, the random-weight ViT. */
+  references: ModelResults[];
   /** Baseline vs refined. */
   comparison: Comparison;
   /** Refinement outcome (history, exported backbone). */
@@ -142,7 +146,7 @@ function experimentLoading(options: ExperimentOptions): WeightLoading {
 
 /**
  * Probes every task with one model (seeds and mode default to `CPU_DEMO`'s: 0, 1, 2, fast).
- * @param vit the backbone
+ * @param vit the backbone, or another feature source (the raw-pixel reference)
  * @param name its display name
  * @param tasks the tasks
  * @param probe seeds, feature mode and protocol overrides
@@ -151,7 +155,7 @@ function experimentLoading(options: ExperimentOptions): WeightLoading {
  * @throws {ProbeError} when a split is empty or metrics get non-finite scores
  */
 export async function probeModel(
-  vit: VitModel,
+  vit: VitModel | FeatureSource,
   name: string,
   tasks: ProbeDataset[],
   probe: ExperimentOptions["probe"] = {},
@@ -166,6 +170,40 @@ export async function probeModel(
       onProgress,
     }),
   };
+}
+
+/**
+ * The reference rows of a report, probed with the same protocol and seeds as the model: a linear probe on raw
+ * pixels (the model's probing input box-averaged to 28×28) and, when asked, the same ViT with random weights (timm's
+ * initialisation). A foundation model's baseline should clear both; the gap is what its pretraining adds.
+ * @param vit the model whose input recipe and architecture the references copy
+ * @param tasks the tasks
+ * @param probe seeds, mode and protocol overrides
+ * @param options `randomVit`: also probe the random-weight ViT (as costly as probing the model itself)
+ * @param onProgress progress
+ * @returns the references' results, raw pixels first
+ * @throws {ProbeError} as {@link probeModel}
+ */
+export async function probeReferences(
+  vit: VitModel,
+  tasks: ProbeDataset[],
+  probe: ExperimentOptions["probe"] = {},
+  options: { randomVit?: boolean } = {},
+  onProgress?: ProgressCallback,
+): Promise<ModelResults[]> {
+  const pixels = pixelSource(vit.config);
+  const out = [
+    await probeModel(pixels, `raw pixels (${pixels.kind.replace("raw pixels ", "")})`, tasks, probe, onProgress),
+  ];
+  if (options.randomVit) {
+    const random = createVit(vit.config, { rng: new Rng(0, "reference/random-vit") });
+    try {
+      out.push(await probeModel(random, "random-weight ViT (same architecture)", tasks, probe, onProgress));
+    } finally {
+      for (const v of random.params.values()) v.dispose();
+    }
+  }
+  return out;
 }
 
 /** Zero-shot accuracy per task and retrieval on held-out pairs, for one state of the model. */
@@ -282,9 +320,14 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
     probe,
     options.onProgress,
   );
+  const references = await probeReferences(vit, tasks, probe, { randomVit: standin }, options.onProgress);
   const sBase = lap();
   log(
-    `baseline probe: ${tasks.length} tasks × ${probe.seeds.length} seeds (${sBase.toFixed(0)} s)`,
+    `baseline probe and references (${
+      references.map((r) => r.name).join(", ")
+    }): ${tasks.length} tasks × ${probe.seeds.length} seeds, ${describeProbe(probe.mode, probe.seeds)} (${
+      sBase.toFixed(0)
+    } s)`,
   );
   const model = buildModel(vit, options.text, 0, loading);
   const pairs = (await readPairManifest(options.pairs ?? join(bench.root, "pairs", "pairs.csv"))).records;
@@ -315,10 +358,12 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
     total: (performance.now() - t0) / 1000,
   };
   const { files, comparison } = await writeProbeReport(options.runDir, { baseline, refined }, {
+    probe: describeProbe(probe.mode, probe.seeds),
+    references,
     notes: [
       `vision encoder: ${options.weights ?? standinPath(options.family)}`,
       `refinement: ${refinement.loop.step} optimiser steps over ${refinement.loop.history.length} epochs (${refinement.stopReason}); backbone: ${refinement.backbone.pth}`,
-      `probe: ${probe.mode} mode, seeds ${probe.seeds.join(", ")}`,
+      `probe: ${describeProbe(probe.mode, probe.seeds)}`,
       `time: ${Object.entries(seconds).map(([k, v]) => `${k} ${v.toFixed(0)} s`).join(", ")}`,
     ],
     extraSections: [{
@@ -331,6 +376,7 @@ export async function runExperiment(options: ExperimentOptions): Promise<Experim
   return {
     baseline,
     refined,
+    references,
     comparison: comparison!,
     refinement,
     files,
@@ -409,21 +455,25 @@ export async function runAblation(
     options.log?.(`ablation ${label}: Δ BAcc ${pct(rows.at(-1)!.comparison.overall.bacc.delta)} pp`);
   }
   const lines = [
-    "| objectives | BAcc | Δ BAcc vs baseline | p (Wilcoxon) | AUROC | Δ AUROC |",
-    "|---|---|---|---|---|---|",
+    "| objectives | BAcc | Δ BAcc vs baseline | 95 % CI over tasks | p over tasks | p over task × seed | AUROC | Δ AUROC |",
+    "|---|---|---|---|---|---|---|---|",
   ];
   lines.push(
-    `| baseline | ${pct(rows[0].comparison.overall.bacc.baseline.mean)} | – | – | ${
+    `| baseline | ${pct(rows[0].comparison.overall.bacc.baseline.mean)} | – | – | – | – | ${
       pct(rows[0].comparison.overall.auroc.baseline.mean)
     } | – |`,
   );
+  const sgn = (x: number) => `${x >= 0 ? "+" : "−"}${pct(Math.abs(x))}`;
   for (const r of rows) {
     const b = r.comparison.overall.bacc;
+    const t = r.comparison.overTasks.bacc;
     const a = r.comparison.overall.auroc;
     lines.push(
-      `| ${r.label} | ${pct(b.refined.mean)} | ${b.delta >= 0 ? "+" : "−"}${pct(Math.abs(b.delta))} | ${
-        b.test ? b.test.pValue.toPrecision(3) : "n/a"
-      } | ${pct(a.refined.mean)} | ${a.delta >= 0 ? "+" : "−"}${pct(Math.abs(a.delta))} |`,
+      `| ${r.label} | ${pct(b.refined.mean)} | ${sgn(b.delta)} | ${
+        t.ci ? `[${sgn(t.ci.low)}, ${sgn(t.ci.high)}]` : "n/a"
+      } | ${t.test ? t.test.pValue.toPrecision(3) : "n/a"} | ${b.test ? b.test.pValue.toPrecision(3) : "n/a"} | ${
+        pct(a.refined.mean)
+      } | ${sgn(a.delta)} |`,
     );
   }
   const markdown = lines.join("\n");

@@ -8,7 +8,8 @@ import { createRequire } from "node:module";
 import { JSDOM } from "jsdom";
 import sharp from "sharp";
 import type { Metrics } from "./metrics.ts";
-import type { Comparison } from "./report.ts";
+import type { Comparison, ModelResults } from "./report.ts";
+import { mean, sd } from "./stats.ts";
 
 /** A Plotly figure: traces and layout, as `application/vnd.plotly.v1+json`. */
 export interface PlotlyFigure {
@@ -19,7 +20,8 @@ export interface PlotlyFigure {
 }
 
 /**
- * Bar chart of the per-task change in `metric` (percentage points, ± sd of the refined seeds), green up, red down.
+ * Bar chart of the per-task change in `metric` (percentage points, ± sd over seeds of the paired differences), green
+ * up, red down; the title gives the mean gain with its 95 % bootstrap interval and Wilcoxon p over tasks.
  * @param c the comparison
  * @param metric the metric shown
  * @param title the figure's title (default: derived from the metric)
@@ -29,7 +31,10 @@ export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title
   const tasks = c.tasks.map((t) => t.task);
   const gains = c.tasks.map((t) => 100 * t.delta[metric]);
   const o = c.overall[metric];
-  const p = o.test ? ` · Wilcoxon p = ${o.test.pValue.toPrecision(2)}` : "";
+  const ot = c.overTasks[metric];
+  const pp = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(100 * x).toFixed(1)}`;
+  const ci = ot.ci ? ` [95 % CI ${pp(ot.ci.low)}, ${pp(ot.ci.high)}]` : "";
+  const p = ot.test ? ` · Wilcoxon over ${ot.test.n} tasks p = ${ot.test.pValue.toPrecision(2)}` : "";
   return {
     data: [
       {
@@ -39,7 +44,7 @@ export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title
         marker: { color: gains.map((g) => (g >= 0 ? "#2a9d8f" : "#e76f51")) },
         error_y: {
           type: "data",
-          array: c.tasks.map((t) => 100 * Math.hypot(t.refined[metric].sd, t.baseline[metric].sd) / Math.SQRT2),
+          array: c.tasks.map((t) => 100 * t.deltaSd[metric]),
           visible: true,
           color: "#555",
         },
@@ -52,9 +57,8 @@ export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title
     layout: {
       title: {
         text: title ??
-          `${c.refinedName} vs ${c.baselineName}: change in ${metric.toUpperCase()} per task (mean ${
-            o.delta >= 0 ? "+" : ""
-          }${(100 * o.delta).toFixed(1)} pp${p})`,
+          `${c.refinedName} vs ${c.baselineName}: change in ${metric.toUpperCase()} per task<br>` +
+            `<sup>mean ${pp(o.delta)} pp${ci}${p}</sup>`,
         font: { size: 15 },
       },
       yaxis: {
@@ -75,13 +79,32 @@ export function gainsFigure(c: Comparison, metric: keyof Metrics = "bacc", title
 }
 
 /**
- * Grouped bars of baseline and refined `metric` per task, with seed sd error bars.
+ * Grouped bars of baseline and refined `metric` per task, with seed sd error bars, beside reference models (the
+ * raw-pixel probe, a random-weight ViT) drawn lighter, so a reader sees what the foundation model adds over pixels.
  * @param c the comparison
  * @param metric the metric shown
+ * @param references reference models' results (their tasks matched by name; missing tasks are gaps)
  * @returns a Plotly figure
  */
-export function absoluteFigure(c: Comparison, metric: keyof Metrics = "bacc"): PlotlyFigure {
+export function absoluteFigure(
+  c: Comparison,
+  metric: keyof Metrics = "bacc",
+  references: ModelResults[] = [],
+): PlotlyFigure {
   const tasks = c.tasks.map((t) => t.task);
+  const refColors = ["#e9c46a", "#cdb4db", "#a8dadc"];
+  const refBars = references.map((r, i) => {
+    const byTask = new Map(r.tasks.map((t) => [t.task, t.seeds.map((s) => s.metrics[metric])]));
+    const pick = (task: string) => byTask.get(task) ?? [];
+    return {
+      type: "bar",
+      name: r.name,
+      x: tasks,
+      y: tasks.map((t) => (pick(t).length ? 100 * mean(pick(t)) : null)),
+      error_y: { type: "data", array: tasks.map((t) => 100 * sd(pick(t))), visible: true },
+      marker: { color: refColors[i % refColors.length] },
+    };
+  });
   const bar = (
     name: string,
     pick: (t: Comparison["tasks"][number]) => { mean: number; sd: number },
@@ -96,17 +119,26 @@ export function absoluteFigure(c: Comparison, metric: keyof Metrics = "bacc"): P
   });
   return {
     data: [
+      ...refBars,
       bar(c.baselineName, (t) => t.baseline[metric], "#8d99ae"),
       bar(c.refinedName, (t) => t.refined[metric], "#2b2d42"),
     ],
     layout: {
       barmode: "group",
-      title: { text: `${metric.toUpperCase()} per task (mean ± sd over seeds)` },
+      title: {
+        text: `${metric.toUpperCase()} per task (mean ± sd over seeds)${
+          references.length ? `: ${c.baselineName} and ${c.refinedName} beside ${references.length} reference(s)` : ""
+        }`,
+        font: { size: 15 },
+      },
+      legend: { orientation: "h", y: -0.3 },
       yaxis: { title: { text: `${metric.toUpperCase()} (%)` } },
       xaxis: { tickangle: -20 },
-      margin: { t: 60, b: 110, l: 70, r: 20 },
+      margin: { t: 60, b: 150, l: 70, r: 20 },
+      plot_bgcolor: "white",
+      paper_bgcolor: "white",
       width: 900,
-      height: 480,
+      height: 520,
     },
   };
 }

@@ -11,7 +11,7 @@ import { countNonFinite, firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
 import { batchIndices, type InputCache, loadImageBatch, prefetch } from "../dataset/batches.ts";
 import { probingSpec } from "../dataset/preprocess.ts";
-import { featureDim, imagesTensor, vitFeatures, type VitModel } from "../encoders/vit.ts";
+import { featureDim, imagesTensor, type VitConfig, vitFeatures, type VitModel } from "../encoders/vit.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import type { Rng } from "../util/rng.ts";
 import { ProbeError } from "../util/errors.ts";
@@ -54,22 +54,34 @@ export function checkFeatures(data: Float32Array, dim: number, paths: string[]):
   }
 }
 
+/** What a linear probe is fitted on: a frozen encoder's features, or a reference such as raw pixels. */
+export interface FeatureSource {
+  /** Features per image. */
+  dim: number;
+  /** The model family whose probe weight decay applies (§2.3); a reference takes its model's. */
+  family: string;
+  /** What the features are, for reports (e.g. "concat of a ViT 192×6", "raw pixels 28×28"). */
+  kind: string;
+  /**
+   * Features `[paths.length, dim]`, row i for paths[i].
+   * @throws {ProbeError} an image whose features are not all finite (named)
+   */
+  extract(paths: string[], options: FeatureOptions): Promise<Float32Array>;
+}
+
 /**
- * `concat` features `[paths.length, 2·D]` in input order.
- * @param vit the backbone
- * @param paths the images
- * @param options batch size, augmentation, training mode, cache, progress
- * @returns the features, row i for paths[i]
- * @throws {ProbeError} an image whose features are not all finite (named)
+ * Runs `forward` over preprocessed batches of `paths` (the probing recipe at `size` with `stats`).
+ * @returns `[paths.length, dim]` in input order
  */
-export async function extractFeatures(
-  vit: VitModel,
+async function batchedFeatures(
   paths: string[],
-  options: FeatureOptions = {},
+  size: number,
+  stats: { mean: readonly [number, number, number]; std: readonly [number, number, number] },
+  dim: number,
+  options: FeatureOptions,
+  forward: (data: Float32Array, n: number) => Float32Array,
 ): Promise<Float32Array> {
-  const c = vit.config;
-  const spec = probingSpec(c.imgSize, { mean: c.mean, std: c.std });
-  const dim = featureDim(c, "concat");
+  const spec = probingSpec(size, stats);
   const out = new Float32Array(paths.length * dim);
   const batches = batchIndices(paths.length, options.batchSize ?? 16);
   let done = 0;
@@ -80,20 +92,102 @@ export async function extractFeatures(
     })
   );
   for await (const b of prefetch(loaders, 2)) {
-    const y = tf.tidy(() =>
-      vitFeatures(
-        vit,
-        imagesTensor(b.data, b.n, c.imgSize),
-        "concat",
-        options.dropPath ? { training: true, rng: options.dropPath } : {},
-      )
-    );
-    const data = y.dataSync() as Float32Array;
-    y.dispose();
+    const data = forward(b.data, b.n);
     checkFeatures(data, dim, b.indices.map((i) => paths[i]));
     out.set(data, b.indices[0] * dim);
     done += b.n;
     options.onProgress?.({ phase: options.phase ?? "features", done, total: paths.length });
   }
   return out;
+}
+
+/**
+ * `concat` features `[paths.length, 2·D]` in input order.
+ * @param vit the backbone
+ * @param paths the images
+ * @param options batch size, augmentation, training mode, cache, progress
+ * @returns the features, row i for paths[i]
+ * @throws {ProbeError} an image whose features are not all finite (named)
+ */
+export function extractFeatures(
+  vit: VitModel,
+  paths: string[],
+  options: FeatureOptions = {},
+): Promise<Float32Array> {
+  return vitSource(vit).extract(paths, options);
+}
+
+/**
+ * A frozen ViT's `concat` representation (§2.2) as a probe's input.
+ * @param vit the backbone
+ * @returns its feature source (`dim` = 2·D)
+ */
+export function vitSource(vit: VitModel): FeatureSource {
+  const c = vit.config;
+  const dim = featureDim(c, "concat");
+  return {
+    dim,
+    family: c.family,
+    kind: `concat of a ViT ${c.embedDim}×${c.depth}`,
+    extract: (paths, options) =>
+      batchedFeatures(paths, c.imgSize, c, dim, options, (data, n) => {
+        const y = tf.tidy(() =>
+          vitFeatures(
+            vit,
+            imagesTensor(data, n, c.imgSize),
+            "concat",
+            options.dropPath ? { training: true, rng: options.dropPath } : {},
+          )
+        );
+        const out = y.dataSync() as Float32Array;
+        y.dispose();
+        return out;
+      }),
+  };
+}
+
+/** Side of the raw-pixel reference's grid (28×28 = 784 features; 112 px inputs average 4×4 blocks). */
+export const PIXEL_GRID = 28;
+
+/**
+ * The raw-pixel reference: each image through the same probing recipe (resize, augmentation, normalisation) as the
+ * model it stands beside, then box-averaged to `grid × grid` (one channel: the three are copies of the grey plane).
+ * What a linear probe gets from pixels alone; a foundation model's features should beat it.
+ * @param model the compared model's input size, normalisation and family (its probe's weight decay)
+ * @param grid output side; must divide `model.imgSize` (default {@link PIXEL_GRID}, or the input size itself)
+ * @returns the feature source (`dim` = grid²)
+ * @throws {ProbeError} when `grid` does not divide the input size
+ */
+export function pixelSource(
+  model: Pick<VitConfig, "imgSize" | "mean" | "std" | "family">,
+  grid: number = model.imgSize % PIXEL_GRID === 0 ? PIXEL_GRID : model.imgSize,
+): FeatureSource {
+  const S = model.imgSize;
+  if (!Number.isInteger(grid) || grid < 1 || S % grid !== 0) {
+    throw new ProbeError(`raw-pixel reference: a ${grid}×${grid} grid does not divide the ${S} px input`);
+  }
+  const f = S / grid;
+  const dim = grid * grid;
+  return {
+    dim,
+    family: model.family,
+    kind: `raw pixels ${grid}×${grid}`,
+    extract: (paths, options) =>
+      batchedFeatures(paths, S, model, dim, options, (data, n) => {
+        const out = new Float32Array(n * dim);
+        for (let k = 0; k < n; k++) {
+          const plane = data.subarray(k * 3 * S * S, k * 3 * S * S + S * S);
+          for (let gy = 0; gy < grid; gy++) {
+            for (let gx = 0; gx < grid; gx++) {
+              let s = 0;
+              for (let y = gy * f; y < (gy + 1) * f; y++) {
+                for (let x = gx * f; x < (gx + 1) * f; x++) s += plane[y * S + x];
+              }
+              out[k * dim + gy * grid + gx] = s / (f * f);
+            }
+          }
+        }
+        return out;
+      }),
+  };
 }

@@ -15,7 +15,17 @@ export {
   type Metrics,
   weightedF1,
 } from "./metrics.ts";
-export { erfc, mean, normalSf, rankdata, sd, wilcoxon, type WilcoxonResult } from "./stats.ts";
+export {
+  type BootstrapCi,
+  bootstrapMeanCi,
+  erfc,
+  mean,
+  normalSf,
+  rankdata,
+  sd,
+  wilcoxon,
+  type WilcoxonResult,
+} from "./stats.ts";
 export {
   authorsBatchSize,
   EarlyStopping,
@@ -35,8 +45,17 @@ export {
   trainHeadEpoch,
   trainProbe,
 } from "./head.ts";
-export { extractFeatures, type FeatureOptions } from "./features.ts";
 export {
+  extractFeatures,
+  type FeatureOptions,
+  type FeatureSource,
+  PIXEL_GRID,
+  pixelSource,
+  vitSource,
+} from "./features.ts";
+export {
+  asFeatureSource,
+  describeProbe,
   type ProbeMode,
   probeTask,
   type ProbeTaskOptions,
@@ -47,6 +66,7 @@ export {
 export {
   compareModels,
   type Comparison,
+  markdownEffect,
   markdownPerTask,
   markdownSingle,
   markdownSummary,
@@ -55,6 +75,7 @@ export {
   pct,
   perSeedCsv,
   type TaskComparison,
+  type TaskLevelEffect,
   terminalTable,
 } from "./report.ts";
 export {
@@ -66,4 +87,5 @@ export {
   type PlotlyFigure,
   plotlyJs,
 } from "./chart.ts";
-export { type ProbeReportFiles, writeProbeReport } from "./outputs.ts";
+export { type ProbeReportFiles, type ProbeReportOptions, writeProbeReport } from "./outputs.ts";
+export { markdownToHtml } from "./html.ts";

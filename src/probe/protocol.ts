@@ -5,16 +5,29 @@
  */
 import { InputCache } from "../dataset/batches.ts";
 import type { ProbeDataset, Split } from "../dataset/folders.ts";
-import { featureDim, type VitModel } from "../encoders/vit.ts";
+import type { VitModel } from "../encoders/vit.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
-import { extractFeatures } from "./features.ts";
+import { type FeatureSource, vitSource } from "./features.ts";
 import { PROBE_DEFAULTS, type ProbeHyper, type ProbeRun, probeWeightDecay, trainProbe } from "./head.ts";
 import { classificationMetrics, type Metrics } from "./metrics.ts";
 import { PROBE_TASK_DEFAULTS } from "../params.ts";
 
 /** `fast`: features once, no augmentation (default). `faithful`: the authors' per-epoch augmented features. */
 export type ProbeMode = "fast" | "faithful";
+
+/**
+ * How a probe was run, in words, for reports and logs.
+ * @param mode the feature mode
+ * @param seeds the seeds
+ * @returns e.g. "fast mode (features computed once in eval mode, no augmentation), seeds 0, 1, 2"
+ */
+export function describeProbe(mode: ProbeMode, seeds: readonly number[]): string {
+  const how = mode === "fast"
+    ? "features computed once in eval mode, no augmentation"
+    : "the authors' protocol: augmented training images through the backbone with drop-path active, every epoch";
+  return `${mode} mode (${how}), seeds ${seeds.join(", ")}`;
+}
 
 /** One seed's outcome. */
 export interface SeedResult {
@@ -67,7 +80,8 @@ export interface ProbeTaskOptions {
 /**
  * Probes `vit` on `dataset` with every seed.
  *
- * @param vit the backbone (frozen: its features are extracted once, or per epoch when augmenting)
+ * @param model the backbone (frozen: its features are extracted once, or per epoch when augmenting), or another
+ *   feature source such as the raw-pixel reference ({@link FeatureSource})
  * @param dataset the task's images and labels with train/val/test splits
  * @param options seeds, feature mode, protocol overrides, batch sizes and progress, see {@link ProbeTaskOptions}
  * @returns every seed's test metrics, epochs and stopping reason (docs/method.md §2.3–2.7)
@@ -80,22 +94,23 @@ export interface ProbeTaskOptions {
  * ```
  */
 export async function probeTask(
-  vit: VitModel,
+  model: VitModel | FeatureSource,
   dataset: ProbeDataset,
   options: ProbeTaskOptions = {},
 ): Promise<TaskResult> {
   const seeds = options.seeds ?? PROBE_TASK_DEFAULTS.seeds;
   const mode = options.mode ?? PROBE_TASK_DEFAULTS.mode;
-  const hyper: ProbeHyper = { ...PROBE_DEFAULTS, weightDecay: probeWeightDecay(vit.config.family), ...options.hyper };
+  const source = asFeatureSource(model);
+  const hyper: ProbeHyper = { ...PROBE_DEFAULTS, weightDecay: probeWeightDecay(source.family), ...options.hyper };
   const bySplit = (s: Split) => dataset.items.filter((i) => i.split === s);
   const train = bySplit("train");
   const val = bySplit("val");
   const test = bySplit("test");
-  const dim = featureDim(vit.config, "concat");
+  const dim = source.dim;
   const cache = new InputCache(512 * 2 ** 20);
   const t0 = performance.now();
   const feats = (items: typeof train, phase: string) =>
-    extractFeatures(vit, items.map((i) => i.path), {
+    source.extract(items.map((i) => i.path), {
       batchSize: options.featureBatch,
       cache,
       onProgress: options.onProgress,
@@ -113,7 +128,7 @@ export async function probeTask(
     const trainFeatures = trainX ?? (async (epoch: number) => {
       // §2.2/§2.5: augmented images through the backbone in train mode, recomputed every epoch.
       const t = performance.now();
-      const x = await extractFeatures(vit, train.map((i) => i.path), {
+      const x = await source.extract(train.map((i) => i.path), {
         batchSize: options.featureBatch,
         augment: new Rng(seed, `augment/${dataset.name}/${epoch}`),
         dropPath: new Rng(seed, `droppath/${dataset.name}/${epoch}`),
@@ -167,7 +182,7 @@ export async function probeTask(
  * Probes `vit` on every dataset in turn with the same settings: the probing loop of `deno task probe`, the
  * experiment and `deno task refine --pairs`.
  *
- * @param vit The vision encoder (frozen).
+ * @param model The vision encoder (frozen), or another feature source.
  * @param datasets The probing tasks, probed in this order.
  * @param options Seeds, mode, protocol overrides and progress, as for {@link probeTask}.
  * @returns One result per dataset, in order.
@@ -180,11 +195,20 @@ export async function probeTask(
  * ```
  */
 export async function probeTasks(
-  vit: VitModel,
+  model: VitModel | FeatureSource,
   datasets: ProbeDataset[],
   options: ProbeTaskOptions = {},
 ): Promise<TaskResult[]> {
   const results: TaskResult[] = [];
-  for (const ds of datasets) results.push(await probeTask(vit, ds, options));
+  for (const ds of datasets) results.push(await probeTask(model, ds, options));
   return results;
+}
+
+/**
+ * A backbone as its `concat` feature source; a feature source as is.
+ * @param model a ViT or a feature source
+ * @returns the feature source
+ */
+export function asFeatureSource(model: VitModel | FeatureSource): FeatureSource {
+  return "extract" in model ? model : vitSource(model);
 }

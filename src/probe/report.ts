@@ -2,12 +2,13 @@
  * Paper-style reporting of probing results (method notes §3): per-task,
  * per-seed CSV; a summary JSON; a Markdown table with mean ± sd per metric,
  * the change against the baseline in parentheses and Wilcoxon stars
- * (** p < 0.01, *** p < 0.001) over task × seed pairs; and the per-task gains.
+ * (** p < 0.01, *** p < 0.001) over task × seed pairs; the refinement effect with tasks as the unit (bootstrap
+ * interval, Wilcoxon) beside the task × seed test; and the per-task gains.
  * @module
  */
 import { METRIC_NAMES, type Metrics } from "./metrics.ts";
 import type { TaskResult } from "./protocol.ts";
-import { mean, sd, wilcoxon, type WilcoxonResult } from "./stats.ts";
+import { type BootstrapCi, bootstrapMeanCi, mean, sd, wilcoxon, type WilcoxonResult } from "./stats.ts";
 
 /** One model's results on every task. */
 export interface ModelResults {
@@ -35,6 +36,18 @@ export interface TaskComparison {
   refined: Record<keyof Metrics, MeanSd>;
   /** Refined − baseline of the means, per metric. */
   delta: Record<keyof Metrics, number>;
+  /** Standard deviation over seeds of the paired (same seed) differences, per metric (0 for one seed). */
+  deltaSd: Record<keyof Metrics, number>;
+}
+
+/** The refinement effect with the task as the unit (one gain per task: the mean over its seeds). */
+export interface TaskLevelEffect {
+  /** Tasks. */
+  n: number;
+  /** Mean gain over tasks and its 95 % percentile-bootstrap interval, resampling tasks (null without tasks). */
+  ci: BootstrapCi | null;
+  /** Wilcoxon signed-rank over the tasks' mean values (null when nothing pairs or every difference is zero). */
+  test: WilcoxonResult | null;
 }
 
 /** Baseline vs refined over all tasks. */
@@ -45,8 +58,19 @@ export interface Comparison {
   refinedName: string;
   /** Per task. */
   tasks: TaskComparison[];
-  /** Over all task × seed values, per metric: means, sds, change and Wilcoxon test. */
+  /** Over all task × seed values, per metric: means, sds, change and Wilcoxon test (unit: task × seed pair). */
   overall: Record<keyof Metrics, { baseline: MeanSd; refined: MeanSd; delta: number; test: WilcoxonResult | null }>;
+  /** Per metric, with tasks as the unit: bootstrap interval of the mean gain and Wilcoxon over tasks. */
+  overTasks: Record<keyof Metrics, TaskLevelEffect>;
+}
+
+function safeWilcoxon(x: number[], y: number[]): WilcoxonResult | null {
+  if (!x.length) return null;
+  try {
+    return wilcoxon(x, y);
+  } catch {
+    return null; // all differences zero
+  }
 }
 
 function values(t: TaskResult, m: keyof Metrics): number[] {
@@ -75,32 +99,69 @@ export function compareModels(baseline: ModelResults, refined: ModelResults): Co
     const b = {} as TaskComparison["baseline"];
     const r = {} as TaskComparison["refined"];
     const d = {} as TaskComparison["delta"];
+    const dsd = {} as TaskComparison["deltaSd"];
     for (const m of METRIC_NAMES) {
       b[m] = stat(values(bt, m));
       r[m] = stat(values(rt, m));
       d[m] = r[m].mean - b[m].mean;
+      const diffs: number[] = [];
       for (const s of rt.seeds) {
         const bs = bt.seeds.find((x) => x.seed === s.seed);
         if (bs && Number.isFinite(bs.metrics[m]) && Number.isFinite(s.metrics[m])) {
           pairs[m][0].push(bs.metrics[m]);
           pairs[m][1].push(s.metrics[m]);
+          diffs.push(s.metrics[m] - bs.metrics[m]);
         }
       }
+      dsd[m] = sd(diffs);
     }
-    tasks.push({ task: rt.task, baseline: b, refined: r, delta: d });
+    tasks.push({ task: rt.task, baseline: b, refined: r, delta: d, deltaSd: dsd });
   }
   const overall = {} as Comparison["overall"];
+  const overTasks = {} as Comparison["overTasks"];
   for (const m of METRIC_NAMES) {
     const [bv, rv] = pairs[m];
-    let test: WilcoxonResult | null = null;
-    try {
-      test = bv.length ? wilcoxon(rv, bv) : null;
-    } catch {
-      test = null; // all differences zero
-    }
-    overall[m] = { baseline: stat(bv), refined: stat(rv), delta: mean(rv) - mean(bv), test };
+    overall[m] = { baseline: stat(bv), refined: stat(rv), delta: mean(rv) - mean(bv), test: safeWilcoxon(rv, bv) };
+    const ok = tasks.filter((t) => Number.isFinite(t.delta[m]));
+    overTasks[m] = {
+      n: ok.length,
+      ci: ok.length ? bootstrapMeanCi(ok.map((t) => t.delta[m])) : null,
+      test: safeWilcoxon(ok.map((t) => t.refined[m].mean), ok.map((t) => t.baseline[m].mean)),
+    };
   }
-  return { baselineName: baseline.name, refinedName: refined.name, tasks, overall };
+  return { baselineName: baseline.name, refinedName: refined.name, tasks, overall, overTasks };
+}
+
+function pValue(t: WilcoxonResult | null): string {
+  return t ? `W = ${t.statistic}, p = ${t.pValue.toPrecision(3)} (${t.method})` : "no test";
+}
+
+/**
+ * The refinement effect on one metric with each unit it can be measured over: tasks (each task's mean over seeds;
+ * the bootstrap interval resamples tasks) and task × seed pairs. In `fast` probing the seeds of a task share cached
+ * features and differ only in the head's initialisation and batch order, so the task × seed pairs are not
+ * independent and their test is optimistic; the task-level one is the conservative reading.
+ * @param c the comparison
+ * @param metric the metric (default balanced accuracy)
+ * @returns a Markdown table with a caption
+ */
+export function markdownEffect(c: Comparison, metric: keyof Metrics = "bacc"): string {
+  const t = c.overTasks[metric];
+  const o = c.overall[metric];
+  const ci = t.ci ? `[${signed(t.ci.low)}, ${signed(t.ci.high)}]` : "n/a";
+  return [
+    "| unit | n | mean gain | 95 % bootstrap CI | Wilcoxon signed-rank |",
+    "|---|---|---|---|---|",
+    `| task (mean over seeds) | ${t.n} | ${t.ci ? signed(t.ci.mean) : "n/a"} | ${ci} | ${pValue(t.test)} |`,
+    `| task × seed pair | ${o.test?.n ?? 0} | ${signed(o.delta)} | not computed (pairs are not independent) | ${
+      pValue(o.test)
+    } |`,
+    "",
+    `${metric.toUpperCase()} in percentage points. The interval resamples tasks with replacement` +
+    (t.ci ? ` (${t.ci.method === "exact" ? `all ${t.ci.resamples} resamples` : `${t.ci.resamples} resamples`})` : "") +
+    `. Seeds of one task share the benchmark and, in fast probing, the features, so the task × seed test counts ` +
+    `correlated pairs as independent; read the task row.`,
+  ].join("\n");
 }
 
 /**
@@ -122,13 +183,19 @@ function stars(p: number | undefined): string {
 }
 
 /**
- * The paper's Table 1 layout: one row per model, mean ± sd per metric, change and stars.
+ * The paper's Table 1 layout: one row per model, mean ± sd per metric, change and stars; reference models (raw
+ * pixels, a random-weight ViT) first, in italics, without a change.
  * @param c the comparison
+ * @param references reference models probed with the same protocol and seeds
  * @returns a Markdown table
  */
-export function markdownSummary(c: Comparison): string {
+export function markdownSummary(c: Comparison, references: ModelResults[] = []): string {
   const head = `| model | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`;
   const sep = `|---|${METRIC_NAMES.map(() => "---").join("|")}|`;
+  const refs = references.map((r) => {
+    const all = (m: keyof Metrics) => r.tasks.flatMap((t) => values(t, m));
+    return `| *${r.name}* | ${METRIC_NAMES.map((m) => `${pct(mean(all(m)))} ± ${pct(sd(all(m)))}`).join(" | ")} |`;
+  });
   const base = `| ${c.baselineName} | ${
     METRIC_NAMES.map((m) => `${pct(c.overall[m].baseline.mean)} ± ${pct(c.overall[m].baseline.sd)}`).join(" | ")
   } |`;
@@ -145,6 +212,7 @@ export function markdownSummary(c: Comparison): string {
   return [
     head,
     sep,
+    ...refs,
     base,
     ref,
     "",
@@ -154,25 +222,43 @@ export function markdownSummary(c: Comparison): string {
 }
 
 /**
- * Per-task balanced accuracy with gains.
+ * Per-task values with gains (± the sd over seeds of the paired differences); the mean row carries the 95 %
+ * bootstrap interval of the mean gain over tasks; reference models' columns come first.
  * @param c the comparison
  * @param metric the metric shown
+ * @param references reference models probed with the same protocol and seeds
  * @returns a Markdown table
  */
-export function markdownPerTask(c: Comparison, metric: keyof Metrics = "bacc"): string {
-  const lines = [`| task | ${c.baselineName} | ${c.refinedName} | gain |`, "|---|---|---|---|"];
+export function markdownPerTask(
+  c: Comparison,
+  metric: keyof Metrics = "bacc",
+  references: ModelResults[] = [],
+): string {
+  const refHead = references.map((r) => ` *${r.name}* |`).join("");
+  const lines = [
+    `| task |${refHead} ${c.baselineName} | ${c.refinedName} | gain ± sd over seeds |`,
+    `|---|${references.map(() => "---|").join("")}---|---|---|`,
+  ];
+  const refCell = (r: ModelResults, task: string) => {
+    const t = r.tasks.find((x) => x.task === task);
+    return t ? ` ${pct(mean(values(t, metric)))} ± ${pct(sd(values(t, metric)))} |` : " – |";
+  };
+  const refMean = (r: ModelResults) => ` ${pct(mean(r.tasks.map((t) => mean(values(t, metric)))))} |`;
   for (const t of c.tasks) {
     lines.push(
-      `| ${t.task} | ${pct(t.baseline[metric].mean)} ± ${pct(t.baseline[metric].sd)} | ${
-        pct(t.refined[metric].mean)
-      } ± ${pct(t.refined[metric].sd)} | ${signed(t.delta[metric])} |`,
+      `| ${t.task} |${references.map((r) => refCell(r, t.task)).join("")} ${pct(t.baseline[metric].mean)} ± ${
+        pct(t.baseline[metric].sd)
+      } | ${pct(t.refined[metric].mean)} ± ${pct(t.refined[metric].sd)} | ${signed(t.delta[metric])} ± ${
+        pct(t.deltaSd[metric])
+      } |`,
     );
   }
   const o = c.overall[metric];
+  const ot = c.overTasks[metric];
   lines.push(
-    `| **mean** | ${pct(o.baseline.mean)} | ${pct(o.refined.mean)} | **${signed(o.delta)}** (p = ${
-      o.test ? o.test.pValue.toPrecision(3) : "n/a"
-    }) |`,
+    `| **mean** |${references.map(refMean).join("")} ${pct(o.baseline.mean)} | ${pct(o.refined.mean)} | **${
+      signed(o.delta)
+    }** ${ot.ci ? `[${signed(ot.ci.low)}, ${signed(ot.ci.high)}]` : ""} |`,
   );
   return lines.join("\n");
 }
@@ -240,13 +326,15 @@ export function terminalTable(c: Comparison): string {
     lines.push(`${t.task.padEnd(w)}  ${f(t.baseline.bacc)}  ${f(t.refined.bacc)}  ${signed(t.delta.bacc).padStart(7)}`);
   }
   const o = c.overall.bacc;
+  const ot = c.overTasks.bacc;
   lines.push(
     `${"mean".padEnd(w)}  ${pct(o.baseline.mean).padStart(13)}  ${pct(o.refined.mean).padStart(13)}  ${
       signed(o.delta).padStart(7)
     }   ` +
-      (o.test
-        ? `Wilcoxon p = ${o.test.pValue.toPrecision(3)} (${o.test.method}, ${o.test.n} task × seed pairs)`
-        : "no test"),
+      (ot.ci ? `95 % CI over ${ot.n} tasks [${signed(ot.ci.low)}, ${signed(ot.ci.high)}]` : "no interval"),
+    `${" ".repeat(w)}  Wilcoxon over tasks: ${
+      ot.test ? `p = ${ot.test.pValue.toPrecision(3)} (n = ${ot.test.n})` : "no test"
+    }; over task × seed pairs: ${o.test ? `p = ${o.test.pValue.toPrecision(3)} (n = ${o.test.n})` : "no test"}`,
   );
   return lines.join("\n");
 }

@@ -64,6 +64,48 @@ interface PhaseRun {
   finished: boolean;
 }
 
+/** What {@link PhaseClocks.tick} measured for one update. */
+export interface PhaseTiming {
+  /** Seconds since this run of the phase started. */
+  elapsed: number;
+  /** Seconds left at this run's rate (0 when finished, NaN before any unit is done). */
+  eta: number;
+  /** Whether this update started a new run of a phase seen before. */
+  restarted: boolean;
+  /** Whether this update finished the run. */
+  finished: boolean;
+}
+
+/**
+ * Elapsed time and ETA per run of each phase, shared by the terminal bar and the notebooks' display: a phase starts
+ * anew when it finished before (`done >= total` was seen) or when `done` went down since its last update; phases
+ * whose updates interleave keep their clocks.
+ */
+export class PhaseClocks {
+  #runs = new Map<string, PhaseRun>();
+
+  /**
+   * Records one update.
+   * @param p the update
+   * @param now the clock in ms
+   * @returns this run's elapsed time and ETA in seconds, and whether it restarted or finished
+   */
+  tick(p: Progress, now: number): PhaseTiming {
+    let run = this.#runs.get(p.phase);
+    const restarted = run !== undefined && (run.finished || p.done < run.lastDone);
+    if (!run || restarted) {
+      run = { start: now, lastDone: p.done, finished: false };
+      this.#runs.set(p.phase, run);
+    }
+    run.lastDone = p.done;
+    const finished = p.done >= p.total;
+    if (finished) run.finished = true;
+    const elapsed = (now - run.start) / 1000;
+    const eta = finished ? 0 : p.done > 0 && elapsed > 0 ? (p.total - p.done) / (p.done / elapsed) : NaN;
+    return { elapsed, eta, restarted, finished };
+  }
+}
+
 /**
  * A progress bar on stderr. On a terminal it redraws one line; otherwise it
  * prints a line at most every `intervalMs` so logs stay readable.
@@ -84,7 +126,7 @@ interface PhaseRun {
  * ```
  */
 export class ProgressBar {
-  #runs = new Map<string, PhaseRun>();
+  #clocks = new PhaseClocks();
   #lastPrint = 0;
   #lastPhase = "";
   #isTty: boolean;
@@ -116,25 +158,15 @@ export class ProgressBar {
   update(p: Progress): void {
     if (this.#quiet) return;
     const now = this.#now();
-    let run = this.#runs.get(p.phase);
-    const restarted = run !== undefined && (run.finished || p.done < run.lastDone);
-    if (!run || restarted) {
-      run = { start: now, lastDone: p.done, finished: false };
-      this.#runs.set(p.phase, run);
-    }
-    run.lastDone = p.done;
-    const finished = p.done >= p.total;
-    if (finished) run.finished = true;
+    const { elapsed, eta, restarted, finished } = this.#clocks.tick(p, now);
     const phaseChanged = p.phase !== this.#lastPhase;
     if (!phaseChanged && !restarted && !finished && now - this.#lastPrint < this.#intervalMs) return;
     if (phaseChanged && this.#isTty && this.#lastPhase) this.#write("\n");
     this.#lastPhase = p.phase;
     this.#lastPrint = now;
-    const elapsed = (now - run.start) / 1000;
     const frac = p.total > 0 ? Math.min(1, p.done / p.total) : 0;
     const filled = Math.round(frac * this.#width);
     const bar = "#".repeat(filled) + ".".repeat(this.#width - filled);
-    const eta = finished ? 0 : p.done > 0 && elapsed > 0 ? (p.total - p.done) / (p.done / elapsed) : NaN;
     const line = `${p.phase} [${bar}] ${p.done}/${p.total} ${formatDuration(elapsed)}<${formatDuration(eta)}` +
       (p.info ? ` ${formatInfo(p.info)}` : "");
     if (this.#isTty) this.#write(`\r\x1b[2K${line}${finished ? "\n" : ""}`);
