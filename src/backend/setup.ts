@@ -1,8 +1,10 @@
 /**
  * Picks and initialises the tfjs compute backend, and says what it picked.
  *
- * Order tried by `auto`: `tfjs-node-gpu`, `tfjs-node`, `cpu` with ONNX Runtime
- * matmul (`cpu-onnx`), `cpu` with a system BLAS (`cpu-blas`), plain `cpu`.
+ * Order tried by `auto`: `tfjs-node-gpu`, `webgpu` on a hardware adapter (a
+ * software adapter only when forced, see `webgpu.ts`), `tfjs-node`, `cpu`
+ * with ONNX Runtime matmul (`cpu-onnx`), `cpu` with a system BLAS
+ * (`cpu-blas`), plain `cpu`.
  * A forced choice that is unavailable is an error, never a silent fallback.
  * @module
  */
@@ -21,9 +23,10 @@ import { installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 import { installFusedKernels, uninstallFusedKernels } from "./fused.ts";
 import { installBufferPool, uninstallBufferPool } from "./pool.ts";
 import { installLeanTape, uninstallLeanTape } from "./lean_tape.ts";
+import { useWebGpu } from "./webgpu.ts";
 
 /** The backends this package knows, in `auto` order. */
-export const BACKENDS = ["tfjs-node-gpu", "tfjs-node", "cpu-onnx", "cpu-blas", "cpu"] as const;
+export const BACKENDS = ["tfjs-node-gpu", "webgpu", "tfjs-node", "cpu-onnx", "cpu-blas", "cpu"] as const;
 
 /** A concrete backend choice. */
 export type BackendName = typeof BACKENDS[number];
@@ -35,7 +38,7 @@ export type BackendChoice = BackendName | "auto";
 export interface BackendInfo {
   /** The backend in use. */
   name: BackendName;
-  /** The tfjs backend name underneath (`tensorflow` or `cpu`). */
+  /** The tfjs backend name underneath (`tensorflow`, `webgpu` or `cpu`). */
   tfBackend: string;
   /** What multiplies matrices. */
   matmul: string;
@@ -103,10 +106,7 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
     installLeanTape();
   } else {
     // Plain `cpu` is tfjs as shipped: its own kernels and composite ops.
-    restoreMatMulKernels();
-    uninstallFusedKernels();
-    uninstallBufferPool();
-    uninstallLeanTape();
+    uninstallCpuExtras();
   }
 }
 
@@ -135,8 +135,33 @@ function optimisedBlas(): Gemm | undefined {
   return blasProbe.gemm;
 }
 
-async function setupOne(name: BackendName, threads: number | undefined): Promise<BackendInfo> {
+/** The CPU backends' kernel overrides, tape and pool off: tfjs as shipped on another backend. */
+function uninstallCpuExtras(): void {
+  restoreMatMulKernels();
+  uninstallFusedKernels();
+  uninstallBufferPool();
+  uninstallLeanTape();
+}
+
+async function setupOne(
+  name: BackendName,
+  threads: number | undefined,
+  forced: boolean,
+  log: ((line: string) => void) | null,
+): Promise<BackendInfo> {
   switch (name) {
+    case "webgpu": {
+      const gpu = await useWebGpu({ allowSoftware: forced, log });
+      uninstallCpuExtras();
+      return {
+        name,
+        tfBackend: "webgpu",
+        matmul: `WebGPU shaders on ${gpu.description}${gpu.software ? " (software adapter)" : ""}; largest tensor ${
+          (gpu.maxStorageBufferBindingSize / 2 ** 20).toFixed(0)
+        } MiB`,
+        skipped: [],
+      };
+    }
     case "tfjs-node-gpu":
     case "tfjs-node":
       await tryNative(name === "tfjs-node-gpu" ? "@tensorflow/tfjs-node-gpu" : "@tensorflow/tfjs-node");
@@ -180,7 +205,7 @@ export async function setupBackend(options: BackendOptions = {}): Promise<Backen
   const log = options.log === undefined ? (line: string) => console.error(line) : options.log;
   if (choice !== "auto") {
     try {
-      current = await setupOne(choice, threads);
+      current = await setupOne(choice, threads, true, log);
     } catch (err) {
       throw new BackendError(`backend "${choice}" was requested but is unavailable: ${(err as Error).message}`, {
         cause: err,
@@ -192,7 +217,7 @@ export async function setupBackend(options: BackendOptions = {}): Promise<Backen
   const skipped: string[] = [];
   for (const name of BACKENDS) {
     try {
-      const info = await setupOne(name, threads);
+      const info = await setupOne(name, threads, false, log);
       current = { ...info, skipped };
       const why = skipped.length
         ? `; skipped ${skipped.map((s) => s.split(":")[0]).join(", ")} (not installed or failed)`

@@ -28,6 +28,7 @@ export {
 } from "./masker.ts";
 export {
   crossEntropy,
+  type DeviceHardNegatives,
   type HardNegatives,
   hardNegativeWeights,
   ITC_LABEL_SMOOTHING,
@@ -38,4 +39,5 @@ export {
   l2normalize,
   maskedTokenLoss,
   sampleHardNegatives,
+  sampleHardNegativesOnDevice,
 } from "./objectives.ts";

@@ -84,12 +84,20 @@ export function l2normalize(x: Tensor): Tensor {
   return tf.div(x, tf.maximum(tf.norm(x, 2, -1, true), 1e-12));
 }
 
-/** Hard negatives: one image index and one text index per row. */
+/** Hard negatives drawn on the CPU: one image index and one text index per row. */
 export interface HardNegatives {
   /** For text b, the index of its negative image. */
   negImage: number[];
   /** For image b, the index of its negative text. */
   negText: number[];
+}
+
+/** Hard negatives drawn on the device ({@link sampleHardNegativesOnDevice}): `[B]` int32 index tensors. */
+export interface DeviceHardNegatives {
+  /** For text b, the index of its negative image. */
+  negImage: Tensor;
+  /** For image b, the index of its negative text. */
+  negText: Tensor;
 }
 
 function softmaxRows(sim: Float32Array, B: number, transpose: boolean): Float64Array {
@@ -148,6 +156,36 @@ export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rn
 }
 
 /**
+ * {@link sampleHardNegatives} without reading the similarities back: the same weights (softmax rows + 1e-4, zero
+ * diagonal) and the same draws, by inverse CDF on the device (index = the number of cumulative weights ≤ u·total),
+ * with `u` taken from `rng` in the same order (images per text first, then texts per image). So a backend that cannot
+ * read tensors synchronously (WebGPU under Deno) picks the negatives the CPU path would, up to float32 rounding at
+ * a boundary between two candidates. Non-finite similarities are not refused here (no read-back); they make the
+ * loss non-finite, which the optimiser refuses.
+ * @param simI2T image-to-text similarities `[B, B]`
+ * @param batch B (at least 2)
+ * @param rng the generator of the draws
+ * @returns `[B]` int32 index tensors
+ * @throws {RefineError} when the batch has fewer than 2 pairs
+ */
+export function sampleHardNegativesOnDevice(simI2T: Tensor, batch: number, rng: Rng): DeviceHardNegatives {
+  if (batch < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
+  const draw = (transpose: boolean, u: Float32Array) =>
+    tf.tidy(() => {
+      const sim = transpose ? tf.transpose(simI2T) : simI2T; // sim_t2i = sim_i2tᵀ
+      const offDiagonal = tf.sub(1, tf.eye(batch));
+      const w = tf.mul(tf.add(tf.softmax(sim, -1), 1e-4), offDiagonal);
+      const cdf = tf.cumsum(w, 1);
+      const r = tf.mul(tf.tensor(u, [batch, 1]), tf.slice(cdf, [0, batch - 1], [batch, 1]));
+      const idx = tf.sum(tf.cast(tf.lessEqual(cdf, r), "int32"), 1);
+      return tf.minimum(idx, batch - 1) as Tensor;
+    });
+  const uImage = Float32Array.from({ length: batch }, () => rng.uniform());
+  const uText = Float32Array.from({ length: batch }, () => rng.uniform());
+  return { negImage: draw(true, uImage), negText: draw(false, uText) };
+}
+
+/**
  * Image-text matching over 3B pairs: (text_b, image_b) → 1, (text_b, image_negImage[b]) → 0,
  * (text_negText[b], image_b) → 0; the cross-attending BERT's CLS → `itm_head` → 2-way CE.
  * @param bert the cross-attending text encoder
@@ -165,18 +203,15 @@ export function itmLoss(
   textIds: Tensor,
   textMask: Tensor,
   imageTokens: Tensor,
-  negatives: HardNegatives,
+  negatives: HardNegatives | DeviceHardNegatives,
   options: BertForwardOptions = {},
 ): Tensor {
   const B = textIds.shape[0];
-  const idx = Int32Array.from({ length: B }, (_, i) => i);
-  const texts = tf.concat([textIds, textIds, tf.gather(textIds, Int32Array.from(negatives.negText))], 0);
-  const masks = tf.concat([textMask, textMask, tf.gather(textMask, Int32Array.from(negatives.negText))], 0);
-  const images = tf.concat([
-    imageTokens,
-    tf.gather(imageTokens, Int32Array.from(negatives.negImage)),
-    tf.gather(imageTokens, idx),
-  ], 0);
+  const indices = (x: number[] | Tensor) => (Array.isArray(x) ? Int32Array.from(x) : x);
+  const negText = indices(negatives.negText);
+  const texts = tf.concat([textIds, textIds, tf.gather(textIds, negText)], 0);
+  const masks = tf.concat([textMask, textMask, tf.gather(textMask, negText)], 0);
+  const images = tf.concat([imageTokens, tf.gather(imageTokens, indices(negatives.negImage)), imageTokens], 0);
   const cls = clsToken(
     bertEncode(bert, { inputIds: texts, attentionMask: masks, encoderHiddenStates: images }, options),
   );

@@ -10,7 +10,13 @@ import type { Tensor } from "../backend/tf.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
 import { imagesTensor, vitRefineTokens } from "../encoders/vit.ts";
 import { causalPaddingMask, GM_PROB, maskTokens, MLM_PROB } from "../losses/masker.ts";
-import { itcLoss, itmLoss, maskedTokenLoss, sampleHardNegatives } from "../losses/objectives.ts";
+import {
+  itcLoss,
+  itmLoss,
+  maskedTokenLoss,
+  sampleHardNegatives,
+  sampleHardNegativesOnDevice,
+} from "../losses/objectives.ts";
 import type { Rng } from "../util/rng.ts";
 import type { RetfinerModel } from "../model/model.ts";
 
@@ -89,7 +95,11 @@ export function retfinerLosses(
     if (weights.itc > 0) terms.itc = loss;
     if (weights.itm > 0) {
       // Deviation (README): the authors recompute the text pass and similarities inside ITM; we reuse ITC's.
-      const negatives = sampleHardNegatives(simI2T.dataSync() as Float32Array, B, rng.fork("negatives"));
+      // The CPU reads the similarities and draws there (refusing non-finite ones by name); a backend that cannot
+      // read synchronously (WebGPU) draws the same negatives on the device, with no read-back inside the step.
+      const negatives = tf.getBackend() === "webgpu"
+        ? sampleHardNegativesOnDevice(simI2T, B, rng.fork("negatives"))
+        : sampleHardNegatives(simI2T.dataSync() as Float32Array, B, rng.fork("negatives"));
       terms.itm = itmLoss(bert, heads, ids, mask, imageTokens, negatives, opts);
     }
   }

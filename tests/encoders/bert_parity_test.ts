@@ -2,6 +2,7 @@
 import { assert, assertEquals, maxAbsDiff } from "../_assert.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
+import { scoped } from "../_tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
 import { bertEncode, loadBert, mlmLogits } from "../../src/encoders/mod.ts";
 import { EncoderError } from "../../src/util/errors.ts";
@@ -17,13 +18,13 @@ const causal = tf.tensor(f("causal_mask"), [2, 8, 8], "int32");
 const image = tf.tensor(f("image_tokens"), [2, 5, 32]);
 const TOL = 1e-4;
 
-function check(label: string, actual: tf.Tensor, key: string) {
+async function check(label: string, actual: tf.Tensor, key: string) {
   assertEquals(actual.shape, e.get(key)!.shape, label);
-  const d = maxAbsDiff(actual.dataSync(), f(key));
+  const d = maxAbsDiff(await actual.data(), f(key));
   assert(d <= TOL, `${label}: max |diff| ${d} > ${TOL}`);
 }
 
-Deno.test("BERT with cross-attention matches PyTorch: text-only, multimodal, causal (GM) mask, MLM head", () => {
+Deno.test("BERT with cross-attention matches PyTorch: text-only, multimodal, causal (GM) mask, MLM head", async () => {
   const { model, mapped, newlyInitialised } = loadBert(
     `${dir}bert_tiny_pytorch_model.bin`,
     `${dir}bert_tiny_config.json`,
@@ -31,16 +32,20 @@ Deno.test("BERT with cross-attention matches PyTorch: text-only, multimodal, cau
   assertEquals(newlyInitialised, []);
   assert(mapped.dropped.some((d) => d.startsWith("bert.embeddings.position_ids")));
   assert(mapped.dropped.some((d) => d.startsWith("cls.predictions.decoder.weight")), "decoder weight is tied");
-  tf.tidy(() => {
-    check("text-only", bertEncode(model, { inputIds: ids, attentionMask: mask }), "text_only");
+  await scoped(async () => {
+    await check("text-only", bertEncode(model, { inputIds: ids, attentionMask: mask }), "text_only");
     const multi = bertEncode(model, { inputIds: ids, attentionMask: mask, encoderHiddenStates: image });
-    check("multimodal", multi, "multimodal");
-    check("gm causal", bertEncode(model, { inputIds: ids, attentionMask: causal, encoderHiddenStates: image }), "gm");
-    check("mlm logits", mlmLogits(model, multi), "mlm_logits");
+    await check("multimodal", multi, "multimodal");
+    await check(
+      "gm causal",
+      bertEncode(model, { inputIds: ids, attentionMask: causal, encoderHiddenStates: image }),
+      "gm",
+    );
+    await check("mlm logits", mlmLogits(model, multi), "mlm_logits");
   });
 });
 
-Deno.test("plain BERT (no cross-attention weights): cross-attention initialised N(0, 0.02), text path unchanged", () => {
+Deno.test("plain BERT (no cross-attention weights): cross-attention initialised N(0, 0.02), text path unchanged", async () => {
   const { model, mapped, newlyInitialised } = loadBert(
     `${dir}bert_tiny_plain_pytorch_model.bin`,
     `${dir}bert_tiny_config.json`,
@@ -48,27 +53,31 @@ Deno.test("plain BERT (no cross-attention weights): cross-attention initialised 
   assertEquals(newlyInitialised.length, 2 * 10); // 2 layers × (query, key, value, output.dense, LayerNorm) × (weight, bias)
   assert(mapped.dropped.some((d) => d.startsWith("cls.seq_relationship")));
   const q = Array.from(
-    model.params.get("bert.encoder.layer.0.crossattention.self.query.weight")!.dataSync() as Float32Array,
+    (await model.params.get("bert.encoder.layer.0.crossattention.self.query.weight")!.data()) as Float32Array,
   );
   const mean = q.reduce((a, b) => a + b, 0) / q.length;
   const std = Math.sqrt(q.reduce((a, b) => a + (b - mean) ** 2, 0) / q.length);
   assert(Math.abs(std - 0.02) < 0.004 && Math.abs(mean) < 0.004, `std ${std} mean ${mean}`);
   assertEquals(
-    [...model.params.get("bert.encoder.layer.1.crossattention.output.LayerNorm.weight")!.dataSync()].every((v) =>
+    [...(await model.params.get("bert.encoder.layer.1.crossattention.output.LayerNorm.weight")!.data())].every((v) =>
       v === 1
     ),
     true,
   );
   assertEquals(
-    [...model.params.get("bert.encoder.layer.1.crossattention.self.key.bias")!.dataSync()].every((v) => v === 0),
+    [...(await model.params.get("bert.encoder.layer.1.crossattention.self.key.bias")!.data())].every((v) => v === 0),
     true,
   );
-  tf.tidy(() =>
-    check("text-only (no cross-attention used)", bertEncode(model, { inputIds: ids, attentionMask: mask }), "text_only")
+  await scoped(async () =>
+    await check(
+      "text-only (no cross-attention used)",
+      bertEncode(model, { inputIds: ids, attentionMask: mask }),
+      "text_only",
+    )
   );
 });
 
-Deno.test("BERT rejects image tokens of the wrong width and over-long inputs, naming the shapes", () => {
+Deno.test("BERT rejects image tokens of the wrong width and over-long inputs, naming the shapes", async () => {
   const { model } = loadBert(`${dir}bert_tiny_pytorch_model.bin`, `${dir}bert_tiny_config.json`);
   assertThrows(
     () => bertEncode(model, { inputIds: ids, attentionMask: mask, encoderHiddenStates: tf.zeros([2, 5, 16]) }),

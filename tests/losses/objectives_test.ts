@@ -14,6 +14,7 @@ import {
   itmLoss,
   maskedTokenLoss,
   sampleHardNegatives,
+  sampleHardNegativesOnDevice,
 } from "../../src/losses/mod.ts";
 import { Rng } from "../../src/util/rng.ts";
 
@@ -30,17 +31,17 @@ function params(entries: [string, string][]): Params {
   return p;
 }
 
-Deno.test("ITC matches PyTorch: bias-free heads, L2 norm, τ = 0.07, label smoothing 0.1", () => {
+Deno.test("ITC matches PyTorch: bias-free heads, L2 norm, τ = 0.07, label smoothing 0.1", async () => {
   const heads = params([["contra_head_v.weight", "itc.contra_head_v.weight"], [
     "contra_head_t.weight",
     "itc.contra_head_t.weight",
   ]]);
   const { loss, simI2T } = itcLoss(heads, t("itc.image_cls"), t("itc.text_cls"));
-  assertAlmostEquals(loss.dataSync()[0], f("itc.loss")[0], 1e-5, "itc loss");
-  assertAllClose(simI2T.dataSync(), f("itc.sim_i2t"), 1e-4, "similarities");
+  assertAlmostEquals((await loss.data())[0], f("itc.loss")[0], 1e-5, "itc loss");
+  assertAllClose(await simI2T.data(), f("itc.sim_i2t"), 1e-4, "similarities");
 });
 
-Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; sampling follows them", () => {
+Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; sampling follows them", async () => {
   const sim = f("itc.sim_i2t");
   const w = hardNegativeWeights(sim, 6);
   assertAllClose(w.i2t, f("itc.weights_i2t"), 1e-6, "weights_i2t");
@@ -60,7 +61,7 @@ Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; samp
   }
 });
 
-Deno.test("hard-negative sampling refuses non-finite similarities with a typed error naming the entry", () => {
+Deno.test("hard-negative sampling refuses non-finite similarities with a typed error naming the entry", async () => {
   for (const bad of [NaN, Infinity, -Infinity]) {
     const sim = f("itc.sim_i2t").slice();
     sim[1 * 6 + 4] = bad;
@@ -73,7 +74,7 @@ Deno.test("hard-negative sampling refuses non-finite similarities with a typed e
   assertThrows(() => sampleHardNegatives(new Float32Array(35), 6, new Rng(1)), /35 similarities/, RefineError);
 });
 
-Deno.test("ITM matches PyTorch over 3B pairs with the given negatives", () => {
+Deno.test("ITM matches PyTorch over 3B pairs with the given negatives", async () => {
   const heads = params([
     ["itm_head.0.weight", "itm.itm_head.0.weight"],
     ["itm_head.0.bias", "itm.itm_head.0.bias"],
@@ -93,21 +94,21 @@ Deno.test("ITM matches PyTorch over 3B pairs with the given negatives", () => {
       negText: Array.from(f("itm.neg_text")),
     },
   );
-  assertAlmostEquals(loss.dataSync()[0], f("itm.loss")[0], 1e-5, "itm loss");
+  assertAlmostEquals((await loss.data())[0], f("itm.loss")[0], 1e-5, "itm loss");
 });
 
-Deno.test("MLM (bidirectional) and GM (causal mask) match PyTorch on fixed masked ids", () => {
+Deno.test("MLM (bidirectional) and GM (causal mask) match PyTorch on fixed masked ids", async () => {
   const labels = Int32Array.from(f("mlm.labels"));
   const masked = t("mlm.masked_ids", "int32");
   const mlm = maskedTokenLoss(bert, masked, labels, t("itm.attention_mask", "int32"), t("itm.image_tokens"));
-  assertAlmostEquals(mlm.dataSync()[0], f("mlm.loss")[0], 1e-5, "mlm loss");
+  assertAlmostEquals((await mlm.data())[0], f("mlm.loss")[0], 1e-5, "mlm loss");
   const causal = causalPaddingMask(Int32Array.from(f("itm.attention_mask")), 3, 8);
   assertAllClose(causal, f("gm.causal_mask"), 0, "causal mask");
   const gm = maskedTokenLoss(bert, masked, labels, tf.tensor(causal, [3, 8, 8]), t("itm.image_tokens"));
-  assertAlmostEquals(gm.dataSync()[0], f("gm.loss")[0], 1e-5, "gm loss");
+  assertAlmostEquals((await gm.data())[0], f("gm.loss")[0], 1e-5, "gm loss");
 });
 
-Deno.test("cross-entropy with label smoothing equals PyTorch's definition", () => {
+Deno.test("cross-entropy with label smoothing equals PyTorch's definition", async () => {
   const logits = tf.tensor([[2, 0.5, -1], [0, 0, 3]]);
   const lp = [[2, 0.5, -1], [0, 0, 3]].map((r) => {
     const m = Math.log(r.reduce((s, v) => s + Math.exp(v), 0));
@@ -115,5 +116,21 @@ Deno.test("cross-entropy with label smoothing equals PyTorch's definition", () =
   });
   const want = ((0.9 * -lp[0][0] + 0.1 * -(lp[0][0] + lp[0][1] + lp[0][2]) / 3) +
     (0.9 * -lp[1][2] + 0.1 * -(lp[1][0] + lp[1][1] + lp[1][2]) / 3)) / 2;
-  assertAlmostEquals(crossEntropy(logits, Int32Array.from([0, 2]), 0.1).dataSync()[0], want, 1e-6);
+  assertAlmostEquals((await crossEntropy(logits, Int32Array.from([0, 2]), 0.1).data())[0], want, 1e-6);
+});
+
+Deno.test("hard negatives drawn on the device (no read-back) are the CPU sampler's, draw for draw", async () => {
+  for (const B of [2, 5, 16]) {
+    const rngSim = new Rng(B, "sim");
+    const sim = Float32Array.from({ length: B * B }, () => 14 * rngSim.normal());
+    const cpu = sampleHardNegatives(sim, B, new Rng(7, "neg"));
+    const before = tf.memory().numTensors;
+    const simT = tf.tensor(sim, [B, B]);
+    const dev = sampleHardNegativesOnDevice(simT, B, new Rng(7, "neg"));
+    assertEquals(Array.from(await dev.negImage.data()), cpu.negImage, `B=${B} images`);
+    assertEquals(Array.from(await dev.negText.data()), cpu.negText, `B=${B} texts`);
+    tf.dispose([simT, dev.negImage, dev.negText]);
+    assertEquals(tf.memory().numTensors, before, "no tensor left behind");
+    for (let b = 0; b < B; b++) assert(cpu.negImage[b] !== b && cpu.negText[b] !== b, "never the positive");
+  }
 });
