@@ -3,7 +3,10 @@
  * every parameter first, then the bias-corrected Adam step with eps added to
  * the corrected square root). tfjs has no AdamW, and its Adam matches slots
  * by position; this keeps the moments by parameter name so checkpoints are
- * unambiguous. Updates run in place on the cpu backend's buffers.
+ * unambiguous. Updates run in place on the cpu backend's buffers; on any
+ * other backend (WebGPU, whose synchronous reads are unavailable under Deno)
+ * {@link adamwStepAsync} keeps weights and moments on the device and reads
+ * back one scalar per step.
  * @module
  */
 import { firstNonFinite } from "../util/finite.ts";
@@ -26,14 +29,20 @@ export type AdamWConfig = OptimizerParams;
 /** The authors' optimiser settings (method notes §1.6): `AUTHORS.refine.optimizer` of `src/params.ts` (frozen). */
 export const ADAMW_DEFAULTS: AdamWConfig = AUTHORS.refine.optimizer;
 
-/** Optimiser state: step count and first/second moments by parameter name. */
+/**
+ * Optimiser state: step count and first/second moments by parameter name. A parameter's moments are held in one
+ * of two forms: host arrays (`m`, `v`: the cpu path, {@link adamwStep}) or device tensors (`device`: the device
+ * path, {@link adamwStepDevice}); each path takes over moments left in the other form at its next update.
+ */
 export interface AdamWState {
   /** Number of updates applied. */
   step: number;
-  /** First moments. */
+  /** First moments (host arrays). */
   m: Map<string, Float32Array>;
-  /** Second moments. */
+  /** Second moments (host arrays). */
   v: Map<string, Float32Array>;
+  /** Moments held as tensors by the device path (absent until it runs); free them with {@link disposeAdamWState}. */
+  device?: { m: Map<string, Tensor>; v: Map<string, Tensor> };
 }
 
 /**
@@ -42,6 +51,69 @@ export interface AdamWState {
  */
 export function createAdamWState(): AdamWState {
   return { step: 0, m: new Map(), v: new Map() };
+}
+
+/**
+ * Frees the device moments of `state` (the host arrays need no freeing) and forgets them.
+ * @param state an optimiser state, possibly holding device tensors
+ */
+export function disposeAdamWState(state: AdamWState): void {
+  if (!state.device) return;
+  tf.dispose([...state.device.m.values(), ...state.device.v.values()]);
+  state.device = undefined;
+}
+
+/**
+ * The moments of one parameter as host arrays, whichever form they are held in (device tensors are read
+ * asynchronously, copies; host arrays are returned as they are).
+ * @param state the optimiser state
+ * @param name the parameter's name
+ * @returns its first and second moments, or undefined before its first update
+ */
+export async function adamwMoments(
+  state: AdamWState,
+  name: string,
+): Promise<{ m: Float32Array; v: Float32Array } | undefined> {
+  const dm = state.device?.m.get(name);
+  const dv = state.device?.v.get(name);
+  if (dm && dv) return { m: (await dm.data()) as Float32Array, v: (await dv.data()) as Float32Array };
+  const m = state.m.get(name);
+  const v = state.v.get(name);
+  return m && v ? { m, v } : undefined;
+}
+
+/**
+ * Moves every host moment of `state` onto the device (the form {@link adamwStepDevice} keeps), e.g. after
+ * restoring a checkpoint on a non-cpu backend.
+ * @param state the optimiser state, changed in place
+ * @param shapes each parameter's shape, by name (moments of other names are left on the host)
+ */
+export function adamwMomentsToDevice(state: AdamWState, shapes: Map<string, readonly number[]>): void {
+  const device = state.device ??= { m: new Map(), v: new Map() };
+  for (const [name, shape] of shapes) {
+    const m = state.m.get(name);
+    const v = state.v.get(name);
+    if (!m || !v) continue;
+    device.m.get(name)?.dispose();
+    device.v.get(name)?.dispose();
+    device.m.set(name, tf.tensor(m, [...shape], "float32"));
+    device.v.set(name, tf.tensor(v, [...shape], "float32"));
+    state.m.delete(name);
+    state.v.delete(name);
+  }
+}
+
+/** Takes device moments of `name` back onto the host (synchronous reads: cpu backend only). */
+function hostMoments(state: AdamWState, name: string): void {
+  const dm = state.device?.m.get(name);
+  const dv = state.device?.v.get(name);
+  if (!dm || !dv) return;
+  state.m.set(name, (dm.dataSync() as Float32Array).slice());
+  state.v.set(name, (dv.dataSync() as Float32Array).slice());
+  dm.dispose();
+  dv.dispose();
+  state.device!.m.delete(name);
+  state.device!.v.delete(name);
 }
 
 type CpuBackend = { data: { get(id: object): { values: unknown } } };
@@ -175,6 +247,8 @@ export function adamwStep(
     // Read the gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
     pending.push({ name, p, g: cpuValues(gT) ?? (gT.dataSync() as Float32Array), hyper });
   }
+  // Moments the device path left as tensors come back to the host (same values).
+  for (const u of pending) hostMoments(state, u.name);
   // First every check, then every write: a throw leaves parameters and state as they were.
   const zeros = new Float32Array(0);
   for (const u of pending) {
@@ -195,6 +269,167 @@ export function adamwStep(
     adamwUpdate(w, g, m, v, t, lr, hyper);
     if (!inPlace) assignValues(p, w);
   }
+}
+
+/**
+ * One AdamW update on any backend: {@link adamwStep} on the `cpu` backend (host arrays, in place), otherwise
+ * {@link adamwStepDevice} (tensors on the device, one scalar read back). Same arguments, semantics and errors.
+ * @param params The parameters, updated in place.
+ * @param grads Their gradients, by the same names.
+ * @param state Optimiser state, advanced in place.
+ * @param config Hyper-parameters.
+ * @param lr Learning rate of this step (default `config.lr`).
+ * @param noDecay Names exempt from weight decay.
+ * @returns When the update is applied.
+ * @throws {OptimizerError} As {@link adamwStep}; nothing has been changed when it throws.
+ */
+export async function adamwStepAsync(
+  params: Map<string, Variable>,
+  grads: Map<string, Tensor>,
+  state: AdamWState,
+  config: AdamWConfig,
+  lr = config.lr,
+  noDecay?: (name: string) => boolean,
+): Promise<void> {
+  if (tf.getBackend() === "cpu") adamwStep(params, grads, state, config, lr, noDecay);
+  else await adamwStepDevice(params, grads, state, config, lr, noDecay);
+}
+
+interface DeviceUpdate {
+  name: string;
+  p: Variable;
+  g: Tensor;
+  hyper: AdamWConfig;
+  /** Moments before the update (undefined: the first update), and whether they were uploaded for this step. */
+  m0?: Tensor;
+  v0?: Tensor;
+  uploaded: boolean;
+}
+
+/**
+ * The AdamW update of {@link adamwStep} computed with tf ops, so weights and moments stay on the device (the moments
+ * are kept as tensors in `state.device`). Every new weight and moment is computed into temporaries; one scalar,
+ * whether every gradient and every produced value is finite, is read back; only then are the weights assigned and
+ * the moments swapped. All or nothing as {@link adamwStep}, with the same error messages (on the error path the
+ * offending parameter is read back to name the index and value). Runs on any backend (the tests run it on `cpu`).
+ * @param params The parameters, updated in place.
+ * @param grads Their gradients, by the same names.
+ * @param state Optimiser state, advanced in place (host moments of updated parameters move to the device).
+ * @param config Hyper-parameters.
+ * @param lr Learning rate of this step (default `config.lr`).
+ * @param noDecay Names exempt from weight decay.
+ * @returns When the update is applied.
+ * @throws {OptimizerError} As {@link adamwStep}; nothing has been changed when it throws.
+ */
+export async function adamwStepDevice(
+  params: Map<string, Variable>,
+  grads: Map<string, Tensor>,
+  state: AdamWState,
+  config: AdamWConfig,
+  lr = config.lr,
+  noDecay?: (name: string) => boolean,
+): Promise<void> {
+  const t = state.step + 1;
+  const pending: DeviceUpdate[] = [];
+  for (const [name, p] of params) {
+    const g = grads.get(name);
+    if (!g) continue;
+    if (g.size !== p.size) {
+      throw new OptimizerError(`gradient of ${name} has ${g.size} values, the parameter ${p.size}`);
+    }
+    const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
+    pending.push({ name, p, g, hyper, uploaded: false });
+  }
+  const device = state.device ?? { m: new Map<string, Tensor>(), v: new Map<string, Tensor>() };
+  for (const u of pending) {
+    u.m0 = device.m.get(u.name);
+    u.v0 = device.v.get(u.name);
+    const hm = state.m.get(u.name);
+    const hv = state.v.get(u.name);
+    if ((!u.m0 || !u.v0) && hm && hv) {
+      u.m0 = tf.tensor(hm, u.p.shape, "float32");
+      u.v0 = tf.tensor(hv, u.p.shape, "float32");
+      u.uploaded = true;
+    }
+  }
+  const { produced, flags, ok } = tf.tidy(() => {
+    const checks: Tensor[] = [];
+    const produced = pending.map((u) => {
+      const { beta1, beta2, eps, weightDecay } = u.hyper;
+      const g = u.g.dtype === "float32" ? u.g.reshape(u.p.shape) : u.g.toFloat().reshape(u.p.shape);
+      const stepSize = lr / (1 - Math.pow(beta1, t));
+      const sqrtBc2 = Math.sqrt(1 - Math.pow(beta2, t));
+      const m = u.m0 ? u.m0.mul(beta1).add(g.mul(1 - beta1)) : g.mul(1 - beta1);
+      // (√(1−β₂)·g)² rather than (1−β₂)·g·g: g² alone would overflow float32 for |g| > 1.8e19.
+      const g2 = tf.square(g.mul(Math.sqrt(1 - beta2)));
+      const v = u.v0 ? u.v0.mul(beta2).add(g2) : g2;
+      // w·(1 − lr·wd) as w − w·(lr·wd): the same value, without rounding 1 − lr·wd to float32.
+      const decayed = weightDecay ? u.p.sub(u.p.mul(lr * weightDecay)) : u.p;
+      const w = decayed.sub(m.mul(stepSize).div(v.sqrt().div(sqrtBc2).add(eps)));
+      for (const x of [g, w, m, v]) checks.push(tf.all(tf.isFinite(x)).toFloat());
+      return { w, m, v };
+    });
+    const flags = checks.length ? tf.stack(checks) : tf.ones([1]);
+    return { produced, flags, ok: tf.min(flags) };
+  });
+  const temporaries = () => [
+    ...produced.flatMap((x) => [x.w, x.m, x.v]),
+    ...pending.filter((u) => u.uploaded).flatMap((u) => [u.m0!, u.v0!]),
+    flags,
+    ok,
+  ];
+  try {
+    const finite = (await ok.data())[0] === 1;
+    if (!finite) await explainNonFinite(pending, produced, flags, t, lr);
+  } catch (err) {
+    tf.dispose(temporaries());
+    throw err;
+  }
+  tf.dispose([flags, ok]);
+  state.step = t;
+  state.device = device;
+  for (let i = 0; i < pending.length; i++) {
+    const { name, p, m0, v0 } = pending[i];
+    const { w, m, v } = produced[i];
+    p.assign(w);
+    w.dispose();
+    // The old moments: held in `device` until now, or uploaded from the host for this step.
+    if (m0) m0.dispose();
+    if (v0) v0.dispose();
+    device.m.set(name, m);
+    device.v.set(name, v);
+    state.m.delete(name);
+    state.v.delete(name);
+  }
+}
+
+/** The device path's error path: reads back the first parameter flagged non-finite and throws as the cpu path. */
+async function explainNonFinite(
+  pending: DeviceUpdate[],
+  produced: { w: Tensor; m: Tensor; v: Tensor }[],
+  flags: Tensor,
+  t: number,
+  lr: number,
+): Promise<never> {
+  const f = await flags.data();
+  const k = f.findIndex((x) => x !== 1);
+  const i = Math.max(0, Math.floor(k / 4));
+  const u = pending[i];
+  const read = async (x: Tensor | undefined) => x ? (await x.data()) as Float32Array : new Float32Array(u.p.size);
+  const g = await read(u.g);
+  const w = (await read(u.p)).slice();
+  const m = (await read(u.m0)).slice();
+  const v = (await read(u.v0)).slice();
+  // The cpu path's own check names the value and index (its messages, its float64 arithmetic).
+  checkUpdate({ name: u.name, p: u.p, g, hyper: u.hyper }, w, m, v, t, lr);
+  // Float32 on the device overflowed where float64 on the host did not: name the produced value.
+  const what = (["weights", "first moment", "second moment"] as const)[Math.max(0, (k % 4) - 1)];
+  const x = await read(produced[i][what === "weights" ? "w" : what === "first moment" ? "m" : "v"]);
+  const j = Math.max(0, firstNonFinite(x));
+  throw new OptimizerError(
+    `the AdamW update would make ${u.name} non-finite (its ${what} at index ${j} would become ${x[j]}, ` +
+      `learning rate ${lr}, gradient there ${g[j]})`,
+  );
 }
 
 /** Learning-rate schedules: the authors use a constant rate (no warmup, no decay). */
