@@ -7,12 +7,13 @@
  * @module
  */
 import { firstNonFinite } from "../util/finite.ts";
+import { tf } from "../backend/tf.ts";
 import type { Variable } from "../backend/tf.ts";
 import { readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import type { TensorData } from "../io/tensor.ts";
 import { assignValues } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
-import type { AdamWState } from "../optim/adamw.ts";
+import { adamwMoments, adamwMomentsToDevice, type AdamWState } from "../optim/adamw.ts";
 
 /** Where the loop stands: enough to resume exactly. */
 export interface LoopState {
@@ -46,7 +47,8 @@ export interface LoopState {
 /**
  * Saves parameters, optimiser state and loop state to `path` atomically
  * (a sibling temp file, synced, then renamed). A checkpoint is only ever
- * written finite: a NaN or infinite weight or moment is refused.
+ * written finite: a NaN or infinite weight or moment is refused. Weights and
+ * device-held moments are read asynchronously (any backend).
  *
  * @param path The checkpoint file (`.safetensors`).
  * @param params The parameters, by name.
@@ -65,10 +67,9 @@ export async function saveCheckpoint(
 ): Promise<void> {
   const tensors = new Map<string, TensorData>();
   for (const [name, p] of params) {
-    const w = p.dataSync() as Float32Array;
+    const w = (await p.data()) as Float32Array;
     tensors.set(`param/${name}`, { dtype: "F32", shape: [...p.shape], data: w });
-    const m = opt.m.get(name);
-    const v = opt.v.get(name);
+    const { m, v } = (await adamwMoments(opt, name)) ?? {};
     if (m && v) {
       tensors.set(`adam_m/${name}`, { dtype: "F32", shape: [...p.shape], data: m });
       tensors.set(`adam_v/${name}`, { dtype: "F32", shape: [...p.shape], data: v });
@@ -93,7 +94,8 @@ function isCount(x: unknown): x is number {
 /**
  * Loads a checkpoint into `params` and returns the optimiser and loop state.
  * Everything is checked before any parameter is assigned: on a throw the
- * model is unchanged.
+ * model is unchanged. The moments come back in the form the current
+ * backend's update uses: host arrays on `cpu`, device tensors otherwise.
  *
  * @param path A checkpoint written by {@link saveCheckpoint}.
  * @param params The parameters to load into, by name.
@@ -153,6 +155,7 @@ export function loadCheckpoint(
     }
   }
   for (const [p, data] of values) assignValues(p, data);
+  if (tf.getBackend() !== "cpu") adamwMomentsToDevice(opt, new Map([...params].map(([name, p]) => [name, p.shape])));
   const { adamStep: _a, ...rest } = meta;
   const loop = { ...rest, bestVal: rest.bestVal ?? Infinity } as LoopState & Record<string, unknown>;
   return { opt, loop, extra: meta };

@@ -27,7 +27,14 @@ import { RefineError } from "../util/errors.ts";
 import { exists, writeFileAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
-import { type AdamWConfig, adamwStep, createAdamWState, type LrSchedule, scheduledLr } from "../optim/adamw.ts";
+import {
+  type AdamWConfig,
+  adamwStepAsync,
+  createAdamWState,
+  disposeAdamWState,
+  type LrSchedule,
+  scheduledLr,
+} from "../optim/adamw.ts";
 import { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
 import { exportBackbone, exportTextSide } from "../model/export.ts";
 import { modelParams, type RetfinerModel } from "../model/model.ts";
@@ -359,6 +366,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
       );
     }
     const { epochSums, epochSteps, epochSeconds, ...rest } = restored.loop;
+    disposeAdamWState(state);
     state = restored.opt;
     loop = rest;
     lastSavedStep = loop.step;
@@ -481,8 +489,13 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
             return out.total as tf.Scalar;
           }, [...params.values()]);
           value.dispose();
-          const values = Object.entries(terms).map(([k, t]) => [k, t.dataSync()[0]] as const);
-          tf.dispose(Object.values(terms));
+          // Asynchronous reads: WebGPU has no synchronous one under Deno.
+          let values: (readonly [string, number])[];
+          try {
+            values = await Promise.all(Object.entries(terms).map(async ([k, t]) => [k, (await t.data())[0]] as const));
+          } finally {
+            tf.dispose(Object.values(terms));
+          }
           const bad = values.find(([, v]) => !Number.isFinite(v));
           if (bad) {
             tf.dispose(Object.values(g));
@@ -508,7 +521,8 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
           }
         }
         // All or nothing: a non-finite gradient, or an update that would leave a non-finite weight, throws here.
-        if (grads) adamwStep(params, grads, state, opt, lr);
+        // On the cpu backend the host-array update; elsewhere the device path (one scalar read back).
+        if (grads) await adamwStepAsync(params, grads, state, opt, lr);
       } catch (err) {
         if (grads) tf.dispose([...grads.values()]);
         if (!(err instanceof RefineError)) throw err;
@@ -558,8 +572,11 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
       let v: number;
       try {
         const vt = tf.tidy(() => runLosses(batch, new Rng(seed, `val/${loop.epoch}/${vb}`), false).total);
-        v = vt.dataSync()[0];
-        vt.dispose();
+        try {
+          v = (await vt.data())[0];
+        } finally {
+          vt.dispose();
+        }
       } catch (err) {
         if (!(err instanceof RefineError)) throw err;
         throw new RefineError(`${stopped}: ${err.message}. ${after}`, { cause: err });
@@ -599,7 +616,8 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     }
   }
   // Export the best state (ModelCheckpoint monitor=val_epoch_loss, §1.6/§1.7).
-  if (await exists(bestPath)) loadCheckpoint(bestPath, params);
+  disposeAdamWState(state);
+  if (await exists(bestPath)) disposeAdamWState(loadCheckpoint(bestPath, params).opt);
   else if (val.length && loop.history.length === 0) {
     notice(
       `refine: stopped (${stopReason}) before the first validation: the exported backbone holds the weights after ` +
