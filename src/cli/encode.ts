@@ -164,8 +164,11 @@ await runMain(async () => {
   let done = 0;
   for await (const b of prefetch(batches.map((idx) => () => loadImageBatch(paths, idx, spec)), 2)) {
     const y = tf.tidy(() => vitFeatures(model, imagesTensor(b.data, b.n, c.imgSize), mode));
-    features.set(y.dataSync() as Float32Array, b.indices[0] * perImage);
-    y.dispose();
+    try {
+      features.set((await y.data()) as Float32Array, b.indices[0] * perImage); // any backend, WebGPU included
+    } finally {
+      y.dispose();
+    }
     done += b.n;
     bar.update({ phase: "encode", done, total: paths.length });
   }

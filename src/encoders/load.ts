@@ -138,7 +138,8 @@ function splitUnexpected(
 }
 
 /**
- * Reads every parameter into float32 tensors, in parameter order (for export).
+ * Reads every parameter into float32 tensors, in parameter order (for export). Synchronous reads: on WebGPU under
+ * Deno they throw; use {@link stateDictAsync} there (any backend).
  * @param params the model's variables
  * @returns float32 copies by parameter name
  */
@@ -146,6 +147,19 @@ export function stateDict(params: Params): Map<string, TensorData> {
   const out = new Map<string, TensorData>();
   for (const [name, p] of params) {
     out.set(name, { dtype: "F32", shape: [...p.shape], data: p.dataSync() as Float32Array });
+  }
+  return out;
+}
+
+/**
+ * {@link stateDict} with asynchronous reads, which every backend has (WebGPU under Deno has no synchronous one).
+ * @param params the model's variables
+ * @returns float32 copies by parameter name, in parameter order
+ */
+export async function stateDictAsync(params: Params): Promise<Map<string, TensorData>> {
+  const out = new Map<string, TensorData>();
+  for (const [name, p] of params) {
+    out.set(name, { dtype: "F32", shape: [...p.shape], data: (await p.data()) as Float32Array });
   }
   return out;
 }
@@ -714,7 +728,19 @@ export function loadBert(
  * @returns its state dict with `cls.predictions.decoder.weight` (tied to the word embeddings) and `.bias` added
  */
 export function bertStateDictForExport(model: BertModel): Map<string, TensorData> {
-  const sd = stateDict(model.params);
+  return withTiedDecoder(stateDict(model.params));
+}
+
+/**
+ * {@link bertStateDictForExport} with asynchronous reads (any backend, WebGPU included).
+ * @param model the BERT
+ * @returns its state dict with `cls.predictions.decoder.weight` (tied to the word embeddings) and `.bias` added
+ */
+export async function bertStateDictForExportAsync(model: BertModel): Promise<Map<string, TensorData>> {
+  return withTiedDecoder(await stateDictAsync(model.params));
+}
+
+function withTiedDecoder(sd: Map<string, TensorData>): Map<string, TensorData> {
   sd.set("cls.predictions.decoder.weight", sd.get("bert.embeddings.word_embeddings.weight")!);
   sd.set("cls.predictions.decoder.bias", sd.get("cls.predictions.bias")!);
   return sd;

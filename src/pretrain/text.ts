@@ -6,7 +6,7 @@
  * @module
  */
 import { tf } from "../backend/tf.ts";
-import type { Tensor } from "../backend/tf.ts";
+import type { Tensor, Variable } from "../backend/tf.ts";
 import { buildWordPieceVocab, type TextTokenizer, tokenizerFromVocab } from "../dataset/tokenizer.ts";
 import { DIAGNOSES, type Diagnosis, samplePathology } from "../dataset/synth/diseases.ts";
 import { writeReport } from "../dataset/synth/reports.ts";
@@ -14,7 +14,15 @@ import { type BertConfig, bertEncode, type BertModel, mlmLogits } from "../encod
 import { maskTokens, MLM_PROB } from "../losses/masker.ts";
 import { crossEntropy } from "../losses/objectives.ts";
 import { IGNORE_INDEX } from "../losses/masker.ts";
-import { adamwStep, createAdamWState, scheduledLr } from "../optim/adamw.ts";
+import {
+  type AdamWConfig,
+  type AdamWState,
+  adamwStep,
+  adamwStepAsync,
+  createAdamWState,
+  disposeAdamWState,
+  scheduledLr,
+} from "../optim/adamw.ts";
 import { createTextEncoder } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
@@ -49,19 +57,98 @@ export interface TextPretrainResult {
   losses: number[];
 }
 
-/** MLM-pretrains a BERT of `config` on `reports`. */
+/** Options of {@link pretrainTextEncoder}. */
+export interface TextPretrainOptions {
+  /** Seed of every random stream (default 0). */
+  seed?: number;
+  /** Epochs (default 4). */
+  epochs?: number;
+  /** Reports per step (default 128). */
+  batchSize?: number;
+  /** Peak learning rate (default 1e-3). */
+  lr?: number;
+  /** WordPiece vocabulary size (default 1024). */
+  vocabSize?: number;
+  /** Progress per step. */
+  onProgress?: ProgressCallback;
+}
+
+/** One optimiser step the loop asks its driver for: apply the update, then read the loss. */
+interface StepRequest {
+  params: Map<string, Variable>;
+  grads: Map<string, Tensor>;
+  state: AdamWState;
+  config: AdamWConfig;
+  lr: number;
+  loss: Tensor;
+}
+
+/**
+ * MLM-pretrains a BERT of `config` on `reports`. Synchronous reads: on WebGPU under Deno they throw; use
+ * {@link pretrainTextEncoderAsync} there (any backend).
+ * @param reports the pretraining reports
+ * @param config the BERT's configuration
+ * @param options seed, epochs, batch size, learning rate, vocabulary size, progress
+ * @returns the BERT, its tokenizer and the mean loss per epoch
+ */
 export function pretrainTextEncoder(
   reports: string[],
   config: BertConfig,
-  options: {
-    seed?: number;
-    epochs?: number;
-    batchSize?: number;
-    lr?: number;
-    vocabSize?: number;
-    onProgress?: ProgressCallback;
-  } = {},
+  options: TextPretrainOptions = {},
 ): TextPretrainResult {
+  const loop = textPretrainLoop(reports, config, options);
+  let next = loop.next();
+  while (!next.done) {
+    const r = next.value;
+    let loss: number;
+    try {
+      adamwStep(r.params, r.grads, r.state, r.config, r.lr);
+      loss = r.loss.dataSync()[0];
+    } catch (err) {
+      loop.throw(err); // the loop frees the step's tensors and rethrows
+      throw err;
+    }
+    next = loop.next(loss);
+  }
+  return next.value;
+}
+
+/**
+ * {@link pretrainTextEncoder} on any backend: the optimiser's device path off `cpu` and asynchronous reads (WebGPU
+ * under Deno has no synchronous one). Same result on `cpu`.
+ * @param reports the pretraining reports
+ * @param config the BERT's configuration
+ * @param options seed, epochs, batch size, learning rate, vocabulary size, progress
+ * @returns the BERT, its tokenizer and the mean loss per epoch
+ */
+export async function pretrainTextEncoderAsync(
+  reports: string[],
+  config: BertConfig,
+  options: TextPretrainOptions = {},
+): Promise<TextPretrainResult> {
+  const loop = textPretrainLoop(reports, config, options);
+  let next = loop.next();
+  while (!next.done) {
+    const r = next.value;
+    let loss: number;
+    try {
+      await adamwStepAsync(r.params, r.grads, r.state, r.config, r.lr);
+      loss = (await r.loss.data())[0];
+    } catch (err) {
+      loop.throw(err); // the loop frees the step's tensors and rethrows
+      throw err;
+    }
+    next = loop.next(loss);
+  }
+  return next.value;
+}
+
+/** The pretraining loop; it yields each update for its driver to apply and resumes with the step's loss. */
+function* textPretrainLoop(
+  reports: string[],
+  config: BertConfig,
+  options: TextPretrainOptions,
+): Generator<StepRequest, TextPretrainResult, number> {
   const seed = options.seed ?? 0;
   const epochs = options.epochs ?? 4;
   const bs = options.batchSize ?? 128;
@@ -119,15 +206,18 @@ export function pretrainTextEncoder(
       }, [...params.values()]);
       const byName = new Map<string, Tensor>();
       for (const [n, p] of params) if (grads[p.name]) byName.set(n, grads[p.name]);
-      adamwStep(
-        params,
-        byName,
-        state,
-        { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 },
-        scheduledLr(lr, step, schedule),
-      );
-      sum += value.dataSync()[0];
-      tf.dispose([value, ...Object.values(grads)]);
+      try {
+        sum += yield {
+          params,
+          grads: byName,
+          state,
+          config: { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 },
+          lr: scheduledLr(lr, step, schedule),
+          loss: value,
+        };
+      } finally {
+        tf.dispose([value, ...Object.values(grads)]);
+      }
       step++;
       options.onProgress?.({
         phase: `pretrain text epoch ${e + 1}/${epochs}`,
@@ -138,5 +228,6 @@ export function pretrainTextEncoder(
     }
     losses.push(sum / steps);
   }
+  disposeAdamWState(state);
   return { bert, tokenizer, losses };
 }

@@ -79,7 +79,7 @@ async function batchedFeatures(
   stats: { mean: readonly [number, number, number]; std: readonly [number, number, number] },
   dim: number,
   options: FeatureOptions,
-  forward: (data: Float32Array, n: number) => Float32Array,
+  forward: (data: Float32Array, n: number) => Float32Array | Promise<Float32Array>,
 ): Promise<Float32Array> {
   const spec = probingSpec(size, stats);
   const out = new Float32Array(paths.length * dim);
@@ -92,7 +92,7 @@ async function batchedFeatures(
     })
   );
   for await (const b of prefetch(loaders, 2)) {
-    const data = forward(b.data, b.n);
+    const data = await forward(b.data, b.n);
     checkFeatures(data, dim, b.indices.map((i) => paths[i]));
     out.set(data, b.indices[0] * dim);
     done += b.n;
@@ -130,7 +130,7 @@ export function vitSource(vit: VitModel): FeatureSource {
     family: c.family,
     kind: `concat of a ViT ${c.embedDim}×${c.depth}`,
     extract: (paths, options) =>
-      batchedFeatures(paths, c.imgSize, c, dim, options, (data, n) => {
+      batchedFeatures(paths, c.imgSize, c, dim, options, async (data, n) => {
         const y = tf.tidy(() =>
           vitFeatures(
             vit,
@@ -139,9 +139,11 @@ export function vitSource(vit: VitModel): FeatureSource {
             options.dropPath ? { training: true, rng: options.dropPath } : {},
           )
         );
-        const out = y.dataSync() as Float32Array;
-        y.dispose();
-        return out;
+        try {
+          return (await y.data()) as Float32Array; // asynchronous: WebGPU has no synchronous read under Deno
+        } finally {
+          y.dispose();
+        }
       }),
   };
 }

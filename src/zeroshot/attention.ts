@@ -11,6 +11,8 @@ import type { RetfinerModel } from "../model/model.ts";
 /**
  * Cross-attention of each report token over the image patches, averaged over
  * heads and layers: `[tokens, gridH, gridW]` plus the tokens themselves.
+ * Synchronous read: on WebGPU under Deno it throws; use
+ * {@link crossAttentionMapsAsync} there (any backend).
  * @param model the RetFiner model
  * @param images one image `[1, 3, S, S]`, preprocessed
  * @param report the report text
@@ -21,6 +23,41 @@ export function crossAttentionMaps(
   images: Tensor,
   report: string,
 ): { tokens: string[]; maps: Float32Array; grid: number } {
+  const a = attentionMapsTensor(model, images, report);
+  try {
+    return a.finish(a.maps.dataSync() as Float32Array);
+  } finally {
+    a.maps.dispose();
+  }
+}
+
+/**
+ * {@link crossAttentionMaps} with an asynchronous read, which every backend has (WebGPU under Deno has no
+ * synchronous one).
+ * @param model the RetFiner model
+ * @param images one image `[1, 3, S, S]`, preprocessed
+ * @param report the report text
+ * @returns the word pieces, their maps row-major `[tokens, grid, grid]` and the grid side
+ */
+export async function crossAttentionMapsAsync(
+  model: RetfinerModel,
+  images: Tensor,
+  report: string,
+): Promise<{ tokens: string[]; maps: Float32Array; grid: number }> {
+  const a = attentionMapsTensor(model, images, report);
+  try {
+    return a.finish((await a.maps.data()) as Float32Array);
+  } finally {
+    a.maps.dispose();
+  }
+}
+
+/** The maps as a tensor `[tokens, grid²]`, and how to turn their values into the result. */
+function attentionMapsTensor(
+  model: RetfinerModel,
+  images: Tensor,
+  report: string,
+): { maps: Tensor; finish: (data: Float32Array) => { tokens: string[]; maps: Float32Array; grid: number } } {
   const c = model.vit.config;
   const tok = model.tokenizer.encodeBatch([report]);
   const L = tok.attentionMask.reduce((a, b) => a + b, 0);
@@ -37,15 +74,17 @@ export function crossAttentionMaps(
     const m = tf.mean(tf.stack(probs), [0, 1, 2]) as Tensor;
     return tf.slice(m, [0, 1], [tok.length, grid * grid]);
   });
-  const values = (maps.dataSync() as Float32Array).slice(0, L * grid * grid);
-  maps.dispose();
-  const pieces = Array.from(
-    tok.inputIds.subarray(0, L),
-    (id) =>
-      model.tokenizer.decode([id]) ||
-      (id === model.tokenizer.clsId ? "[CLS]" : id === model.tokenizer.sepId ? "[SEP]" : String(id)),
-  );
-  return { tokens: pieces, maps: values, grid };
+  const finish = (data: Float32Array) => {
+    const values = data.slice(0, L * grid * grid);
+    const pieces = Array.from(
+      tok.inputIds.subarray(0, L),
+      (id) =>
+        model.tokenizer.decode([id]) ||
+        (id === model.tokenizer.clsId ? "[CLS]" : id === model.tokenizer.sepId ? "[SEP]" : String(id)),
+    );
+    return { tokens: pieces, maps: values, grid };
+  };
+  return { maps, finish };
 }
 
 /**

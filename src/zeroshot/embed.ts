@@ -1,5 +1,6 @@
 /** Contrastive embeddings of reports and B-scans: BERT or ViT CLS through the contrastive heads, L2-normalised. */
 import { tf } from "../backend/tf.ts";
+import type { Tensor } from "../backend/tf.ts";
 import { batchIndices, loadImageBatch, prefetch } from "../dataset/batches.ts";
 import { probingSpec, refinementSpec } from "../dataset/preprocess.ts";
 import { bertEncode, clsToken } from "../encoders/bert.ts";
@@ -11,29 +12,72 @@ import type { ProgressCallback } from "../util/progress.ts";
 
 /**
  * L2-normalised contrastive text embeddings `[N, E]` of `texts` (text-only BERT → CLS → `contra_head_t`).
+ * Synchronous reads: on WebGPU under Deno they throw; use {@link embedTextsAsync} there (any backend).
  * @param model the RetFiner model
  * @param texts the texts (tokenised to the model's maximum length)
  * @param batch texts per forward pass
  * @returns row-major `[N, E]` unit vectors, E the contrastive width
  */
 export function embedTexts(model: RetfinerModel, texts: string[], batch = 64): Float32Array {
+  const { out, E, batches } = textBatches(model, texts, batch);
+  for (const [i, forward] of batches) {
+    const y = forward();
+    try {
+      out.set(y.dataSync() as Float32Array, i * E);
+    } finally {
+      y.dispose();
+    }
+  }
+  return out;
+}
+
+/**
+ * {@link embedTexts} with asynchronous reads, which every backend has (WebGPU under Deno has no synchronous one).
+ * @param model the RetFiner model
+ * @param texts the texts (tokenised to the model's maximum length)
+ * @param batch texts per forward pass
+ * @returns row-major `[N, E]` unit vectors, E the contrastive width
+ */
+export async function embedTextsAsync(model: RetfinerModel, texts: string[], batch = 64): Promise<Float32Array> {
+  const { out, E, batches } = textBatches(model, texts, batch);
+  for (const [i, forward] of batches) {
+    const y = forward();
+    try {
+      out.set((await y.data()) as Float32Array, i * E);
+    } finally {
+      y.dispose();
+    }
+  }
+  return out;
+}
+
+/** The output buffer, its row width and, per batch, its first row and its forward pass. */
+function textBatches(
+  model: RetfinerModel,
+  texts: string[],
+  batch: number,
+): { out: Float32Array; E: number; batches: [number, () => Tensor][] } {
   const tok = model.tokenizer.encodeBatch(texts);
   const L = tok.length;
   const E = model.heads.get("contra_head_t.weight")!.shape[0];
   const out = new Float32Array(texts.length * E);
+  const batches: [number, () => Tensor][] = [];
   for (let i = 0; i < texts.length; i += batch) {
     const n = Math.min(batch, texts.length - i);
-    const y = tf.tidy(() => {
-      const ids = tf.tensor(tok.inputIds.subarray(i * L, (i + n) * L), [n, L], "int32");
-      const mask = tf.tensor(tok.attentionMask.subarray(i * L, (i + n) * L), [n, L], "int32");
-      return l2normalize(
-        linearP(model.heads, "contra_head_t", clsToken(bertEncode(model.bert, { inputIds: ids, attentionMask: mask }))),
-      );
-    });
-    out.set(y.dataSync() as Float32Array, i * E);
-    y.dispose();
+    batches.push([i, () =>
+      tf.tidy(() => {
+        const ids = tf.tensor(tok.inputIds.subarray(i * L, (i + n) * L), [n, L], "int32");
+        const mask = tf.tensor(tok.attentionMask.subarray(i * L, (i + n) * L), [n, L], "int32");
+        return l2normalize(
+          linearP(
+            model.heads,
+            "contra_head_t",
+            clsToken(bertEncode(model.bert, { inputIds: ids, attentionMask: mask })),
+          ),
+        );
+      })]);
   }
-  return out;
+  return { out, E, batches };
 }
 
 /**
@@ -66,8 +110,11 @@ export async function embedImages(
       const cls = tf.reshape(tf.slice(tokens, [0, 0, 0], [b.n, 1, tokens.shape[2] as number]), [b.n, -1]);
       return l2normalize(linearP(model.heads, "contra_head_v", cls));
     });
-    out.set(y.dataSync() as Float32Array, b.indices[0] * E);
-    y.dispose();
+    try {
+      out.set((await y.data()) as Float32Array, b.indices[0] * E); // any backend, WebGPU included
+    } finally {
+      y.dispose();
+    }
     done += b.n;
     options.onProgress?.({ phase: "embed images", done, total: paths.length });
   }
