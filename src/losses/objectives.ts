@@ -156,6 +156,21 @@ export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rn
 }
 
 /**
+ * Runs `f` with tfjs's gradient tape off, as `torch.no_grad()`: what it computes is not differentiated through
+ * (tfjs has no stop-gradient op; its engine records a node only while `gradientDepth > 0`).
+ */
+function withoutGradientTape<T>(f: () => T): T {
+  const state = (tf.engine() as unknown as { state: { gradientDepth: number } }).state;
+  const depth = state.gradientDepth;
+  state.gradientDepth = 0;
+  try {
+    return f();
+  } finally {
+    state.gradientDepth = depth;
+  }
+}
+
+/**
  * {@link sampleHardNegatives} without reading the similarities back: the same weights (softmax rows + 1e-4, zero
  * diagonal) and the same draws, by inverse CDF on the device (index = the number of cumulative weights ≤ u·total),
  * with `u` taken from `rng` in the same order (images per text first, then texts per image). So a backend that cannot
@@ -170,16 +185,20 @@ export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rn
  */
 export function sampleHardNegativesOnDevice(simI2T: Tensor, batch: number, rng: Rng): DeviceHardNegatives {
   if (batch < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
+  // torch.no_grad(): the draws are computed off the gradient tape, so the indices do not connect the ITM loss
+  // back to the similarities.
   const draw = (transpose: boolean, u: Float32Array) =>
-    tf.tidy(() => {
-      const sim = transpose ? tf.transpose(simI2T) : simI2T; // sim_t2i = sim_i2tᵀ
-      const offDiagonal = tf.sub(1, tf.eye(batch));
-      const w = tf.mul(tf.add(tf.softmax(sim, -1), 1e-4), offDiagonal);
-      const cdf = tf.cumsum(w, 1);
-      const r = tf.mul(tf.tensor(u, [batch, 1]), tf.slice(cdf, [0, batch - 1], [batch, 1]));
-      const idx = tf.sum(tf.cast(tf.lessEqual(cdf, r), "int32"), 1);
-      return tf.minimum(idx, batch - 1) as Tensor;
-    });
+    withoutGradientTape(() =>
+      tf.tidy(() => {
+        const sim = transpose ? tf.transpose(simI2T) : simI2T; // sim_t2i = sim_i2tᵀ
+        const offDiagonal = tf.sub(1, tf.eye(batch));
+        const w = tf.mul(tf.add(tf.softmax(sim, -1), 1e-4), offDiagonal);
+        const cdf = tf.cumsum(w, 1);
+        const r = tf.mul(tf.tensor(u, [batch, 1]), tf.slice(cdf, [0, batch - 1], [batch, 1]));
+        const idx = tf.sum(tf.cast(tf.lessEqual(cdf, r), "int32"), 1);
+        return tf.minimum(idx, tf.scalar(batch - 1, "int32")) as Tensor;
+      })
+    );
   const uImage = Float32Array.from({ length: batch }, () => rng.uniform());
   const uText = Float32Array.from({ length: batch }, () => rng.uniform());
   return { negImage: draw(true, uImage), negText: draw(false, uText) };
