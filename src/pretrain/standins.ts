@@ -14,7 +14,7 @@ import { vitPreset } from "../encoders/presets.ts";
 import type { VitConfig, VitFamily } from "../encoders/vit.ts";
 import { floatToHalf, type TensorData } from "../io/tensor.ts";
 import { writeSafetensors } from "../io/safetensors.ts";
-import { adamwStep, createAdamWState, scheduledLr } from "../optim/adamw.ts";
+import { adamwStepAsync, createAdamWState, disposeAdamWState, scheduledLr } from "../optim/adamw.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
@@ -211,9 +211,14 @@ export async function pretrainStandin(
       const { value, grads } = tf.variableGrads(loss, [...params.values()]);
       const byName = new Map<string, tf.Tensor>();
       for (const [n, p] of params) if (grads[p.name]) byName.set(n, grads[p.name]);
-      adamwStep(params, byName, state, opt, scheduledLr(spec.lr, step, schedule), noDecay);
-      const l = value.dataSync()[0];
-      tf.dispose([value, ...Object.values(grads)]);
+      let l: number;
+      try {
+        // The host-array update on cpu, the device path elsewhere; asynchronous reads on any backend.
+        await adamwStepAsync(params, byName, state, opt, scheduledLr(spec.lr, step, schedule), noDecay);
+        l = (await value.data())[0];
+      } finally {
+        tf.dispose([value, ...Object.values(grads)]);
+      }
       sum += l;
       step++;
       options.onProgress?.({
@@ -225,12 +230,13 @@ export async function pretrainStandin(
     }
     losses.push(sum / stepsPerEpoch);
   }
+  disposeAdamWState(state);
   const model = { encoder };
   const path = options.out ?? standinPath(family);
   const tensors = new Map<string, TensorData>();
   for (const [name, v] of model.encoder.params) {
     if (name.startsWith("proj.")) continue; // RETFound's projection is created new at refinement (§1.2)
-    const f = v.dataSync() as Float32Array;
+    const f = (await v.data()) as Float32Array;
     tensors.set(name, { dtype: "F16", shape: [...v.shape], data: Uint16Array.from(f, floatToHalf) });
   }
   const seconds = (performance.now() - t0) / 1000;
