@@ -9,6 +9,7 @@ import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import type { Tensor, Variable } from "../../src/backend/tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
+import { loadCheckpoint, saveCheckpoint } from "../../src/refine/checkpoint.ts";
 import {
   ADAMW_DEFAULTS,
   adamwMoments,
@@ -211,6 +212,55 @@ Deno.test("AdamW moments move between the host and the device forms without chan
   for (const p of [...ref.values(), ...mixed.values()]) p.dispose();
 });
 
+const LOOP = {
+  step: 0,
+  epoch: 0,
+  batchInEpoch: 0,
+  bestVal: Infinity,
+  bestEpoch: -1,
+  badEpochs: 0,
+  seed: 0,
+  history: [],
+};
+
+/** Saves a checkpoint of device-path state, loads it into fresh parameters (checked equal) and returns its state. */
+async function checkpointRoundTrip(params: Map<string, Variable>, state: AdamWState): Promise<AdamWState> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/dev.ckpt.safetensors`;
+    await saveCheckpoint(path, params, state, LOOP);
+    const fresh = makeParams(params.has("big"));
+    try {
+      const { opt } = loadCheckpoint(path, fresh);
+      for (const [k, p] of params) assertEquals(Array.from(await fresh.get(k)!.data()), Array.from(await p.data()));
+      return opt;
+    } finally {
+      for (const p of fresh.values()) p.dispose();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("checkpoints save device moments (async reads) and restore them in the cpu path's form on cpu", async () => {
+  await setupBackend({ backend: "cpu", log: null });
+  const params = makeParams();
+  const state = createAdamWState();
+  const g = makeGrads(0);
+  await adamwStepDevice(params, g, state, config);
+  const restored = await checkpointRoundTrip(params, state);
+  assertEquals(restored.step, 1);
+  assertEquals(restored.device, undefined);
+  for (const k of ["w", "b"]) {
+    const mv = (await adamwMoments(state, k))!;
+    assertEquals(Array.from(restored.m.get(k)!), Array.from(mv.m));
+    assertEquals(Array.from(restored.v.get(k)!), Array.from(mv.v));
+  }
+  tf.dispose([...g.values()]);
+  disposeAdamWState(state);
+  for (const p of params.values()) p.dispose();
+});
+
 const gpu = (navigator as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
 const hasWebGpu = gpu !== undefined && (await gpu.requestAdapter().catch(() => null)) !== null;
 
@@ -276,6 +326,16 @@ Deno.test({
       assertEquals(await snapshot(params, state), before);
       assertEquals(tf.memory().numTensors, count);
       tf.dispose([...nan.values()]);
+      // A checkpoint restored on WebGPU puts the moments back as device tensors.
+      const restored = await checkpointRoundTrip(params, state);
+      assertEquals(restored.m.size, 0);
+      assertEquals(restored.device?.m.size, 3);
+      for (const k of keys) {
+        const a = (await adamwMoments(restored, k))!;
+        const b = (await adamwMoments(state, k))!;
+        assertEquals([Array.from(a.m), Array.from(a.v)], [Array.from(b.m), Array.from(b.v)]);
+      }
+      disposeAdamWState(restored);
       disposeAdamWState(state);
       for (const p of params.values()) p.dispose();
     } finally {
