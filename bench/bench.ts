@@ -4,6 +4,7 @@
  *
  *   deno task bench [--json] [--quick] [--only matmul,vit,io] [--backends cpu-onnx,cpu-blas,cpu]
  *   deno task bench --profile [--quick]     (per-kernel breakdown of a refinement step and an encoding batch)
+ *   deno task bench --gpu [--quick]         (the GPU check: adapter, WebGPU parity tests, throughput vs the CPU)
  *
  * `speed_vs_torch` = PyTorch seconds / our seconds for the same work
  * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
@@ -109,6 +110,11 @@ async function main() {
           "Instead of timing, break one refinement step (ViT-B/16 + BERT-base, batch 8) and one ViT-B/16 encoding batch (8 images) down by kernel.",
       },
       quick: { type: "boolean", description: "Fewer repeats and a single ViT block (for a smoke run)." },
+      gpu: {
+        type: "boolean",
+        description:
+          "The GPU check: the WebGPU adapter and its limits, the WebGPU parity tests, then encoding and refinement-step throughput on WebGPU against the CPU backend (with --quick: stand-in sizes, for a software adapter).",
+      },
       only: {
         type: "string",
         valueName: "<list>",
@@ -125,6 +131,11 @@ async function main() {
   });
   const json = !!values.json;
   const quick = !!values.quick;
+  if (values.gpu) {
+    const { gpuCheck } = await import("./gpu.ts");
+    await gpuCheck({ quick, json });
+    return;
+  }
   const SECTIONS = ["matmul", "vit", "encode", "refine", "probe", "data", "io"];
   const sections = new Set(String(values.only).split(",").map((x) => x.trim()).filter(Boolean));
   const unknownSections = [...sections].filter((x) => !SECTIONS.includes(x));
