@@ -135,6 +135,20 @@ function optimisedBlas(): Gemm | undefined {
   return blasProbe.gemm;
 }
 
+/** "name (short reason)" of a skipped candidate, for the one-line report. */
+function skipSummary(skip: string): string {
+  const [name, ...rest] = skip.split(": ");
+  const why = rest.join(": ");
+  const short = /is not installed/.test(why)
+    ? "not installed"
+    : /adapter is software/.test(why)
+    ? "software adapter; force with --backend webgpu"
+    : /no WebGPU adapter|has no WebGPU/.test(why)
+    ? "no GPU adapter"
+    : "failed";
+  return `${name} (${short})`;
+}
+
 /** The CPU backends' kernel overrides, tape and pool off: tfjs as shipped on another backend. */
 function uninstallCpuExtras(): void {
   restoreMatMulKernels();
@@ -219,9 +233,7 @@ export async function setupBackend(options: BackendOptions = {}): Promise<Backen
     try {
       const info = await setupOne(name, threads, false, log);
       current = { ...info, skipped };
-      const why = skipped.length
-        ? `; skipped ${skipped.map((s) => s.split(":")[0]).join(", ")} (not installed or failed)`
-        : "";
+      const why = skipped.length ? `; skipped ${skipped.map(skipSummary).join(", ")}` : "";
       log?.(`backend: ${info.name} (matmul: ${info.matmul})${why}`);
       return current;
     } catch (err) {
