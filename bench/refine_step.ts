@@ -11,7 +11,8 @@
 import { type BackendName, setupBackend } from "../src/backend/mod.ts";
 import { tf } from "../src/backend/tf.ts";
 import { bertPreset, createVit, vitPreset } from "../src/encoders/mod.ts";
-import { ADAMW_DEFAULTS, adamwStep, ALL_LOSSES, createAdamWState, retfinerLosses } from "../src/refine/mod.ts";
+import { ADAMW_DEFAULTS, ALL_LOSSES, createAdamWState, retfinerLosses } from "../src/refine/mod.ts";
+import { adamwStepAsync, disposeAdamWState } from "../src/optim/adamw.ts";
 import { assembleModel, createTextEncoder, modelParams } from "../src/model/mod.ts";
 import { tokenizerFromVocab } from "../src/dataset/mod.ts";
 import { Rng } from "../src/util/rng.ts";
@@ -60,7 +61,7 @@ export const REFINE_STANDIN_B32: RefineBenchConfig = {
 };
 
 /** Builds randomly initialised models and a fixed batch; `step()` runs one full optimisation step. */
-export function refineStepWork(c: RefineBenchConfig): { step: () => void; dispose: () => void } {
+export function refineStepWork(c: RefineBenchConfig): { step: () => Promise<void>; dispose: () => void } {
   const vocab = [
     "[PAD]",
     "[UNK]",
@@ -104,18 +105,20 @@ export function refineStepWork(c: RefineBenchConfig): { step: () => void; dispos
   const params = modelParams(model);
   const state = createAdamWState();
   let k = 0;
-  const step = () => {
+  const step = async () => {
     const { value, grads } = tf.variableGrads(
       () => retfinerLosses(model, batch, ALL_LOSSES, new Rng(k++), true).total as tf.Scalar,
       [...params.values()],
     );
     const byName = new Map<string, tf.Tensor>();
     for (const [n, p] of params) if (grads[p.name]) byName.set(n, grads[p.name]);
-    adamwStep(params, byName, state, ADAMW_DEFAULTS);
+    // The CPU path on `cpu`; on WebGPU the device path (weights and moments stay on the GPU).
+    await adamwStepAsync(params, byName, state, ADAMW_DEFAULTS);
     tf.dispose([value, ...Object.values(grads)]);
   };
   const dispose = () => {
     for (const p of params.values()) p.dispose();
+    disposeAdamWState(state);
   };
   return { step, dispose };
 }

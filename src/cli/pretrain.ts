@@ -75,7 +75,7 @@ await runMain(async () => {
   if (only.has("text")) {
     const t0 = performance.now();
     const reports = pretrainingReports(numberFlag(values, "reports", { integer: true, min: 128 })!, 7);
-    const r = pretrainTextEncoder(reports, TEXT_STANDIN_CONFIG, {
+    const r = await pretrainTextEncoder(reports, TEXT_STANDIN_CONFIG, {
       seed: 7,
       epochs: epochs ?? 4,
       onProgress: bar.callback,
@@ -84,7 +84,7 @@ await runMain(async () => {
     const dir = join(out, "bert-standin");
     // float16 keeps the shipped file small; it loads as float32.
     const sd = new Map<string, TensorData>();
-    for (const [k, t] of bertStateDictForExport(r.bert)) {
+    for (const [k, t] of await bertStateDictForExport(r.bert)) {
       sd.set(k, { dtype: "F16", shape: t.shape, data: Uint16Array.from(t.data as Float32Array, floatToHalf) });
     }
     await writeSafetensors(join(dir, "model.safetensors"), sd, {

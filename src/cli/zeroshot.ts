@@ -182,7 +182,7 @@ await runMain(async () => {
     const c = run.vit.config;
     const b = await loadImageBatch([String(values.attention)], [0], refinementSpec(c.imgSize, c));
     const img = await loadGreyImage(String(values.attention));
-    const { tokens, maps, grid } = crossAttentionMaps(
+    const { tokens, maps, grid } = await crossAttentionMaps(
       run,
       imagesTensor(b.data, 1, c.imgSize),
       String(values.report),

@@ -138,25 +138,12 @@ function splitUnexpected(
 }
 
 /**
- * Reads every parameter into float32 tensors, in parameter order (for export). Synchronous reads: on WebGPU under
- * Deno they throw; use {@link stateDictAsync} there (any backend).
- * @param params the model's variables
- * @returns float32 copies by parameter name
- */
-export function stateDict(params: Params): Map<string, TensorData> {
-  const out = new Map<string, TensorData>();
-  for (const [name, p] of params) {
-    out.set(name, { dtype: "F32", shape: [...p.shape], data: p.dataSync() as Float32Array });
-  }
-  return out;
-}
-
-/**
- * {@link stateDict} with asynchronous reads, which every backend has (WebGPU under Deno has no synchronous one).
+ * A model's variables as a state dict of float32 copies, read asynchronously so that every backend works (WebGPU
+ * under Deno has no synchronous read).
  * @param params the model's variables
  * @returns float32 copies by parameter name, in parameter order
  */
-export async function stateDictAsync(params: Params): Promise<Map<string, TensorData>> {
+export async function stateDict(params: Params): Promise<Map<string, TensorData>> {
   const out = new Map<string, TensorData>();
   for (const [name, p] of params) {
     out.set(name, { dtype: "F32", shape: [...p.shape], data: (await p.data()) as Float32Array });
@@ -723,21 +710,12 @@ export function loadBert(
 }
 
 /**
- * A state dict for Hugging Face: adds the tied decoder weight and bias back.
+ * A BERT's state dict as Hugging Face's `BertForMaskedLM` saves it.
  * @param model the BERT
  * @returns its state dict with `cls.predictions.decoder.weight` (tied to the word embeddings) and `.bias` added
  */
-export function bertStateDictForExport(model: BertModel): Map<string, TensorData> {
-  return withTiedDecoder(stateDict(model.params));
-}
-
-/**
- * {@link bertStateDictForExport} with asynchronous reads (any backend, WebGPU included).
- * @param model the BERT
- * @returns its state dict with `cls.predictions.decoder.weight` (tied to the word embeddings) and `.bias` added
- */
-export async function bertStateDictForExportAsync(model: BertModel): Promise<Map<string, TensorData>> {
-  return withTiedDecoder(await stateDictAsync(model.params));
+export async function bertStateDictForExport(model: BertModel): Promise<Map<string, TensorData>> {
+  return withTiedDecoder(await stateDict(model.params));
 }
 
 function withTiedDecoder(sd: Map<string, TensorData>): Map<string, TensorData> {

@@ -66,7 +66,7 @@ export async function exportBackbone(
   runName: string,
 ): Promise<{ pth: string; safetensors: string }> {
   const names = backboneFileNames(runName, vit.config.family);
-  const sd = stateDict(vit.params);
+  const sd = await stateDict(vit.params);
   const pth = join(dir, names.pth);
   const st = join(dir, names.safetensors);
   const config = JSON.stringify(vit.config);
@@ -94,9 +94,11 @@ export async function exportBackbone(
  * @returns when `text_encoder.safetensors`, `text_encoder_config.json`, `heads.safetensors` and `tokenizer.json` are written
  */
 export async function exportTextSide(model: RetfinerModel, dir: string): Promise<void> {
-  await writeSafetensors(join(dir, "text_encoder.safetensors"), bertStateDictForExport(model.bert), { format: "pt" });
+  await writeSafetensors(join(dir, "text_encoder.safetensors"), await bertStateDictForExport(model.bert), {
+    format: "pt",
+  });
   await writeJsonAtomic(join(dir, "text_encoder_config.json"), bertConfigToJson(model.bert.config));
-  await writeSafetensors(join(dir, "heads.safetensors"), stateDict(model.heads), { format: "pt" });
+  await writeSafetensors(join(dir, "heads.safetensors"), await stateDict(model.heads), { format: "pt" });
   await writeFileAtomic(join(dir, "tokenizer.json"), JSON.stringify(model.tokenizer.tokenizerJson));
 }
 

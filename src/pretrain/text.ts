@@ -84,44 +84,14 @@ interface StepRequest {
 }
 
 /**
- * MLM-pretrains a BERT of `config` on `reports`. Synchronous reads: on WebGPU under Deno they throw; use
- * {@link pretrainTextEncoderAsync} there (any backend).
+ * MLM-pretrains a BERT of `config` on `reports`, on any backend (the optimiser's device path off `cpu`, asynchronous
+ * reads).
  * @param reports the pretraining reports
  * @param config the BERT's configuration
  * @param options seed, epochs, batch size, learning rate, vocabulary size, progress
  * @returns the BERT, its tokenizer and the mean loss per epoch
  */
-export function pretrainTextEncoder(
-  reports: string[],
-  config: BertConfig,
-  options: TextPretrainOptions = {},
-): TextPretrainResult {
-  const loop = textPretrainLoop(reports, config, options);
-  let next = loop.next();
-  while (!next.done) {
-    const r = next.value;
-    let loss: number;
-    try {
-      adamwStep(r.params, r.grads, r.state, r.config, r.lr);
-      loss = r.loss.dataSync()[0];
-    } catch (err) {
-      loop.throw(err); // the loop frees the step's tensors and rethrows
-      throw err;
-    }
-    next = loop.next(loss);
-  }
-  return next.value;
-}
-
-/**
- * {@link pretrainTextEncoder} on any backend: the optimiser's device path off `cpu` and asynchronous reads (WebGPU
- * under Deno has no synchronous one). Same result on `cpu`.
- * @param reports the pretraining reports
- * @param config the BERT's configuration
- * @param options seed, epochs, batch size, learning rate, vocabulary size, progress
- * @returns the BERT, its tokenizer and the mean loss per epoch
- */
-export async function pretrainTextEncoderAsync(
+export async function pretrainTextEncoder(
   reports: string[],
   config: BertConfig,
   options: TextPretrainOptions = {},

@@ -15,9 +15,12 @@ export {
   ADAMW_DEFAULTS,
   type AdamWConfig,
   type AdamWHyper,
+  adamwMoments,
   type AdamWState,
   adamwStep,
+  adamwStepAsync,
   createAdamWState,
+  disposeAdamWState,
   type LrSchedule,
   scheduledLr,
 } from "../optim/adamw.ts";

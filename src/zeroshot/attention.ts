@@ -9,37 +9,14 @@ import { vitRefineTokens } from "../encoders/vit.ts";
 import type { RetfinerModel } from "../model/model.ts";
 
 /**
- * Cross-attention of each report token over the image patches, averaged over
- * heads and layers: `[tokens, gridH, gridW]` plus the tokens themselves.
- * Synchronous read: on WebGPU under Deno it throws; use
- * {@link crossAttentionMapsAsync} there (any backend).
+ * The last cross-attention layer's maps from each word piece of `report` to the image patches (read asynchronously,
+ * so every backend works).
  * @param model the RetFiner model
  * @param images one image `[1, 3, S, S]`, preprocessed
  * @param report the report text
  * @returns the word pieces, their maps row-major `[tokens, grid, grid]` and the grid side
  */
-export function crossAttentionMaps(
-  model: RetfinerModel,
-  images: Tensor,
-  report: string,
-): { tokens: string[]; maps: Float32Array; grid: number } {
-  const a = attentionMapsTensor(model, images, report);
-  try {
-    return a.finish(a.maps.dataSync() as Float32Array);
-  } finally {
-    a.maps.dispose();
-  }
-}
-
-/**
- * {@link crossAttentionMaps} with an asynchronous read, which every backend has (WebGPU under Deno has no
- * synchronous one).
- * @param model the RetFiner model
- * @param images one image `[1, 3, S, S]`, preprocessed
- * @param report the report text
- * @returns the word pieces, their maps row-major `[tokens, grid, grid]` and the grid side
- */
-export async function crossAttentionMapsAsync(
+export async function crossAttentionMaps(
   model: RetfinerModel,
   images: Tensor,
   report: string,

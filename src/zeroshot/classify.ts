@@ -48,26 +48,26 @@ export const SYNTH_CLASS_PROMPTS: Record<string, string[]> = {
  * @returns row-major `[classes, E]` unit vectors
  * @throws {ProbeError} when a class has no description
  */
-export function classEmbeddings(
+export async function classEmbeddings(
   model: RetfinerModel,
   classes: string[],
   prompts: Record<string, string[]>,
   templates: readonly string[] = PROMPT_TEMPLATES,
-): Float32Array {
+): Promise<Float32Array> {
   const E = model.heads.get("contra_head_t.weight")!.shape[0];
   const out = new Float32Array(classes.length * E);
-  classes.forEach((c, k) => {
+  for (const [k, c] of classes.entries()) {
     const descs = prompts[c];
     if (!descs?.length) {
       throw new ProbeError(`no prompt for class "${c}" (give descriptions for: ${classes.join(", ")})`);
     }
     const texts = descs.flatMap((d) => templates.map((t) => t.replace("{}", d)));
-    const e = embedTexts(model, texts);
+    const e = await embedTexts(model, texts);
     const m = new Float64Array(E);
     for (let i = 0; i < texts.length; i++) for (let d = 0; d < E; d++) m[d] += e[i * E + d];
     const norm = Math.sqrt(m.reduce((s, v) => s + v * v, 0)) || 1;
     for (let d = 0; d < E; d++) out[k * E + d] = m[d] / norm;
-  });
+  }
   return out;
 }
 
@@ -103,7 +103,7 @@ export async function zeroShotTask(
 ): Promise<ZeroShotResult> {
   const test = dataset.items.filter((i) => i.split === "test");
   const E = model.heads.get("contra_head_t.weight")!.shape[0];
-  const cls = classEmbeddings(model, dataset.classes, prompts);
+  const cls = await classEmbeddings(model, dataset.classes, prompts);
   const img = await embedImages(model, test.map((i) => i.path), { recipe: "probe", onProgress: options.onProgress });
   const probs = test.map((_, n) => {
     const logits = dataset.classes.map((_, k) => {

@@ -11,34 +11,14 @@ import type { RetfinerModel } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
 
 /**
- * L2-normalised contrastive text embeddings `[N, E]` of `texts` (text-only BERT → CLS → `contra_head_t`).
- * Synchronous reads: on WebGPU under Deno they throw; use {@link embedTextsAsync} there (any backend).
+ * Contrastive text embeddings (`contra_head_t` on the text-only CLS, L2-normalised), read asynchronously so that
+ * every backend works (WebGPU under Deno has no synchronous read).
  * @param model the RetFiner model
  * @param texts the texts (tokenised to the model's maximum length)
  * @param batch texts per forward pass
  * @returns row-major `[N, E]` unit vectors, E the contrastive width
  */
-export function embedTexts(model: RetfinerModel, texts: string[], batch = 64): Float32Array {
-  const { out, E, batches } = textBatches(model, texts, batch);
-  for (const [i, forward] of batches) {
-    const y = forward();
-    try {
-      out.set(y.dataSync() as Float32Array, i * E);
-    } finally {
-      y.dispose();
-    }
-  }
-  return out;
-}
-
-/**
- * {@link embedTexts} with asynchronous reads, which every backend has (WebGPU under Deno has no synchronous one).
- * @param model the RetFiner model
- * @param texts the texts (tokenised to the model's maximum length)
- * @param batch texts per forward pass
- * @returns row-major `[N, E]` unit vectors, E the contrastive width
- */
-export async function embedTextsAsync(model: RetfinerModel, texts: string[], batch = 64): Promise<Float32Array> {
+export async function embedTexts(model: RetfinerModel, texts: string[], batch = 64): Promise<Float32Array> {
   const { out, E, batches } = textBatches(model, texts, batch);
   for (const [i, forward] of batches) {
     const y = forward();

@@ -8,7 +8,7 @@ import { imagesTensor, vitRefineTokens } from "../encoders/vit.ts";
 import { itmHead } from "../model/heads.ts";
 import type { RetfinerModel } from "../model/model.ts";
 import type { ProgressCallback } from "../util/progress.ts";
-import { embedImages, embedTextsAsync } from "./embed.ts";
+import { embedImages, embedTexts } from "./embed.ts";
 
 /** Retrieval metrics in one direction. */
 export interface RecallAtK {
@@ -72,7 +72,7 @@ export async function retrieval(
   const n = pairs.length;
   const E = model.heads.get("contra_head_t.weight")!.shape[0];
   const img = await embedImages(model, pairs.map((p) => p.image), { onProgress: options.onProgress });
-  const txt = await embedTextsAsync(model, pairs.map((p) => p.report));
+  const txt = await embedTexts(model, pairs.map((p) => p.report));
   const i2t = new Float64Array(n * n);
   const t2i = new Float64Array(n * n);
   for (let i = 0; i < n; i++) {

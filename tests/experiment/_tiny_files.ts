@@ -9,7 +9,7 @@ export async function tinyFiles(family: "retfound" | "visionfm" | "urfound" = "r
   const dir = await Deno.makeTempDir();
   const m = await tinyModel(0, family);
   const { safetensors } = await exportBackbone(m.vit, dir, "tiny");
-  await writeSafetensors(join(dir, "bert.safetensors"), bertStateDictForExport(m.bert));
+  await writeSafetensors(join(dir, "bert.safetensors"), await bertStateDictForExport(m.bert));
   await Deno.writeTextFile(join(dir, "bert_config.json"), JSON.stringify(bertConfigToJson(m.bert.config)));
   await Deno.writeTextFile(join(dir, "tokenizer.json"), JSON.stringify(m.tokenizer.tokenizerJson));
   return {

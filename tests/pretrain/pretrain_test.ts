@@ -72,7 +72,7 @@ for (const objective of ["mae", "contrastive"] as const) {
   });
 }
 
-Deno.test("text pretraining (MLM on synthetic reports) lowers its loss and is seeded", () => {
+Deno.test("text pretraining (MLM on synthetic reports) lowers its loss and is seeded", async () => {
   const reports = pretrainingReports(256, 1);
   assertEquals(pretrainingReports(256, 1), reports);
   const cfg = bertPreset("small", {
@@ -82,7 +82,7 @@ Deno.test("text pretraining (MLM on synthetic reports) lowers its loss and is se
     intermediateSize: 64,
     maxPositionEmbeddings: 32,
   });
-  const r = pretrainTextEncoder(reports, cfg, { epochs: 4, batchSize: 32, lr: 2e-3, vocabSize: 300 });
+  const r = await pretrainTextEncoder(reports, cfg, { epochs: 4, batchSize: 32, lr: 2e-3, vocabSize: 300 });
   assert(r.losses[3] < r.losses[0], String(r.losses));
   assertEquals(r.bert.config.vocabSize, r.tokenizer.vocabSize);
   void createMae;

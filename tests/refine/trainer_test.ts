@@ -56,8 +56,8 @@ Deno.test("a short refinement on tiny synthetic pairs reduces every loss term", 
   const back = loadVit(result.backbone.safetensors);
   assertEquals(back.model.config.family, "retfound");
   assertEquals(back.model.config.projDim, 32);
-  const sd = stateDict(model.vit.params);
-  for (const [name, t] of stateDict(back.model.params)) {
+  const sd = await stateDict(model.vit.params);
+  for (const [name, t] of await stateDict(back.model.params)) {
     assertEquals(Array.from(t.data as Float32Array), Array.from(sd.get(name)!.data as Float32Array), name);
   }
   for (const f of ["text_encoder.safetensors", "heads.safetensors", "tokenizer.json", "best.ckpt.safetensors"]) {

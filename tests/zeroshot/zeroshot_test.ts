@@ -55,7 +55,7 @@ Deno.test("a saved run reloads (backbone, text encoder, heads, tokenizer) with i
 Deno.test("zero-shot classification and retrieval run on a saved run and give valid metrics", async () => {
   const run = loadRun(runDir);
   const ds = await readImageFolderDataset(`${SYNTH_TINY}tasks/normal_amd_dme`);
-  const e = classEmbeddings(run, ds.classes, SYNTH_CLASS_PROMPTS);
+  const e = await classEmbeddings(run, ds.classes, SYNTH_CLASS_PROMPTS);
   const E = e.length / 3;
   for (let k = 0; k < 3; k++) {
     assertAlmostEquals(Math.hypot(...e.subarray(k * E, (k + 1) * E)), 1, 1e-5, "class embeddings are unit vectors");
@@ -90,7 +90,11 @@ Deno.test("cross-attention maps: one distribution over patches per report token,
   const [p] = await tinyPairs();
   const c = run.vit.config;
   const b = await loadImageBatch([p.image], [0], refinementSpec(c.imgSize, c));
-  const { tokens, maps, grid } = crossAttentionMaps(run, tf.tensor(b.data, [1, 3, c.imgSize, c.imgSize]), p.report);
+  const { tokens, maps, grid } = await crossAttentionMaps(
+    run,
+    tf.tensor(b.data, [1, 3, c.imgSize, c.imgSize]),
+    p.report,
+  );
   assertEquals(grid, 4);
   assertEquals(maps.length, tokens.length * 16);
   for (let t = 0; t < tokens.length; t++) {
