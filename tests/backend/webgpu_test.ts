@@ -10,7 +10,8 @@ import { isSoftwareAdapter, probeWebGpu } from "../../src/backend/webgpu.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { refinementSpec } from "../../src/dataset/mod.ts";
 import { loadImageBatch } from "../../src/dataset/batches.ts";
-import { ALL_LOSSES, type PairBatch, retfinerLosses } from "../../src/refine/mod.ts";
+import { ALL_LOSSES, type PairBatch, refine, retfinerLosses } from "../../src/refine/mod.ts";
+import { loadVit } from "../../src/encoders/mod.ts";
 import { modelParams } from "../../src/model/mod.ts";
 import { BackendError } from "../../src/util/errors.ts";
 import { Rng } from "../../src/util/rng.ts";
@@ -140,6 +141,48 @@ Deno.test(
       }
       assert(worst.rel <= 1e-4, `gradient of ${worst.name}: max |Δ| / max |g| = ${worst.rel}`);
       console.log(`worst gradient: ${worst.name}, ${worst.rel.toExponential(2)} of its scale`);
+    } finally {
+      await setupBackend({ log: null, backend: "cpu-onnx" });
+    }
+  },
+);
+
+Deno.test(
+  "refine() end to end on WebGPU: two epochs, checkpoint and export, the CPU's loss history",
+  { ignore },
+  async () => {
+    const run = async (backend: "cpu-onnx" | "webgpu") => {
+      await setupBackend({ backend, log: null });
+      const model = await tinyModel(0);
+      const runDir = await Deno.makeTempDir();
+      const result = await refine({
+        model,
+        pairs: await tinyPairs(),
+        runDir,
+        batchSize: 8,
+        epochs: 2,
+        patience: 100,
+        optimizer: { lr: 1e-3 },
+        seed: 1,
+      });
+      const exported = loadVit(result.backbone.safetensors).model;
+      const w = await exported.params.get("blocks.0.attn.qkv.weight")!.data();
+      return { history: result.loop.history.map((h) => h.trainLoss), w };
+    };
+    try {
+      const cpu = await run("cpu-onnx");
+      const gpu = await run("webgpu");
+      assertEquals(gpu.history.length, cpu.history.length);
+      gpu.history.forEach((l, i) =>
+        assertAlmostEquals(l, cpu.history[i], 1e-3 * Math.abs(cpu.history[i]), `epoch ${i}`)
+      );
+      let d = 0;
+      let scale = 0;
+      for (let i = 0; i < cpu.w.length; i++) {
+        d = Math.max(d, Math.abs(cpu.w[i] - gpu.w[i]));
+        scale = Math.max(scale, Math.abs(cpu.w[i]));
+      }
+      assert(d <= 1e-3 * scale, `exported qkv weight after 2 epochs: max |Δ| ${d} of ${scale}`);
     } finally {
       await setupBackend({ log: null, backend: "cpu-onnx" });
     }

@@ -36,6 +36,9 @@ Deno.test("encode: folder of PNG/JPEG/TIFF → cls and concat features match PyT
       out,
     ]);
     assertEquals(r.code, 0, r.stderr);
+    // `deno task test:webgpu` runs this file with RETFINER_BACKEND=webgpu: the CLI must really have used it.
+    const wanted = Deno.env.get("RETFINER_BACKEND");
+    if (wanted) assert(r.stderr.includes(`backend: ${wanted} `), r.stderr);
     const arr = parseNpy(await Deno.readFile(out));
     assertEquals(arr.shape, expected.get(mode)!.shape);
     const want = toFloat32(expected.get(mode)!);
