@@ -205,6 +205,25 @@ function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Floa
   }
 }
 
+/** Each parameter with a gradient, in parameter order, with its hyper-parameters (no decay for `noDecay` names). */
+function pairGradients(
+  params: Map<string, Variable>,
+  grads: Map<string, Tensor>,
+  config: AdamWConfig,
+  noDecay?: (name: string) => boolean,
+): { name: string; p: Variable; g: Tensor; hyper: AdamWConfig }[] {
+  const out: { name: string; p: Variable; g: Tensor; hyper: AdamWConfig }[] = [];
+  for (const [name, p] of params) {
+    const g = grads.get(name);
+    if (!g) continue;
+    if (g.size !== p.size) {
+      throw new OptimizerError(`gradient of ${name} has ${g.size} values, the parameter ${p.size}`);
+    }
+    out.push({ name, p, g, hyper: noDecay?.(name) ? { ...config, weightDecay: 0 } : config });
+  }
+  return out;
+}
+
 /**
  * Applies one AdamW update to `params` (name → variable) with `grads`
  * (name → gradient), at learning rate `lr` (for schedules). Parameters
@@ -236,17 +255,13 @@ export function adamwStep(
   noDecay?: (name: string) => boolean,
 ): void {
   const t = state.step + 1;
-  const pending: PendingUpdate[] = [];
-  for (const [name, p] of params) {
-    const gT = grads.get(name);
-    if (!gT) continue;
-    if (gT.size !== p.size) {
-      throw new OptimizerError(`gradient of ${name} has ${gT.size} values, the parameter ${p.size}`);
-    }
-    const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
-    // Read the gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
-    pending.push({ name, p, g: cpuValues(gT) ?? (gT.dataSync() as Float32Array), hyper });
-  }
+  // Read each gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
+  const pending: PendingUpdate[] = pairGradients(params, grads, config, noDecay).map(({ name, p, g, hyper }) => ({
+    name,
+    p,
+    g: cpuValues(g) ?? (g.dataSync() as Float32Array),
+    hyper,
+  }));
   // Moments the device path left as tensors come back to the host (same values).
   for (const u of pending) hostMoments(state, u.name);
   // First every check, then every write: a throw leaves parameters and state as they were.
@@ -330,16 +345,7 @@ export async function adamwStepDevice(
   noDecay?: (name: string) => boolean,
 ): Promise<void> {
   const t = state.step + 1;
-  const pending: DeviceUpdate[] = [];
-  for (const [name, p] of params) {
-    const g = grads.get(name);
-    if (!g) continue;
-    if (g.size !== p.size) {
-      throw new OptimizerError(`gradient of ${name} has ${g.size} values, the parameter ${p.size}`);
-    }
-    const hyper = noDecay?.(name) ? { ...config, weightDecay: 0 } : config;
-    pending.push({ name, p, g, hyper, uploaded: false });
-  }
+  const pending: DeviceUpdate[] = pairGradients(params, grads, config, noDecay).map((u) => ({ ...u, uploaded: false }));
   const device = state.device ?? { m: new Map<string, Tensor>(), v: new Map<string, Tensor>() };
   for (const u of pending) {
     u.m0 = device.m.get(u.name);
