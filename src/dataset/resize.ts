@@ -60,26 +60,26 @@ function keysCubic(x: number): number {
 }
 
 /**
- * PyTorch's antialiased bicubic taps (`_compute_indices_min_size_weights_aa`, align_corners=False): the cubic
- * stretched by the shrink factor (support 2·scale when shrinking, 2 when enlarging), only in-range taps,
- * normalised to sum 1.
+ * The separable antialiased resampling coefficients PIL's `ImagingResample` and PyTorch's antialiased
+ * `interpolate` (`_compute_indices_min_size_weights_aa`, align_corners=False) share: `filter` of radius `radius`
+ * stretched by the shrink factor, only in-range taps, normalised to sum 1.
  */
-function torchBicubicAATaps(inSize: number, outSize: number): Taps {
+function antialiasTaps(inSize: number, outSize: number, filter: (x: number) => number, radius: number): Taps {
   const scale = inSize / outSize;
-  const support = 2 * Math.max(scale, 1);
-  const invscale = scale >= 1 ? 1 / scale : 1;
+  const filterscale = Math.max(scale, 1);
+  const support = radius * filterscale;
   const n = Math.ceil(support) * 2 + 1;
   const idx = new Int32Array(outSize * n);
   const w = new Float32Array(outSize * n);
   for (let o = 0; o < outSize; o++) {
-    const center = scale * (o + 0.5);
-    // C++ truncation toward zero, then clamped to the image.
+    const center = (o + 0.5) * scale;
+    // Both truncate toward zero (C casts), then clamp to the image.
     const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
-    const xsize = Math.min(Math.trunc(center + support + 0.5), inSize) - xmin;
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize);
     const ww: number[] = [];
     let total = 0;
-    for (let j = 0; j < xsize; j++) {
-      const v = keysCubic((j + xmin - center + 0.5) * invscale);
+    for (let x = xmin; x < xmax; x++) {
+      const v = filter((x - center + 0.5) / filterscale);
       ww.push(v);
       total += v;
     }
@@ -91,35 +91,10 @@ function torchBicubicAATaps(inSize: number, outSize: number): Taps {
   return { idx, w, n };
 }
 
-/** PIL's `ImagingResample` coefficients for the bilinear (triangle) filter. */
-function pilBilinearTaps(inSize: number, outSize: number): Taps {
-  const scale = inSize / outSize;
-  const filterscale = Math.max(scale, 1);
-  const support = 1 * filterscale;
-  const n = Math.ceil(support) * 2 + 1;
-  const idx = new Int32Array(outSize * n);
-  const w = new Float32Array(outSize * n);
-  for (let o = 0; o < outSize; o++) {
-    const center = (o + 0.5) * scale;
-    let xmin = Math.floor(center - support + 0.5);
-    if (xmin < 0) xmin = 0;
-    let xmax = Math.floor(center + support + 0.5);
-    if (xmax > inSize) xmax = inSize;
-    const ww: number[] = [];
-    let total = 0;
-    for (let x = xmin; x < xmax; x++) {
-      const t = Math.abs((x - center + 0.5) / filterscale);
-      const v = t < 1 ? 1 - t : 0;
-      ww.push(v);
-      total += v;
-    }
-    for (let k = 0; k < n; k++) {
-      const x = xmin + k;
-      idx[o * n + k] = Math.min(inSize - 1, x);
-      w[o * n + k] = k < ww.length && total !== 0 ? ww[k] / total : 0;
-    }
-  }
-  return { idx, w, n };
+/** PIL's bilinear (triangle) filter. */
+function triangle(x: number): number {
+  x = Math.abs(x);
+  return x < 1 ? 1 - x : 0;
 }
 
 function resample(img: GreyImage, outW: number, outH: number, tx: Taps, ty: Taps, round8bit: boolean): GreyImage {
@@ -168,8 +143,8 @@ export function resizeGrey(
       img,
       width,
       height,
-      torchBicubicAATaps(img.width, width),
-      torchBicubicAATaps(img.height, height),
+      antialiasTaps(img.width, width, keysCubic, 2),
+      antialiasTaps(img.height, height, keysCubic, 2),
       false,
     );
   }
@@ -188,8 +163,8 @@ export function resizeGrey(
     img,
     width,
     height,
-    pilBilinearTaps(img.width, width),
-    pilBilinearTaps(img.height, height),
+    antialiasTaps(img.width, width, triangle, 1),
+    antialiasTaps(img.height, height, triangle, 1),
     !!options.pil8bit,
   );
 }
