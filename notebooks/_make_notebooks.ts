@@ -122,13 +122,16 @@ await rf.showMarkdown(tasks.map((t) => "\`\`\`\\n" + rf.formatClassCounts(t) + "
 
 The authors' protocol: the \`concat\` representation (mean of patch tokens and CLS, per ${f.title}'s recipe), a linear
 head with AdamW, warmup and cosine, label smoothing, early stopping on validation balanced accuracy, the best state
-tested once. Fast mode caches the features.`,
+tested once. Fast mode caches the features. Beside it, with the same protocol and seeds, the references every report
+carries: a probe on raw pixels (28×28) and, for a stand-in, the same ViT with random weights. A foundation model should
+beat both.`,
     },
     {
       cell_type: "code",
       tags: ["expect-output"],
       source:
         `const baseline = await rf.probeModel(vit, rf.baselineName("${family}", !WEIGHTS), tasks, { seeds: SEEDS }, rf.notebookProgress());
+const references = await rf.probeReferences(vit, tasks, { seeds: SEEDS }, { randomVit: !WEIGHTS }, rf.notebookProgress());
 await rf.showMarkdown(rf.markdownSingle(baseline));`,
     },
     {
@@ -175,12 +178,13 @@ generalise across pairs (README, *What the default run shows*). Expect changes n
       source:
         `const refined = await rf.probeModel(model.vit, rf.REFINED_NAMES["${family}"], tasks, { seeds: SEEDS }, rf.notebookProgress());
 const comparison = rf.compareModels(baseline, refined);
-await rf.showMarkdown(rf.markdownSummary(comparison) + "\\n\\n" + rf.markdownPerTask(comparison));`,
+await rf.showMarkdown([rf.markdownSummary(comparison, references), rf.markdownEffect(comparison), rf.markdownPerTask(comparison, "bacc", references)].join("\\n\\n"));`,
     },
     {
       cell_type: "code",
       tags: ["expect-output"],
-      source: `await rf.showFigure(rf.gainsFigure(comparison));`,
+      source: `await rf.showFigure(rf.absoluteFigure(comparison, "bacc", references));
+await rf.showFigure(rf.gainsFigure(comparison));`,
     },
     {
       cell_type: "markdown",
@@ -207,7 +211,7 @@ saved beside it.`,
     {
       cell_type: "code",
       tags: ["expect-output"],
-      source: `const { files } = await rf.writeProbeReport(runDir, { baseline, refined });
+      source: `const { files } = await rf.writeProbeReport(runDir, { baseline, refined }, { probe: rf.describeProbe(SETTINGS.probe.mode, SEEDS), references });
 await rf.showMarkdown([\`- backbone: \\\`\${result.backbone.pth}\\\`\`, \`- safetensors: \\\`\${result.backbone.safetensors}\\\`\`, \`- report: \\\`\${files.markdown}\\\`\`, \`- chart: \\\`\${files.html}\\\`\`].join("\\n"));`,
     },
   ];
