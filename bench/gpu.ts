@@ -89,7 +89,7 @@ export async function gpuCheck(options: { quick?: boolean; json?: boolean; skipT
         seconds: s,
         throughput: `${(batch / s).toFixed(1)} images/s`,
         gpuMiB: backend === "webgpu"
-          ? mib((tf.memory() as { numBytesInGPUAllocated?: number }).numBytesInGPUAllocated)
+          ? mib((tf.memory() as { numBytesAllocatedInGPU?: number }).numBytesAllocatedInGPU)
           : undefined,
       });
       w.dispose();
@@ -105,7 +105,7 @@ export async function gpuCheck(options: { quick?: boolean; json?: boolean; skipT
         seconds: s,
         throughput: `${(cfg.batch / s).toFixed(2)} pairs/s`,
         gpuMiB: backend === "webgpu"
-          ? mib((tf.memory() as { numBytesInGPUAllocated?: number }).numBytesInGPUAllocated)
+          ? mib((tf.memory() as { numBytesAllocatedInGPU?: number }).numBytesAllocatedInGPU)
           : undefined,
       });
       w.dispose();
