@@ -27,12 +27,14 @@ export * from "./src/refine/mod.ts";
 export * from "./src/probe/mod.ts";
 export * from "./src/experiment/mod.ts";
 export * from "./src/zeroshot/mod.ts";
+export * from "./src/dist/mod.ts";
 export * from "./src/params.ts";
 export {
   BackendError,
   CheckpointError,
   DatasetError,
   EncoderError,
+  MpiError,
   OptimizerError,
   ProbeError,
   RefineError,

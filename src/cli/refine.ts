@@ -24,6 +24,7 @@ import { disposeParams, loadVit } from "../encoders/mod.ts";
 import { formatDuration, ProgressBar } from "../util/progress.ts";
 import { BACKEND_FLAG, backendFromFlags, noticeLog, parseSeeds, timestamp } from "./common.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
+import { worldFromEnv } from "../dist/mpi.ts";
 
 const SPEC: CommandSpec = {
   usage: "deno task refine",
@@ -341,7 +342,20 @@ await runMain(async () => {
     family = decided.family.family as ExperimentFamily;
     return decided.model;
   };
-  const bar = new ProgressBar();
+  // Started by mpiexec with several ranks: data-parallel refinement (src/dist/mpi.ts); rank 0 reports.
+  const world = worldFromEnv();
+  if (world.size > 1 && (!v.pairs || v.ablation)) {
+    throw new UsageError(
+      `started with ${world.size} MPI ranks: data-parallel refinement takes --pairs (without --ablation); the ` +
+        "end-to-end experiment runs in one process",
+    );
+  }
+  if (world.size > 1 && world.rank === 0) {
+    console.error(
+      `data parallel: ${world.size} ranks over ${world.library}; --batch ${v.batch ?? "(preset)"} is the global batch`,
+    );
+  }
+  const bar = new ProgressBar({ quiet: world.rank !== 0 });
   const t0 = performance.now();
   console.error(`run directory: ${out}`);
   if (!v.resume) {
@@ -424,6 +438,7 @@ await runMain(async () => {
     : { imageColumn: String(v["image-column"]), textColumn: String(v["text-column"]), skipBad: !!v["skip-bad"] };
   if (slice === "all") manifest.image = { slice };
   const notice = (m: string) => {
+    if (world.rank !== 0) return;
     bar.finish();
     console.error(m);
   };
@@ -441,10 +456,12 @@ await runMain(async () => {
     loading,
     text,
     textFromScratch: !!v["text-from-scratch"],
-    benchmark: v.benchmark && !v["no-probe"] ? String(v.benchmark) : undefined,
+    // Rank 0 probes; the other ranks only refine.
+    benchmark: v.benchmark && !v["no-probe"] && world.rank === 0 ? String(v.benchmark) : undefined,
     probe: { seeds, mode: v["probe-mode"] as "fast" | "faithful" },
     refine: {
       ...refineOptions,
+      collective: world,
       onNotice: notice,
       onEpoch: (e) =>
         notice(
@@ -454,9 +471,10 @@ await runMain(async () => {
         ),
     },
     onProgress: bar.callback,
-    log: (line) => console.error(line),
+    log: (line) => world.rank === 0 && console.error(line),
     onRefined: (result) => {
       bar.finish();
+      if (world.rank !== 0) return;
       console.log(
         `stopped: ${result.stopReason} after ${result.loop.step} steps; best epoch ${result.loop.bestEpoch + 1}`,
       );
@@ -467,8 +485,9 @@ await runMain(async () => {
     bar.finish();
     console.log("\n" + terminalTable(r.probe.comparison) + `\nreport: ${r.probe.files.markdown}`);
   }
-  if (r.skipped.length) {
+  if (r.skipped.length && world.rank === 0) {
     for (const s of r.skipped) console.error(skippedLine(s));
     console.error(`${r.skipped.length} row(s) skipped; listed in ${join(out, "skipped_rows.tsv")}`);
   }
+  world.finalize();
 });

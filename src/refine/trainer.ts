@@ -40,6 +40,7 @@ import { exportBackbone, exportTextSide } from "../model/export.ts";
 import { modelParams, type RetfinerModel } from "../model/model.ts";
 import { type LossWeights, OBJECTIVES, type PairBatch, retfinerLosses } from "./step.ts";
 import { AUTHORS, CPU_DEMO, deepMerge, type RunParams } from "../params.ts";
+import { type Collective, SINGLE_PROCESS } from "../dist/mpi.ts";
 
 /** Options of {@link refine}. */
 export interface RefineOptions {
@@ -91,6 +92,14 @@ export interface RefineOptions {
   cacheBytes?: number;
   /** Notices (resume, stale files removed, pairs left out of a batch); default: `console.error`. */
   onNotice?: (message: string) => void;
+  /**
+   * The ranks of a data-parallel run (`src/dist/mpi.ts`; default one process). Each rank computes the micro-batches
+   * `c ≡ rank (mod size)` of every global batch; gradients and loss values are summed across ranks in one buffer per
+   * step, so every rank applies the same AdamW step. The accumulation count is raised to a multiple of the world size,
+   * and the run equals one process with that `accumulate` (same micro-batches, negatives and random draws). Rank 0
+   * alone writes logs, checkpoints and exports.
+   */
+  collective?: Collective;
 }
 
 /** What {@link refine} returns. */
@@ -249,8 +258,22 @@ function presetTaken(options: Partial<RefineOptions>, s: RunParams["refine"]): s
  * ```
  */
 export async function refine(options: RefineOptions): Promise<RefineResult> {
+  const world = options.collective ?? SINGLE_PROCESS;
+  if (world.size === 1) return await refineRanks(options, world);
+  try {
+    return await refineRanks(options, world);
+  } catch (err) {
+    // The other ranks would wait in the next collective forever: end the whole job, saying why.
+    console.error(`refine: rank ${world.rank} of ${world.size} failed, ending all ranks: ${(err as Error).message}`);
+    world.abort(1);
+    throw err;
+  }
+}
+
+async function refineRanks(options: RefineOptions, world: Collective): Promise<RefineResult> {
   const { model, runDir } = options;
-  const notice = options.onNotice ?? ((m: string) => console.error(m));
+  const lead = world.rank === 0;
+  const notice = lead ? options.onNotice ?? ((m: string) => console.error(m)) : () => {};
   const runName = options.runName ?? runDir.split("/").filter(Boolean).pop() ?? "run";
   const settings = refineSettings(options);
   if (!options.preset) {
@@ -263,7 +286,15 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
       );
     }
   }
-  const { batchSize, accumulate, epochs, patience, seed, maxLength } = settings;
+  const { batchSize, epochs, patience, seed, maxLength } = settings;
+  // Data parallel: at least one micro-batch per rank, the same on every rank.
+  const accumulate = Math.ceil(settings.accumulate / world.size) * world.size;
+  if (accumulate !== settings.accumulate) {
+    notice(
+      `refine: ${world.size} ranks: each global batch of ${batchSize} is split into ${accumulate} micro-batches ` +
+        `(accumulate ${settings.accumulate} raised to a multiple of the ranks)`,
+    );
+  }
   const micro = Math.ceil(batchSize / accumulate);
   const opt: AdamWConfig = settings.optimizer;
   const schedule: LrSchedule = settings.schedule;
@@ -301,7 +332,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     notice(`refine: each epoch leaves out 1 of ${train.length} training pairs (the last batch would hold only 1)`);
   }
   await Deno.mkdir(runDir, { recursive: true });
-  const stale = await removeStaleTemps(runDir);
+  const stale = lead ? await removeStaleTemps(runDir) : [];
   if (stale.length) {
     notice(`refine: removed ${stale.length} temp file(s) of interrupted writes in ${runDir}: ${stale.join(", ")}`);
   }
@@ -380,7 +411,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         );
       }
     }
-    const dropped = await truncateLog(logPath, loop);
+    const dropped = lead ? await truncateLog(logPath, loop) : 0;
     notice(
       `refine: resuming from ${lastPath} after step ${loop.step} (epoch ${
         loop.epoch + 1
@@ -390,10 +421,12 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
   } else if (options.resume) {
     notice(`refine: no checkpoint in ${runDir} to resume from; starting from the beginning`);
     // A best checkpoint without a last one: the interrupted run was killed between the two saves of its first epoch.
-    await Deno.remove(bestPath).catch((err) => {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-    });
-    await truncateLog(logPath, undefined);
+    if (lead) {
+      await Deno.remove(bestPath).catch((err) => {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      });
+      await truncateLog(logPath, undefined);
+    }
   } else {
     for (const f of [lastPath, bestPath]) {
       if (await exists(f)) {
@@ -402,10 +435,13 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         );
       }
     }
-    await truncateLog(logPath, undefined);
+    if (lead) await truncateLog(logPath, undefined);
   }
+  // Every rank starts from rank 0's weights (the same seed gives the same ones; this makes sure).
+  world.barrier();
+  await broadcastParams(world, params);
   const log = async (entry: Record<string, unknown>) => {
-    await Deno.writeTextFile(logPath, JSON.stringify(entry) + "\n", { append: true });
+    if (lead) await Deno.writeTextFile(logPath, JSON.stringify(entry) + "\n", { append: true });
   };
   if (lastSavedStep !== undefined) {
     await log({ kind: "resume", step: loop.step, epoch: loop.epoch, batchInEpoch: loop.batchInEpoch });
@@ -427,7 +463,8 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     trainPairs: train.length,
   };
   const save = async (path: string, l: LoopState) => {
-    await saveCheckpoint(path, params, state, l, meta);
+    if (world.size > 1) await checkSameWeights(world, params, l.step);
+    if (lead) await saveCheckpoint(path, params, state, l, meta);
     if (path === lastPath) lastSavedStep = l.step;
   };
   const lastGood = () =>
@@ -446,8 +483,16 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     let count = resumedSums?.count ?? 0;
     const t0 = performance.now() - (resumedSums?.seconds ?? 0) * 1000;
     resumedSums = undefined;
+    // This rank's micro-batches of each global batch: chunk c of ⌈n/micro⌉ goes to rank c mod size.
+    const ownChunks = (n: number) =>
+      Array.from({ length: Math.ceil(n / micro) }, (_, c) => c).filter((c) => c % world.size === world.rank);
     const loaders = order.slice(loop.batchInEpoch).map((b) => () =>
-      loadImageBatch(paths, b.map((i) => trainIdx[i]), spec, { cache, origins })
+      loadImageBatch(
+        paths,
+        ownChunks(b.length).flatMap((c) => b.slice(c * micro, (c + 1) * micro)).map((i) => trainIdx[i]),
+        spec,
+        { cache, origins },
+      )
     );
     for await (const imgs of prefetchDrained(loaders, 2)) {
       if (options.maxSteps !== undefined && loop.step >= options.maxSteps) {
@@ -467,20 +512,23 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
       const lr = scheduledLr(opt.lr, loop.step, sched);
       const termValues: Record<string, number> = {};
       let grads: Map<string, Tensor> | undefined;
-      const n = imgs.indices.length;
+      const n = order[loop.batchInEpoch].length;
       const chunks = Math.ceil(n / micro);
+      const plane = 3 * spec.size * spec.size;
+      // Forked in chunk order on every rank (a fork advances its parent), so chunk c draws what it draws alone.
+      const microRngs = Array.from({ length: chunks }, (_, c) => stepRng.fork(`micro/${c}`));
       try {
-        for (let c = 0; c < chunks; c++) {
+        let offset = 0; // into this rank's images
+        for (const c of ownChunks(n)) {
+          const size = Math.min(n, (c + 1) * micro) - c * micro;
           const sel = {
-            data: imgs.data.subarray(
-              c * micro * 3 * spec.size * spec.size,
-              Math.min(n, (c + 1) * micro) * 3 * spec.size * spec.size,
-            ),
-            indices: imgs.indices.slice(c * micro, (c + 1) * micro),
+            data: imgs.data.subarray(offset * plane, (offset + size) * plane),
+            indices: imgs.indices.slice(offset, offset + size),
           };
+          offset += size;
           if (sel.indices.length < 2) continue;
           const batch = gatherBatch(tokens, sel);
-          const microRng = stepRng.fork(`micro/${c}`);
+          const microRng = microRngs[c];
           let terms: Record<string, Tensor> = {};
           const { value, grads: g } = tf.variableGrads(() => {
             const out = runLosses(batch, microRng, true);
@@ -513,6 +561,10 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
               t.dispose();
             }
           }
+        }
+        if (world.size > 1) {
+          // One buffer per step: every gradient in parameter order, then the loss terms and a "had a batch" count.
+          grads = await allreduceStep(world, params, grads, termValues);
         }
         if (grads && chunks > 1) {
           for (const [name, t] of grads) {
@@ -560,11 +612,15 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     // Validation: the mean total loss over validation batches, in eval mode (Lightning's val_epoch_loss, §1.6).
     let valSum = 0;
     let valCount = 0;
-    const vLoaders = valOrder.map((b) => () =>
+    // Validation batches go round-robin to the ranks; their sums are added up across ranks.
+    const ownVal = valOrder.map((b, k) => [b, k] as const).filter(([, k]) => k % world.size === world.rank);
+    const vLoaders = ownVal.map(([b]) => () =>
       loadImageBatch(paths, b.map((i) => valIdx[i]), spec, { cache, origins })
     );
+    let own = 0;
     let vb = 0;
     for await (const imgs of prefetchDrained(vLoaders, 2)) {
+      vb = ownVal[own++][1];
       const batch = gatherBatch(tokens, imgs);
       const stopped = `refinement stopped after epoch ${loop.epoch + 1} (step ${loop.step}), in validation batch ` +
         `${vb + 1} of ${valOrder.length}`;
@@ -581,10 +637,14 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         if (!(err instanceof RefineError)) throw err;
         throw new RefineError(`${stopped}: ${err.message}. ${after}`, { cause: err });
       }
-      vb++;
       if (!Number.isFinite(v)) throw new RefineError(`${stopped}: the validation loss is ${v}. ${after}`);
       valSum += v * imgs.indices.length;
       valCount += imgs.indices.length;
+    }
+    if (world.size > 1) {
+      const sums = Float64Array.of(valSum, valCount);
+      world.allreduceSum(sums);
+      [valSum, valCount] = sums;
     }
     const valLoss = valCount ? valSum / valCount : NaN;
     const summary = {
@@ -616,6 +676,7 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
     }
   }
   // Export the best state (ModelCheckpoint monitor=val_epoch_loss, §1.6/§1.7).
+  world.barrier(); // rank 0's last checkpoint writes are done
   disposeAdamWState(state);
   if (await exists(bestPath)) disposeAdamWState(loadCheckpoint(bestPath, params).opt);
   else if (val.length && loop.history.length === 0) {
@@ -624,7 +685,85 @@ export async function refine(options: RefineOptions): Promise<RefineResult> {
         `step ${loop.step}, not checked on validation pairs`,
     );
   }
-  const backbone = await exportBackbone(model.vit, runDir, runName);
-  await exportTextSide(model, runDir);
+  const backbone = lead
+    ? await exportBackbone(model.vit, runDir, runName)
+    : { pth: join(runDir, "(rank 0 exports)"), safetensors: join(runDir, "(rank 0 exports)") };
+  if (lead) await exportTextSide(model, runDir);
+  world.barrier(); // every rank returns once the exports are on disk
   return { loop, stopReason, backbone };
+}
+
+/** Sets every rank's weights to rank 0's. */
+async function broadcastParams(world: Collective, params: Map<string, tf.Variable>): Promise<void> {
+  if (world.size === 1) return;
+  for (const p of params.values()) {
+    const buf = Float32Array.from(await p.data());
+    world.broadcast(buf, 0);
+    p.assign(tf.tensor(buf, p.shape));
+  }
+}
+
+/**
+ * Sums this rank's gradients (zeros where it had no micro-batch) and loss terms with every other rank's, in one
+ * flattened buffer in parameter order.
+ * @returns the summed gradients (this rank's tensors disposed), or undefined when no rank had a batch
+ */
+async function allreduceStep(
+  world: Collective,
+  params: Map<string, tf.Variable>,
+  grads: Map<string, Tensor> | undefined,
+  termValues: Record<string, number>,
+): Promise<Map<string, Tensor> | undefined> {
+  let total = 0;
+  for (const p of params.values()) total += p.size;
+  const flat = new Float32Array(total);
+  let off = 0;
+  for (const [name, p] of params) {
+    const g = grads?.get(name);
+    if (g) flat.set((await g.data()) as Float32Array, off);
+    off += p.size;
+  }
+  if (grads) tf.dispose([...grads.values()]);
+  const terms = Float64Array.from([grads ? 1 : 0, ...OBJECTIVES.map((k) => termValues[k] ?? 0)]);
+  const had = OBJECTIVES.map((k) => (termValues[k] !== undefined ? 1 : 0));
+  world.allreduceSum(flat);
+  world.allreduceSum(terms);
+  const present = Float64Array.from(had);
+  world.allreduceSum(present);
+  OBJECTIVES.forEach((k, i) => {
+    if (present[i] > 0) termValues[k] = terms[i + 1];
+  });
+  if (terms[0] === 0) return undefined;
+  const out = new Map<string, Tensor>();
+  off = 0;
+  for (const [name, p] of params) {
+    out.set(name, tf.tensor(flat.slice(off, off + p.size), p.shape));
+    off += p.size;
+  }
+  return out;
+}
+
+/**
+ * Refuses to go on when the ranks' weights differ (they apply the same updates, so they never should): a sum and a
+ * sum of squares of every weight, gathered from each rank and compared.
+ * @throws {RefineError} naming the step and the ranks' checksums
+ */
+async function checkSameWeights(world: Collective, params: Map<string, tf.Variable>, step: number): Promise<void> {
+  let sum = 0;
+  let squares = 0;
+  for (const p of params.values()) {
+    for (const v of await p.data()) {
+      sum += v;
+      squares += v * v;
+    }
+  }
+  const all = world.allgather(Float64Array.of(sum, squares));
+  for (let r = 1; r < world.size; r++) {
+    if (all[2 * r] !== all[0] || all[2 * r + 1] !== all[1]) {
+      throw new RefineError(
+        `data-parallel ranks diverged by step ${step}: rank 0's weights sum to ${all[0]} (squares ${all[1]}), ` +
+          `rank ${r}'s to ${all[2 * r]} (${all[2 * r + 1]})`,
+      );
+    }
+  }
 }

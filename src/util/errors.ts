@@ -20,6 +20,9 @@ export class RetfinerError extends Error {
 /** A compute backend could not be set up, or a kernel was called with bad arguments. */
 export class BackendError extends RetfinerError {}
 
+/** MPI could not be loaded, is of another ABI, or a collective failed (data-parallel runs). */
+export class MpiError extends RetfinerError {}
+
 /** A weight, tensor or array file is malformed, truncated, unsafe or of the wrong kind. */
 export class CheckpointError extends RetfinerError {}
 
