@@ -87,16 +87,20 @@ type WebGpuBackendInternals = {
 };
 type TensorInfo = { shape: number[]; dtype: string };
 
+/** Longest reduction (elements per output value) refused beyond; see {@link installWebGpuGuards}. */
+const MAX_REDUCTION = 2 ** 24;
+
 const BYTES: Record<string, number> = { float32: 4, int32: 4, bool: 4, complex64: 8, string: 0 };
 
 function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MiB`;
+  return `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 1)} MiB`;
 }
 
 /**
  * Refuses, before it runs, any WebGPU program whose output or input is larger than the device's largest storage
- * binding, and any upload larger than its largest buffer, naming the program and the shape. Without this WebGPU
- * reports the validation error asynchronously and the result is silently wrong.
+ * binding, any upload larger than its largest buffer, and any reduction longer than 2^24 elements, naming the
+ * program and the shape. Without this WebGPU reports the validation error asynchronously (or, for long reductions,
+ * nothing at all) and the result is silently wrong.
  * @throws {BackendError} (from the wrapped calls) naming the program, the shape, its size and the limit
  */
 export function installWebGpuGuards(): void {
@@ -116,6 +120,18 @@ export function installWebGpuGuards(): void {
   const run = backend.runWebGPUProgram.bind(backend);
   backend.runWebGPUProgram = (program, inputs, ...rest) => {
     const name = program.constructor?.name ?? "program";
+    // tfjs-webgpu 4.22's reductions go wrong silently past about 2^25 elements in one reduction (measured on
+    // llvmpipe: a sum of 33,550,336 ones gave 4,193,792); 2^24 is right. Refuse long ones rather than answer wrong.
+    if (/^(Reduce|ArgMinMax)Program$/.test(name)) {
+      const length = inputs[0]?.shape.at(-1) ?? 0;
+      if (length > MAX_REDUCTION) {
+        throw new BackendError(
+          `WebGPU: ${name} over ${length} elements of [${inputs[0].shape.join(", ")}] exceeds the ${MAX_REDUCTION} ` +
+            "this backend reduces correctly (tfjs-webgpu 4.22 sums longer rows wrongly); reduce in parts, e.g. " +
+            "reshape to [-1, 1024] and reduce twice",
+        );
+      }
+    }
     check(
       `the output of ${name}`,
       program.outputShape,

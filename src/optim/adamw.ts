@@ -205,6 +205,18 @@ function checkUpdate(u: PendingUpdate, w: Float32Array, m: Float32Array, v: Floa
   }
 }
 
+/**
+ * 1 when every value of `x` is finite, else 0 (a float32 scalar), reduced in rows of 4096: tfjs-webgpu reduces long
+ * rows wrongly (`src/backend/webgpu.ts`), and BERT's word embeddings alone hold 23 million values.
+ */
+function allFinite(x: Tensor): Tensor {
+  const row = 4096;
+  const flat = tf.isFinite(x).toFloat().reshape([-1]);
+  const pad = (row - (flat.size % row)) % row;
+  const rows = (pad ? tf.pad(flat, [[0, pad]], 1) : flat).reshape([-1, row]);
+  return tf.min(tf.min(rows, 1));
+}
+
 /** Each parameter with a gradient, in parameter order, with its hyper-parameters (no decay for `noDecay` names). */
 function pairGradients(
   params: Map<string, Variable>,
@@ -372,7 +384,7 @@ export async function adamwStepDevice(
       // w·(1 − lr·wd) as w − w·(lr·wd): the same value, without rounding 1 − lr·wd to float32.
       const decayed = weightDecay ? u.p.sub(u.p.mul(lr * weightDecay)) : u.p;
       const w = decayed.sub(m.mul(stepSize).div(v.sqrt().div(sqrtBc2).add(eps)));
-      for (const x of [g, w, m, v]) checks.push(tf.all(tf.isFinite(x)).toFloat());
+      for (const x of [g, w, m, v]) checks.push(allFinite(x));
       return { w, m, v };
     });
     const flags = checks.length ? tf.stack(checks) : tf.ones([1]);
