@@ -17,7 +17,7 @@ function escapeHtml(s: string): string {
 /** Placeholder delimiter for inline pieces already rendered; NUL never survives into the escaped text. */
 const MARK = "\u0000";
 
-/** Renders one line's inline markup: escapes it, then code spans, images and bold. */
+/** Renders one line's inline markup: escapes it, then code spans, images, `\*` escapes, bold and italics. */
 function inline(text: string): string {
   const pieces: string[] = [];
   const hold = (html: string) => `${MARK}${pieces.push(html) - 1}${MARK}`;
@@ -27,7 +27,9 @@ function inline(text: string): string {
     /!\[([^\]]*)\]\(([^)\s]+)\)/g,
     (_, alt: string, src: string) => hold(`<img alt="${alt}" src="${src}">`),
   );
+  s = s.replace(/\\\*/g, () => hold("*")); // \* is a literal asterisk
   s = s.replace(/\*\*([\s\S]+?)\*\*/g, "<strong>$1</strong>");
+  s = s.replace(/(?<![\w*])\*(?!\s)([^*]+?)\*(?![\w*])/g, "<em>$1</em>");
   return s.replace(new RegExp(`${MARK}(\\d+)${MARK}`, "g"), (_, i: string) => pieces[Number(i)]);
 }
 

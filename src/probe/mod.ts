@@ -71,6 +71,7 @@ export {
   markdownSingle,
   markdownSummary,
   type MeanSd,
+  MIN_TASKS_FOR_CI,
   type ModelResults,
   pct,
   perSeedCsv,

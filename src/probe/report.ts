@@ -44,7 +44,7 @@ export interface TaskComparison {
 export interface TaskLevelEffect {
   /** Tasks. */
   n: number;
-  /** Mean gain over tasks and its 95 % percentile-bootstrap interval, resampling tasks (null without tasks). */
+  /** Mean gain over tasks and its 95 % percentile-bootstrap interval, resampling tasks (null under 5 tasks). */
   ci: BootstrapCi | null;
   /** Wilcoxon signed-rank over the tasks' mean values (null when nothing pairs or every difference is zero). */
   test: WilcoxonResult | null;
@@ -59,10 +59,16 @@ export interface Comparison {
   /** Per task. */
   tasks: TaskComparison[];
   /** Over all task × seed values, per metric: means, sds, change and Wilcoxon test (unit: task × seed pair). */
-  overall: Record<keyof Metrics, { baseline: MeanSd; refined: MeanSd; delta: number; test: WilcoxonResult | null }>;
+  overall: Record<
+    keyof Metrics,
+    { baseline: MeanSd; refined: MeanSd; delta: number; test: WilcoxonResult | null; pairs: number }
+  >;
   /** Per metric, with tasks as the unit: bootstrap interval of the mean gain and Wilcoxon over tasks. */
   overTasks: Record<keyof Metrics, TaskLevelEffect>;
 }
+
+/** Fewest tasks a bootstrap interval over tasks is computed for. */
+export const MIN_TASKS_FOR_CI: number = 5;
 
 function safeWilcoxon(x: number[], y: number[]): WilcoxonResult | null {
   if (!x.length) return null;
@@ -121,19 +127,29 @@ export function compareModels(baseline: ModelResults, refined: ModelResults): Co
   const overTasks = {} as Comparison["overTasks"];
   for (const m of METRIC_NAMES) {
     const [bv, rv] = pairs[m];
-    overall[m] = { baseline: stat(bv), refined: stat(rv), delta: mean(rv) - mean(bv), test: safeWilcoxon(rv, bv) };
+    overall[m] = {
+      baseline: stat(bv),
+      refined: stat(rv),
+      delta: mean(rv) - mean(bv),
+      test: safeWilcoxon(rv, bv),
+      pairs: bv.length,
+    };
     const ok = tasks.filter((t) => Number.isFinite(t.delta[m]));
     overTasks[m] = {
       n: ok.length,
-      ci: ok.length ? bootstrapMeanCi(ok.map((t) => t.delta[m])) : null,
+      // Fewer than 5 tasks have too few distinct resamples (2 tasks: 3 means) for an interval to mean anything.
+      ci: ok.length >= MIN_TASKS_FOR_CI ? bootstrapMeanCi(ok.map((t) => t.delta[m])) : null,
       test: safeWilcoxon(ok.map((t) => t.refined[m].mean), ok.map((t) => t.baseline[m].mean)),
     };
   }
   return { baselineName: baseline.name, refinedName: refined.name, tasks, overall, overTasks };
 }
 
-function pValue(t: WilcoxonResult | null): string {
-  return t ? `W = ${t.statistic}, p = ${t.pValue.toPrecision(3)} (${t.method})` : "no test";
+function pValue(t: WilcoxonResult | null, of: number): string {
+  if (!t) return "no test (every difference is zero)";
+  const used = t.n === of ? "" : `, ${t.n} non-zero of ${of}`;
+  const few = t.n < 6 ? "; too few for any p < 0.05" : "";
+  return `W = ${t.statistic}, p = ${t.pValue.toPrecision(3)} (${t.method}${used}${few})`;
 }
 
 /**
@@ -148,13 +164,14 @@ function pValue(t: WilcoxonResult | null): string {
 export function markdownEffect(c: Comparison, metric: keyof Metrics = "bacc"): string {
   const t = c.overTasks[metric];
   const o = c.overall[metric];
-  const ci = t.ci ? `[${signed(t.ci.low)}, ${signed(t.ci.high)}]` : "n/a";
+  const ci = t.ci ? `[${signed(t.ci.low)}, ${signed(t.ci.high)}]` : `n/a (fewer than ${MIN_TASKS_FOR_CI} tasks)`;
+  const taskMean = mean(c.tasks.map((x) => x.delta[metric]).filter(Number.isFinite));
   return [
     "| unit | n | mean gain | 95 % bootstrap CI | Wilcoxon signed-rank |",
     "|---|---|---|---|---|",
-    `| task (mean over seeds) | ${t.n} | ${t.ci ? signed(t.ci.mean) : "n/a"} | ${ci} | ${pValue(t.test)} |`,
-    `| task × seed pair | ${o.test?.n ?? 0} | ${signed(o.delta)} | not computed (pairs are not independent) | ${
-      pValue(o.test)
+    `| task (mean over seeds) | ${t.n} | ${signed(taskMean)} | ${ci} | ${pValue(t.test, t.n)} |`,
+    `| task × seed pair | ${o.pairs} | ${signed(o.delta)} | not computed (pairs are not independent) | ${
+      pValue(o.test, o.pairs)
     } |`,
     "",
     `${metric.toUpperCase()} in percentage points. The interval resamples tasks with replacement` +
@@ -193,7 +210,9 @@ export function markdownSummary(c: Comparison, references: ModelResults[] = []):
   const head = `| model | ${METRIC_NAMES.map((m) => m.toUpperCase()).join(" | ")} |`;
   const sep = `|---|${METRIC_NAMES.map(() => "---").join("|")}|`;
   const refs = references.map((r) => {
-    const all = (m: keyof Metrics) => r.tasks.flatMap((t) => values(t, m));
+    // Finite values only, as the model rows' pairs: a metric undefined on a task (AUROC with a class missing from
+    // the test split) is left out, not averaged in as NaN.
+    const all = (m: keyof Metrics) => r.tasks.flatMap((t) => values(t, m)).filter(Number.isFinite);
     return `| *${r.name}* | ${METRIC_NAMES.map((m) => `${pct(mean(all(m)))} ± ${pct(sd(all(m)))}`).join(" | ")} |`;
   });
   const base = `| ${c.baselineName} | ${
@@ -217,7 +236,7 @@ export function markdownSummary(c: Comparison, references: ModelResults[] = []):
     ref,
     "",
     `Values in %, mean ± sd over task × seed; change vs the baseline in parentheses; ` +
-    `Wilcoxon signed-rank over task × seed pairs (** p < 0.01, *** p < 0.001). ${tests}.`,
+    `Wilcoxon signed-rank over task × seed pairs (\\*\\* p < 0.01, \\*\\*\\* p < 0.001). ${tests}.`,
   ].join("\n");
 }
 
@@ -331,7 +350,9 @@ export function terminalTable(c: Comparison): string {
     `${"mean".padEnd(w)}  ${pct(o.baseline.mean).padStart(13)}  ${pct(o.refined.mean).padStart(13)}  ${
       signed(o.delta).padStart(7)
     }   ` +
-      (ot.ci ? `95 % CI over ${ot.n} tasks [${signed(ot.ci.low)}, ${signed(ot.ci.high)}]` : "no interval"),
+      (ot.ci
+        ? `95 % CI over ${ot.n} tasks [${signed(ot.ci.low)}, ${signed(ot.ci.high)}]`
+        : `no interval (fewer than ${MIN_TASKS_FOR_CI} tasks)`),
     `${" ".repeat(w)}  Wilcoxon over tasks: ${
       ot.test ? `p = ${ot.test.pValue.toPrecision(3)} (n = ${ot.test.n})` : "no test"
     }; over task × seed pairs: ${o.test ? `p = ${o.test.pValue.toPrecision(3)} (n = ${o.test.n})` : "no test"}`,

@@ -78,3 +78,18 @@ Deno.test("compareModels: the effect over tasks uses one value per task; task ×
   assert(md.includes("| task (mean over seeds) | 5 |"), md);
   assert(md.includes("| task × seed pair | 15 |"), md);
 });
+
+Deno.test("the effect table with few tasks: no interval under 5 tasks, each row's n is its own unit", () => {
+  const base = model("base", [[0.5, 0.6], [0.4, 0.4]]);
+  const ref = model("ref", [[0.55, 0.6], [0.3, 0.4]]);
+  const c = compareModels(base, ref);
+  assertEquals(c.overTasks.bacc.ci, null);
+  const md = markdownEffect(c);
+  // Task gains +2.5 and −5.0: mean −1.25.
+  assert(/\| task \(mean over seeds\) \| 2 \| −1\.[23] \| n\/a \(fewer than 5 tasks\) \|/.test(md), md);
+  // 4 pairs, of which 2 differ: the row says so, and that so few cannot reach p < 0.05.
+  assert(
+    /\| task × seed pair \| 4 \| −1\.[23] \| .* \(approx, 2 non-zero of 4; too few for any p < 0\.05\)/.test(md),
+    md,
+  );
+});

@@ -106,3 +106,12 @@ Deno.test("markdownToHtml: a table after a paragraph, and a pipe line without a 
       "<p>x | y</p>",
   );
 });
+
+Deno.test("italics and escaped asterisks: the report's reference rows and its stars caption", () => {
+  const html = markdownToHtml(
+    "| *raw pixels (28×28)* |\n|---|\n| x |\n\nstars (\\*\\* p < 0.01, \\*\\*\\* p < 0.001); 2 * 3 * 4",
+  );
+  assert(html.includes("<th><em>raw pixels (28×28)</em></th>"), html);
+  assert(html.includes("stars (** p &lt; 0.01, *** p &lt; 0.001); 2 * 3 * 4"), html);
+  assert(!html.includes("<strong>"), html);
+});
