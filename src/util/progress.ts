@@ -60,6 +60,8 @@ interface PhaseRun {
   start: number;
   /** `done` at the last update of this run. */
   lastDone: number;
+  /** `done` at the first update of this run: units finished before the clock started do not count in the rate. */
+  startDone: number;
   /** Whether this run reached `done >= total`. */
   finished: boolean;
 }
@@ -94,14 +96,17 @@ export class PhaseClocks {
     let run = this.#runs.get(p.phase);
     const restarted = run !== undefined && (run.finished || p.done < run.lastDone);
     if (!run || restarted) {
-      run = { start: now, lastDone: p.done, finished: false };
+      run = { start: now, lastDone: p.done, startDone: p.done, finished: false };
       this.#runs.set(p.phase, run);
     }
     run.lastDone = p.done;
     const finished = p.done >= p.total;
     if (finished) run.finished = true;
     const elapsed = (now - run.start) / 1000;
-    const eta = finished ? 0 : p.done > 0 && elapsed > 0 ? (p.total - p.done) / (p.done / elapsed) : NaN;
+    // The clock starts at the run's first update, which often reports units already done (the first batch):
+    // the rate counts only the units done since.
+    const since = p.done - run.startDone;
+    const eta = finished ? 0 : since > 0 && elapsed > 0 ? (p.total - p.done) / (since / elapsed) : NaN;
     return { elapsed, eta, restarted, finished };
   }
 }

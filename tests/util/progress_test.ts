@@ -95,8 +95,19 @@ Deno.test("ProgressBar: a phase whose done goes down restarts", () => {
   bar.update({ phase: "features", done: 3, total: 10 });
   assertEquals(times(lines[1]), "1:40<1:40");
   assertEquals(times(lines[2]), "0:00<?");
-  // 3 units in 4 s of this run: 7 left take 9.33 s.
-  assertEquals(times(lines[3]), "0:04<0:09");
+  // The run restarted at 1 done: 2 units in its 4 s, so the 7 left take 14 s.
+  assertEquals(times(lines[3]), "0:04<0:14");
+});
+
+Deno.test("ProgressBar: units done before a run's first update do not count in its rate", () => {
+  const { bar, lines, at } = harness();
+  at(0);
+  bar.update({ phase: "encode", done: 40, total: 240 }); // the first batch reported as it ends
+  at(10);
+  bar.update({ phase: "encode", done: 80, total: 240 });
+  assertEquals(times(lines[0]), "0:00<?");
+  // 40 units in 10 s: 160 left take 40 s (counting the first 40 would say 20 s).
+  assertEquals(times(lines[1]), "0:10<0:40");
 });
 
 Deno.test("ProgressBar: interleaved phases keep their own clocks", () => {
