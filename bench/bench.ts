@@ -132,6 +132,11 @@ async function main() {
   const json = !!values.json;
   const quick = !!values.quick;
   if (values.gpu) {
+    // The GPU check is its own run: it measures WebGPU against cpu-onnx at fixed sizes.
+    const clash = ["profile", "only", "backends"].filter((k) =>
+      Deno.args.some((a) => a === `--${k}` || a.startsWith(`--${k}=`))
+    );
+    if (clash.length) throw new UsageError(`--gpu runs the GPU check alone; it does not take --${clash.join(", --")}`);
     const { gpuCheck } = await import("./gpu.ts");
     await gpuCheck({ quick, json });
     return;

@@ -58,6 +58,9 @@ export async function gpuCheck(options: { quick?: boolean; json?: boolean; skipT
     }; ${adapter.software ? "SOFTWARE" : "hardware"}); maxBufferSize ${mib(adapter.maxBufferSize)} MiB, ` +
       `maxStorageBufferBindingSize ${mib(adapter.maxStorageBufferBindingSize)} MiB`,
   );
+  if (adapter.software && !options.quick) {
+    say("notice: a software adapter at full sizes (ViT-L, BERT-base) takes many minutes; --quick uses the stand-ins");
+  }
   if (!options.skipTests) {
     say("parity tests (deno task test:webgpu) ...");
     const out = await new Deno.Command(Deno.execPath(), {

@@ -476,7 +476,9 @@ await runMain(async () => {
       bar.finish();
       if (world.rank !== 0) return;
       console.log(
-        `stopped: ${result.stopReason} after ${result.loop.step} steps; best epoch ${result.loop.bestEpoch + 1}`,
+        `stopped: ${result.stopReason} after ${result.loop.step} steps; ${
+          result.loop.bestEpoch >= 0 ? `best epoch ${result.loop.bestEpoch + 1}` : "no validation yet"
+        }`,
       );
       console.log(`refined backbone: ${result.backbone.pth} and ${result.backbone.safetensors}`);
     },
