@@ -32,7 +32,7 @@ function mib(bytes: number | undefined): number | undefined {
   return bytes === undefined ? undefined : Math.round(bytes / 2 ** 20);
 }
 
-async function encodeWork(preset: "visionfm" | "retfound", batch: number, img: number) {
+function encodeWork(preset: "visionfm" | "retfound", batch: number, img: number) {
   const c = vitPreset(preset, img === 224 ? {} : { imgSize: img, embedDim: 192, depth: 6, numHeads: 3 });
   const vit = createVit(c, { rng: new Rng(1) });
   const images = tf.randomNormal([batch, 3, c.imgSize, c.imgSize]);
@@ -65,13 +65,14 @@ export async function gpuCheck(options: { quick?: boolean; json?: boolean; skipT
     say("parity tests (deno task test:webgpu) ...");
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["task", "test:webgpu"],
+      env: { NO_COLOR: "1" },
       stdout: "piped",
       stderr: "piped",
     })
       .output();
     const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
     const summary = text.split("\n").filter((l) => /passed|failed|FAILED/.test(l)).slice(-1)[0] ?? "(no summary)";
-    say(`parity tests: ${out.success ? "PASS" : "FAIL"} ${summary.replace(/\x1b\[[0-9;]*m/g, "")}`);
+    say(`parity tests: ${out.success ? "PASS" : "FAIL"} ${summary}`);
     if (!out.success) say(text.slice(-4000));
   }
   const results: GpuResult[] = [];
@@ -84,7 +85,7 @@ export async function gpuCheck(options: { quick?: boolean; json?: boolean; skipT
   for (const backend of ["webgpu", "cpu-onnx"] as const) {
     await setupBackend({ backend, log: null });
     for (const [name, preset, batch, img] of encodes) {
-      const w = await encodeWork(preset, batch, img);
+      const w = encodeWork(preset, batch, img);
       const s = await timeIt(w.run, 2);
       results.push({
         name,

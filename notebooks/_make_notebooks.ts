@@ -211,7 +211,8 @@ saved beside it.`,
     {
       cell_type: "code",
       tags: ["expect-output"],
-      source: `const { files } = await rf.writeProbeReport(runDir, { baseline, refined }, { probe: rf.describeProbe(SETTINGS.probe.mode, SEEDS), references });
+      source:
+        `const { files } = await rf.writeProbeReport(runDir, { baseline, refined }, { probe: rf.describeProbe(SETTINGS.probe.mode, SEEDS), references });
 await rf.showMarkdown([\`- backbone: \\\`\${result.backbone.pth}\\\`\`, \`- safetensors: \\\`\${result.backbone.safetensors}\\\`\`, \`- report: \\\`\${files.markdown}\\\`\`, \`- chart: \\\`\${files.html}\\\`\`].join("\\n"));`,
     },
   ];

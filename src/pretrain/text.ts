@@ -17,7 +17,6 @@ import { IGNORE_INDEX } from "../losses/masker.ts";
 import {
   type AdamWConfig,
   type AdamWState,
-  adamwStep,
   adamwStepAsync,
   createAdamWState,
   disposeAdamWState,

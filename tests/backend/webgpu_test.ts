@@ -66,15 +66,15 @@ Deno.test(
         BackendError,
       );
       // tfjs-webgpu sums rows longer than about 2^25 wrongly (33,550,336 ones gave 4,193,792): refused past 2^24.
-    await assertRejects(
-      async () => await tf.tidy(() => tf.sum(tf.ones([2 ** 24 + 1]))).data(),
-      /WebGPU: ReduceProgram over 16777217 elements .* reduce in parts/,
-      BackendError,
-    );
-    const long = tf.tidy(() => tf.sum(tf.ones([2 ** 24])));
-    assertEquals((await long.data())[0], 2 ** 24);
-    long.dispose();
-    // Below the limit the same computation is right.
+      await assertRejects(
+        async () => await tf.tidy(() => tf.sum(tf.ones([2 ** 24 + 1]))).data(),
+        /WebGPU: ReduceProgram over 16777217 elements .* reduce in parts/,
+        BackendError,
+      );
+      const long = tf.tidy(() => tf.sum(tf.ones([2 ** 24])));
+      assertEquals((await long.data())[0], 2 ** 24);
+      long.dispose();
+      // Below the limit the same computation is right.
       const ok = tf.tidy(() => tf.sum(tf.mul(tf.ones([1 << 20]), 2)));
       assertEquals((await ok.data())[0], 2 * (1 << 20));
       ok.dispose();

@@ -77,7 +77,7 @@ Deno.test("plain BERT (no cross-attention weights): cross-attention initialised 
   );
 });
 
-Deno.test("BERT rejects image tokens of the wrong width and over-long inputs, naming the shapes", async () => {
+Deno.test("BERT rejects image tokens of the wrong width and over-long inputs, naming the shapes", () => {
   const { model } = loadBert(`${dir}bert_tiny_pytorch_model.bin`, `${dir}bert_tiny_config.json`);
   assertThrows(
     () => bertEncode(model, { inputIds: ids, attentionMask: mask, encoderHiddenStates: tf.zeros([2, 5, 16]) }),

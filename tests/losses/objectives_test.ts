@@ -41,7 +41,7 @@ Deno.test("ITC matches PyTorch: bias-free heads, L2 norm, τ = 0.07, label smoot
   assertAllClose(await simI2T.data(), f("itc.sim_i2t"), 1e-4, "similarities");
 });
 
-Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; sampling follows them", async () => {
+Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; sampling follows them", () => {
   const sim = f("itc.sim_i2t");
   const w = hardNegativeWeights(sim, 6);
   assertAllClose(w.i2t, f("itc.weights_i2t"), 1e-6, "weights_i2t");
@@ -61,7 +61,7 @@ Deno.test("hard-negative weights match softmax + 1e-4 with a zero diagonal; samp
   }
 });
 
-Deno.test("hard-negative sampling refuses non-finite similarities with a typed error naming the entry", async () => {
+Deno.test("hard-negative sampling refuses non-finite similarities with a typed error naming the entry", () => {
   for (const bad of [NaN, Infinity, -Infinity]) {
     const sim = f("itc.sim_i2t").slice();
     sim[1 * 6 + 4] = bad;
