@@ -167,7 +167,8 @@ export async function probeModel(
       seeds: probe.seeds ?? CPU_DEMO.probe.seeds,
       mode: probe.mode ?? CPU_DEMO.probe.mode,
       hyper: probe.maxEpochs ? { maxEpochs: probe.maxEpochs } : {},
-      onProgress,
+      // Each phase names the model: baseline, references and refined model probe the same tasks in turn.
+      onProgress: onProgress && ((p) => onProgress({ ...p, phase: `${name}: ${p.phase}` })),
     }),
   };
 }
