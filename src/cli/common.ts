@@ -45,3 +45,16 @@ export function parseSeeds(list: string): number[] {
     return n;
   });
 }
+
+/**
+ * Sets up the backend from `--backend` (or the environment) on one rank of an MPI job: only rank 0 prints the
+ * backend line, so that `mpiexec -n N` prints it once.
+ * @param values The parsed flags.
+ * @param rank This process's rank (0 without MPI).
+ * @returns What was set up.
+ * @throws {BackendError} When the requested backend is unavailable.
+ */
+export function backendFromFlagsOnRank(values: FlagValues, rank: number): Promise<BackendInfo> {
+  const b = values.backend as string | undefined;
+  return setupBackend({ ...(b ? { backend: parseBackendChoice(b) } : {}), ...(rank === 0 ? {} : { log: null }) });
+}

@@ -1,4 +1,12 @@
-/** `deno task encode`: features of B-scans from a vision encoder, to .npy or .safetensors. */
+/**
+ * `deno task encode`: features of B-scans from a vision encoder, to .npy or .safetensors.
+ *
+ * Under `mpiexec -n N` the batches are shared out over the ranks (batch k of `--batch` images, in input order, on
+ * rank k mod N) and gathered after every round of N batches (`gatherBatches` of src/probe/features.ts), so the file
+ * equals the one-process file bit for bit: every image goes through the same forward pass in the same batch. Rank
+ * 0 alone prints and writes; a failing rank ends the job. Without `mpiexec` nothing changes.
+ * @module
+ */
 import { tf } from "../backend/tf.ts";
 import { featureDim, imagesTensor, loadVit, type TokenMode, type VitFamily, vitFeatures } from "../encoders/mod.ts";
 import {
@@ -8,7 +16,6 @@ import {
   IMAGE_EXTENSIONS,
   listImageFiles,
   loadImageBatch,
-  prefetch,
   readPairManifest,
   refinementSpec,
   type VolumeSlice,
@@ -18,7 +25,9 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { DatasetError, UsageError } from "../util/errors.ts";
 import { ProgressBar } from "../util/progress.ts";
 import { writeFileAtomic } from "../util/fs.ts";
-import { BACKEND_FLAG, backendFromFlags, noticeLog } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlagsOnRank, noticeLog } from "./common.ts";
+import { worldFromEnv } from "../dist/mpi.ts";
+import { gatherBatches } from "../probe/features.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 /**
@@ -131,6 +140,7 @@ await runMain(async () => {
     examples: [
       "deno task encode --weights RETFound_oct_weights.pth --input scans/ --tokens concat --out feats.npy",
       "deno task encode --weights data/models/visionfm-standin.safetensors --input scan.png --tokens all --out tokens.safetensors",
+      "RETFINER_THREADS=1 mpiexec -n 2 deno task encode --weights RETFound_oct_weights.pth --input scans/ --out feats.npy",
     ],
   });
   for (const f of ["weights", "input", "out"]) if (!values[f]) throw new UsageError(`--${f} is required (see --help)`);
@@ -138,55 +148,69 @@ await runMain(async () => {
   if (!/\.(npy|safetensors)$/.test(out)) throw new UsageError(`--out must end in .npy or .safetensors, got ${out}`);
   const batch = numberFlag(values, "batch", { integer: true, min: 1 })!;
   const slice = applyImageFlags(values);
-  await backendFromFlags(values);
+  // Started by mpiexec with several ranks: the batches are shared out; rank 0 alone prints and writes.
+  const world = worldFromEnv();
+  const lead = world.rank === 0;
+  const say = (line: string) => lead && console.error(line);
+  if (world.size > 1) say(`encoding on ${world.size} ranks over ${world.library}: batch k on rank k mod ${world.size}`);
+  await backendFromFlagsOnRank(values, world.rank);
   const { model, mapped } = loadVit(String(values.weights), {
     arch: values.arch as VitFamily | "auto",
     numHeads: numberFlag(values, "heads", { integer: true, min: 1 }),
     strict: !values["no-strict"],
-    log: noticeLog,
+    log: lead ? noticeLog : () => {},
     strictHint: "pass --no-strict",
     headsHint: "set --heads",
   });
   const c = model.config;
-  console.error(
-    `model: ${c.family} (${mapped.layout} layout) ViT ${c.embedDim}x${c.depth}, ${c.numHeads} heads, ${c.imgSize}px`,
-  );
+  say(`model: ${c.family} (${mapped.layout} layout) ViT ${c.embedDim}x${c.depth}, ${c.numHeads} heads, ${c.imgSize}px`);
   const { paths, skipped } = await resolveInputs(String(values.input), { slice, skipBad: !!values["skip-bad"] });
-  for (const s of skipped) console.error(`skipped ${s.reason}`);
+  for (const s of skipped) say(`skipped ${s.reason}`);
   const mode = values.tokens as TokenMode;
   const spec = refinementSpec(c.imgSize, { mean: c.mean, std: c.std });
   const tokensPerImage = mode === "all" ? 1 + (c.imgSize / c.patchSize) ** 2 : 1;
   const dim = featureDim(c, mode);
   const perImage = tokensPerImage * dim;
-  const features = new Float32Array(paths.length * perImage);
-  const bar = new ProgressBar();
-  const batches = batchIndices(paths.length, batch);
-  let done = 0;
-  for await (const b of prefetch(batches.map((idx) => () => loadImageBatch(paths, idx, spec)), 2)) {
-    const y = tf.tidy(() => vitFeatures(model, imagesTensor(b.data, b.n, c.imgSize), mode));
-    try {
-      features.set((await y.data()) as Float32Array, b.indices[0] * perImage); // any backend, WebGPU included
-    } finally {
-      y.dispose();
-    }
-    done += b.n;
-    bar.update({ phase: "encode", done, total: paths.length });
-  }
+  const bar = new ProgressBar({ quiet: !lead });
+  const features = await gatherBatches(
+    batchIndices(paths.length, batch),
+    perImage,
+    (idx) => loadImageBatch(paths, idx, spec),
+    async (b) => {
+      const y = tf.tidy(() => vitFeatures(model, imagesTensor(b.data, b.n, c.imgSize), mode));
+      try {
+        return (await y.data()) as Float32Array; // any backend, WebGPU included
+      } finally {
+        y.dispose();
+      }
+    },
+    { collective: world, onRows: (done) => bar.update({ phase: "encode", done, total: paths.length }) },
+  );
   bar.finish();
-  const shape = mode === "all" ? [paths.length, tokensPerImage, dim] : [paths.length, dim];
-  const tensor = { dtype: "F32" as const, shape, data: features };
-  if (out.endsWith(".npy")) await writeNpy(out, tensor);
-  else {
-    await writeSafetensors(out, new Map([["features", tensor]]), {
-      "retfiner.tokens": mode,
-      "retfiner.family": c.family,
-      "retfiner.weights": String(values.weights),
-    });
+  if (lead) {
+    try {
+      const shape = mode === "all" ? [paths.length, tokensPerImage, dim] : [paths.length, dim];
+      const tensor = { dtype: "F32" as const, shape, data: features };
+      if (out.endsWith(".npy")) await writeNpy(out, tensor);
+      else {
+        await writeSafetensors(out, new Map([["features", tensor]]), {
+          "retfiner.tokens": mode,
+          "retfiner.family": c.family,
+          "retfiner.weights": String(values.weights),
+        });
+      }
+      await writeFileAtomic(`${out}.paths.txt`, paths.join("\n") + "\n");
+      if (skipped.length) {
+        await writeFileAtomic(`${out}.skipped.txt`, skipped.map((s) => `${s.path}\t${s.reason}`).join("\n") + "\n");
+        console.error(`skipped ${skipped.length} image(s); listed in ${out}.skipped.txt`);
+      }
+      console.error(`wrote ${out}: float32 [${shape}] and ${out}.paths.txt`);
+    } catch (err) {
+      if (world.size === 1) throw err;
+      console.error(`encode: rank 0 of ${world.size} failed, ending all ranks: ${(err as Error).message}`);
+      world.abort(1);
+    }
   }
-  await writeFileAtomic(`${out}.paths.txt`, paths.join("\n") + "\n");
-  if (skipped.length) {
-    await writeFileAtomic(`${out}.skipped.txt`, skipped.map((s) => `${s.path}\t${s.reason}`).join("\n") + "\n");
-    console.error(`skipped ${skipped.length} image(s); listed in ${out}.skipped.txt`);
-  }
-  console.error(`wrote ${out}: float32 [${shape}] and ${out}.paths.txt`);
+  world.barrier(); // the other ranks end once the files are written
+  world.finalize();
 });

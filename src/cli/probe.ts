@@ -1,4 +1,12 @@
-/** `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline. */
+/**
+ * `deno task probe`: linear probing of one vision encoder, or of a refined one against its baseline.
+ *
+ * Under `mpiexec -n N` every rank loads the same tasks and models; features are computed on shards of the images and
+ * gathered, and the (task, seed) head-training jobs (in faithful mode with their per-epoch augmented features) are
+ * shared out over the ranks (`probeTasks` of src/probe/protocol.ts), so the report equals the one-process report.
+ * Rank 0 alone prints and writes; a failing rank ends the job. Without `mpiexec` nothing changes.
+ * @module
+ */
 import { basename } from "node:path";
 import { formatClassCounts, type ProbeDataset, readProbeDataset } from "../dataset/mod.ts";
 import { findTaskDirs } from "../experiment/tasks.ts";
@@ -16,7 +24,8 @@ import { numberFlag, parseCli, runMain } from "../util/cli.ts";
 import { UsageError } from "../util/errors.ts";
 import { PROBE_HEAD, PROBE_TASK_DEFAULTS } from "../params.ts";
 import { ProgressBar } from "../util/progress.ts";
-import { BACKEND_FLAG, backendFromFlags, noticeLog, parseSeeds, timestamp } from "./common.ts";
+import { BACKEND_FLAG, backendFromFlagsOnRank, noticeLog, parseSeeds, timestamp } from "./common.ts";
+import { worldFromEnv } from "../dist/mpi.ts";
 import { applyImageFlags, IMAGE_FLAGS } from "./image_flags.ts";
 
 await runMain(async () => {
@@ -84,6 +93,7 @@ await runMain(async () => {
     examples: [
       "deno task probe --weights RETFound_oct_weights.pth --tasks data/OCTID --tasks data/OCTDL",
       "deno task probe --weights data/models/retfound-standin.safetensors --compare runs/X/best-model_X_retfound_bscan.safetensors --benchmark runs/cache/synth-small-v1-seed0",
+      "RETFINER_THREADS=1 mpiexec -n 2 deno task probe --weights RETFound_oct_weights.pth --tasks data/OCTID --out runs/octid",
     ],
   });
   if (!values.weights) throw new UsageError("--weights is required (see --help)");
@@ -94,14 +104,24 @@ await runMain(async () => {
   });
   if (dirs.length === 0) throw new UsageError("give probing datasets with --tasks (repeatable) or --benchmark");
   const slice = applyImageFlags(values);
-  await backendFromFlags(values);
+  // Started by mpiexec with several ranks: the probe's work is shared out; rank 0 alone prints and writes.
+  const world = worldFromEnv();
+  const lead = world.rank === 0;
+  const say = (line: string) => lead && console.error(line);
+  if (world.size > 1) {
+    say(
+      `probing on ${world.size} ranks over ${world.library}: features on shards of the images, ` +
+        `(task, seed) jobs on rank job mod ${world.size}`,
+    );
+  }
+  await backendFromFlagsOnRank(values, world.rank);
   const heads = numberFlag(values, "heads", { integer: true, min: 1 });
   const load = (p: string): VitModel =>
     loadVit(p, {
       arch: values.arch as VitFamily | "auto",
       numHeads: heads,
       strict: !values["no-strict"],
-      log: noticeLog,
+      log: lead ? noticeLog : () => {},
       strictHint: "pass --no-strict",
       headsHint: "set --heads",
     }).model;
@@ -117,17 +137,17 @@ await runMain(async () => {
           `(${b.reason}): two model families, each probed with its own recipe; the paired test then compares ` +
           `the families, not a refined model with the model it was refined from`,
       );
-      for (const n of familyNotes) console.error(`notice: ${n}`);
+      for (const n of familyNotes) say(`notice: ${n}`);
     }
   }
   const datasets: ProbeDataset[] = [];
   for (const d of dirs) {
     const ds = await readProbeDataset(d, slice === "all" ? { image: { slice } } : {});
-    console.error(formatClassCounts(ds));
+    say(formatClassCounts(ds));
     datasets.push(ds);
   }
   const out = String(values.out ?? `runs/probe-${timestamp()}`);
-  const bar = new ProgressBar();
+  const bar = new ProgressBar({ quiet: !lead });
   const probeAll = async (path: string): Promise<ModelResults> => {
     const vit = load(path);
     const tasks = await probeTasks(vit, datasets, {
@@ -135,6 +155,7 @@ await runMain(async () => {
       mode: values.mode as "fast" | "faithful",
       hyper: { maxEpochs: numberFlag(values, "max-epochs", { integer: true, min: 1 }) },
       onProgress: bar.callback,
+      collective: world,
     });
     bar.finish();
     return { name: basename(path).replace(/\.(pth|safetensors|ckpt|bin)$/, ""), tasks };
@@ -150,18 +171,36 @@ await runMain(async () => {
       mode: values.mode as "fast" | "faithful",
       hyper: { maxEpochs: numberFlag(values, "max-epochs", { integer: true, min: 1 }) },
       onProgress: bar.callback,
+      collective: world,
     }),
   }];
   bar.finish();
-  const { files } = await writeProbeReport(out, { baseline, refined }, {
-    probe: describeProbe(values.mode as "fast" | "faithful", seeds),
-    references,
-    notes: familyNotes,
-  });
-  console.log(refined ? terminalTable(compareModels(baseline, refined)) : markdownSingle(baseline));
-  console.log(
-    `\nreport: ${files.markdown}${
-      files.html ? `, ${files.html}, ${files.png}, ${files.absolutePng}` : ""
-    }; per-seed results: ${files.csv}`,
-  );
+  if (!lead) {
+    world.barrier(); // the other ranks end once rank 0 has written the report
+    world.finalize();
+    return;
+  }
+  try {
+    await report();
+  } catch (err) {
+    if (world.size === 1) throw err;
+    console.error(`probe: rank 0 of ${world.size} failed, ending all ranks: ${(err as Error).message}`);
+    world.abort(1);
+  }
+  world.barrier();
+  world.finalize();
+
+  async function report(): Promise<void> {
+    const { files } = await writeProbeReport(out, { baseline, refined }, {
+      probe: describeProbe(values.mode as "fast" | "faithful", seeds),
+      references,
+      notes: familyNotes,
+    });
+    console.log(refined ? terminalTable(compareModels(baseline, refined)) : markdownSingle(baseline));
+    console.log(
+      `\nreport: ${files.markdown}${
+        files.html ? `, ${files.html}, ${files.png}, ${files.absolutePng}` : ""
+      }; per-seed results: ${files.csv}`,
+    );
+  }
 });

@@ -5,6 +5,14 @@
  * once in eval mode; in `faithful` mode training features are recomputed each
  * epoch with the augmentations and the backbone's stochastic depth active,
  * as the authors' `model.train(True)` does.
+ *
+ * Under `mpiexec -n N` ({@link FeatureOptions.collective}) the images are shared out by batch: the batches are the
+ * single-process run's (`batchIndices(n, batchSize)`, in input order) and batch k is computed on rank k mod N; after
+ * each round of N batches every rank's results are gathered ({@link gatherBatches}). Why by whole batches: every image
+ * then goes through the same forward pass, in the same batch, as without MPI, so the gathered features equal the
+ * single-process ones bit for bit (a GEMM's rounding can depend on how many rows it multiplies), and the
+ * augmentation, keyed by each batch's first index, draws the same. Round-robin keeps the ranks within one batch of
+ * each other; gathering per round bounds the buffers to N batches.
  * @module
  */
 import { countNonFinite, firstNonFinite } from "../util/finite.ts";
@@ -15,6 +23,7 @@ import { featureDim, imagesTensor, type VitConfig, vitFeatures, type VitModel } 
 import type { ProgressCallback } from "../util/progress.ts";
 import type { Rng } from "../util/rng.ts";
 import { ProbeError } from "../util/errors.ts";
+import { type Collective, SINGLE_PROCESS } from "../dist/mpi.ts";
 
 /** Options of {@link extractFeatures}. */
 export interface FeatureOptions {
@@ -30,6 +39,100 @@ export interface FeatureOptions {
   onProgress?: ProgressCallback;
   /** Progress phase label. */
   phase?: string;
+  /**
+   * The MPI world to share the batches over (default: one process). Every rank must call with the same paths and
+   * options; every rank gets all the features. A rank that fails ends the job ({@link gatherBatches}).
+   */
+  collective?: Collective;
+}
+
+/**
+ * The batches rank `rank` of `size` computes: batch k belongs to rank k mod size.
+ * @param batchCount number of batches of the single-process run
+ * @param rank this rank (0-based)
+ * @param size number of ranks
+ * @returns the indices of this rank's batches, ascending
+ */
+export function ownBatches(batchCount: number, rank: number, size: number): number[] {
+  const own: number[] = [];
+  for (let k = rank; k < batchCount; k += size) own.push(k);
+  return own;
+}
+
+/**
+ * Computes `perItem` float32 values for every item of `batches` (index lists covering 0…n−1, each contiguous and
+ * ascending, as `batchIndices` makes them), sharing the batches over the ranks of `collective`: batch k on rank
+ * k mod N, gathered after every round of N batches so that each rank returns the whole array. With one process
+ * it is a plain loop with two batches loaded ahead.
+ *
+ * Why a failing rank aborts: the other ranks would wait in the next gather forever. So under MPI an error on any
+ * rank (an unreadable image, a non-finite feature) prints `rank r of N failed, ending all ranks: …` and calls
+ * `collective.abort(1)`, which ends every rank of the job.
+ * @param batches the item indices of each batch, in the single-process order
+ * @param perItem values per item
+ * @param load reads a batch's inputs (started up to two batches ahead)
+ * @param compute a loaded batch's values, `[batch.length, perItem]`
+ * @param options `collective` (default one process), `onRows` (rows finished so far, all ranks together, after each
+ *   batch or round)
+ * @returns `[n, perItem]`, row i for item i
+ * @throws whatever `load` or `compute` throws, with one process (under MPI the job is aborted instead)
+ */
+export async function gatherBatches<B>(
+  batches: number[][],
+  perItem: number,
+  load: (indices: number[]) => Promise<B>,
+  compute: (batch: B, indices: number[]) => Promise<Float32Array> | Float32Array,
+  options: { collective?: Collective; onRows?: (done: number) => void } = {},
+): Promise<Float32Array> {
+  const world = options.collective ?? SINGLE_PROCESS;
+  const n = batches.reduce((a, b) => a + b.length, 0);
+  const out = new Float32Array(n * perItem);
+  if (world.size === 1) {
+    let done = 0;
+    let k = 0;
+    for await (const b of prefetch(batches.map((idx) => () => load(idx)), 2)) {
+      const idx = batches[k++];
+      out.set(await compute(b, idx), idx[0] * perItem);
+      done += idx.length;
+      options.onRows?.(done);
+    }
+    return out;
+  }
+  try {
+    const own = ownBatches(batches.length, world.rank, world.size);
+    const loaded = prefetch(own.map((k) => () => load(batches[k])), 2)[Symbol.asyncIterator]();
+    const slot = Math.max(...batches.map((b) => b.length)) * perItem;
+    const rounds = Math.ceil(batches.length / world.size);
+    let done = 0;
+    for (let t = 0; t < rounds; t++) {
+      const mine = t * world.size + world.rank;
+      const send = new Float64Array(slot); // float32 → float64 → float32 is exact
+      if (mine < batches.length) {
+        const next = await loaded.next();
+        const values = await compute(next.value as B, batches[mine]);
+        if (values.length !== batches[mine].length * perItem) {
+          throw new ProbeError(`a batch of ${batches[mine].length} gave ${values.length} values, not ${perItem} each`);
+        }
+        send.set(values);
+      }
+      const all = world.allgather(send);
+      for (let q = 0; q < world.size; q++) {
+        const k = t * world.size + q;
+        if (k >= batches.length) break;
+        const rows = batches[k].length;
+        out.set(all.subarray(q * slot, q * slot + rows * perItem), batches[k][0] * perItem);
+        done += rows;
+      }
+      options.onRows?.(done);
+    }
+    return out;
+  } catch (err) {
+    console.error(
+      `rank ${world.rank} of ${world.size} failed, ending all ranks: ${(err as Error).message ?? String(err)}`,
+    );
+    world.abort(1);
+    throw err;
+  }
 }
 
 /**
@@ -73,7 +176,7 @@ export interface FeatureSource {
  * Runs `forward` over preprocessed batches of `paths` (the probing recipe at `size` with `stats`).
  * @returns `[paths.length, dim]` in input order
  */
-async function batchedFeatures(
+function batchedFeatures(
   paths: string[],
   size: number,
   stats: { mean: readonly [number, number, number]; std: readonly [number, number, number] },
@@ -82,23 +185,24 @@ async function batchedFeatures(
   forward: (data: Float32Array, n: number) => Float32Array | Promise<Float32Array>,
 ): Promise<Float32Array> {
   const spec = probingSpec(size, stats);
-  const out = new Float32Array(paths.length * dim);
-  const batches = batchIndices(paths.length, options.batchSize ?? 16);
-  let done = 0;
-  const loaders = batches.map((idx) => () =>
-    loadImageBatch(paths, idx, spec, {
-      augment: options.augment?.fork(`batch/${idx[0]}`),
-      cache: options.augment ? undefined : options.cache,
-    })
+  return gatherBatches(
+    batchIndices(paths.length, options.batchSize ?? 16),
+    dim,
+    (idx) =>
+      loadImageBatch(paths, idx, spec, {
+        augment: options.augment?.fork(`batch/${idx[0]}`),
+        cache: options.augment ? undefined : options.cache,
+      }),
+    async (b) => {
+      const data = await forward(b.data, b.n);
+      checkFeatures(data, dim, b.indices.map((i) => paths[i]));
+      return data;
+    },
+    {
+      collective: options.collective,
+      onRows: (done) => options.onProgress?.({ phase: options.phase ?? "features", done, total: paths.length }),
+    },
   );
-  for await (const b of prefetch(loaders, 2)) {
-    const data = await forward(b.data, b.n);
-    checkFeatures(data, dim, b.indices.map((i) => paths[i]));
-    out.set(data, b.indices[0] * dim);
-    done += b.n;
-    options.onProgress?.({ phase: options.phase ?? "features", done, total: paths.length });
-  }
-  return out;
 }
 
 /**
@@ -129,8 +233,14 @@ export function vitSource(vit: VitModel): FeatureSource {
     dim,
     family: c.family,
     kind: `concat of a ViT ${c.embedDim}×${c.depth}`,
-    extract: (paths, options) =>
-      batchedFeatures(paths, c.imgSize, c, dim, options, async (data, n) => {
+    extract: (paths, options) => {
+      if (options.dropPath && (options.collective?.size ?? 1) > 1) {
+        // The drop-path generator runs through the batches in order: shared out, the draws would differ.
+        return Promise.reject(
+          new ProbeError("drop-path features are computed on one rank (give no collective with dropPath)"),
+        );
+      }
+      return batchedFeatures(paths, c.imgSize, c, dim, options, async (data, n) => {
         const y = tf.tidy(() =>
           vitFeatures(
             vit,
@@ -144,7 +254,8 @@ export function vitSource(vit: VitModel): FeatureSource {
         } finally {
           y.dispose();
         }
-      }),
+      });
+    },
   };
 }
 
