@@ -2,12 +2,14 @@
  * `deno task bench`: speed of this package against PyTorch on the same
  * machine, in the same run. Ratios matter, absolute times drift.
  *
- *   deno task bench [--json] [--quick] [--only matmul,vit,io] [--backends cpu-onnx,cpu-blas,cpu]
+ *   deno task bench [--json] [--quick] [--only matmul,vit,io,mpi] [--backends cpu-onnx,cpu-blas,cpu]
  *   deno task bench --profile [--quick]     (per-kernel breakdown of a refinement step and an encoding batch)
  *   deno task bench --gpu [--quick]         (the GPU check: adapter, WebGPU parity tests, throughput vs the CPU)
  *
  * `speed_vs_torch` = PyTorch seconds / our seconds for the same work
  * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
+ * The `mpi` section (bench/mpi_bench.ts) is the stand-ins' refinement step on 1 process × 1 and × 2 threads and on
+ * `mpiexec -n 2` ranks, beside PyTorch DDP on gloo with 1 and 2 processes.
  */
 import { UsageError } from "../src/util/errors.ts";
 import { fileURLToPath } from "node:url";
@@ -119,7 +121,7 @@ async function main() {
         type: "string",
         valueName: "<list>",
         description: "Comma-separated sections to run.",
-        default: "matmul,vit,encode,refine,probe,data,io",
+        default: "matmul,vit,encode,refine,probe,data,io,mpi",
       },
       backends: {
         type: "string",
@@ -141,7 +143,7 @@ async function main() {
     await gpuCheck({ quick, json });
     return;
   }
-  const SECTIONS = ["matmul", "vit", "encode", "refine", "probe", "data", "io"];
+  const SECTIONS = ["matmul", "vit", "encode", "refine", "probe", "data", "io", "mpi"];
   const sections = new Set(String(values.only).split(",").map((x) => x.trim()).filter(Boolean));
   const unknownSections = [...sections].filter((x) => !SECTIONS.includes(x));
   if (unknownSections.length) {
@@ -238,7 +240,7 @@ async function main() {
       );
     }
   };
-  if (!json) {
+  if (!json && (jobs.length || torchRefine)) {
     console.log(
       `PyTorch reference: ${torch || torchRefine ? "found (/usr/bin/python3)" : "not available"}; OPENBLAS_CORETYPE=${
         Deno.env.get("OPENBLAS_CORETYPE") ?? "unset"
@@ -391,6 +393,26 @@ async function main() {
       seconds: r.seconds,
       extra: { peak_rss_vs_file: +r.peakRatio.toFixed(2), file_mib: Math.round(r.fileMiB) },
     });
+  }
+  if (sections.has("mpi")) {
+    // The data-parallel step on 1 and 2 ranks against PyTorch DDP, each configuration in fresh processes.
+    const { formatMpiScaling, mpiScaling } = await import("./mpi_bench.ts");
+    const m = await mpiScaling({ backend: backends.find((b) => b !== "cpu") ?? "cpu", quick });
+    if (!json) console.log(formatMpiScaling(m));
+    else {
+      for (const row of m.rows) {
+        if (row.ours === null) continue;
+        const full: BenchResult = {
+          name: `mpi_${m.config.name}_${row.ranks}x${row.threads}`,
+          backend: m.backend,
+          seconds: row.ours,
+          speed_vs_torch: row.torch === null ? null : row.torch / row.ours,
+          extra: { ranks: row.ranks, threads_per_rank: row.threads, torch_seconds: row.torch ?? "n/a" },
+        };
+        results.push(full);
+        console.log(JSON.stringify(full));
+      }
+    }
   }
   if (!json) {
     const ratio = (n: string) => {

@@ -95,64 +95,19 @@ for job in spec["jobs"]:
             emit(job["name"], timeit(encode, job.get("repeats", 2)), images=batch)
     elif kind == "refine_step":
         # One RetFiner optimisation step: ViT + BERT with cross-attention in every layer, ITC + ITM + MLM + GM, AdamW.
-        import sys as _sys
-        _sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures"))
-        import torch.nn.functional as F
-        from reference_models import Bert, ViT
-        B, L, V = job["batch"], 30, job["vocab"]
-
-        class Cfg:
-            vocab_size, hidden_size, num_hidden_layers, num_attention_heads = V, job["text_width"], job["text_layers"], job["text_heads"]
-            intermediate_size, max_position_embeddings, type_vocab_size, layer_norm_eps = 4 * job["text_width"], 512, 2, 1e-12
-
-        vit = ViT(img_size=job["img"], patch_size=16, embed_dim=job["dim"], depth=job["depth"], num_heads=job["heads"])
-        proj = nn.Linear(job["dim"], job["text_width"]) if job["dim"] != job["text_width"] else nn.Identity()
-        bert = Bert(Cfg())
-        hv, ht = nn.Linear(job["text_width"], 256, bias=False), nn.Linear(job["text_width"], 256, bias=False)
-        itm = nn.Sequential(nn.Linear(job["text_width"], job["text_width"]), nn.GELU(), nn.LayerNorm(job["text_width"], eps=1e-12), nn.Linear(job["text_width"], 2))
-        params = [p for m in (vit, proj, bert, hv, ht, itm) for p in m.parameters()]
-        opt = torch.optim.AdamW(params, lr=1e-4)
-        imgs = torch.randn(B, 3, job["img"], job["img"])
-        ids = torch.randint(5, V, (B, L))
-        mask = torch.ones(B, L, dtype=torch.long)
-
-        def masked(prob):
-            sel = (torch.rand(B, L) < prob) & (torch.arange(L) > 0)
-            sel[:, 1] = True
-            labels = torch.where(sel, ids, torch.full_like(ids, -100))
-            return torch.where(sel, torch.full_like(ids, 3), ids), labels
+        from refine_step import RefineStep
+        model = RefineStep(job, job["batch"])
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step():
             opt.zero_grad(set_to_none=True)
-            tokens = proj(vit.norm(vit.blocks_out(imgs)))
-            text = bert(ids, mask)[:, 0]
-            img_f = F.normalize(hv(tokens[:, 0]), dim=-1)
-            txt_f = F.normalize(ht(text), dim=-1)
-            sim = img_f @ txt_f.t() / 0.07
-            tgt = torch.arange(B)
-            itc = (F.cross_entropy(sim, tgt, label_smoothing=0.1) + F.cross_entropy(sim.t(), tgt, label_smoothing=0.1)) / 2
-            with torch.no_grad():
-                w_i2t = F.softmax(sim, 1) + 1e-4
-                w_i2t.fill_diagonal_(0)
-                w_t2i = F.softmax(sim.t(), 1) + 1e-4
-                w_t2i.fill_diagonal_(0)
-            neg_img = torch.multinomial(w_t2i, 1).squeeze(1)
-            neg_txt = torch.multinomial(w_i2t, 1).squeeze(1)
-            cls = bert(torch.cat([ids, ids, ids[neg_txt]]), torch.cat([mask, mask, mask[neg_txt]]),
-                       torch.cat([tokens, tokens[neg_img], tokens]))[:, 0]
-            itm_loss = F.cross_entropy(itm(cls), torch.cat([torch.ones(B), torch.zeros(2 * B)]).long())
-            m_ids, m_lab = masked(0.15)
-            mlm = F.cross_entropy(bert.mlm(bert(m_ids, mask, tokens)).reshape(-1, V), m_lab.reshape(-1), ignore_index=-100)
-            g_ids, g_lab = masked(0.6)
-            causal = torch.tril(mask[:, None, :].expand(-1, L, -1))
-            gm = F.cross_entropy(bert.mlm(bert(g_ids, causal, tokens)).reshape(-1, V), g_lab.reshape(-1), ignore_index=-100)
-            (itc + itm_loss + mlm + gm).backward()
+            model().backward()
             opt.step()
 
         import resource
         seconds = timeit(step, job.get("repeats", 2))
         # Peak RSS of this whole process (Linux reports KiB); bench.ts runs this job in a process of its own.
-        emit(job["name"], seconds, pairs=B, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        emit(job["name"], seconds, pairs=job["batch"], peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     elif kind == "decode":
         # The authors' probing path: PIL open → Resize(224, BILINEAR) → Grayscale → ToTensor → RGB → Normalize.
         from PIL import Image
