@@ -94,6 +94,12 @@ export interface RefineParams {
   valFraction: number;
   /** Bytes of preprocessed images kept in memory across epochs. */
   cacheBytes: number;
+  /**
+   * Data-parallel runs only: ITC/ITM negatives from the whole global batch, gathered across ranks (open_clip's
+   * `gather_with_grad`, BLIP's hard negatives under DDP), instead of per rank as the authors' DDP. No effect in one
+   * process.
+   */
+  globalNegatives: boolean;
 }
 
 /** Linear-probing settings that differ between runs (the head's protocol is {@link PROBE_HEAD}). */
@@ -213,6 +219,7 @@ export const AUTHORS: Readonly<RunParams> = deepFreeze<RunParams>({
     checkpointEvery: 25,
     valFraction: 0.1,
     cacheBytes: 2 ** 30,
+    globalNegatives: false,
   },
   probe: { seeds: [0, 1, 2, 3, 4], mode: "faithful" },
   synth: { size: "small", seed: 0 },

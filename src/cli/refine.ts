@@ -151,6 +151,12 @@ const SPEC: CommandSpec = {
       description: "Micro-batches per step; ITC/ITM negatives stay within each micro-batch.",
       default: String(CPU_DEMO.refine.accumulate),
     },
+    "global-negatives": {
+      type: "boolean",
+      description: "Under mpiexec: split every micro-batch across the ranks and draw ITC/ITM negatives from the " +
+        "whole batch (features gathered with gradient, as open_clip and BLIP), so N ranks equal one process at " +
+        "the same --batch. Default: per-rank negatives, as the authors' DDP. No effect in one process.",
+    },
     epochs: {
       type: "string",
       valueName: "<n>",
@@ -267,6 +273,7 @@ await runMain(async () => {
     maxLength: int("max-length", 2),
     checkpointEvery: int("checkpoint-every"),
     resume: !!v.resume,
+    globalNegatives: !!v["global-negatives"],
     maxSteps: v["max-steps"] !== undefined ? int("max-steps", 1) : undefined,
   };
   // A Hugging Face model folder holds its config.json and tokenizer: used (and said) when the flags are left out.
@@ -352,7 +359,10 @@ await runMain(async () => {
   }
   if (world.size > 1 && world.rank === 0) {
     console.error(
-      `data parallel: ${world.size} ranks over ${world.library}; --batch ${v.batch ?? "(preset)"} is the global batch`,
+      `data parallel: ${world.size} ranks over ${world.library}; --batch ${v.batch ?? "(preset)"} is the global batch` +
+        (v["global-negatives"]
+          ? "; global negatives: every micro-batch is split across the ranks, features gathered"
+          : "; per-rank negatives (the authors' DDP)"),
     );
   }
   const bar = new ProgressBar({ quiet: world.rank !== 0 });

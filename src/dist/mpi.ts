@@ -21,8 +21,13 @@ export interface Collective {
   size: number;
   /** Sums `buf` over all ranks, in place (every rank gets the sum). */
   allreduceSum(buf: Float32Array | Float64Array): void;
-  /** Every rank's `send` (all the same length), concatenated in rank order. */
+  /**
+   * Every rank's `send` (all the same length), concatenated in rank order; float64 (checksums) or float32 (features,
+   * as open_clip's `gather_features`).
+   */
   allgather(send: Float64Array): Float64Array;
+  /** Every rank's `send` (all the same length, float32), concatenated in rank order. */
+  allgather(send: Float32Array): Float32Array;
   /** Overwrites `buf` on every rank with rank `root`'s. */
   broadcast(buf: Float32Array, root: number): void;
   /** Waits until every rank has reached it. */
@@ -40,7 +45,7 @@ export const SINGLE_PROCESS: Collective = {
   rank: 0,
   size: 1,
   allreduceSum: () => {},
-  allgather: (send) => send.slice(),
+  allgather: ((send: Float32Array | Float64Array) => send.slice()) as Collective["allgather"],
   broadcast: () => {},
   barrier: () => {},
   abort: (code) => Deno.exit(code),
@@ -159,12 +164,14 @@ export function initMpi(library?: string): Collective {
         s.MPI_Allreduce(inPlace, buf, buf.length, buf instanceof Float64Array ? DOUBLE : FLOAT, SUM, COMM_WORLD),
       );
     },
-    allgather(send) {
+    allgather: ((send: Float32Array | Float64Array) => {
       lengthOk(send.length * size[0]);
-      const out = new Float64Array(send.length * size[0]);
-      check("MPI_Allgather", s.MPI_Allgather(send, send.length, DOUBLE, out, send.length, DOUBLE, COMM_WORLD));
+      const double = send instanceof Float64Array;
+      const out = double ? new Float64Array(send.length * size[0]) : new Float32Array(send.length * size[0]);
+      const type = double ? DOUBLE : FLOAT;
+      check("MPI_Allgather", s.MPI_Allgather(send, send.length, type, out, send.length, type, COMM_WORLD));
       return out;
-    },
+    }) as Collective["allgather"],
     broadcast(buf, root) {
       lengthOk(buf.length);
       check("MPI_Bcast", s.MPI_Bcast(buf, buf.length, FLOAT, root, COMM_WORLD));

@@ -14,10 +14,11 @@
  */
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
-import { Rng } from "../util/rng.ts";
+import { type RandomSource, Rng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
 import {
   attention,
+  dropMask,
   gelu,
   initLayerNorm,
   layerNormP,
@@ -249,8 +250,8 @@ export interface BertInputs {
 export interface BertForwardOptions {
   /** Training mode: enables dropout (needs `rng`). */
   training?: boolean;
-  /** Generator for dropout masks. */
-  rng?: Rng;
+  /** Generator of dropout masks: one for the batch, or one per row (`[B]`, see `SampleStreams`). */
+  rng?: RandomSource;
   /** Collect each layer's cross-attention probabilities `[B, heads, L, N]`. */
   crossAttentionOut?: Tensor[];
   /** Collect each layer's self-attention probabilities `[B, heads, L, L]`. */
@@ -260,10 +261,7 @@ export interface BertForwardOptions {
 function dropout(x: Tensor, rate: number, options: BertForwardOptions): Tensor {
   if (!options.training || rate <= 0) return x;
   if (!options.rng) throw new EncoderError("BERT dropout in training mode needs an rng");
-  const keep = 1 - rate;
-  const mask = new Float32Array(x.size);
-  for (let i = 0; i < mask.length; i++) mask[i] = options.rng.uniform() < keep ? 1 / keep : 0;
-  return tf.mul(x, tf.tensor(mask, x.shape));
+  return tf.mul(x, tf.tensor(dropMask(x.shape, 1 - rate, options.rng), x.shape));
 }
 
 /**

@@ -7,7 +7,7 @@
 import { tf } from "../backend/tf.ts";
 import { fusedGelu, fusedLayerNorm, fusedSoftmax } from "../backend/fused.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
-import type { Rng } from "../util/rng.ts";
+import { type RandomSource, type Rng, rowRng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
 
 /** Trainable tensors keyed by their PyTorch state-dict names, e.g. `blocks.0.attn.qkv.weight`. */
@@ -186,15 +186,39 @@ export function mergeHeads(x: Tensor): Tensor {
 }
 
 /**
+ * A dropout mask for a tensor of `shape`: each entry `1/keep` with probability `keep`, else 0. One generator draws
+ * the entries in row-major order; per-row generators draw row i's entries (the `size / shape[0]` after it) from
+ * `rows[i]`, so a sample's mask does not depend on the other rows of its batch.
+ * @param shape the tensor's shape, rows first
+ * @param keep the keep probability, in (0, 1]
+ * @param source one generator for the batch, or one per row (`shape[0]` of them)
+ * @returns the mask, row-major, `shape`'s size
+ * @throws {RangeError} per-row generators fewer than the rows
+ */
+export function dropMask(shape: readonly number[], keep: number, source: RandomSource): Float32Array {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const mask = new Float32Array(size);
+  const rows = shape[0] ?? 1;
+  const per = rows ? size / rows : 0;
+  for (let r = 0; r < rows; r++) {
+    const rng = rowRng(source, r);
+    for (let i = r * per; i < (r + 1) * per; i++) mask[i] = rng.uniform() < keep ? 1 / keep : 0;
+  }
+  return mask;
+}
+
+/**
  * Stochastic depth (`timm.DropPath`): during training, zeroes a residual
  * branch per sample with probability `rate` and rescales survivors by 1/(1-rate).
+ * @param x the branch `[B, ...]`
+ * @param rate the drop probability (0: `x` unchanged)
+ * @param rng one generator for the batch (one draw per row, in order), or one per row; none: `x` unchanged
+ * @returns `x` with dropped rows zeroed and the others scaled, same shape
  */
-export function dropPath(x: Tensor, rate: number, rng: Rng | undefined): Tensor {
+export function dropPath(x: Tensor, rate: number, rng: RandomSource | undefined): Tensor {
   if (rate <= 0 || !rng) return x;
-  const keep = 1 - rate;
   const b = x.shape[0];
-  const mask = new Float32Array(b);
-  for (let i = 0; i < b; i++) mask[i] = rng.uniform() < keep ? 1 / keep : 0;
+  const mask = dropMask([b], 1 - rate, rng);
   return tf.mul(x, tf.tensor(mask, [b, ...new Array(x.rank - 1).fill(1)]));
 }
 

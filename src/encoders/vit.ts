@@ -16,7 +16,7 @@
  */
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
-import { Rng } from "../util/rng.ts";
+import { type RandomSource, Rng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
 import { torchCubicWeights } from "../dataset/resize.ts";
 import {
@@ -233,8 +233,8 @@ export function createVit(config: VitConfig, options: CreateVitOptions = {}): Vi
 export interface VitForwardOptions {
   /** Training mode: enables stochastic depth (needs `rng`). */
   training?: boolean;
-  /** Generator for stochastic depth. */
-  rng?: Rng;
+  /** Generator of stochastic depth: one for the batch, or one per image (`[B]`, see `SampleStreams`). */
+  rng?: RandomSource;
   /** Keep each block's attention probabilities (for attention maps). */
   returnAttention?: boolean;
 }

@@ -8,7 +8,7 @@
  * loops: all rows' selections first, then replacements in row-major order.
  * @module
  */
-import type { Rng } from "../util/rng.ts";
+import { type RandomSource, rowRng } from "../util/rng.ts";
 import { RefineError } from "../util/errors.ts";
 
 /** Ignore index of the cross-entropy (PyTorch's default). */
@@ -29,8 +29,11 @@ export interface MaskOptions {
   randomRange: [number, number];
   /** `[PAD]` id (0, as the authors hard-code). */
   padId?: number;
-  /** Generator for every draw. */
-  rng: Rng;
+  /**
+   * Generator of every draw: one for the batch (the authors' order: every row's selection, then the replacements in
+   * row-major order), or one per row (row i's selection, then its replacements, from `rng[i]`; see `SampleStreams`).
+   */
+  rng: RandomSource;
 }
 
 /** Masked ids and labels, row-major `[batch, length]`. */
@@ -49,6 +52,7 @@ export interface MaskedTokens {
  * @param options the selection probability (MLM 0.15, GM 0.6), the `[MASK]` id, the random-id range and the generator
  * @returns the masked ids and the labels (original id at masked positions, −100 elsewhere), both `[batch, length]`
  * @throws {RefineError} when a row has no maskable token (only `[CLS]` and padding)
+ * @throws {RangeError} per-row generators fewer than the rows
  */
 export function maskTokens(ids: Int32Array, batch: number, length: number, options: MaskOptions): MaskedTokens {
   const pad = options.padId ?? 0;
@@ -65,7 +69,7 @@ export function maskTokens(ids: Int32Array, batch: number, length: number, optio
     let any = false;
     while (!any) {
       for (let j = 1; j < length; j++) {
-        if (ids[row + j] !== pad && rng.uniform() < prob) {
+        if (ids[row + j] !== pad && rowRng(rng, i).uniform() < prob) {
           selected[row + j] = 1;
           any = true;
         }
@@ -76,9 +80,10 @@ export function maskTokens(ids: Int32Array, batch: number, length: number, optio
   const labels = new Int32Array(batch * length).fill(IGNORE_INDEX);
   for (let k = 0; k < batch * length; k++) {
     if (!selected[k]) continue;
-    const p = rng.uniform();
+    const r = rowRng(rng, Math.floor(k / length));
+    const p = r.uniform();
     if (p < 0.8) inputIds[k] = maskId;
-    else if (p < 0.9) inputIds[k] = lo + rng.int(hi - lo + 1);
+    else if (p < 0.9) inputIds[k] = lo + r.int(hi - lo + 1);
     labels[k] = ids[k];
   }
   return { inputIds, labels };

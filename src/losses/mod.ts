@@ -29,15 +29,22 @@ export {
 export {
   crossEntropy,
   type DeviceHardNegatives,
+  type HardNegativeRngs,
   type HardNegatives,
   hardNegativeWeights,
   ITC_LABEL_SMOOTHING,
   ITC_TEMPERATURE,
   itcLoss,
+  itcLossSharded,
   type ItcResult,
+  type ItmCandidates,
   itmLoss,
   l2normalize,
   maskedTokenLoss,
   sampleHardNegatives,
   sampleHardNegativesOnDevice,
+  sampleHardNegativesSharded,
+  type ShardedItcResult,
 } from "./objectives.ts";
+export { gatherRowsWithGrad, type RowShard, shardCounts, shardOffset } from "./gather.ts";
+export { type RandomSource, rowRng, SampleStreams } from "../util/rng.ts";

@@ -10,7 +10,7 @@ import type { Tensor } from "../backend/tf.ts";
 import { bertEncode, type BertForwardOptions, type BertModel, clsToken, mlmLogits } from "../encoders/bert.ts";
 import { linearP, type Params } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
-import type { Rng } from "../util/rng.ts";
+import { Rng } from "../util/rng.ts";
 import { itmHead } from "../model/heads.ts";
 import { IGNORE_INDEX } from "./masker.ts";
 
@@ -25,17 +25,20 @@ export const ITC_LABEL_SMOOTHING = 0.1;
  * @param logits `[N, C]`
  * @param targets N class indices in [0, C)
  * @param labelSmoothing ε in [0, 1) (the authors' ITC: 0.1)
- * @returns the mean loss, a scalar
+ * @param denominator what the sum over the N rows is divided by (default N, the mean). A data-parallel rank holding
+ *   N of a global batch's rows passes the global row count, so that the ranks' losses add up to the global mean.
+ * @returns the mean loss (sum / denominator), a scalar
  */
-export function crossEntropy(logits: Tensor, targets: Int32Array, labelSmoothing = 0): Tensor {
+export function crossEntropy(logits: Tensor, targets: Int32Array, labelSmoothing = 0, denominator?: number): Tensor {
   return tf.tidy(() => {
     const [n, c] = logits.shape;
+    const d = denominator ?? n;
     const logp = tf.logSoftmax(logits);
     const onehot = tf.oneHot(tf.tensor1d(targets, "int32"), c);
     const nll = tf.neg(tf.sum(tf.mul(logp, onehot), 1));
-    if (labelSmoothing === 0) return tf.div(tf.sum(nll), n);
+    if (labelSmoothing === 0) return tf.div(tf.sum(nll), d);
     const smooth = tf.neg(tf.mean(logp, 1));
-    return tf.div(tf.sum(tf.add(tf.mul(nll, 1 - labelSmoothing), tf.mul(smooth, labelSmoothing))), n);
+    return tf.div(tf.sum(tf.add(tf.mul(nll, 1 - labelSmoothing), tf.mul(smooth, labelSmoothing))), d);
   });
 }
 
@@ -75,6 +78,56 @@ export function itcLoss(
   return { loss, simI2T };
 }
 
+/** What {@link itcLossSharded} returns: this rank's share of the loss and its rows of the similarities. */
+export interface ShardedItcResult {
+  /** This rank's rows' share of `(CE(sim_i2t) + CE(sim_t2i)) / 2` (the ranks' shares add up to the global loss). */
+  loss: Tensor;
+  /** This rank's images against every rank's texts, `[B_local, B_global]`, divided by τ. */
+  simI2T: Tensor;
+  /** This rank's texts against every rank's images, `[B_local, B_global]`, divided by τ. */
+  simT2I: Tensor;
+}
+
+/**
+ * {@link itcLoss} over a global batch sharded across data-parallel ranks, as open_clip's `ClipLoss` with
+ * `local_loss=True, gather_with_grad=True`: the projected, normalised features of every rank are gathered
+ * (`gather`, open_clip's `gather_features` / `torch.distributed.nn.all_gather`: the backward pass sums the gradient
+ * of the gathered features across ranks and keeps this rank's rows), and this rank's rows are scored against all of
+ * them. Unlike open_clip, each rank's cross-entropy sums are divided by the global batch size, so that the ranks'
+ * losses (and gradients) add up to exactly what one process computes at the global batch — the labels, the label
+ * smoothing over B_global classes and τ are the same.
+ * @param heads the model's heads (`contra_head_v`, `contra_head_t`)
+ * @param imageCls this rank's image CLS features `[B_local, visionWidth]`
+ * @param textCls this rank's text CLS features `[B_local, textWidth]`
+ * @param gather gathers `[B_local, E]` rows of every rank into `[B_global, E]` in rank order, with gradient (see
+ *   `gatherRowsWithGrad`); `offset` is this rank's first row in the global batch
+ * @param options τ (default 0.07) and label smoothing (default 0.1), docs/method.md §1.5
+ * @returns this rank's share of the loss and its similarity rows `[B_local, B_global]` for negative sampling
+ */
+export function itcLossSharded(
+  heads: Params,
+  imageCls: Tensor,
+  textCls: Tensor,
+  gather: { rows: (x: Tensor) => Tensor; offset: number; total: number },
+  options: { temperature?: number; labelSmoothing?: number } = {},
+): ShardedItcResult {
+  const tau = options.temperature ?? ITC_TEMPERATURE;
+  const eps = options.labelSmoothing ?? ITC_LABEL_SMOOTHING;
+  const img = l2normalize(linearP(heads, "contra_head_v", imageCls));
+  const txt = l2normalize(linearP(heads, "contra_head_t", textCls));
+  const allImg = gather.rows(img);
+  const allTxt = gather.rows(txt);
+  const simI2T = tf.div(tf.matMul(img, allTxt, false, true), tau);
+  const simT2I = tf.div(tf.matMul(txt, allImg, false, true), tau);
+  const B = imageCls.shape[0];
+  const targets = Int32Array.from({ length: B }, (_, i) => gather.offset + i);
+  const loss = tf.div(
+    tf.add(crossEntropy(simI2T, targets, eps, gather.total), crossEntropy(simT2I, targets, eps, gather.total)),
+    2,
+  );
+  return { loss, simI2T, simT2I };
+}
+
 /**
  * `x / max(‖x‖₂, 1e-12)` per row (`F.normalize(dim=-1)`).
  * @param x `[N, D]`
@@ -100,17 +153,40 @@ export interface DeviceHardNegatives {
   negText: Tensor;
 }
 
-function softmaxRows(sim: Float32Array, B: number, transpose: boolean): Float64Array {
-  const w = new Float64Array(B * B);
-  for (let r = 0; r < B; r++) {
+/** Per-row generators of the hard-negative draws (see `SampleStreams`): row b draws only from its own. */
+export interface HardNegativeRngs {
+  /** For text b, the generator of its negative image's draw. */
+  image: readonly Rng[];
+  /** For image b, the generator of its negative text's draw. */
+  text: readonly Rng[];
+}
+
+/**
+ * `softmax(row) + 1e-4` per row of `[rows, cols]` similarities (read transposed when `transpose`, square only), with
+ * each row's own column `self + r` set to 0 (`fill_diagonal_(0)`).
+ */
+function softmaxRows(sim: Float32Array, rows: number, cols: number, transpose: boolean, self = 0): Float64Array {
+  const w = new Float64Array(rows * cols);
+  const at = (r: number, c: number) => transpose ? sim[c * rows + r] : sim[r * cols + c];
+  for (let r = 0; r < rows; r++) {
     let max = -Infinity;
-    for (let c = 0; c < B; c++) max = Math.max(max, transpose ? sim[c * B + r] : sim[r * B + c]);
+    for (let c = 0; c < cols; c++) max = Math.max(max, at(r, c));
     let sum = 0;
-    for (let c = 0; c < B; c++) sum += w[r * B + c] = Math.exp((transpose ? sim[c * B + r] : sim[r * B + c]) - max);
-    for (let c = 0; c < B; c++) w[r * B + c] = w[r * B + c] / sum + 1e-4;
-    w[r * B + r] = 0; // fill_diagonal_(0)
+    for (let c = 0; c < cols; c++) sum += w[r * cols + c] = Math.exp(at(r, c) - max);
+    for (let c = 0; c < cols; c++) w[r * cols + c] = w[r * cols + c] / sum + 1e-4;
+    w[r * cols + self + r] = 0; // fill_diagonal_(0)
   }
   return w;
+}
+
+function refuseNonFinite(sim: Float32Array, cols: number, what: string): void {
+  const i = firstNonFinite(sim);
+  if (i >= 0) {
+    throw new RefineError(
+      `ITM negative sampling: ${what} similarity [${Math.floor(i / cols)}, ${i % cols}] is ${sim[i]} ` +
+        "(the image or text features are non-finite)",
+    );
+  }
 }
 
 /**
@@ -120,7 +196,8 @@ function softmaxRows(sim: Float32Array, B: number, transpose: boolean): Float64A
  * @returns the sampling weights of texts per image (`i2t`) and of images per text (`t2i`), each `[B, B]`
  */
 export function hardNegativeWeights(simI2T: Float32Array, batch: number): { i2t: Float64Array; t2i: Float64Array } {
-  return { i2t: softmaxRows(simI2T, batch, false), t2i: softmaxRows(simI2T, batch, true) }; // sim_t2i = sim_i2tᵀ
+  // sim_t2i = sim_i2tᵀ
+  return { i2t: softmaxRows(simI2T, batch, batch, false), t2i: softmaxRows(simI2T, batch, batch, true) };
 }
 
 /**
@@ -130,28 +207,66 @@ export function hardNegativeWeights(simI2T: Float32Array, batch: number): { i2t:
  *
  * @param simI2T Image-to-text similarities, row-major `[batch, batch]`.
  * @param batch The batch size B.
- * @param rng The generator of the draws.
+ * @param rng The generator of the draws: one (images per text first, then texts per image), or one per row.
  * @returns One negative image per text and one negative text per image.
  * @throws {RefineError} The batch has fewer than 2 pairs, or a similarity is NaN or infinite (the features have
  *   diverged; `torch.multinomial` refuses such weights too).
  */
-export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rng): HardNegatives {
+export function sampleHardNegatives(simI2T: Float32Array, batch: number, rng: Rng | HardNegativeRngs): HardNegatives {
   if (batch < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
   if (simI2T.length !== batch * batch) {
     throw new RefineError(`ITM negative sampling: ${simI2T.length} similarities for a batch of ${batch}`);
   }
-  const i = firstNonFinite(simI2T);
-  if (i >= 0) {
-    throw new RefineError(
-      `ITM negative sampling: image-text similarity [${Math.floor(i / batch)}, ${i % batch}] is ${simI2T[i]} ` +
-        "(the image or text features are non-finite)",
-    );
-  }
+  refuseNonFinite(simI2T, batch, "image-text");
   const { i2t: wI2T, t2i: wT2I } = hardNegativeWeights(simI2T, batch);
   const negImage: number[] = [];
   const negText: number[] = [];
-  for (let b = 0; b < batch; b++) negImage.push(rng.categorical(wT2I.subarray(b * batch, (b + 1) * batch)));
-  for (let b = 0; b < batch; b++) negText.push(rng.categorical(wI2T.subarray(b * batch, (b + 1) * batch)));
+  const draw = (which: "image" | "text", b: number) => rng instanceof Rng ? rng : rng[which][b];
+  for (let b = 0; b < batch; b++) {
+    negImage.push(draw("image", b).categorical(wT2I.subarray(b * batch, (b + 1) * batch)));
+  }
+  for (let b = 0; b < batch; b++) negText.push(draw("text", b).categorical(wI2T.subarray(b * batch, (b + 1) * batch)));
+  return { negImage, negText };
+}
+
+/**
+ * {@link sampleHardNegatives} for this rank's rows of a global batch sharded across data-parallel ranks, as BLIP's
+ * `blip_pretrain.py` does under DDP: the candidates are the whole world batch (this rank's rows scored against the
+ * gathered features of every rank, from {@link itcLossSharded}), the weights are the same softmax + 1e-4 with each
+ * row's own pair zeroed, and each row draws from its own generator, so the negatives are those one process draws for
+ * these rows at the global batch.
+ * @param simI2T this rank's images against every text, row-major `[rows, total]`
+ * @param simT2I this rank's texts against every image, row-major `[rows, total]`
+ * @param rows this rank's rows (B_local)
+ * @param offset this rank's first row in the global batch
+ * @param total the global batch (B_global, at least 2)
+ * @param rngs per-row generators of the draws (`rows` of each)
+ * @returns for each of this rank's texts a negative image, and for each of its images a negative text, as global
+ *   indices in [0, total)
+ * @throws {RefineError} a global batch under 2 pairs, similarities of the wrong size, or a non-finite similarity
+ */
+export function sampleHardNegativesSharded(
+  simI2T: Float32Array,
+  simT2I: Float32Array,
+  rows: number,
+  offset: number,
+  total: number,
+  rngs: HardNegativeRngs,
+): HardNegatives {
+  if (total < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
+  if (simI2T.length !== rows * total || simT2I.length !== rows * total) {
+    throw new RefineError(
+      `ITM negative sampling: ${simI2T.length} and ${simT2I.length} similarities for ${rows} rows of ${total}`,
+    );
+  }
+  refuseNonFinite(simI2T, total, "image-text (this rank's rows)");
+  refuseNonFinite(simT2I, total, "text-image (this rank's rows)");
+  const wI2T = softmaxRows(simI2T, rows, total, false, offset);
+  const wT2I = softmaxRows(simT2I, rows, total, false, offset);
+  const negImage: number[] = [];
+  const negText: number[] = [];
+  for (let b = 0; b < rows; b++) negImage.push(rngs.image[b].categorical(wT2I.subarray(b * total, (b + 1) * total)));
+  for (let b = 0; b < rows; b++) negText.push(rngs.text[b].categorical(wI2T.subarray(b * total, (b + 1) * total)));
   return { negImage, negText };
 }
 
@@ -179,11 +294,15 @@ function withoutGradientTape<T>(f: () => T): T {
  * loss non-finite, which the optimiser refuses.
  * @param simI2T image-to-text similarities `[B, B]`
  * @param batch B (at least 2)
- * @param rng the generator of the draws
+ * @param rng the generator of the draws: one, or one per row (as {@link sampleHardNegatives})
  * @returns `[B]` int32 index tensors
  * @throws {RefineError} when the batch has fewer than 2 pairs
  */
-export function sampleHardNegativesOnDevice(simI2T: Tensor, batch: number, rng: Rng): DeviceHardNegatives {
+export function sampleHardNegativesOnDevice(
+  simI2T: Tensor,
+  batch: number,
+  rng: Rng | HardNegativeRngs,
+): DeviceHardNegatives {
   if (batch < 2) throw new RefineError("ITM needs a batch of at least 2 pairs to draw negatives");
   // torch.no_grad(): the draws are computed off the gradient tape, so the indices do not connect the ITM loss
   // back to the similarities.
@@ -199,9 +318,27 @@ export function sampleHardNegativesOnDevice(simI2T: Tensor, batch: number, rng: 
         return tf.minimum(idx, tf.scalar(batch - 1, "int32")) as Tensor;
       })
     );
-  const uImage = Float32Array.from({ length: batch }, () => rng.uniform());
-  const uText = Float32Array.from({ length: batch }, () => rng.uniform());
+  const u = (which: "image" | "text") =>
+    Float32Array.from({ length: batch }, (_, b) => (rng instanceof Rng ? rng : rng[which][b]).uniform());
+  const uImage = u("image");
+  const uText = u("text");
   return { negImage: draw(true, uImage), negText: draw(false, uText) };
+}
+
+/**
+ * Where ITM's negatives come from when the batch is sharded across data-parallel ranks (BLIP under DDP): the whole
+ * world batch. `imageTokens` are every rank's image tokens, gathered with gradient (BLIP's
+ * `all_gather_with_grad(image_embeds)`); the texts are every rank's ids and masks (integers, no gradient).
+ */
+export interface ItmCandidates {
+  /** Token ids of the global batch `[B_global, L]`. */
+  textIds: Tensor;
+  /** Padding masks of the global batch `[B_global, L]`. */
+  textMask: Tensor;
+  /** Image tokens of the global batch `[B_global, 1+N, W]` (gathered with gradient). */
+  imageTokens: Tensor;
+  /** What the sum of the 3·B_local cross-entropies is divided by: 3·B_global. */
+  denominator: number;
 }
 
 /**
@@ -212,9 +349,14 @@ export function sampleHardNegativesOnDevice(simI2T: Tensor, batch: number, rng: 
  * @param textIds token ids `[B, L]`
  * @param textMask padding mask `[B, L]`
  * @param imageTokens the refinement tokens `[B, 1+N, W]`
- * @param negatives from {@link sampleHardNegatives}
- * @param options training mode (dropout) and its generator
- * @returns the mean 2-way cross-entropy over the 3B pairs, a scalar
+ * @param negatives from {@link sampleHardNegatives} (indices into this batch), or from
+ *   {@link sampleHardNegativesSharded} (indices into `candidates`)
+ * @param options training mode (dropout) and its generator (one per row: the B positive pairs, then the B pairs with
+ *   a negative image, then the B with a negative text)
+ * @param candidates where negatives come from when the batch is one rank's shard of a global batch (default: this
+ *   batch, the mean over its 3B pairs)
+ * @returns the mean 2-way cross-entropy over the 3B pairs (a rank's share of the global mean with `candidates`), a
+ *   scalar
  */
 export function itmLoss(
   bert: BertModel,
@@ -224,19 +366,24 @@ export function itmLoss(
   imageTokens: Tensor,
   negatives: HardNegatives | DeviceHardNegatives,
   options: BertForwardOptions = {},
+  candidates?: ItmCandidates,
 ): Tensor {
   const B = textIds.shape[0];
   const indices = (x: number[] | Tensor) => (Array.isArray(x) ? Int32Array.from(x) : x);
   const negText = indices(negatives.negText);
-  const texts = tf.concat([textIds, textIds, tf.gather(textIds, negText)], 0);
-  const masks = tf.concat([textMask, textMask, tf.gather(textMask, negText)], 0);
-  const images = tf.concat([imageTokens, tf.gather(imageTokens, indices(negatives.negImage)), imageTokens], 0);
+  const pool = candidates ?? { textIds, textMask, imageTokens };
+  const texts = tf.concat([textIds, textIds, tf.gather(pool.textIds, negText)], 0);
+  const masks = tf.concat([textMask, textMask, tf.gather(pool.textMask, negText)], 0);
+  const images = tf.concat(
+    [imageTokens, tf.gather(pool.imageTokens, indices(negatives.negImage)), imageTokens],
+    0,
+  );
   const cls = clsToken(
     bertEncode(bert, { inputIds: texts, attentionMask: masks, encoderHiddenStates: images }, options),
   );
   const labels = new Int32Array(3 * B);
   labels.fill(1, 0, B);
-  return crossEntropy(itmHead(heads, cls), labels);
+  return crossEntropy(itmHead(heads, cls), labels, 0, candidates?.denominator);
 }
 
 /**
@@ -249,6 +396,9 @@ export function itmLoss(
  * @param attentionMask `[B, L]` (MLM) or `[B, L, L]` (GM, from `causalPaddingMask`)
  * @param imageTokens the refinement tokens `[B, 1+N, W]`
  * @param options training mode (dropout) and its generator
+ * @param maskedInBatch what the sum of the cross-entropies is divided by (default: the positions masked here). A
+ *   data-parallel rank holding part of a global batch passes the positions masked in the whole global batch, so that
+ *   the ranks' losses add up to the global mean.
  * @returns the mean cross-entropy over the masked positions, a scalar
  * @throws {RefineError} when no position is masked
  */
@@ -259,6 +409,7 @@ export function maskedTokenLoss(
   attentionMask: Tensor,
   imageTokens: Tensor,
   options: BertForwardOptions = {},
+  maskedInBatch?: number,
 ): Tensor {
   const seq = bertEncode(bert, { inputIds: maskedIds, attentionMask, encoderHiddenStates: imageTokens }, options);
   const H = seq.shape[2] as number;
@@ -273,5 +424,5 @@ export function maskedTokenLoss(
   if (positions.length === 0) throw new RefineError("masked-token loss: no position is masked");
   // Computing logits only where labels are set gives the same mean CE as the authors' full-sequence loss.
   const hidden = tf.gather(tf.reshape(seq, [-1, H]), Int32Array.from(positions));
-  return crossEntropy(mlmLogits(bert, hidden), Int32Array.from(targets));
+  return crossEntropy(mlmLogits(bert, hidden), Int32Array.from(targets), 0, maskedInBatch);
 }

@@ -26,6 +26,7 @@ export {
 } from "../optim/adamw.ts";
 export {
   ALL_LOSSES,
+  type GlobalBatch,
   type LossWeights,
   type Objective,
   OBJECTIVES,

@@ -11,10 +11,12 @@
  * `log.jsonl` to the checkpoint's step, removes the temp files of
  * interrupted writes, and restores the interrupted epoch's running loss sums.
  *
- * Reproducibility: the batch order of epoch e comes from `Rng(seed, "epoch/e")`
- * and every random draw of step s (drop-path, dropout, masking, negatives)
- * from `Rng(seed, "step/s")`, so a resumed run continues exactly where the
- * interrupted one stopped.
+ * Reproducibility: the batch order of epoch e comes from `Rng(seed, "epoch/e")`,
+ * and every random draw of step s (drop-path, dropout, masking, negatives) from
+ * per-sample streams keyed by the sample's position g in the step's global batch
+ * (`SampleStreams(seed, "step/s")`: `Rng(seed, "step/s/sample/g/<purpose>")`), so a
+ * resumed run continues exactly where the interrupted one stopped, and a sample
+ * draws the same in one process, in any micro-batch, or on any rank.
  * @module
  */
 import { join } from "node:path";
@@ -26,7 +28,7 @@ import { type PreprocessSpec, refinementSpec } from "../dataset/preprocess.ts";
 import { RefineError } from "../util/errors.ts";
 import { exists, writeFileAtomic } from "../util/fs.ts";
 import type { ProgressCallback } from "../util/progress.ts";
-import { Rng } from "../util/rng.ts";
+import { Rng, SampleStreams } from "../util/rng.ts";
 import {
   type AdamWConfig,
   adamwStepAsync,
@@ -38,7 +40,8 @@ import {
 import { loadCheckpoint, type LoopState, saveCheckpoint } from "./checkpoint.ts";
 import { exportBackbone, exportTextSide } from "../model/export.ts";
 import { modelParams, type RetfinerModel } from "../model/model.ts";
-import { type LossWeights, OBJECTIVES, type PairBatch, retfinerLosses } from "./step.ts";
+import { type GlobalBatch, type LossWeights, OBJECTIVES, type PairBatch, retfinerLosses } from "./step.ts";
+import { shardCounts, shardOffset } from "../losses/gather.ts";
 import { AUTHORS, CPU_DEMO, deepMerge, type RunParams } from "../params.ts";
 import { type Collective, SINGLE_PROCESS } from "../dist/mpi.ts";
 
@@ -97,9 +100,18 @@ export interface RefineOptions {
    * `c ≡ rank (mod size)` of every global batch; gradients and loss values are summed across ranks in one buffer per
    * step, so every rank applies the same AdamW step. The accumulation count is raised to a multiple of the world size,
    * and the run equals one process with that `accumulate` (same micro-batches, negatives and random draws). Rank 0
-   * alone writes logs, checkpoints and exports.
+   * alone writes logs, checkpoints and exports. With `globalNegatives`, each micro-batch is split across the ranks
+   * instead.
    */
   collective?: Collective;
+  /**
+   * Data-parallel runs: ITC/ITM negatives from the whole global batch instead of per rank (default false, the
+   * authors' DDP). Every micro-batch (`accumulate` is not raised) is split across the ranks; ITC gathers every rank's
+   * features with gradient (open_clip's `gather_with_grad`), ITM draws hard negatives from the world batch (BLIP under
+   * DDP), so N ranks compute the losses and gradients of one process at the same `batchSize` and `accumulate`, up to
+   * float32 summation order. Needs a CPU backend. In one process it changes nothing.
+   */
+  globalNegatives?: boolean;
 }
 
 /** What {@link refine} returns. */
@@ -133,6 +145,48 @@ function gatherBatch(tokens: Tokenized, images: { data: Float32Array; indices: n
     attentionMask.set(tokens.mask.subarray(i * L, (i + 1) * L), k * L);
   });
   return { images: images.data, inputIds, attentionMask, size: B, length: L };
+}
+
+/** The token ids and masks of dataset rows `indices`, `[indices.length, L]`. */
+function gatherIds(tokens: Tokenized, indices: readonly number[]): { inputIds: Int32Array; attentionMask: Int32Array } {
+  const L = tokens.length;
+  const inputIds = new Int32Array(indices.length * L);
+  const attentionMask = new Int32Array(indices.length * L);
+  indices.forEach((i, k) => {
+    inputIds.set(tokens.ids.subarray(i * L, (i + 1) * L), k * L);
+    attentionMask.set(tokens.mask.subarray(i * L, (i + 1) * L), k * L);
+  });
+  return { inputIds, attentionMask };
+}
+
+/** One piece of a rank's work in an optimiser step. */
+interface StepWork {
+  /** The micro-batch: positions in the step's global batch. */
+  chunk: number[];
+  /** This rank's rows of it (positions in the global batch): all of `chunk`, or its share with global negatives. */
+  rows: number[];
+  /** Global negatives: the rows each rank holds of `chunk`. */
+  counts?: number[];
+}
+
+/**
+ * What one rank computes of a global batch of `n` pairs split into micro-batches of `micro`: per-rank negatives give
+ * micro-batch c to rank c mod size; global negatives split every micro-batch across the ranks (consecutive rows, the
+ * first ranks one more) and leave out one with fewer pairs than ranks (at most the last of an epoch).
+ */
+function stepPlan(n: number, micro: number, world: Collective, globalNegatives: boolean): StepWork[] {
+  const work: StepWork[] = [];
+  for (let c = 0; c * micro < n; c++) {
+    const chunk = Array.from({ length: Math.min(n, (c + 1) * micro) - c * micro }, (_, k) => c * micro + k);
+    if (!globalNegatives) {
+      if (c % world.size === world.rank) work.push({ chunk, rows: chunk });
+    } else if (chunk.length >= world.size) {
+      const counts = shardCounts(chunk.length, world.size);
+      const start = shardOffset(counts, world.rank);
+      work.push({ chunk, rows: chunk.slice(start, start + counts[world.rank]), counts });
+    }
+  }
+  return work;
 }
 
 /**
@@ -228,6 +282,7 @@ export function refineSettings(options: Partial<RefineOptions>): RunParams["refi
     maxLength: options.maxLength,
     checkpointEvery: options.checkpointEvery,
     cacheBytes: options.cacheBytes,
+    globalNegatives: options.globalNegatives,
   });
 }
 
@@ -287,8 +342,15 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
     }
   }
   const { batchSize, epochs, patience, seed, maxLength } = settings;
-  // Data parallel: at least one micro-batch per rank, the same on every rank.
-  const accumulate = Math.ceil(settings.accumulate / world.size) * world.size;
+  // Global negatives: every micro-batch is split across the ranks. Per-rank negatives: at least one micro-batch per
+  // rank, the same number on every rank.
+  const globalNegatives = settings.globalNegatives && world.size > 1;
+  if (globalNegatives && tf.getBackend() === "webgpu") {
+    throw new RefineError(
+      "--global-negatives gathers features across ranks inside the step, which needs a CPU backend (not webgpu)",
+    );
+  }
+  const accumulate = globalNegatives ? settings.accumulate : Math.ceil(settings.accumulate / world.size) * world.size;
   if (accumulate !== settings.accumulate) {
     notice(
       `refine: ${world.size} ranks: each global batch of ${batchSize} is split into ${accumulate} micro-batches ` +
@@ -314,6 +376,12 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
   }
   if (micro < 2 && (weights.itc > 0 || weights.itm > 0)) {
     throw new RefineError("ITC/ITM need at least 2 pairs per (micro-)batch");
+  }
+  if (globalNegatives && micro < world.size) {
+    throw new RefineError(
+      `--global-negatives splits each micro-batch across the ${world.size} ranks: micro-batches of ${micro} pairs ` +
+        `(batch ${batchSize} / accumulate ${accumulate}) leave a rank without a pair; use a larger batch`,
+    );
   }
   // Batches of one pair are left out (ITC/ITM need two); a validation split of one pair gives no loss at all.
   const valOrder = batchIndices(val.length, batchSize).filter((b) => b.length >= 2);
@@ -473,7 +541,10 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
       : `The last checkpoint, ${lastPath} (after step ${lastSavedStep}), is finite and can be resumed; if the ` +
         "losses had already diverged by then, start again with a lower learning rate instead.";
 
-  const runLosses = (b: PairBatch, rng: Rng, training: boolean) => retfinerLosses(model, b, weights, rng, training);
+  const runLosses = (b: PairBatch, rng: Rng | SampleStreams, training: boolean, global?: GlobalBatch) =>
+    retfinerLosses(model, b, weights, rng, training, global);
+  /** This rank's work in a global batch of `n` pairs: its micro-batches, or its shares of every micro-batch. */
+  const plan = (n: number) => stepPlan(n, micro, world, globalNegatives);
 
   outer: for (; loop.epoch < epochs; loop.epoch++, loop.batchInEpoch = 0) {
     const order = batchIndices(trainIdx.length, batchSize, { rng: new Rng(seed, `epoch/${loop.epoch}`) }).filter((b) =>
@@ -483,16 +554,8 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
     let count = resumedSums?.count ?? 0;
     const t0 = performance.now() - (resumedSums?.seconds ?? 0) * 1000;
     resumedSums = undefined;
-    // This rank's micro-batches of each global batch: chunk c of ⌈n/micro⌉ goes to rank c mod size.
-    const ownChunks = (n: number) =>
-      Array.from({ length: Math.ceil(n / micro) }, (_, c) => c).filter((c) => c % world.size === world.rank);
     const loaders = order.slice(loop.batchInEpoch).map((b) => () =>
-      loadImageBatch(
-        paths,
-        ownChunks(b.length).flatMap((c) => b.slice(c * micro, (c + 1) * micro)).map((i) => trainIdx[i]),
-        spec,
-        { cache, origins },
-      )
+      loadImageBatch(paths, plan(b.length).flatMap((w) => w.rows.map((g) => trainIdx[b[g]])), spec, { cache, origins })
     );
     for await (const imgs of prefetchDrained(loaders, 2)) {
       if (options.maxSteps !== undefined && loop.step >= options.maxSteps) {
@@ -508,30 +571,34 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
         }
         break outer;
       }
-      const stepRng = new Rng(seed, `step/${loop.step}`);
+      // Every draw of the step is keyed by the sample's position in this global batch (SampleStreams).
+      const streams = new SampleStreams(seed, `step/${loop.step}`);
       const lr = scheduledLr(opt.lr, loop.step, sched);
       const termValues: Record<string, number> = {};
       let grads: Map<string, Tensor> | undefined;
-      const n = order[loop.batchInEpoch].length;
+      const b = order[loop.batchInEpoch];
+      const n = b.length;
       const chunks = Math.ceil(n / micro);
       const plane = 3 * spec.size * spec.size;
-      // Forked in chunk order on every rank (a fork advances its parent), so chunk c draws what it draws alone.
-      const microRngs = Array.from({ length: chunks }, (_, c) => stepRng.fork(`micro/${c}`));
       try {
         let offset = 0; // into this rank's images
-        for (const c of ownChunks(n)) {
-          const size = Math.min(n, (c + 1) * micro) - c * micro;
+        for (const work of plan(n)) {
+          const size = work.rows.length;
           const sel = {
             data: imgs.data.subarray(offset * plane, (offset + size) * plane),
             indices: imgs.indices.slice(offset, offset + size),
           };
           offset += size;
-          if (sel.indices.length < 2) continue;
-          const batch = gatherBatch(tokens, sel);
-          const microRng = microRngs[c];
+          if (work.chunk.length < 2) continue;
+          const batch = { ...gatherBatch(tokens, sel), samples: work.rows };
+          const global: GlobalBatch | undefined = work.counts && {
+            shard: { world, counts: work.counts },
+            ...gatherIds(tokens, work.chunk.map((g) => trainIdx[b[g]])),
+            samples: work.chunk,
+          };
           let terms: Record<string, Tensor> = {};
           const { value, grads: g } = tf.variableGrads(() => {
-            const out = runLosses(batch, microRng, true);
+            const out = runLosses(batch, streams, true, global);
             terms = out.terms as Record<string, Tensor>;
             for (const t of Object.values(terms)) tf.keep(t);
             return out.total as tf.Scalar;
@@ -563,7 +630,8 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
           }
         }
         if (world.size > 1) {
-          // One buffer per step: every gradient in parameter order, then the loss terms and a "had a batch" count.
+          // One buffer per step: every gradient in parameter order, which parameters had one, the loss terms and
+          // which terms were computed.
           grads = await allreduceStep(world, params, grads, termValues);
         }
         if (grads && chunks > 1) {
@@ -693,20 +761,42 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
   return { loop, stopReason, backbone };
 }
 
-/** Sets every rank's weights to rank 0's. */
+/**
+ * Sets every rank's weights to rank 0's: one broadcast of every parameter, flattened in parameter order.
+ * @param world the ranks
+ * @param params the model's parameters, in the same order on every rank
+ */
 async function broadcastParams(world: Collective, params: Map<string, tf.Variable>): Promise<void> {
   if (world.size === 1) return;
+  let total = 0;
+  for (const p of params.values()) total += p.size;
+  const flat = new Float32Array(total);
+  let off = 0;
   for (const p of params.values()) {
-    const buf = Float32Array.from(await p.data());
-    world.broadcast(buf, 0);
-    p.assign(tf.tensor(buf, p.shape));
+    flat.set((await p.data()) as Float32Array, off);
+    off += p.size;
+  }
+  world.broadcast(flat, 0);
+  off = 0;
+  for (const p of params.values()) {
+    const t = tf.tensor(flat.subarray(off, off + p.size), p.shape, "float32");
+    p.assign(t);
+    t.dispose();
+    off += p.size;
   }
 }
 
 /**
- * Sums this rank's gradients (zeros where it had no micro-batch) and loss terms with every other rank's, in one
- * flattened buffer in parameter order.
- * @returns the summed gradients (this rank's tensors disposed), or undefined when no rank had a batch
+ * Sums this rank's gradients and loss terms with every other rank's in ONE float32 allreduce per step. The buffer,
+ * in a fixed layout: every parameter's gradient in parameter order (zeros where this rank has none), then per
+ * parameter a 1 if this rank has its gradient, then each objective's value (ITC, ITM, MLM, GM; 0 if not computed),
+ * then per objective a 1 if this rank computed it. Float32 for the loss terms too: they are logged, never trained on.
+ * @param world the ranks
+ * @param params the model's parameters, in the same order on every rank
+ * @param grads this rank's summed micro-batch gradients by parameter name (disposed here), or undefined when it had
+ *   no micro-batch
+ * @param termValues this rank's loss terms; overwritten with the sums over ranks of the terms some rank computed
+ * @returns the summed gradients of the parameters some rank had a gradient for, or undefined when no rank had any
  */
 async function allreduceStep(
   world: Collective,
@@ -716,31 +806,41 @@ async function allreduceStep(
 ): Promise<Map<string, Tensor> | undefined> {
   let total = 0;
   for (const p of params.values()) total += p.size;
-  const flat = new Float32Array(total);
+  const flags = total; // per-parameter "has a gradient"
+  const terms = flags + params.size;
+  const present = terms + OBJECTIVES.length;
+  const flat = new Float32Array(present + OBJECTIVES.length);
   let off = 0;
+  let k = 0;
   for (const [name, p] of params) {
     const g = grads?.get(name);
-    if (g) flat.set((await g.data()) as Float32Array, off);
+    if (g) {
+      flat.set((await g.data()) as Float32Array, off);
+      flat[flags + k] = 1;
+    }
     off += p.size;
+    k++;
   }
   if (grads) tf.dispose([...grads.values()]);
-  const terms = Float64Array.from([grads ? 1 : 0, ...OBJECTIVES.map((k) => termValues[k] ?? 0)]);
-  const had = OBJECTIVES.map((k) => (termValues[k] !== undefined ? 1 : 0));
-  world.allreduceSum(flat);
-  world.allreduceSum(terms);
-  const present = Float64Array.from(had);
-  world.allreduceSum(present);
-  OBJECTIVES.forEach((k, i) => {
-    if (present[i] > 0) termValues[k] = terms[i + 1];
+  OBJECTIVES.forEach((o, i) => {
+    if (termValues[o] !== undefined) {
+      flat[terms + i] = termValues[o];
+      flat[present + i] = 1;
+    }
   });
-  if (terms[0] === 0) return undefined;
+  world.allreduceSum(flat);
+  OBJECTIVES.forEach((o, i) => {
+    if (flat[present + i] > 0) termValues[o] = flat[terms + i];
+  });
   const out = new Map<string, Tensor>();
   off = 0;
+  k = 0;
   for (const [name, p] of params) {
-    out.set(name, tf.tensor(flat.slice(off, off + p.size), p.shape));
+    if (flat[flags + k] > 0) out.set(name, tf.tensor(flat.slice(off, off + p.size), p.shape));
     off += p.size;
+    k++;
   }
-  return out;
+  return out.size ? out : undefined;
 }
 
 /**

@@ -239,3 +239,76 @@ export class Rng {
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
+
+/**
+ * Per-sample random streams: the generator of sample `g` of a batch for one purpose is
+ * `new Rng(seed, \`${prefix}/sample/${g}/${purpose}\`)`, whatever else is in the batch and whichever process computes
+ * it. Refinement keys `g` by the sample's position in the step's global batch (prefix `step/<s>`), so a row's dropout
+ * masks, drop-path, MLM/GM token masks and hard-negative draws are the same in one process, with gradient
+ * accumulation, or sharded over data-parallel ranks.
+ *
+ * @example
+ * ```ts
+ * import { SampleStreams } from "./rng.ts";
+ * const streams = new SampleStreams(1, "step/0");
+ * const [a] = streams.rows([5], "drop");
+ * const [, b] = streams.rows([4, 5], "drop"); // sample 5 again, at another row
+ * if (a.uniform() !== b.uniform()) throw new Error("keyed by the sample, not the row");
+ * ```
+ */
+export class SampleStreams {
+  /** The run's seed. */
+  readonly seed: number;
+  /** What the streams belong to, e.g. `step/12` (one optimiser step). */
+  readonly prefix: string;
+
+  /**
+   * Creates the streams of one seed and prefix (nothing is drawn until a generator is asked for).
+   * @param seed the run's seed
+   * @param prefix what the streams belong to, e.g. `step/12` (one optimiser step)
+   */
+  constructor(seed: number, prefix: string) {
+    this.seed = seed;
+    this.prefix = prefix;
+  }
+
+  /**
+   * The generator of one sample for one purpose (a fresh one on every call: the same draws again).
+   * @param sample the sample's global index (its position in the step's batch), a non-negative integer
+   * @param purpose what the draws are for, e.g. `vit/drop-path`, `mlm/mask`
+   * @returns a new generator
+   */
+  sample(sample: number, purpose: string): Rng {
+    return new Rng(this.seed, `${this.prefix}/sample/${sample}/${purpose}`);
+  }
+
+  /**
+   * One generator per row of a batch: row i draws for sample `samples[i]`.
+   * @param samples each row's global sample index
+   * @param purpose what the draws are for
+   * @returns `samples.length` new generators, in row order
+   */
+  rows(samples: readonly number[], purpose: string): Rng[] {
+    return samples.map((g) => this.sample(g, purpose));
+  }
+}
+
+/**
+ * Where random draws of a batch come from: one generator for the whole batch, drawn in row-major order, or one per
+ * row (row i of the batch draws only from `rows[i]`, see {@link SampleStreams}).
+ */
+export type RandomSource = Rng | readonly Rng[];
+
+/**
+ * The generator row `row` draws from.
+ * @param source one generator for the batch, or one per row
+ * @param row the row, in [0, rows)
+ * @returns the batch's generator, or row `row`'s
+ * @throws {RangeError} per-row generators with none for `row`
+ */
+export function rowRng(source: RandomSource, row: number): Rng {
+  if (source instanceof Rng) return source;
+  const r = source[row];
+  if (!r) throw new RangeError(`no random generator for row ${row} (${source.length} given)`);
+  return r;
+}

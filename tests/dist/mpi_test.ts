@@ -8,7 +8,7 @@ import { setupBackend } from "../../src/backend/mod.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
 import { SINGLE_PROCESS, worldSizeFromEnv } from "../../src/dist/mpi.ts";
 import { refine } from "../../src/refine/mod.ts";
-import { tinyModel, tinyPairs } from "../refine/_tiny.ts";
+import { type TinyRun, tinyRunArgs, tinyRunOptions } from "./_tiny_run.ts";
 
 const driver = new URL("./_rank_driver.ts", import.meta.url).pathname;
 const hasMpiexec = await new Deno.Command("mpiexec", { args: ["--version"], stdout: "null", stderr: "null" }).output()
@@ -32,10 +32,20 @@ function exported(dir: string): Map<string, Float32Array> {
   return new Map([...t].map(([k, v]) => [k, toFloat32(v)]));
 }
 
-function maxRelDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+/**
+ * The largest difference of two sets of tensors, per tensor relative to the tensor's largest value, and absolute.
+ * @param skip names left out
+ */
+function diffs(
+  a: Map<string, Float32Array>,
+  b: Map<string, Float32Array>,
+  skip: (name: string) => boolean = () => false,
+): { rel: number; abs: number } {
   assertEquals([...a.keys()].sort(), [...b.keys()].sort());
-  let worst = 0;
+  let rel = 0;
+  let abs = 0;
   for (const [k, x] of a) {
+    if (skip(k)) continue;
     const y = b.get(k)!;
     let d = 0;
     let s = 0;
@@ -43,9 +53,32 @@ function maxRelDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>):
       d = Math.max(d, Math.abs(x[i] - y[i]));
       s = Math.max(s, Math.abs(y[i]));
     }
-    worst = Math.max(worst, d / Math.max(s, 1e-12));
+    rel = Math.max(rel, d / Math.max(s, 1e-12));
+    abs = Math.max(abs, d);
   }
-  return worst;
+  return { rel, abs };
+}
+
+function maxRelDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+  return diffs(a, b).rel;
+}
+
+/** The tiny run on two ranks (through the driver). */
+async function twoRanks(run: TinyRun) {
+  const r = await mpiexec(2, tinyRunArgs(run));
+  assertEquals(r.code, 0, r.stderr);
+}
+
+/** The same tiny run in this process. */
+async function oneProcess(run: TinyRun) {
+  await setupBackend({ log: null, backend: "cpu-onnx" });
+  await refine({ ...(await tinyRunOptions(run)), collective: SINGLE_PROCESS });
+}
+
+/** Each logged step's loss terms. */
+async function stepLosses(dir: string): Promise<Record<string, number>[]> {
+  return (await Deno.readTextFile(`${dir}/log.jsonl`)).split("\n").filter(Boolean).map((l) => JSON.parse(l))
+    .filter((e) => e.kind === "step");
 }
 
 Deno.test("without mpiexec the package is one process and loads no MPI library", () => {
@@ -66,8 +99,22 @@ Deno.test(
       assertEquals(l.f, [3, 20]);
       assert(Math.abs(l.d[0] - 0.3) < 1e-15, String(l.d));
       assertEquals(l.g, [0, 0, 1, -1]); // rank 0 sent -0, which JSON writes as 0
+      assertEquals(l.h, [0.5, 1.5]);
       assertEquals(l.b, [7, 8]);
     }
+  },
+);
+
+Deno.test(
+  "gather with gradient over uneven shards: rows in rank order; the gradient summed over ranks, own rows kept",
+  { ignore },
+  async () => {
+    const r = await mpiexec(2, ["gather"]);
+    assertEquals(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l)).sort((a, b) => a.rank - b.rank);
+    assertEquals(lines.map((l) => l.all), [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]]);
+    // Rows 0-1 (rank 0's) had the same weights on both ranks; row 2 (rank 1's) weights 3·(rank+1) and 7.
+    assertEquals(lines.map((l) => l.grad), [[2, 20, 200, 2000], [9, 14]]);
   },
 );
 
@@ -76,23 +123,8 @@ Deno.test(
   { ignore },
   async () => {
     const root = await Deno.makeTempDir();
-    const r = await mpiexec(2, ["refine", `${root}/mpi`, "-"]);
-    assertEquals(r.code, 0, r.stderr);
-    await setupBackend({ log: null, backend: "cpu-onnx" });
-    await refine({
-      model: await tinyModel(0),
-      pairs: await tinyPairs(),
-      runDir: `${root}/single`,
-      batchSize: 8,
-      accumulate: 2,
-      epochs: 3,
-      patience: 100,
-      checkpointEvery: 2,
-      optimizer: { lr: 1e-3 },
-      seed: 1,
-      collective: SINGLE_PROCESS,
-      onNotice: () => {},
-    });
+    await twoRanks({ runDir: `${root}/mpi` });
+    await oneProcess({ runDir: `${root}/single` });
     // Same micro-batches, negatives and random draws; gradients summed in one float32 buffer: equal to rounding.
     const d = maxRelDiff(exported(`${root}/mpi`), exported(`${root}/single`));
     assert(d <= 1e-6, `two ranks vs one process: max relative difference ${d}`);
@@ -106,13 +138,65 @@ Deno.test(
   { ignore },
   async () => {
     const root = await Deno.makeTempDir();
-    const whole = await mpiexec(2, ["refine", `${root}/whole`, "-"]);
-    assertEquals(whole.code, 0, whole.stderr);
-    const first = await mpiexec(2, ["refine", `${root}/cut`, "4"]);
-    assertEquals(first.code, 0, first.stderr);
-    const rest = await mpiexec(2, ["refine", `${root}/cut`, "-", "resume"]);
-    assertEquals(rest.code, 0, rest.stderr);
+    await twoRanks({ runDir: `${root}/whole` });
+    await twoRanks({ runDir: `${root}/cut`, maxSteps: 4 });
+    await twoRanks({ runDir: `${root}/cut`, resume: true });
     assertEquals(maxRelDiff(exported(`${root}/cut`), exported(`${root}/whole`)), 0);
+  },
+);
+
+/**
+ * Global negatives: two ranks holding 4 pairs each of a batch of 8 compute one process's losses and gradients at
+ * batch 8, but not its float32 sums: a gradient that one process accumulates inside one matrix product (over the 8
+ * rows of a similarity matrix, or the 24 ITM pairs) is here two partial products added by the allreduce, and the
+ * similarities come from [4, 8] products instead of one [8, 8]. The losses then agree to about 1e-7 relative and
+ * the weights, after 6 AdamW steps at lr 1e-3, to under 1e-6 (measured 6.2e-7): {@link GLOBAL_TOLERANCE}.
+ *
+ * Except attention key biases (ViT `qkv.bias`, whose middle third is the key bias; BERT `key.bias`): a key bias adds
+ * the same q·b to every logit of a softmax row, so its gradient is zero up to rounding, and AdamW (which divides by
+ * √v) turns that rounding noise into steps of up to the learning rate. Its noise differs with the summation order:
+ * measured up to 4.6e-5 after 6 steps; {@link KEY_BIAS_TOLERANCE}. A wrong gradient (a missing gather, a per-rank
+ * mean, another rank's dropout or negatives) moves weights by about the learning rate, 1e-3, per step.
+ */
+const GLOBAL_TOLERANCE = 5e-6;
+/** See {@link GLOBAL_TOLERANCE}. */
+const KEY_BIAS_TOLERANCE = 5e-4;
+const keyBias = (name: string) => /(qkv|key)\.bias$/.test(name);
+
+Deno.test(
+  "global negatives: two ranks at batch 8 equal one process at batch 8 (weights, export and losses, to float32 " +
+    "summation order)",
+  { ignore },
+  async () => {
+    const root = await Deno.makeTempDir();
+    const run = { accumulate: 1, maxSteps: 6, globalNegatives: true };
+    await twoRanks({ ...run, runDir: `${root}/two` });
+    await oneProcess({ ...run, runDir: `${root}/one` });
+    // The flag changes nothing in one process.
+    await oneProcess({ ...run, globalNegatives: false, runDir: `${root}/plain` });
+    assertEquals(diffs(exported(`${root}/one`), exported(`${root}/plain`)).abs, 0);
+    // The export, and the whole model (checkpoints hold every parameter: heads and BERT too).
+    const ckpt = (dir: string) => {
+      const t = readSafetensors(`${dir}/last.ckpt.safetensors`).tensors;
+      return new Map([...t].filter(([k]) => k.startsWith("param/")).map(([k, v]) => [k, toFloat32(v)]));
+    };
+    for (const [what, load] of [["export", exported], ["checkpoint", ckpt]] as const) {
+      const d = diffs(load(`${root}/two`), load(`${root}/one`), keyBias);
+      const k = diffs(load(`${root}/two`), load(`${root}/one`), (n) => !keyBias(n));
+      console.log(
+        `global negatives, 2 ranks vs 1 process, ${what} after 6 steps: max abs ${d.abs} (key biases ${k.abs})`,
+      );
+      assert(d.abs <= GLOBAL_TOLERANCE, `${what}: max abs difference ${d.abs}`);
+      assert(k.abs <= KEY_BIAS_TOLERANCE, `${what}: key biases' max abs difference ${k.abs}`);
+    }
+    const [a, b] = [await stepLosses(`${root}/two`), await stepLosses(`${root}/one`)];
+    assertEquals(a.length, 6);
+    assertEquals(b.length, 6);
+    a.forEach((e, i) => {
+      for (const k of ["itc", "itm", "mlm", "gm", "total"]) {
+        assert(Math.abs(e[k] - b[i][k]) <= 1e-4 * Math.abs(b[i][k]), `step ${i + 1} ${k}: ${e[k]} vs ${b[i][k]}`);
+      }
+    });
   },
 );
 
