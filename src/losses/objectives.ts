@@ -99,8 +99,9 @@ export interface ShardedItcResult {
  * @param heads the model's heads (`contra_head_v`, `contra_head_t`)
  * @param imageCls this rank's image CLS features `[B_local, visionWidth]`
  * @param textCls this rank's text CLS features `[B_local, textWidth]`
- * @param gather gathers `[B_local, E]` rows of every rank into `[B_global, E]` in rank order, with gradient (see
- *   `gatherRowsWithGrad`); `offset` is this rank's first row in the global batch
+ * @param gather `rows` gathers `[B_local, E]` rows of every rank into `[B_global, E]` in rank order, with gradient
+ *   (see `gatherRowsWithGrad`), called for the image features and then the text features; `offset` is this rank's
+ *   first row in the global batch, `total` the global batch B_global
  * @param options τ (default 0.07) and label smoothing (default 0.1), docs/method.md §1.5
  * @returns this rank's share of the loss and its similarity rows `[B_local, B_global]` for negative sampling
  */
