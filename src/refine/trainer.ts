@@ -17,6 +17,11 @@
  * (`SampleStreams(seed, "step/s")`: `Rng(seed, "step/s/sample/g/<purpose>")`), so a
  * resumed run continues exactly where the interrupted one stopped, and a sample
  * draws the same in one process, in any micro-batch, or on any rank.
+ *
+ * Data parallel (`collective`, `mpiexec`): per-rank negatives give each rank whole micro-batches (the authors' DDP);
+ * `globalNegatives` splits every micro-batch across the ranks and gathers features (open_clip's `gather_with_grad`,
+ * BLIP's world-batch hard negatives), equal to one process at the same batch up to float32 summation order. Either
+ * way one float32 allreduce per step carries the gradients and loss terms.
  * @module
  */
 import { join } from "node:path";
@@ -302,7 +307,8 @@ function presetTaken(options: Partial<RefineOptions>, s: RunParams["refine"]): s
  * @param options The model, pairs, run directory and settings.
  * @returns The final loop state, why training stopped, and the exported backbone files.
  * @throws {RefineError} Settings that cannot train (no objective, fewer than 2 training pairs, a single validation
- *   pair, batches too small for ITC/ITM); a run directory that already holds another run's checkpoint (without
+ *   pair, batches too small for ITC/ITM; with `globalNegatives` on several ranks, micro-batches of fewer pairs than
+ *   ranks, or the WebGPU backend); a run directory that already holds another run's checkpoint (without
  *   `resume`); a checkpoint that does not fit this run; and a step whose loss, gradient or update is non-finite or
  *   whose validation loss is — the message names the step (or epoch), what went non-finite, and the last good
  *   checkpoint. Nothing of the failing step is applied or saved.
@@ -382,6 +388,19 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
       `--global-negatives splits each micro-batch across the ${world.size} ranks: micro-batches of ${micro} pairs ` +
         `(batch ${batchSize} / accumulate ${accumulate}) leave a rank without a pair; use a larger batch`,
     );
+  }
+  if (globalNegatives) {
+    // A last micro-batch with fewer pairs than ranks (but the 2 ITC/ITM need) cannot be split: it is left out.
+    const batchSizes = new Set([batchSize, train.length % batchSize].filter((n) => n >= 2));
+    for (const n of batchSizes) {
+      const rest = n % micro;
+      if (rest >= 2 && rest < world.size) {
+        notice(
+          `refine: global negatives: batches of ${n} pairs end with a micro-batch of ${rest}, fewer than the ` +
+            `${world.size} ranks; it is left out of each such step (one process would train on it)`,
+        );
+      }
+    }
   }
   // Batches of one pair are left out (ITC/ITM need two); a validation split of one pair gives no loss at all.
   const valOrder = batchIndices(val.length, batchSize).filter((b) => b.length >= 2);
@@ -464,6 +483,12 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
           `(${JSON.stringify(before)} → ${JSON.stringify(opt)}); the AdamW moments are kept`,
       );
     }
+    if (x.globalNegatives !== undefined && x.globalNegatives !== globalNegatives) {
+      notice(
+        `refine: ${lastPath} was made with ${x.globalNegatives ? "global" : "per-rank"} negatives, this run uses ` +
+          `${globalNegatives ? "global" : "per-rank"} ones from here on`,
+      );
+    }
     const { epochSums, epochSteps, epochSeconds, ...rest } = restored.loop;
     disposeAdamWState(state);
     state = restored.opt;
@@ -529,6 +554,7 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
     losses: weights,
     maxLength,
     trainPairs: train.length,
+    globalNegatives,
   };
   const save = async (path: string, l: LoopState) => {
     if (world.size > 1) await checkSameWeights(world, params, l.step);
