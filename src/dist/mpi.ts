@@ -1,6 +1,6 @@
 /**
- * MPI through `Deno.dlopen`: the few collectives data-parallel refinement needs (allreduce, allgather, broadcast,
- * barrier, abort), over the system's MPI library found at run time. Why our own binding: there is no MPI package for
+ * MPI through `Deno.dlopen`: the few collectives data-parallel refinement needs (allreduce, allgather,
+ * reduce-scatter, broadcast, barrier, abort), over the system's MPI library found at run time. Why our own binding: there is no MPI package for
  * Deno or npm that works without a native build, and the surface needed is six functions.
  *
  * Only the MPICH ABI is supported (MPICH, Intel MPI, Cray MPICH, MVAPICH): its handles are plain integers
@@ -28,6 +28,11 @@ export interface Collective {
   allgather(send: Float64Array): Float64Array;
   /** Every rank's `send` (all the same length, float32), concatenated in rank order. */
   allgather(send: Float32Array): Float32Array;
+  /**
+   * Sums `send` (`size` equal blocks, block r for rank r) over all ranks and returns this rank's block of the sum
+   * (MPI_Reduce_scatter_block: half an allreduce's traffic, for the backward pass of a gather).
+   */
+  reduceScatterSum(send: Float32Array): Float32Array;
   /** Overwrites `buf` on every rank with rank `root`'s. */
   broadcast(buf: Float32Array, root: number): void;
   /** Waits until every rank has reached it. */
@@ -46,6 +51,7 @@ export const SINGLE_PROCESS: Collective = {
   size: 1,
   allreduceSum: () => {},
   allgather: ((send: Float32Array | Float64Array) => send.slice()) as Collective["allgather"],
+  reduceScatterSum: (send) => send.slice(),
   broadcast: () => {},
   barrier: () => {},
   abort: (code) => Deno.exit(code),
@@ -66,6 +72,7 @@ const SYMBOLS = {
   MPI_Comm_size: { parameters: ["i32", "buffer"], result: "i32" },
   MPI_Allreduce: { parameters: ["pointer", "buffer", "i32", "i32", "i32", "i32"], result: "i32" },
   MPI_Allgather: { parameters: ["buffer", "i32", "i32", "buffer", "i32", "i32", "i32"], result: "i32" },
+  MPI_Reduce_scatter_block: { parameters: ["buffer", "buffer", "i32", "i32", "i32", "i32"], result: "i32" },
   MPI_Bcast: { parameters: ["buffer", "i32", "i32", "i32", "i32"], result: "i32" },
   MPI_Barrier: { parameters: ["i32"], result: "i32" },
   MPI_Abort: { parameters: ["i32", "i32"], result: "i32" },
@@ -172,6 +179,15 @@ export function initMpi(library?: string): Collective {
       check("MPI_Allgather", s.MPI_Allgather(send, send.length, type, out, send.length, type, COMM_WORLD));
       return out;
     }) as Collective["allgather"],
+    reduceScatterSum(send) {
+      lengthOk(send.length);
+      if (send.length % size[0] !== 0) {
+        throw new MpiError(`reduce-scatter of ${send.length} values over ${size[0]} ranks: not equal blocks`);
+      }
+      const out = new Float32Array(send.length / size[0]);
+      check("MPI_Reduce_scatter_block", s.MPI_Reduce_scatter_block(send, out, out.length, FLOAT, SUM, COMM_WORLD));
+      return out;
+    },
     broadcast(buf, root) {
       lengthOk(buf.length);
       check("MPI_Bcast", s.MPI_Bcast(buf, buf.length, FLOAT, root, COMM_WORLD));

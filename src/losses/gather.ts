@@ -48,10 +48,13 @@ export function shardOffset(counts: readonly number[], rank: number): number {
 /**
  * Every rank's rows of `x`, concatenated in rank order, differentiable: the gradient of the result is summed across
  * ranks (an allreduce) and this rank's rows of it are `x`'s gradient (open_clip's `gather_with_grad`, BLIP's
- * `all_gather_with_grad`). Ranks may hold different row counts (`shard.counts`); rows are padded to the largest
- * count for the collective (MPI_Allgather takes equal lengths) and the padding is dropped.
+ * `all_gather_with_grad`; open_clip sums with an allreduce, a reduce-scatter gives each rank only its rows of the
+ * sum). Ranks may hold different row counts (`shard.counts`); rows are padded to the largest count for the
+ * collectives (MPI_Allgather and MPI_Reduce_scatter_block take equal blocks) and the padding is dropped.
  *
- * Traffic: forward, every rank receives B_global × (row size) float32 values; backward, one allreduce of as many.
+ * Traffic per call: forward, an allgather (every rank receives the other ranks' rows); backward, a reduce-scatter
+ * of B_global rows (each rank receives the other ranks' partial gradients of its own rows). Both are about
+ * (N−1)/N · B_global · (row size) · 4 bytes per rank with a ring algorithm.
  * @param x this rank's rows `[counts[rank], ...]`, float32
  * @param shard the ranks and each rank's row count
  * @returns `[sum(counts), ...]`, rank 0's rows first
@@ -85,10 +88,17 @@ export function gatherRowsWithGrad(x: Tensor, shard: RowShard): Tensor {
       value: tf.tensor(out, [total, ...rest], "float32"),
       gradFunc: (dy: Tensor | Tensor[]) => {
         if (Array.isArray(dy)) dy = dy[0];
-        // Every rank's loss read every rank's rows: sum the gradients, keep this rank's rows.
-        const g = Float32Array.from(dy.dataSync() as Float32Array);
-        world.allreduceSum(g);
-        return tf.tensor(g.slice(offset * per, (offset + rows) * per), [rows, ...rest], "float32");
+        // Every rank's loss read every rank's rows: sum the gradients over ranks and keep this rank's rows, one
+        // reduce-scatter over blocks padded to the largest shard.
+        const g = dy.dataSync() as Float32Array;
+        const blocks = new Float32Array(world.size * most * per);
+        let o = 0;
+        for (let r = 0; r < world.size; r++) {
+          blocks.set(g.subarray(o * per, (o + counts[r]) * per), r * most * per);
+          o += counts[r];
+        }
+        const mine = world.reduceScatterSum(blocks);
+        return tf.tensor(mine.slice(0, rows * per), [rows, ...rest], "float32");
       },
     };
   });

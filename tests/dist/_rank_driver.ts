@@ -20,11 +20,21 @@ if (mode === "collectives") {
   world.allreduceSum(d);
   const g = world.allgather(Float64Array.of(world.rank, -world.rank));
   const h = world.allgather(Float32Array.of(world.rank + 0.5));
+  const rs = world.reduceScatterSum(Float32Array.of(1, 2, 10 * (world.rank + 1), 20));
   const b = Float32Array.of(world.rank === 1 ? 7 : 0, world.rank === 1 ? 8 : 0);
   world.broadcast(b, 1);
   world.barrier();
   console.log(
-    JSON.stringify({ rank: world.rank, size: world.size, f: [...f], d: [...d], g: [...g], h: [...h], b: [...b] }),
+    JSON.stringify({
+      rank: world.rank,
+      size: world.size,
+      f: [...f],
+      d: [...d],
+      g: [...g],
+      h: [...h],
+      rs: [...rs],
+      b: [...b],
+    }),
   );
 } else if (mode === "gather") {
   // Uneven shards (rank 0 holds 2 rows, rank 1 one): forward gathers in rank order; every rank's loss reads every

@@ -87,7 +87,8 @@ Deno.test("without mpiexec the package is one process and loads no MPI library",
 });
 
 Deno.test(
-  "MPI collectives over two ranks: allreduce (float32, float64), allgather, broadcast",
+  "MPI collectives over two ranks: allreduce (float32, float64), allgather (float64, float32), reduce-scatter, " +
+    "broadcast",
   { ignore },
   async () => {
     const r = await mpiexec(2, ["collectives"]);
@@ -100,6 +101,7 @@ Deno.test(
       assert(Math.abs(l.d[0] - 0.3) < 1e-15, String(l.d));
       assertEquals(l.g, [0, 0, 1, -1]); // rank 0 sent -0, which JSON writes as 0
       assertEquals(l.h, [0.5, 1.5]);
+      assertEquals(l.rs, l.rank === 0 ? [2, 4] : [30, 40]);
       assertEquals(l.b, [7, 8]);
     }
   },
