@@ -71,7 +71,6 @@ export function gatherRowsWithGrad(x: Tensor, shard: RowShard): Tensor {
   const per = rest.reduce((a, b) => a * b, 1);
   const most = Math.max(...counts);
   const total = counts.reduce((a, b) => a + b, 0);
-  const offset = shardOffset(counts, world.rank);
   // tfjs types the custom function's arguments as tensors or the save function; the one argument is x.
   const gather = tf.customGrad((...args: (Tensor | tf.GradSaveFunc)[]) => {
     const input = args[0] as Tensor;
