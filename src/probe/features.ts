@@ -106,7 +106,7 @@ export async function gatherBatches<B>(
     let done = 0;
     for (let t = 0; t < rounds; t++) {
       const mine = t * world.size + world.rank;
-      const send = new Float64Array(slot); // float32 → float64 → float32 is exact
+      const send = new Float32Array(slot);
       if (mine < batches.length) {
         const next = await loaded.next();
         const values = await compute(next.value as B, batches[mine]);
