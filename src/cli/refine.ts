@@ -466,8 +466,8 @@ await runMain(async () => {
     loading,
     text,
     textFromScratch: !!v["text-from-scratch"],
-    // Rank 0 probes; the other ranks only refine.
-    benchmark: v.benchmark && !v["no-probe"] && world.rank === 0 ? String(v.benchmark) : undefined,
+    // Every rank probes its share (features on shards, (task, seed) jobs shared out); rank 0 writes the report.
+    benchmark: v.benchmark && !v["no-probe"] ? String(v.benchmark) : undefined,
     probe: { seeds, mode: v["probe-mode"] as "fast" | "faithful" },
     refine: {
       ...refineOptions,
@@ -493,7 +493,7 @@ await runMain(async () => {
       console.log(`refined backbone: ${result.backbone.pth} and ${result.backbone.safetensors}`);
     },
   });
-  if (r.probe) {
+  if (r.probe && world.rank === 0) {
     bar.finish();
     console.log("\n" + terminalTable(r.probe.comparison) + `\nreport: ${r.probe.files.markdown}`);
   }

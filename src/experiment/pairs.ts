@@ -22,6 +22,7 @@ import { refine, type RefineOptions, type RefineResult } from "../refine/trainer
 import type { ProgressCallback } from "../util/progress.ts";
 import { type ExperimentFamily, probeModel, probeReferences } from "./run.ts";
 import { describeProbe } from "../probe/protocol.ts";
+import { SINGLE_PROCESS } from "../dist/mpi.ts";
 import { loadTasks } from "./tasks.ts";
 
 /** Options of {@link refineOnPairs}. */
@@ -71,7 +72,7 @@ export interface PairsRefineResult {
   skipped: SkippedRow[];
   /** Refinement outcome (history, exported backbone). */
   refinement: RefineResult;
-  /** Baseline and refined probes, their comparison and report files (with a benchmark). */
+  /** Baseline and refined probes, their comparison and report files (with a benchmark; rank 0 writes them). */
   probe?: { baseline: ModelResults; refined: ModelResults; comparison: Comparison; files: ProbeReportFiles };
 }
 
@@ -143,12 +144,15 @@ export async function refineOnPairs(options: PairsRefineOptions): Promise<PairsR
   const tasks = options.benchmark ? await loadTasks(options.benchmark) : [];
   const seeds = options.probe?.seeds ?? CPU_DEMO.probe.seeds;
   const mode = options.probe?.mode ?? CPU_DEMO.probe.mode;
+  // Under MPI every rank probes (features on shards, (task, seed) jobs shared out) and rank 0 writes the report.
+  const world = options.refine?.collective ?? SINGLE_PROCESS;
+  const probe = { seeds, mode, collective: world };
   const baseline = tasks.length
     ? await probeModel(
       loadVision(family, options.weights, null, loading),
       "baseline",
       tasks,
-      { seeds, mode },
+      probe,
       options.onProgress,
     )
     : undefined;
@@ -161,12 +165,12 @@ export async function refineOnPairs(options: PairsRefineOptions): Promise<PairsR
   });
   options.onRefined?.(refinement);
   if (!baseline) return { records, skipped, refinement };
-  const refined = await probeModel(model.vit, "refined", tasks, { seeds, mode }, options.onProgress);
-  const references = await probeReferences(model.vit, tasks, { seeds, mode }, {}, options.onProgress);
-  const { files } = await writeProbeReport(out, { baseline, refined }, {
-    probe: describeProbe(mode, seeds),
-    references,
-  });
+  const refined = await probeModel(model.vit, "refined", tasks, probe, options.onProgress);
+  const references = await probeReferences(model.vit, tasks, probe, {}, options.onProgress);
+  const report = { probe: describeProbe(mode, seeds), references };
+  const files = world.rank === 0
+    ? (await writeProbeReport(out, { baseline, refined }, report)).files
+    : { csv: join(out, "results.csv"), json: join(out, "summary.json"), markdown: join(out, "report.md") };
   return {
     records,
     skipped,

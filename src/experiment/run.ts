@@ -27,6 +27,7 @@ import { refine, type RefineOptions, type RefineResult } from "../refine/trainer
 import { CPU_DEMO, deepMerge, type RunParams } from "../params.ts";
 import { ALL_LOSSES, type LossWeights, OBJECTIVES } from "../refine/step.ts";
 import { compareModels, type Comparison, type ModelResults } from "../probe/report.ts";
+import type { Collective } from "../dist/mpi.ts";
 import { describeProbe, type ProbeMode, probeTasks } from "../probe/protocol.ts";
 import { type ProbeReportFiles, writeProbeReport } from "../probe/outputs.ts";
 import { writeJsonAtomic } from "../util/fs.ts";
@@ -83,7 +84,13 @@ export interface ExperimentOptions {
    */
   preset?: Readonly<RunParams>;
   /** Probing: seeds and mode (default: the preset's). */
-  probe?: { seeds?: number[]; mode?: ProbeMode; maxEpochs?: number };
+  probe?: {
+    seeds?: number[];
+    mode?: ProbeMode;
+    maxEpochs?: number;
+    /** The MPI world the probe's work is shared over (every rank calls alike; see `probeTasks`). */
+    collective?: Collective;
+  };
   /** Task subset (folder names under `tasks/`); default all. */
   tasks?: string[];
   /** Refinement settings, merged deeply over the preset's (`{ optimizer: { weightDecay } }` keeps its lr). */
@@ -167,6 +174,7 @@ export async function probeModel(
       seeds: probe.seeds ?? CPU_DEMO.probe.seeds,
       mode: probe.mode ?? CPU_DEMO.probe.mode,
       hyper: probe.maxEpochs ? { maxEpochs: probe.maxEpochs } : {},
+      collective: probe.collective,
       // Each phase names the model: baseline, references and refined model probe the same tasks in turn.
       onProgress: onProgress && ((p) => onProgress({ ...p, phase: `${name}: ${p.phase}` })),
     }),

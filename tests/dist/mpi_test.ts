@@ -253,12 +253,18 @@ Deno.test("mpiexec -n 2 deno task refine --pairs --max-steps 3 exports what one 
   ignore,
 }, async () => {
   const root = await Deno.makeTempDir();
-  const err2 = await cliRefine(2, `${root}/two`);
+  // With the closing probe on the tiny benchmark: every rank probes its share, rank 0 writes the report.
+  const probe = ["--benchmark", new URL("../../data/synth-tiny", import.meta.url).pathname, "--seeds", "0,1"];
+  const err2 = await cliRefine(2, `${root}/two`, probe);
   assert(err2.includes("data parallel: 2 ranks over MPI"), err2);
   assert(err2.includes("per-rank negatives"), err2);
   assert(err2.includes("accumulate 1 raised to a multiple of the ranks"), err2);
-  await cliRefine(1, `${root}/one`, ["--accumulate", "2"]);
+  await cliRefine(1, `${root}/one`, ["--accumulate", "2", ...probe]);
   assertEquals(maxRelDiff(exported(`${root}/two`), exported(`${root}/one`)), 0);
+  // The same weights probed on 2 ranks and in one process: the same per-task, per-seed results.
+  const csv = (dir: string) => Deno.readTextFileSync(`${dir}/results.csv`);
+  assert(csv(`${root}/two`).split("\n").length > 4, csv(`${root}/two`));
+  assertEquals(csv(`${root}/two`), csv(`${root}/one`));
 });
 
 Deno.test("mpiexec -n 2 deno task refine --global-negatives exports what one process at the same --batch does", {
