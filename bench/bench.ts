@@ -10,6 +10,8 @@
  * (1.0 = parity, > 1 = faster than PyTorch; null when PyTorch is absent).
  * The `mpi` section (bench/mpi_bench.ts) is the stand-ins' refinement step on 1 process × 1 and × 2 threads and on
  * `mpiexec -n 2` ranks, beside PyTorch DDP on gloo with 1 and 2 processes.
+ * The `scaling` section (bench/scaling.ts, opt-in: about 40 minutes here, `--quick` about 2) measures how cost grows
+ * with threads and with work (step batch, images encoded, tasks probed), ours and PyTorch's time and peak RSS.
  */
 import { UsageError } from "../src/util/errors.ts";
 import { fileURLToPath } from "node:url";
@@ -120,7 +122,11 @@ async function main() {
       only: {
         type: "string",
         valueName: "<list>",
-        description: "Comma-separated sections to run.",
+        description:
+          "Comma-separated sections to run: matmul, vit, encode, refine, probe, data, io, mpi (the default list), and " +
+          "scaling (not in the default list: about 40 minutes here, --quick about 2; the refinement step on 1 and 2 " +
+          "threads and at batch 4-32, encoding 8-512 images, probing 1-7 tasks, the stand-ins' step on 1 and 2 " +
+          "threads, each against PyTorch with peak RSS, each configuration in a fresh process).",
         default: "matmul,vit,encode,refine,probe,data,io,mpi",
       },
       backends: {
@@ -143,7 +149,7 @@ async function main() {
     await gpuCheck({ quick, json });
     return;
   }
-  const SECTIONS = ["matmul", "vit", "encode", "refine", "probe", "data", "io", "mpi"];
+  const SECTIONS = ["matmul", "vit", "encode", "refine", "probe", "data", "io", "mpi", "scaling"];
   const sections = new Set(String(values.only).split(",").map((x) => x.trim()).filter(Boolean));
   const unknownSections = [...sections].filter((x) => !SECTIONS.includes(x));
   if (unknownSections.length) {
@@ -204,6 +210,22 @@ async function main() {
   // Refinement step: ViT-B/16 + BERT-base with cross-attention, batch 8 (quick: the stand-in sizes, batch 32).
   const refineCfg = quick ? REFINE_STANDIN_B32 : REFINE_VITB_BERTBASE_B8;
   if (values.profile) return await profile(refineCfg, quick, json, backends);
+  if (sections.has("scaling")) {
+    // First, while this process holds no tensors: every configuration runs in fresh child processes.
+    const { formatScaling, measureScaling, scalingJson } = await import("./scaling.ts");
+    const backend = backends.find((b) => b !== "cpu") ?? "cpu";
+    const rows: import("./scaling.ts").ScalingRow[] = [];
+    const m = await measureScaling({
+      backend,
+      quick,
+      onRow: (row) => {
+        rows.push(row);
+        if (json) console.log(JSON.stringify(scalingJson(rows, row, backend)));
+        else console.error(`scaling: ${row.label} measured`);
+      },
+    });
+    if (!json) console.log(formatScaling(m));
+  }
   // The refinement step runs in its own PyTorch process, so that its peak RSS is the step's alone.
   const torchRefine = sections.has("refine") ? runTorch([{ kind: "refine_step", repeats: 2, ...refineCfg }]) : null;
   let decodePaths: string[] = [];
