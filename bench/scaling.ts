@@ -18,7 +18,9 @@
  * A child whose resident memory passes what the machine has available (MemAvailable at its start less 1 GiB) is
  * killed and its cells left empty with the reason, and a batch whose peak RSS, extrapolated from the two smaller
  * batches, would not fit is not started: the machine is shared, and the OOM killer would pick someone else.
- * `--quick` keeps the shape at small sizes (about two minutes).
+ * `--quick` keeps the shape at small sizes (about two minutes). Groups alone:
+ *
+ *   deno run -A bench/scaling.ts [--quick] [--json] [cpu-onnx|cpu-blas] [threads batch encode probe standin]
  * @module
  */
 import { fileURLToPath } from "node:url";
@@ -383,32 +385,27 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
       const o = got.outcome;
       if (torchOk && !o) rowNotes.push("PyTorch: not run (it repeats our run's epochs, and ours failed)");
       else if (torchOk && o) {
-        torch = await side(
-          (cap) =>
-            runChild(
-              "/usr/bin/python3",
-              [
-                TORCH,
-                JSON.stringify({
-                  threads: cores,
-                  jobs: [{
-                    kind: "probe",
-                    name: "probe",
-                    vit: o.vit,
-                    weightDecay: o.weightDecay,
-                    hyper: o.hyper,
-                    tasks: o.tasks,
-                  }],
-                }),
-              ],
-              env,
-              cap,
-              timeoutS,
-            ),
-          null,
-          "PyTorch",
-          rowNotes,
-        );
+        // Every image path goes along, more than one command-line argument may hold: the spec goes in a file.
+        const specFile = await Deno.makeTempFile({ suffix: ".json" });
+        const job = {
+          kind: "probe",
+          name: "probe",
+          vit: o.vit,
+          weightDecay: o.weightDecay,
+          hyper: o.hyper,
+          tasks: o.tasks,
+        };
+        await Deno.writeTextFile(specFile, JSON.stringify({ threads: cores, jobs: [job] }));
+        try {
+          torch = await side(
+            (cap) => runChild("/usr/bin/python3", [TORCH, `@${specFile}`], env, cap, timeoutS),
+            null,
+            "PyTorch",
+            rowNotes,
+          );
+        } finally {
+          await Deno.remove(specFile).catch(() => {});
+        }
       }
       const row: ScalingRow = {
         group: "probe",
@@ -565,4 +562,23 @@ export function formatScaling(r: ScalingReport): string {
   }
   for (const n of r.notes) lines.push(`  note: ${n}`);
   return lines.join("\n");
+}
+
+if (import.meta.main) {
+  // One or more groups alone: deno run -A bench/scaling.ts [--quick] [--json] [cpu-onnx|cpu-blas] [threads batch …]
+  const args = Deno.args.filter((a) => !a.startsWith("--"));
+  const backend = args.find((a) => a.startsWith("cpu")) ?? "cpu-onnx";
+  const groups = args.filter((a) => !a.startsWith("cpu")) as ScalingGroup[];
+  const json = Deno.args.includes("--json");
+  const rows: ScalingRow[] = [];
+  const m = await measureScaling({
+    backend,
+    quick: Deno.args.includes("--quick"),
+    groups: groups.length ? groups : undefined,
+    onRow: (row) => {
+      rows.push(row);
+      if (json) console.log(JSON.stringify(scalingJson(rows, row, backend)));
+    },
+  });
+  if (!json) console.log(formatScaling(m));
 }

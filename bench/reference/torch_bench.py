@@ -1,6 +1,6 @@
 """PyTorch side of `deno task bench`: the same work, on the same machine, in the same run.
 
-Usage: /usr/bin/python3 bench/reference/torch_bench.py '<json spec>'
+Usage: /usr/bin/python3 bench/reference/torch_bench.py '<json spec>' | @spec.json
 Prints one JSON object per line: {"name": ..., "seconds": ...}.
 Only the benchmark uses Python; the package never does at run time.
 """
@@ -13,7 +13,8 @@ import time
 import torch
 import torch.nn as nn
 
-spec = json.loads(sys.argv[1])
+# The spec inline, or `@file` for specs longer than one command-line argument may be (128 KiB on Linux).
+spec = json.loads(open(sys.argv[1][1:]).read() if sys.argv[1].startswith("@") else sys.argv[1])
 torch.manual_seed(0)
 torch.set_num_threads(spec.get("threads", os.cpu_count()))
 
