@@ -267,6 +267,59 @@ function unsortedSegmentSumKernel(args: KernelArgs): TensorInfo {
 
 let originalTranspose: tf.KernelConfig | undefined;
 let originalSegmentSum: tf.KernelConfig | undefined;
+// ------------------------------------------------------------------ dropout with a byte mask
+/**
+ * `y = x · (keep[i] ? scale : 0)`. The same kernel is its own gradient (`dx = dy · (keep[i] ? scale : 0)`), so the backward
+ * pass needs only the byte mask: 1 byte per element saved where `x * floatMask` saves `x` and a float32 mask (8 bytes).
+ */
+function dropoutKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const { x, keep } = inputs;
+  const X = vals(backend, x!);
+  const K = backend.data.get(keep!.dataId).values as Uint8Array;
+  const scale = Math.fround(attrs!.scale as number);
+  const Y = allocFloat32(X.length);
+  for (let i = 0; i < X.length; i++) Y[i] = X[i] * (K[i] ? scale : 0); // x·0, not 0: signed zeros as x·mask
+  return backend.makeTensorInfo(x!.shape, "float32", Y);
+}
+
+// ------------------------------------------------------------------ residual connections
+/**
+ * `y = x + branch`, or with per-row factors (drop-path) `y = x + branch · scale[row]`, one pass. tfjs's Add saves
+ * both operands for its backward pass (it needs only their shapes) and drop-path's Multiply saves the branch again;
+ * the gradient here needs nothing (`dx = dy`) or only the factors (`dbranch = dy · scale[row]`).
+ */
+function residualKernel({ inputs, backend }: KernelArgs): TensorInfo {
+  const { x, branch, scale } = inputs;
+  const X = vals(backend, x!);
+  const Bv = vals(backend, branch!);
+  const Y = allocFloat32(X.length);
+  if (!scale) {
+    for (let i = 0; i < X.length; i++) Y[i] = X[i] + Bv[i];
+  } else {
+    const S = vals(backend, scale);
+    const per = X.length / S.length;
+    for (let r = 0, i = 0; r < S.length; r++) {
+      const s = S[r];
+      // The scaled branch is rounded to float32 before the sum, as tfjs's Multiply then Add.
+      for (const end = i + per; i < end; i++) Y[i] = X[i] + Math.fround(Bv[i] * s);
+    }
+  }
+  return backend.makeTensorInfo(x!.shape, "float32", Y);
+}
+
+function rowScaleKernel({ inputs, backend }: KernelArgs): TensorInfo {
+  const { dy, scale } = inputs;
+  const D = vals(backend, dy!);
+  const S = vals(backend, scale!);
+  const per = D.length / S.length;
+  const Y = allocFloat32(D.length);
+  for (let r = 0, i = 0; r < S.length; r++) {
+    const s = S[r];
+    for (const end = i + per; i < end; i++) Y[i] = D[i] * s;
+  }
+  return backend.makeTensorInfo(dy!.shape, "float32", Y);
+}
+
 let installed = false;
 
 /**
@@ -310,6 +363,39 @@ export function installFusedKernels(math: VectorMath | null | undefined = vector
       x: () => tf.engine().runKernel("RetfinerGeluGrad", { dy: dy as Tensor, x: (saved as Tensor[])[0] }) as Tensor,
     }),
   });
+  reg("RetfinerResidual", residualKernel);
+  reg("RetfinerResidualScaled", residualKernel);
+  reg("RetfinerRowScale", rowScaleKernel);
+  // Each input gets its own tensor (a clone shares the buffer): tfjs accumulates and disposes per input.
+  tf.registerGradient({
+    kernelName: "RetfinerResidual",
+    gradFunc: (dy) => ({ x: () => tf.clone(dy as Tensor), branch: () => tf.clone(dy as Tensor) }),
+  });
+  tf.registerGradient({
+    kernelName: "RetfinerResidualScaled",
+    inputsToSave: ["scale"],
+    gradFunc: (dy, saved) => {
+      const [scale] = saved as Tensor[];
+      return {
+        x: () => tf.clone(dy as Tensor),
+        branch: () => tf.engine().runKernel("RetfinerRowScale", { dy: dy as Tensor, scale }) as Tensor,
+        scale: () => tf.zerosLike(scale),
+      };
+    },
+  });
+  reg("RetfinerDropout", dropoutKernel);
+  tf.registerGradient({
+    kernelName: "RetfinerDropout",
+    inputsToSave: ["keep"],
+    gradFunc: (dy, saved, attrs) => {
+      const [keep] = saved as Tensor[];
+      return {
+        x: () => tf.engine().runKernel("RetfinerDropout", { x: dy as Tensor, keep }, attrs) as Tensor,
+        // The mask is a constant; it gets no gradient.
+        keep: () => tf.zerosLike(keep),
+      };
+    },
+  });
   reg("RetfinerMaskedSoftmax", softmaxKernel);
   tf.registerGradient({
     kernelName: "RetfinerSoftmax",
@@ -352,6 +438,10 @@ export function uninstallFusedKernels(): void {
       "RetfinerSoftmax",
       "RetfinerMaskedSoftmax",
       "RetfinerSoftmaxGrad",
+      "RetfinerDropout",
+      "RetfinerResidual",
+      "RetfinerResidualScaled",
+      "RetfinerRowScale",
     ]
   ) {
     tf.unregisterKernel(k, "cpu");
@@ -420,5 +510,53 @@ export function fusedSoftmax(x: Tensor, scale: number, mask?: Tensor): Tensor {
     let s = scale === 1 ? x : tf.mul(x, scale);
     if (mask) s = tf.add(s, mask);
     return tf.softmax(s);
+  });
+}
+
+/**
+ * Inverted dropout with a given mask: `x · keep / p` where `keep` is 1 for kept entries (p = the keep probability).
+ * On `cpu` one fused kernel whose backward pass saves only the byte mask; elsewhere `x * float mask`.
+ * @param x input, any shape
+ * @param keep the mask, 1 = kept, 0 = dropped, row-major, `x`'s size
+ * @param keepProb the keep probability p in (0, 1]; kept entries are scaled by `1 / p`
+ * @returns the dropped-out tensor, same shape
+ * @throws {RangeError} when the mask's length is not `x`'s size
+ */
+export function fusedDropout(x: Tensor, keep: Uint8Array, keepProb: number): Tensor {
+  if (keep.length !== x.size) throw new RangeError(`dropout mask of ${keep.length} for a tensor of ${x.size}`);
+  const scale = 1 / keepProb;
+  return tf.tidy(() => {
+    const mask = tf.tensor(keep, x.shape, "bool");
+    if (fusedAvailable(x)) return tf.engine().runKernel("RetfinerDropout", { x, keep: mask }, { scale }) as Tensor;
+    return tf.mul(x, tf.mul(tf.cast(mask, "float32"), Math.fround(scale)));
+  });
+}
+
+/**
+ * A residual connection `x + branch`, or `x + branch · rowScale[b]` with one factor per row (drop-path's `0` or
+ * `1 / keep`). On `cpu` one fused kernel whose backward pass saves none of the operands (tfjs's Add keeps both, and
+ * drop-path's Multiply the branch again); elsewhere tfjs's ops.
+ * @param x the residual stream `[B, ...]`
+ * @param branch the branch, `x`'s shape
+ * @param rowScale one factor per row (`B` of them), or none
+ * @returns the sum, `x`'s shape
+ * @throws {RangeError} when the shapes differ or the factors are not one per row
+ */
+export function fusedResidual(x: Tensor, branch: Tensor, rowScale?: Float32Array): Tensor {
+  if (x.shape.join() !== branch.shape.join()) {
+    throw new RangeError(`residual of [${x.shape}] and [${branch.shape}]: the shapes must be equal`);
+  }
+  if (rowScale && rowScale.length !== x.shape[0]) {
+    throw new RangeError(`${rowScale.length} row factors for ${x.shape[0]} rows`);
+  }
+  return tf.tidy(() => {
+    const scale = rowScale && tf.tensor(rowScale, [rowScale.length]);
+    if (fusedAvailable(x) && branch.dtype === "float32") {
+      return (scale
+        ? tf.engine().runKernel("RetfinerResidualScaled", { x, branch, scale })
+        : tf.engine().runKernel("RetfinerResidual", { x, branch })) as Tensor;
+    }
+    if (!scale) return tf.add(x, branch);
+    return tf.add(x, tf.mul(branch, tf.reshape(scale, [rowScale!.length, ...new Array(x.rank - 1).fill(1)])));
   });
 }

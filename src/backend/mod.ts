@@ -47,4 +47,12 @@ export {
   uninstallBufferPool,
 } from "./pool.ts";
 export { installLeanTape, leanTapeFreed, uninstallLeanTape } from "./lean_tape.ts";
-export { fusedGelu, fusedLayerNorm, fusedSoftmax, installFusedKernels, uninstallFusedKernels } from "./fused.ts";
+export {
+  fusedDropout,
+  fusedGelu,
+  fusedLayerNorm,
+  fusedResidual,
+  fusedSoftmax,
+  installFusedKernels,
+  uninstallFusedKernels,
+} from "./fused.ts";

@@ -18,7 +18,7 @@ import { type RandomSource, Rng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
 import {
   attention,
-  dropMask,
+  dropout as dropoutWithMask,
   gelu,
   initLayerNorm,
   layerNormP,
@@ -28,6 +28,7 @@ import {
   normalValues,
   param,
   type Params,
+  residual,
   splitHeads,
   uniqueScope,
 } from "./layers.ts";
@@ -261,7 +262,7 @@ export interface BertForwardOptions {
 function dropout(x: Tensor, rate: number, options: BertForwardOptions): Tensor {
   if (!options.training || rate <= 0) return x;
   if (!options.rng) throw new EncoderError("BERT dropout in training mode needs an rng");
-  return tf.mul(x, tf.tensor(dropMask(x.shape, 1 - rate, options.rng), x.shape));
+  return dropoutWithMask(x, rate, options.rng);
 }
 
 /**
@@ -308,7 +309,7 @@ function attentionBlock(
     model.config.hiddenDropoutProb,
     options,
   );
-  return layerNormP(p, `${prefix}.output.LayerNorm`, tf.add(out, hidden), model.config.layerNormEps);
+  return layerNormP(p, `${prefix}.output.LayerNorm`, residual(hidden, out), model.config.layerNormEps);
 }
 
 /**
@@ -362,7 +363,7 @@ export function bertEncode(model: BertModel, inputs: BertInputs, options: BertFo
       }
       const inter = gelu(linearP(p, `${lp}.intermediate.dense`, x));
       const out = dropout(linearP(p, `${lp}.output.dense`, inter), c.hiddenDropoutProb, options);
-      return [layerNormP(p, `${lp}.output.LayerNorm`, tf.add(out, x), c.layerNormEps), ...selfMaps, ...crossMaps];
+      return [layerNormP(p, `${lp}.output.LayerNorm`, residual(x, out), c.layerNormEps), ...selfMaps, ...crossMaps];
     });
     if (options.selfAttentionOut) options.selfAttentionOut.push(...maps.slice(0, selfMaps.length));
     if (options.crossAttentionOut) options.crossAttentionOut.push(...maps.slice(selfMaps.length));

@@ -5,7 +5,7 @@
  * @module
  */
 import { tf } from "../backend/tf.ts";
-import { fusedGelu, fusedLayerNorm, fusedSoftmax } from "../backend/fused.ts";
+import { fusedDropout, fusedGelu, fusedLayerNorm, fusedResidual, fusedSoftmax } from "../backend/fused.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
 import { type RandomSource, type Rng, rowRng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
@@ -186,9 +186,30 @@ export function mergeHeads(x: Tensor): Tensor {
 }
 
 /**
- * A dropout mask for a tensor of `shape`: each entry `1/keep` with probability `keep`, else 0. One generator draws
- * the entries in row-major order; per-row generators draw row i's entries (the `size / shape[0]` after it) from
+ * Which entries a dropout keeps, for a tensor of `shape`: 1 with probability `keep`, else 0. One generator draws the
+ * entries in row-major order; per-row generators draw row i's entries (the `size / shape[0]` after it) from
  * `rows[i]`, so a sample's mask does not depend on the other rows of its batch.
+ * @param shape the tensor's shape, rows first
+ * @param keep the keep probability, in (0, 1]
+ * @param source one generator for the batch, or one per row (`shape[0]` of them)
+ * @returns the mask, row-major, `shape`'s size, one byte per entry
+ * @throws {RangeError} per-row generators fewer than the rows
+ */
+export function keepMask(shape: readonly number[], keep: number, source: RandomSource): Uint8Array {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const mask = new Uint8Array(size);
+  const rows = shape[0] ?? 1;
+  const per = rows ? size / rows : 0;
+  for (let r = 0; r < rows; r++) {
+    const rng = rowRng(source, r);
+    for (let i = r * per; i < (r + 1) * per; i++) mask[i] = rng.uniform() < keep ? 1 : 0;
+  }
+  return mask;
+}
+
+/**
+ * A dropout mask for a tensor of `shape` as float32 multipliers: each entry `1/keep` where {@link keepMask} keeps it,
+ * else 0 (the same draws).
  * @param shape the tensor's shape, rows first
  * @param keep the keep probability, in (0, 1]
  * @param source one generator for the batch, or one per row (`shape[0]` of them)
@@ -196,15 +217,21 @@ export function mergeHeads(x: Tensor): Tensor {
  * @throws {RangeError} per-row generators fewer than the rows
  */
 export function dropMask(shape: readonly number[], keep: number, source: RandomSource): Float32Array {
-  const size = shape.reduce((a, b) => a * b, 1);
-  const mask = new Float32Array(size);
-  const rows = shape[0] ?? 1;
-  const per = rows ? size / rows : 0;
-  for (let r = 0; r < rows; r++) {
-    const rng = rowRng(source, r);
-    for (let i = r * per; i < (r + 1) * per; i++) mask[i] = rng.uniform() < keep ? 1 / keep : 0;
-  }
-  return mask;
+  return Float32Array.from(keepMask(shape, keep, source), (k) => (k ? 1 / keep : 0));
+}
+
+/**
+ * Inverted dropout (`nn.Dropout` in training mode): zeroes each entry with probability `rate` and scales the others
+ * by `1 / (1 - rate)`. The backward pass keeps a byte mask (see `fusedDropout`).
+ * @param x any tensor, rows first
+ * @param rate the drop probability, in [0, 1)
+ * @param source one generator for the batch, or one per row
+ * @returns the tensor after dropout, same shape (`x` itself when `rate` is 0)
+ * @throws {RangeError} per-row generators fewer than the rows
+ */
+export function dropout(x: Tensor, rate: number, source: RandomSource): Tensor {
+  if (rate <= 0) return x;
+  return fusedDropout(x, keepMask(x.shape, 1 - rate, source), 1 - rate);
 }
 
 /**
@@ -220,6 +247,20 @@ export function dropPath(x: Tensor, rate: number, rng: RandomSource | undefined)
   const b = x.shape[0];
   const mask = dropMask([b], 1 - rate, rng);
   return tf.mul(x, tf.tensor(mask, [b, ...new Array(x.rank - 1).fill(1)]));
+}
+
+/**
+ * A residual connection with stochastic depth on the branch: `x + dropPath(branch)`, the same draws as
+ * {@link dropPath}, in one fused op that keeps no operand for the backward pass (`fusedResidual`).
+ * @param x the residual stream `[B, ...]`
+ * @param branch the branch, `x`'s shape
+ * @param rate the drop probability (0, or no `rng`: a plain sum)
+ * @param rng one generator for the batch, or one per row
+ * @returns the sum, `x`'s shape
+ */
+export function residual(x: Tensor, branch: Tensor, rate = 0, rng?: RandomSource): Tensor {
+  if (rate <= 0 || !rng) return fusedResidual(x, branch);
+  return fusedResidual(x, branch, dropMask([x.shape[0]], 1 - rate, rng));
 }
 
 /**

@@ -21,7 +21,6 @@ import { EncoderError } from "../util/errors.ts";
 import { torchCubicWeights } from "../dataset/resize.ts";
 import {
   attention,
-  dropPath,
   expandParam,
   gelu,
   initLayerNorm,
@@ -35,6 +34,7 @@ import {
   mergeHeads,
   param,
   type Params,
+  residual,
   truncNormal,
   uniformValues,
   uniqueScope,
@@ -289,14 +289,14 @@ export function vitBlock(
   if (attnOut) attnOut.push(probs);
   let a = linearP(params, `${p}.attn.proj`, mergeHeads(context));
   if (model.config.layerScale) a = tf.mul(a, param(params, `${p}.ls1.gamma`));
-  x = tf.add(x, dropPath(a, rate, options.rng));
+  x = residual(x, a, rate, options.rng);
   let m = linearP(
     params,
     `${p}.mlp.fc2`,
     gelu(linearP(params, `${p}.mlp.fc1`, layerNormP(params, `${p}.norm2`, x, eps))),
   );
   if (model.config.layerScale) m = tf.mul(m, param(params, `${p}.ls2.gamma`));
-  return tf.add(x, dropPath(m, rate, options.rng));
+  return residual(x, m, rate, options.rng);
 }
 
 /**

@@ -1,10 +1,12 @@
 /** Fused kernels against tfjs's own composite ops: values and gradients. */
-import { assert, assertEquals, maxAbsDiff } from "../_assert.ts";
+import { assert, assertEquals, assertThrows, maxAbsDiff } from "../_assert.ts";
 import {
   activeMatMulGemm,
   currentBackend,
+  fusedDropout,
   fusedGelu,
   fusedLayerNorm,
+  fusedResidual,
   fusedSoftmax,
   installFusedKernels,
   setupBackend,
@@ -84,6 +86,55 @@ Deno.test("fused scaled/masked softmax equals tf.softmax(scale·x + mask), value
   compare("softmax pad mask", [x], (x) => fusedSoftmax(x, 0.5, padMask));
   const fullMask = tf.mul(tf.sub(1, tf.linalg.bandPart(tf.ones([4, 6]), -1, 0)), -10000).reshape([1, 1, 4, 6]);
   compare("softmax causal mask", [x], (x) => fusedSoftmax(x, 1, fullMask as tf.Tensor));
+});
+
+Deno.test("fused dropout with a byte mask equals x times the float mask, values and gradients bit for bit", () => {
+  const x = rand([3, 5, 7]);
+  const keep = 0.8;
+  const bits = Uint8Array.from({ length: x.size }, () => (rng.uniform() < keep ? 1 : 0));
+  const floats = Float32Array.from(bits, (b) => (b ? 1 / keep : 0));
+  const w = rand(x.shape);
+  const viaFloats = run(false, [x], w, (t) => tf.mul(t, tf.tensor(floats, t.shape)));
+  const fused = run(true, [x], w, (t) => fusedDropout(t, bits, keep));
+  const plain = run(false, [x], w, (t) => fusedDropout(t, bits, keep)); // the fallback other backends take
+  assertEquals(fused.y, viaFloats.y);
+  assertEquals(fused.grads[0], viaFloats.grads[0]);
+  assertEquals(plain.y, viaFloats.y);
+  assertEquals(plain.grads[0], viaFloats.grads[0]);
+  assert(bits.includes(0) && bits.includes(1), "the mask both keeps and drops");
+  // The backward pass holds 1 byte per element (the mask), not the input and a float32 mask.
+  const saved = tf.engine().runKernel("RetfinerDropout", { x, keep: tf.tensor(bits, x.shape, "bool") }, {
+    scale: 1 / keep,
+  }) as tf.Tensor;
+  assertEquals(saved.dtype, "float32");
+  const grad = tf.getGradient("RetfinerDropout")!;
+  assertEquals(grad.inputsToSave, ["keep"]);
+  assertEquals(grad.outputsToSave, undefined);
+});
+
+Deno.test("fused residual (with and without drop-path factors) equals tfjs's Add and Multiply bit for bit", () => {
+  const x = rand([4, 3, 5]);
+  const branch = rand([4, 3, 5]);
+  const factors = Float32Array.of(1.25, 0, 1.25, 1.25);
+  const w = rand(x.shape);
+  const col = tf.tensor(factors, [4, 1, 1]);
+  const cases: [string, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor][] = [
+    ["plain", (a, b) => tf.add(a, b), (a, b) => fusedResidual(a, b)],
+    ["drop-path", (a, b) => tf.add(a, tf.mul(b, col)), (a, b) => fusedResidual(a, b, factors)],
+  ];
+  for (const [label, composite, fused] of cases) {
+    const want = run(false, [x, branch], w, composite);
+    for (const on of [true, false]) { // the fused kernel, and the fallback other backends take
+      const got = run(on, [x, branch], w, fused);
+      assertEquals(got.y, want.y, label);
+      assertEquals(got.grads, want.grads, label);
+    }
+  }
+  // Nothing of the operands is kept for the backward pass: at most the per-row factors.
+  assertEquals(tf.getGradient("RetfinerResidual")!.inputsToSave, undefined);
+  assertEquals(tf.getGradient("RetfinerResidualScaled")!.inputsToSave, ["scale"]);
+  assertThrows(() => fusedResidual(x, rand([4, 15])), /shapes must be equal/, RangeError);
+  assertThrows(() => fusedResidual(x, branch, Float32Array.of(1, 1)), /2 row factors for 4 rows/, RangeError);
 });
 
 Deno.test("fast Transpose equals tfjs's for every permutation used, any rank and dtype", () => {
