@@ -320,6 +320,36 @@ function rowScaleKernel({ inputs, backend }: KernelArgs): TensorInfo {
   return backend.makeTensorInfo(dy!.shape, "float32", Y);
 }
 
+// ------------------------------------------------------------------ attention heads
+/**
+ * `[B, L, H·d] → [B, H, L, d]` (`split`) and back (`merge`) as one copy each, with attrs `{ heads }`. As tfjs ops,
+ * a Reshape then a Transpose: the Reshape keeps its input alive for the backward pass (to learn its shape), so the
+ * projections of every attention layer would be held twice, before and after the transpose. These save nothing:
+ * each is the other's gradient.
+ */
+function headsKernel(split: boolean) {
+  return ({ inputs, backend, attrs }: KernelArgs): TensorInfo => {
+    const { x } = inputs;
+    const X = vals(backend, x!);
+    const H = attrs!.heads as number;
+    const [b, a1, a2, a3] = x!.shape; // split: [B, L, H·d]; merge: [B, H, L, d]
+    const L = split ? a1 : a2;
+    const d = split ? a2 / H : a3;
+    const Y = allocFloat32(X.length);
+    for (let bi = 0; bi < b; bi++) {
+      for (let h = 0; h < H; h++) {
+        for (let l = 0; l < L; l++) {
+          const merged = ((bi * L + l) * H + h) * d; // [B, L, H, d]
+          const heads = ((bi * H + h) * L + l) * d; // [B, H, L, d]
+          const [from, to] = split ? [merged, heads] : [heads, merged];
+          for (let i = 0; i < d; i++) Y[to + i] = X[from + i];
+        }
+      }
+    }
+    return backend.makeTensorInfo(split ? [b, H, L, d] : [b, L, H * d], "float32", Y);
+  };
+}
+
 let installed = false;
 
 /**
@@ -383,6 +413,20 @@ export function installFusedKernels(math: VectorMath | null | undefined = vector
       };
     },
   });
+  reg("RetfinerSplitHeads", headsKernel(true));
+  reg("RetfinerMergeHeads", headsKernel(false));
+  tf.registerGradient({
+    kernelName: "RetfinerSplitHeads",
+    gradFunc: (dy, _saved, attrs) => ({
+      x: () => tf.engine().runKernel("RetfinerMergeHeads", { x: dy as Tensor }, attrs) as Tensor,
+    }),
+  });
+  tf.registerGradient({
+    kernelName: "RetfinerMergeHeads",
+    gradFunc: (dy, _saved, attrs) => ({
+      x: () => tf.engine().runKernel("RetfinerSplitHeads", { x: dy as Tensor }, attrs) as Tensor,
+    }),
+  });
   reg("RetfinerDropout", dropoutKernel);
   tf.registerGradient({
     kernelName: "RetfinerDropout",
@@ -439,6 +483,8 @@ export function uninstallFusedKernels(): void {
       "RetfinerMaskedSoftmax",
       "RetfinerSoftmaxGrad",
       "RetfinerDropout",
+      "RetfinerSplitHeads",
+      "RetfinerMergeHeads",
       "RetfinerResidual",
       "RetfinerResidualScaled",
       "RetfinerRowScale",
@@ -559,4 +605,32 @@ export function fusedResidual(x: Tensor, branch: Tensor, rowScale?: Float32Array
     if (!scale) return tf.add(x, branch);
     return tf.add(x, tf.mul(branch, tf.reshape(scale, [rowScale!.length, ...new Array(x.rank - 1).fill(1)])));
   });
+}
+
+/**
+ * Splits attention heads: `[B, L, H·d] → [B, H, L, d]` (PyTorch's `view(B, L, H, d).transpose(1, 2)`). On `cpu` one
+ * copy that keeps nothing for the backward pass; elsewhere tfjs's Reshape and Transpose.
+ * @param x the projections `[B, L, H·d]`
+ * @param heads H
+ * @returns `[B, H, L, d]`
+ * @throws {RangeError} when `x` is not rank 3 or its width is not a multiple of `heads`
+ */
+export function fusedSplitHeads(x: Tensor, heads: number): Tensor {
+  const [b, l, width] = x.shape;
+  if (x.rank !== 3 || width % heads !== 0) throw new RangeError(`cannot split [${x.shape}] into ${heads} heads`);
+  if (fusedAvailable(x)) return tf.engine().runKernel("RetfinerSplitHeads", { x }, { heads }) as Tensor;
+  return tf.tidy(() => tf.transpose(tf.reshape(x, [b, l, heads, width / heads]), [0, 2, 1, 3]));
+}
+
+/**
+ * Merges attention heads: `[B, H, L, d] → [B, L, H·d]`, the inverse of {@link fusedSplitHeads}.
+ * @param x the per-head values `[B, H, L, d]`
+ * @returns `[B, L, H·d]`
+ * @throws {RangeError} when `x` is not rank 4
+ */
+export function fusedMergeHeads(x: Tensor): Tensor {
+  if (x.rank !== 4) throw new RangeError(`cannot merge the heads of [${x.shape}]: expected [B, H, L, d]`);
+  const [b, h, l, d] = x.shape;
+  if (fusedAvailable(x)) return tf.engine().runKernel("RetfinerMergeHeads", { x }, { heads: h }) as Tensor;
+  return tf.tidy(() => tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [b, l, h * d]));
 }

@@ -8,6 +8,8 @@
  * node's saved tensors and its output gradients as soon as that node's
  * backward has run.
  *
+ * It also keeps only the shapes of what some kernels save (see `SHAPE_ONLY`).
+ *
  * Installed, each tape node's gradient function is wrapped: when the backward
  * pass moves on to the next node, the previous node's saved tensors and the
  * gradients of its outputs are disposed (except any tensor the node's own
@@ -58,6 +60,30 @@ export function leanTapeFreed(): number {
   return freedTensors;
 }
 
+/**
+ * Kernels whose tfjs 4.22 gradient reads only the shapes of what it saved (`gradients/<Kernel>_grad.js`: Reshape's
+ * `reshape(dy, x.shape)`, the broadcast reductions of Add and Sub, Sum's and Mean's expansions, Slice's and PadV2's
+ * paddings, Concat's split sizes). tfjs keeps the whole input alive to read its shape; the tape keeps a stand-in that
+ * has only the shape, so the data can go as soon as nothing else holds it. Reshape matters most: it follows every
+ * linear layer and head split, so without this every projection would live until the backward pass.
+ */
+const SHAPE_ONLY = new Set(["Reshape", "Add", "Sub", "Sum", "Mean", "Slice", "Concat", "PadV2"]);
+
+/** A saved tensor reduced to what those gradients read; already "disposed", so nothing frees it twice. */
+function shapeOnly(t: Tensor): Tensor {
+  return { shape: t.shape, rank: t.rank, size: t.size, dtype: t.dtype, isDisposed: true, dispose() {} } as Tensor;
+}
+
+/** Replaces each saved tensor by its shape, in place (the gradient closure holds this same array), and lets it go. */
+function keepShapesOnly(saved: Tensor[]): void {
+  for (let i = 0; i < saved.length; i++) {
+    const t = saved[i];
+    if (!t || t.isDisposed) continue;
+    saved[i] = shapeOnly(t);
+    t.dispose(); // the tape's own clone: the data stays while the forward pass or another node holds it
+  }
+}
+
 /** Wraps tfjs's tape so the backward pass frees as it goes (idempotent). */
 export function installLeanTape(): void {
   if (original) return;
@@ -73,6 +99,8 @@ export function installLeanTape(): void {
     }
   };
   engine.addTapeNode = function (this: EngineInternals, ...args: unknown[]) {
+    const [kernelName, , , , saved] = args as [string, unknown, unknown, unknown, Tensor[] | undefined];
+    if (saved && SHAPE_ONLY.has(kernelName)) keepShapesOnly(saved);
     addTapeNode.apply(this, args);
     const tape = this.state.activeTape!;
     const node = tape[tape.length - 1];

@@ -51,8 +51,10 @@ export {
   fusedDropout,
   fusedGelu,
   fusedLayerNorm,
+  fusedMergeHeads,
   fusedResidual,
   fusedSoftmax,
+  fusedSplitHeads,
   installFusedKernels,
   uninstallFusedKernels,
 } from "./fused.ts";

@@ -22,6 +22,7 @@ import {
   gelu,
   initLayerNorm,
   layerNormP,
+  linear,
   linearP,
   makeParam,
   mergeHeads,
@@ -388,15 +389,8 @@ export function mlmLogits(model: BertModel, hidden: Tensor): Tensor {
     gelu(linearP(p, "cls.predictions.transform.dense", hidden)),
     model.config.layerNormEps,
   );
-  const lead = t.shape.slice(0, -1);
-  const t2 = tf.reshape(t, [-1, model.config.hiddenSize]) as tf.Tensor2D;
-  const logits = tf.fused.matMul({
-    a: t2,
-    b: param(p, "bert.embeddings.word_embeddings.weight") as tf.Tensor2D,
-    transposeB: true,
-    bias: param(p, "cls.predictions.bias"),
-  });
-  return tf.reshape(logits, [...lead, model.config.vocabSize]);
+  // The decoder is tied to the word embeddings (HF's `cls.predictions.decoder`).
+  return linear(t, param(p, "bert.embeddings.word_embeddings.weight"), param(p, "cls.predictions.bias"));
 }
 
 /**

@@ -5,7 +5,15 @@
  * @module
  */
 import { tf } from "../backend/tf.ts";
-import { fusedDropout, fusedGelu, fusedLayerNorm, fusedResidual, fusedSoftmax } from "../backend/fused.ts";
+import {
+  fusedDropout,
+  fusedGelu,
+  fusedLayerNorm,
+  fusedMergeHeads,
+  fusedResidual,
+  fusedSoftmax,
+  fusedSplitHeads,
+} from "../backend/fused.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
 import { type RandomSource, type Rng, rowRng } from "../util/rng.ts";
 import { EncoderError } from "../util/errors.ts";
@@ -114,9 +122,30 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
   const outDim = weight.shape[0];
   const lead = x.shape.slice(0, -1);
   const x2 = x.rank === 2 ? x : tf.reshape(x, [-1, inDim]);
-  const y = tf.fused.matMul({ a: x2 as tf.Tensor2D, b: weight as tf.Tensor2D, transposeB: true, bias });
+  const y = bias ? linearWithBias(x2, weight, bias) : linearNoBias(x2, weight);
   return x.rank === 2 ? y : tf.reshape(y, [...lead, outDim]);
 }
+
+// `tf.fused.matMul` keeps its output for the backward pass whatever the activation (tfjs 4.22 `fused/mat_mul`), so
+// every linear layer's output would be held until the backward pass. A linear layer's gradient needs only its input
+// and weight, as PyTorch's `addmm` saves: dx = dy·W, dW = dyᵀ·x, db = Σ dy over rows.
+const linearGrads = (dy: Tensor, x: Tensor, w: Tensor) => [tf.matMul(dy, w), tf.matMul(dy, x, true, false)];
+
+const linearNoBias = tf.customGrad((x, w, save) => {
+  (save as (t: Tensor[]) => void)([x as Tensor, w as Tensor]);
+  return {
+    value: tf.fused.matMul({ a: x as tf.Tensor2D, b: w as tf.Tensor2D, transposeB: true }),
+    gradFunc: (dy, saved) => linearGrads(dy as Tensor, saved[0], saved[1]),
+  };
+}) as (x: Tensor, w: Tensor) => Tensor;
+
+const linearWithBias = tf.customGrad((x, w, b, save) => {
+  (save as (t: Tensor[]) => void)([x as Tensor, w as Tensor]);
+  return {
+    value: tf.fused.matMul({ a: x as tf.Tensor2D, b: w as tf.Tensor2D, transposeB: true, bias: b as Tensor }),
+    gradFunc: (dy, saved) => [...linearGrads(dy as Tensor, saved[0], saved[1]), tf.sum(dy as Tensor, 0)],
+  };
+}) as (x: Tensor, w: Tensor, b: Tensor) => Tensor;
 
 /** Linear layer by parameter prefix: `prefix.weight`, optional `prefix.bias`. */
 export function linearP(params: Params, prefix: string, x: Tensor): Tensor {
@@ -175,14 +204,12 @@ export function attention(
 
 /** `[B, L, H*d]` → `[B, H, L, d]`. */
 export function splitHeads(x: Tensor, heads: number): Tensor {
-  const [b, l, dim] = x.shape;
-  return tf.transpose(tf.reshape(x, [b, l, heads, dim / heads]), [0, 2, 1, 3]);
+  return fusedSplitHeads(x, heads);
 }
 
 /** `[B, H, L, d]` → `[B, L, H*d]`. */
 export function mergeHeads(x: Tensor): Tensor {
-  const [b, h, l, d] = x.shape;
-  return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [b, l, h * d]);
+  return fusedMergeHeads(x);
 }
 
 /**

@@ -35,6 +35,7 @@ import {
   param,
   type Params,
   residual,
+  splitHeads,
   truncNormal,
   uniformValues,
   uniqueScope,
@@ -280,11 +281,10 @@ export function vitBlock(
   const { numHeads, eps, depth, dropPathRate } = model.config;
   const p = `blocks.${index}`;
   const params = model.params;
-  const [B, N, D] = x.shape;
   const rate = options.training ? (depth > 1 ? (dropPathRate * index) / (depth - 1) : dropPathRate) : 0;
   const h = layerNormP(params, `${p}.norm1`, x, eps);
-  const qkv = tf.reshape(linearP(params, `${p}.attn.qkv`, h), [B, N, 3, numHeads, D / numHeads]);
-  const [q, k, v] = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]));
+  // timm: qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4); here split into q, k, v, then each into heads.
+  const [q, k, v] = tf.split(linearP(params, `${p}.attn.qkv`, h), 3, 2).map((t) => splitHeads(t, numHeads));
   const { context, probs } = attention(q, k, v);
   if (attnOut) attnOut.push(probs);
   let a = linearP(params, `${p}.attn.proj`, mergeHeads(context));

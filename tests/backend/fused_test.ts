@@ -6,13 +6,16 @@ import {
   fusedDropout,
   fusedGelu,
   fusedLayerNorm,
+  fusedMergeHeads,
   fusedResidual,
   fusedSoftmax,
+  fusedSplitHeads,
   installFusedKernels,
   setupBackend,
   uninstallFusedKernels,
 } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
+import { linear } from "../../src/encoders/layers.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 await setupBackend({ backend: "cpu-onnx", log: null });
@@ -135,6 +138,73 @@ Deno.test("fused residual (with and without drop-path factors) equals tfjs's Add
   assertEquals(tf.getGradient("RetfinerResidualScaled")!.inputsToSave, ["scale"]);
   assertThrows(() => fusedResidual(x, rand([4, 15])), /shapes must be equal/, RangeError);
   assertThrows(() => fusedResidual(x, branch, Float32Array.of(1, 1)), /2 row factors for 4 rows/, RangeError);
+});
+
+Deno.test("fused head split and merge equal tfjs's Reshape and Transpose, values and gradients, keeping nothing", () => {
+  const x = rand([2, 5, 12]);
+  const w = rand([2, 3, 5, 4]);
+  const split = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [2, 5, 3, 4]), [0, 2, 1, 3]);
+  const want = run(false, [x], w, split);
+  for (const on of [true, false]) {
+    const got = run(on, [x], w, (t) => fusedSplitHeads(t, 3));
+    assertEquals(got.y, want.y);
+    assertEquals(got.grads, want.grads);
+  }
+  const h = rand([2, 3, 5, 4]);
+  const w2 = rand([2, 5, 12]);
+  const merge = (t: tf.Tensor) => tf.reshape(tf.transpose(t, [0, 2, 1, 3]), [2, 5, 12]);
+  const wantM = run(false, [h], w2, merge);
+  for (const on of [true, false]) {
+    const got = run(on, [h], w2, (t) => fusedMergeHeads(t));
+    assertEquals(got.y, wantM.y);
+    assertEquals(got.grads, wantM.grads);
+  }
+  assertEquals(tf.getGradient("RetfinerSplitHeads")!.inputsToSave, undefined);
+  assertEquals(tf.getGradient("RetfinerMergeHeads")!.inputsToSave, undefined);
+  assertThrows(() => fusedSplitHeads(x, 5), /cannot split \[2,5,12\] into 5 heads/, RangeError);
+});
+
+Deno.test("linear (x·Wᵀ + b) equals tf.fused.matMul, values and gradients, and keeps no output for the backward", () => {
+  const x = rand([2, 3, 6]);
+  const wt = rand([4, 6]);
+  const b = rand([4]);
+  const w = rand([2, 3, 4]);
+  const viaTf = (t: tf.Tensor, m: tf.Tensor, c?: tf.Tensor) =>
+    tf.reshape(
+      tf.fused.matMul({ a: tf.reshape(t, [6, 6]) as tf.Tensor2D, b: m as tf.Tensor2D, transposeB: true, bias: c }),
+      [2, 3, 4],
+    );
+  for (const withBias of [true, false]) {
+    const xs = withBias ? [x, wt, b] : [x, wt];
+    const want = run(true, xs, w, (t, m, c) => viaTf(t, m, c));
+    const got = run(true, xs, w, (t, m, c) => linear(t, m, c));
+    assertEquals(got.y, want.y);
+    assertEquals(got.grads, want.grads);
+  }
+  // What the tape keeps for the product: x and W, not the output (tf.fused.matMul keeps all three).
+  const keptBy = (f: (t: tf.Tensor, m: tf.Tensor) => tf.Tensor) => {
+    const shapes: string[] = [];
+    const x5 = rand([2, 3, 5]);
+    const wv = tf.variable(rand([4, 5]));
+    tf.variableGrads(() => {
+      const out = tf.sum(f(x5, wv)) as tf.Scalar;
+      // deno-lint-ignore no-explicit-any
+      for (const n of (tf.engine() as any).state.activeTape) {
+        if (n.kernelName === "Sum") continue; // the loss's own sum keeps its input
+        // Shape-only stand-ins (the lean tape's, for Reshape) hold no data.
+        for (const t of n.saved ?? []) if (!t.isDisposed) shapes.push(`[${t.shape}]`);
+      }
+      return out;
+    }, [wv]);
+    wv.dispose();
+    return shapes;
+  };
+  const ours = keptBy((t, m) => linear(t, m));
+  assert(ours.includes("[6,5]") && ours.includes("[4,5]") && !ours.some((x) => x.endsWith("4]")), `kept ${ours}`);
+  const tfs = keptBy((t, m) =>
+    tf.fused.matMul({ a: tf.reshape(t, [6, 5]) as tf.Tensor2D, b: m as tf.Tensor2D, transposeB: true })
+  );
+  assert(tfs.some((x) => x.endsWith("6,4]")), `tf.fused.matMul keeps its output: ${tfs}`);
 });
 
 Deno.test("fast Transpose equals tfjs's for every permutation used, any rank and dtype", () => {

@@ -71,3 +71,43 @@ Deno.test("lean tape: higher-order gradients are left to tfjs", () => {
   assert(maxAbsDiff(d, new Float32Array([6, 12, 18])) < 1e-5, `second derivative wrong: ${d}`);
   t.dispose();
 });
+
+Deno.test("lean tape: Reshape, Add, Sub, Sum, Mean, Slice, Concat and PadV2 keep shapes, not data; same gradients", () => {
+  const u = rand([3, 8]);
+  const v = rand([8]);
+  const shapeOps = (): tf.Scalar => {
+    const r = tf.reshape(tf.mul(u, 2), [3, 2, 4]); // Reshape's input: a temporary only Reshape would hold
+    const a = tf.sub(tf.add(r, tf.reshape(v, [2, 4])), 1); // broadcasting Add and Sub
+    const s = tf.slice(a, [0, 1, 0], [3, 1, 4]);
+    const c = tf.concat([s, tf.pad(s, [[0, 0], [0, 0], [1, 1]])], 2);
+    return tf.add(tf.sum(tf.mul(c, c)), tf.mean(tf.mul(a, a))) as tf.Scalar;
+  };
+  const run = (lean: boolean) => {
+    if (lean) installLeanTape();
+    else uninstallLeanTape();
+    let heldBytes = 0;
+    const { value, grads } = tf.variableGrads(() => {
+      const out = shapeOps();
+      // deno-lint-ignore no-explicit-any
+      for (const n of (tf.engine() as any).state.activeTape) {
+        if (SHAPE_ONLY_KERNELS.includes(n.kernelName)) {
+          for (const t of n.saved ?? []) if (!t.isDisposed) heldBytes += 4 * t.size;
+        }
+      }
+      return out;
+    }, [u, v]);
+    const out = [u, v].map((w) => grads[w.name].dataSync() as Float32Array);
+    tf.dispose([value, ...Object.values(grads)]);
+    installLeanTape();
+    return { out, heldBytes };
+  };
+  const reference = run(false);
+  const before = tf.memory().numTensors;
+  const lean = run(true);
+  assert(tf.memory().numTensors === before, `tensors leaked: ${before} -> ${tf.memory().numTensors}`);
+  assert(reference.heldBytes > 0, "tfjs's own tape keeps these kernels' inputs");
+  assert(lean.heldBytes === 0, `the lean tape kept ${lean.heldBytes} bytes for shape-only gradients`);
+  for (let i = 0; i < 2; i++) assert(maxAbsDiff(lean.out[i], reference.out[i]) === 0, `gradient ${i} differs`);
+});
+
+const SHAPE_ONLY_KERNELS = ["Reshape", "Add", "Sub", "Sum", "Mean", "Slice", "Concat", "PadV2"];
