@@ -173,6 +173,11 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
   const threadCounts = [...new Set([1, 2, cores])].filter((n) => n <= Math.max(2, cores));
   const torchOk = await hasTorch();
   const notes = [`load average ${Deno.loadavg().map((x) => x.toFixed(2)).join(" ")} at the start, ${cores} cores`];
+  if (Deno.loadavg()[0] > cores - 0.5) {
+    notes.push(
+      "the machine was busy at the start: ratios are unreliable, PyTorch's multi-threaded rows most (its OpenMP threads wait on each other when a core is taken)",
+    );
+  }
   if (!torchOk) notes.push("no PyTorch at /usr/bin/python3: its columns are not measured");
   const timeoutS = quick ? 300 : 1800;
   const rows: ScalingRow[] = [];
