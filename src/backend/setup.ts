@@ -23,6 +23,7 @@ import { installMatMulKernels, restoreMatMulKernels } from "./kernels.ts";
 import { installFusedKernels, uninstallFusedKernels } from "./fused.ts";
 import { installBufferPool, uninstallBufferPool } from "./pool.ts";
 import { installLeanTape, uninstallLeanTape } from "./lean_tape.ts";
+import { returnLargeBuffersToSystem } from "./malloc.ts";
 import { useWebGpu } from "./webgpu.ts";
 
 /** The backends this package knows, in `auto` order. */
@@ -104,6 +105,7 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
     installFusedKernels(gemm.vectorMath ?? null);
     installBufferPool(tf.backend());
     installLeanTape();
+    returnLargeBuffersToSystem();
   } else {
     // Plain `cpu` is tfjs as shipped: its own kernels and composite ops.
     uninstallCpuExtras();
