@@ -221,7 +221,11 @@ async function main() {
       onRow: (row) => {
         rows.push(row);
         if (json) console.log(JSON.stringify(scalingJson(rows, row, backend)));
-        else console.error(`scaling: ${row.label} measured`);
+        else {
+          const side = (x: { seconds: number; peak_rss_mib: number } | null) =>
+            x ? `${x.seconds.toFixed(3)} s, ${Math.round(x.peak_rss_mib)} MiB` : "n/a";
+          console.error(`scaling: ${row.label}: ours ${side(row.ours)}; PyTorch ${side(row.torch)}`);
+        }
       },
     });
     if (!json) console.log(formatScaling(m));
