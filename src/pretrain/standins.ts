@@ -19,6 +19,8 @@ import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
 import { contrastiveLoss, createProjector, nuisanceView, projectorParams } from "./contrastive.ts";
+import { createFindingsHead, type Finding, findingsHeadParams, findingsLoss, findingTargets } from "./findings.ts";
+import type { Pathology } from "../dataset/synth/render.ts";
 import { createVit, imagesTensor } from "../encoders/vit.ts";
 import { standinPath } from "../model/paths.ts";
 
@@ -45,8 +47,15 @@ export interface StandinSpec {
   warmupEpochs: number;
   /** Masking ratio (MAE). */
   maskRatio: number;
-  /** `mae` (RETFound's and UrFound's image objective) or `contrastive` (DINO/iBOT-style, for VisionFM). */
-  objective: "mae" | "contrastive";
+  /**
+   * `findings` (weakly supervised on a few findings' severities, {@link ./findings.ts}), `mae` (RETFound's and
+   * UrFound's image-only objective) or `contrastive` (DINO/iBOT-style, VisionFM's kind).
+   */
+  objective: "findings" | "mae" | "contrastive";
+  /** The findings taught (`findings` objective only). */
+  findings?: readonly Finding[];
+  /** Probability of a scanner-nuisance view instead of the scan itself (`findings` objective). */
+  augment?: number;
 }
 
 const SIZE = 112;
@@ -94,10 +103,19 @@ export const STANDIN_SPECS: Record<StandinFamily, StandinSpec> = {
 
 const MIX: [Diagnosis, number][] = DIAGNOSES.map((d) => [d, d === "normal" ? 4 : 1]);
 
-/** Renders the unlabelled pretraining scans (grey, resized to the model size). */
-export function pretrainingImages(spec: StandinSpec, onProgress?: ProgressCallback): Float32Array[] {
+/** The pretraining scans and the severities they were drawn with. */
+export interface PretrainingScans {
+  /** Grey images at the model size, values in [0, 1]. */
+  images: Float32Array[];
+  /** Each scan's pathology (used only by the `findings` objective). */
+  pathologies: Pathology[];
+}
+
+/** Renders the pretraining scans (grey, resized to the model size). */
+export function pretrainingImages(spec: StandinSpec, onProgress?: ProgressCallback): PretrainingScans {
   const total = MIX.reduce((s, [, w]) => s + w, 0);
   const out: Float32Array[] = [];
+  const pathologies: Pathology[] = [];
   for (let i = 0; i < spec.images; i++) {
     // A stream of its own: never the pair corpus's or the probing tasks' scans.
     const rng = new Rng(spec.seed, `pretrain/${i}`);
@@ -109,16 +127,13 @@ export function pretrainingImages(spec: StandinSpec, onProgress?: ProgressCallba
         break;
       }
     }
-    const img = renderBscan(
-      { eye: rng.uniform() < 0.5 ? "OD" : "OS", pathology: samplePathology(dx, rng), seed: i },
-      rng,
-      256,
-      256,
-    );
+    const pathology = samplePathology(dx, rng);
+    const img = renderBscan({ eye: rng.uniform() < 0.5 ? "OD" : "OS", pathology, seed: i }, rng, 256, 256);
     out.push(resizeGrey(img, spec.vit.imgSize, spec.vit.imgSize, "bicubic").data);
+    pathologies.push(pathology);
     onProgress?.({ phase: "render pretraining scans", done: i + 1, total: spec.images });
   }
-  return out;
+  return { images: out, pathologies };
 }
 
 /** What {@link pretrainStandin} reports. */
@@ -138,16 +153,20 @@ export async function pretrainStandin(
 ): Promise<PretrainResult> {
   const spec = { ...STANDIN_SPECS[family], ...options.spec };
   const t0 = performance.now();
-  const images = pretrainingImages(spec, options.onProgress);
+  const { images, pathologies } = pretrainingImages(spec, options.onProgress);
   const S = spec.vit.imgSize;
   const plane = S * S;
   const rng = new Rng(spec.seed, "mae");
   const mae = spec.objective === "mae" ? createMae(spec.vit, spec.decoder, rng.fork("init")) : undefined;
   const encoder = mae?.encoder ?? createVit(spec.vit, { rng: rng.fork("init"), sincosPosEmbed: true });
-  const projector = mae ? undefined : createProjector(spec.vit.embedDim, 128, rng.fork("projector"));
+  const findings = spec.findings ?? [];
+  const projector = spec.objective === "contrastive"
+    ? createProjector(spec.vit.embedDim, 128, rng.fork("projector"))
+    : undefined;
+  const head = spec.objective === "findings" ? createFindingsHead(encoder, findings, rng.fork("head")) : undefined;
   const params = mae ? maeParams(mae) : new Map([
     ...[...encoder.params].filter(([k]) => k !== "pos_embed" && !k.startsWith("proj.")),
-    ...projectorParams(projector!),
+    ...(projector ? projectorParams(projector) : findingsHeadParams(head!)),
   ]);
   const opt = { lr: spec.lr, beta1: 0.9, beta2: spec.objective === "mae" ? 0.95 : 0.999, eps: 1e-8, weightDecay: 0.05 };
   const state = createAdamWState();
@@ -189,6 +208,23 @@ export async function pretrainStandin(
             imagesTensor(batch, B, S),
             spec.maskRatio,
             stepRng.fork("mask"),
+            stepRng.fork("drop"),
+          ) as tf.Scalar;
+      } else if (head) {
+        const batch = new Float32Array(B * 3 * plane);
+        const aug = stepRng.fork("views");
+        const idx = Array.from({ length: B }, (_, k) => order[b * B + k]);
+        for (let k = 0; k < B; k++) {
+          const g = images[idx[k]];
+          put(batch, k, aug.uniform() < (spec.augment ?? 0) ? nuisanceView(g.slice(), S, aug) : g);
+        }
+        const targets = findingTargets(idx.map((i) => pathologies[i]), findings);
+        loss = () =>
+          findingsLoss(
+            encoder,
+            head,
+            imagesTensor(batch, B, S),
+            tf.tensor(targets, [B, findings.length]),
             stepRng.fork("drop"),
           ) as tf.Scalar;
       } else {
@@ -246,10 +282,14 @@ export async function pretrainStandin(
     "retfiner.vit_config": JSON.stringify(spec.vit),
     "retfiner.provenance": JSON.stringify({
       made_by: "deno task pretrain",
-      objective: spec.objective === "mae"
+      objective: spec.objective === "findings"
+        ? `weakly supervised: BCE on the severities of ${findings.join(", ")} through a linear head on the concat ` +
+          `features; scanner-nuisance views with p ${spec.augment ?? 0}; fixed sin-cos position embeddings`
+        : spec.objective === "mae"
         ? "MAE, mask ratio 0.75, norm_pix_loss, fixed sin-cos position embeddings"
         : "contrastive views (InfoNCE, tau 0.2) over scanner-nuisance augmentations, fixed sin-cos position embeddings",
-      data: `${spec.images} unlabelled synthetic B-scans (seed ${spec.seed}), ${spec.vit.imgSize} px`,
+      data: `${spec.images} synthetic B-scans (seed ${spec.seed}), ${spec.vit.imgSize} px` +
+        (spec.objective === "findings" ? ", with the severities of the taught findings" : ", unlabelled"),
       epochs: spec.epochs,
       batch: spec.batchSize,
       lr: spec.lr,

@@ -6,6 +6,8 @@ import { readSafetensors } from "../../src/io/mod.ts";
 import { createMae, maeLoss, patchify, randomMasking } from "../../src/pretrain/mae.ts";
 import { infoNce } from "../../src/pretrain/contrastive.ts";
 import { pretrainStandin } from "../../src/pretrain/standins.ts";
+import { findingTargets } from "../../src/pretrain/findings.ts";
+import { healthy } from "../../src/dataset/synth/render.ts";
 import { pretrainingReports, pretrainTextEncoder } from "../../src/pretrain/text.ts";
 import { bertPreset } from "../../src/encoders/mod.ts";
 import { Rng } from "../../src/util/rng.ts";
@@ -40,7 +42,7 @@ Deno.test("InfoNCE is ln(2B−1) for identical embeddings and small for separate
   assert(infoNce(eye, 0.2).dataSync()[0] < 0.05);
 });
 
-for (const objective of ["mae", "contrastive"] as const) {
+for (const objective of ["findings", "mae", "contrastive"] as const) {
   Deno.test(`stand-in pretraining (${objective}) learns and writes a float16 encoder with its config`, async () => {
     const out = `${await Deno.makeTempDir()}/s.safetensors`;
     const r = await pretrainStandin("urfound", {
@@ -54,6 +56,8 @@ for (const objective of ["mae", "contrastive"] as const) {
         // antialiased resize the 32 px scans are smoother, and at batch 16 the loss was flat: 3.404 → 3.407).
         batchSize: objective === "contrastive" ? 8 : 16,
         objective,
+        findings: ["drusen", "rnflThinning"],
+        augment: 0.5,
         lr: 2e-3,
       },
     });
@@ -87,4 +91,10 @@ Deno.test("text pretraining (MLM on synthetic reports) lowers its loss and is se
   assertEquals(r.bert.config.vocabSize, r.tokenizer.vocabSize);
   void createMae;
   void maeLoss;
+});
+
+Deno.test("findings targets are the severities of the taught findings, row-major [B, K]", () => {
+  const a = { ...healthy(), drusen: 0.5, rnflThinning: 0.25 };
+  const b = { ...healthy(), irf: 0.75 };
+  assertEquals([...findingTargets([a, b], ["drusen", "irf", "rnflThinning"])], [0.5, 0, 0.25, 0, 0.75, 0]);
 });
