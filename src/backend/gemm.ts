@@ -219,6 +219,24 @@ const sgemmSymbol = {
 } as const;
 
 /**
+ * Sets OpenBLAS's thread count, so that `RETFINER_THREADS` sizes both libraries' pools (OpenBLAS otherwise reads only
+ * `OPENBLAS_NUM_THREADS`, once, when it loads).
+ * @param library the opened BLAS
+ * @param threads the count, ≥ 1
+ * @returns the count OpenBLAS reports afterwards, or undefined for a BLAS without these calls
+ */
+export function setOpenBlasThreads(library: string, threads: number): number | undefined {
+  const lib = Deno.dlopen(library, {
+    openblas_set_num_threads: { parameters: ["i32"], result: "void", optional: true },
+    openblas_get_num_threads: { parameters: [], result: "i32", optional: true },
+  });
+  const { openblas_set_num_threads: set, openblas_get_num_threads: get } = lib.symbols;
+  if (!set || !get) return undefined;
+  set(threads);
+  return get();
+}
+
+/**
  * The BLAS libraries tried, in order, when `RETFINER_BLAS` is not set.
  * @returns library names or paths, tried in order by {@link createBlasGemm}
  */
@@ -232,10 +250,12 @@ export function defaultBlasCandidates(): string[] {
  * Opens a CBLAS library with `Deno.dlopen`. `path` (or `RETFINER_BLAS`)
  * overrides the default search list.
  * @param path a CBLAS shared library (default: `RETFINER_BLAS`, else {@link defaultBlasCandidates})
+ * @param threads OpenBLAS threads (`openblas_set_num_threads`; 0 or none: its own default, which
+ *  `OPENBLAS_NUM_THREADS` sets when the library loads); ignored by a BLAS without that call
  * @returns a GEMM calling `cblas_sgemm`
  * @throws {BackendError} when no library with `cblas_sgemm` can be opened
  */
-export function createBlasGemm(path?: string): Gemm {
+export function createBlasGemm(path?: string, threads?: number): Gemm {
   const explicit = path ?? Deno.env.get("RETFINER_BLAS");
   const candidates = explicit ? [explicit] : defaultBlasCandidates();
   const failures: string[] = [];
@@ -248,6 +268,7 @@ export function createBlasGemm(path?: string): Gemm {
       continue;
     }
     const sgemm = lib.symbols.cblas_sgemm;
+    if (threads && threads > 0) setOpenBlasThreads(candidate, threads);
     return {
       name: `BLAS cblas_sgemm (${candidate})`,
       writesOut: () => true,

@@ -51,7 +51,7 @@ export interface BackendInfo {
 export interface BackendOptions {
   /** Backend to use; defaults to `RETFINER_BACKEND` or `auto`. */
   backend?: BackendChoice;
-  /** Threads for ONNX Runtime (0 = one per core); defaults to `RETFINER_THREADS`. */
+  /** Threads for ONNX Runtime and OpenBLAS (0 = their defaults: one per core); defaults to `RETFINER_THREADS`. */
   threads?: number;
   /** Where to write the one-line report; defaults to `console.error`. Pass `null` for silence. */
   log?: ((line: string) => void) | null;
@@ -119,7 +119,7 @@ let blasProbe: { gemm?: Gemm } | undefined;
  * large products to. A plain reference `libblas.so.3` is not used for this, being slower than ONNX Runtime.
  * `RETFINER_HYBRID=0` turns the hand-off off.
  */
-function optimisedBlas(): Gemm | undefined {
+function optimisedBlas(threads?: number): Gemm | undefined {
   if (Deno.env.get("RETFINER_HYBRID") === "0") return undefined;
   if (!blasProbe) {
     blasProbe = {};
@@ -127,7 +127,7 @@ function optimisedBlas(): Gemm | undefined {
     const candidates = explicit ? [explicit] : defaultBlasCandidates().filter((c) => !/libblas\.so/.test(c));
     for (const c of candidates) {
       try {
-        blasProbe.gemm = createBlasGemm(c);
+        blasProbe.gemm = createBlasGemm(c, threads);
         break;
       } catch {
         // Not installed: ONNX Runtime does every product.
@@ -184,13 +184,13 @@ async function setupOne(
       return { name, tfBackend: "tensorflow", matmul: `libtensorflow (${name})`, skipped: [] };
     case "cpu-onnx": {
       const ort = await createOrtGemm({ threads });
-      const blas = optimisedBlas();
+      const blas = optimisedBlas(threads);
       const gemm = blas ? hybridGemm(ort, blas) : ort;
       await useCpu(gemm);
       return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
     }
     case "cpu-blas": {
-      const gemm = createBlasGemm();
+      const gemm = createBlasGemm(undefined, threads);
       await useCpu(gemm);
       return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
     }
