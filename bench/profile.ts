@@ -34,8 +34,9 @@ export async function profileKernels(fn: () => void): Promise<KernelProfile> {
   const wallMs = performance.now() - t0;
   const by = new Map<string, KernelRow>();
   for (const k of info.kernels) {
-    // `<op>__op` entries are custom-gradient op scopes whose time is already counted in the kernels they call.
-    if (k.name.endsWith("__op")) continue;
+    // `<op>__op` entries are custom-gradient op scopes whose time is already counted in the kernels they call; so are
+    // custom gradients called outside an op (`unnamed scope`: the linear layers of src/encoders/layers.ts).
+    if (k.name.endsWith("__op") || k.name === "unnamed scope") continue;
     const ms = typeof k.kernelTimeMs === "number" ? k.kernelTimeMs : 0;
     const row = by.get(k.name) ?? { kernel: k.name, calls: 0, ms: 0 };
     row.calls++;

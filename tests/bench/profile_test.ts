@@ -3,6 +3,7 @@ import { assert, assertEquals } from "../_assert.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { formatProfile, profileKernels } from "../../bench/profile.ts";
+import { linear } from "../../src/encoders/layers.ts";
 
 Deno.test("profileKernels groups kernel calls by name and skips custom-gradient op scopes", async () => {
   await setupBackend({ backend: "cpu", log: null });
@@ -11,12 +12,16 @@ Deno.test("profileKernels groups kernel calls by name and skips custom-gradient 
     tf.tidy(() => {
       let h = a;
       for (let i = 0; i < 3; i++) h = tf.add(tf.matMul(h, a), 1);
-      // logSoftmax is a custom-gradient op: its `__op` scope must not be counted on top of its kernels.
+      // A linear layer is a custom gradient outside an op (`unnamed scope`), logSoftmax one inside (`__op`): neither
+      // scope may be counted on top of its kernels.
+      h = linear(h, a);
       return tf.logSoftmax(h);
     });
   });
   const byName = new Map(p.rows.map((r) => [r.kernel, r]));
   assertEquals(byName.get("BatchMatMul")?.calls, 3);
+  assertEquals(byName.get("_FusedMatMul")?.calls, 1);
+  assert(!byName.has("unnamed scope"), `custom-gradient scope listed: ${[...byName.keys()]}`);
   assertEquals(byName.get("Add")?.calls, 3);
   assert(![...byName.keys()].some((k) => k.endsWith("__op")), `op scopes listed: ${[...byName.keys()]}`);
   assert(p.rows.every((r, i) => i === 0 || p.rows[i - 1].ms >= r.ms), "rows sorted by time");
