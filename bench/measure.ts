@@ -21,3 +21,11 @@ export async function timeIt(fn: () => unknown | Promise<unknown>, repeats: numb
 export function peakRssMiB(): number {
   return Number(/VmHWM:\s+(\d+)/.exec(Deno.readTextFileSync("/proc/self/status"))![1]) / 1024;
 }
+
+/** The environment that sizes every library's thread pool to `n` (ours, OpenBLAS, OpenMP, MKL). */
+export const THREAD_ENV = (n: number): Record<string, string> => ({
+  RETFINER_THREADS: String(n),
+  OPENBLAS_NUM_THREADS: String(n),
+  OMP_NUM_THREADS: String(n),
+  MKL_NUM_THREADS: String(n),
+});

@@ -14,6 +14,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { REFINE_STANDIN_B16, type RefineBenchConfig } from "./refine_step.ts";
+import { THREAD_ENV } from "./measure.ts";
 
 /** One configuration's seconds per step, ours and PyTorch's (null: not measured, with the reason in `notes`). */
 export interface ScalingRow {
@@ -44,13 +45,6 @@ export interface MpiScaling {
   /** Why something was not measured; the machine's load. */
   notes: string[];
 }
-
-const THREAD_ENV = (n: number) => ({
-  RETFINER_THREADS: String(n),
-  OPENBLAS_NUM_THREADS: String(n),
-  OMP_NUM_THREADS: String(n),
-  MKL_NUM_THREADS: String(n),
-});
 
 async function hasCommand(cmd: string, args: string[]): Promise<boolean> {
   try {

@@ -26,6 +26,7 @@
 import { fileURLToPath } from "node:url";
 import { REFINE_STANDIN_B16, REFINE_VITB_BERTBASE_B8, type RefineBenchConfig } from "./refine_step.ts";
 import type { EncodeWork, ProbeOutcome, ProbeWork } from "./scaling_work.ts";
+import { THREAD_ENV } from "./measure.ts";
 
 /** Seconds and peak RSS of one side of one configuration. */
 export interface SideResult {
@@ -61,13 +62,6 @@ export interface ScalingReport {
   /** Load average at the start and the end, cores, what was shortened. */
   notes: string[];
 }
-
-const THREAD_ENV = (n: number) => ({
-  RETFINER_THREADS: String(n),
-  OPENBLAS_NUM_THREADS: String(n),
-  OMP_NUM_THREADS: String(n),
-  MKL_NUM_THREADS: String(n),
-});
 
 /** MemAvailable of this machine, MiB. */
 function availableMiB(): number {
@@ -128,6 +122,18 @@ function gib(mib: number): string {
 }
 
 const BENCH_DIR = fileURLToPath(new URL(".", import.meta.url));
+
+/** Our side of an encode or probe row: `scaling_work.ts` in a child process, under {@link runChild}'s guards. */
+function runOurWork(
+  work: EncodeWork | ProbeWork,
+  backend: string,
+  env: Record<string, string>,
+  capMiB: number,
+  timeoutS: number,
+): ReturnType<typeof runChild> {
+  const args = ["run", "-A", `${BENCH_DIR}scaling_work.ts`, JSON.stringify(work), backend];
+  return runChild(Deno.execPath(), args, env, capMiB, timeoutS);
+}
 const TORCH = `${BENCH_DIR}reference/torch_bench.py`;
 
 /** Whether /usr/bin/python3 imports torch. */
@@ -290,20 +296,7 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
       const rowNotes: string[] = [];
       const env = THREAD_ENV(cores);
       const ours = await side(
-        (cap) =>
-          runChild(
-            Deno.execPath(),
-            [
-              "run",
-              "-A",
-              `${BENCH_DIR}scaling_work.ts`,
-              JSON.stringify(work),
-              options.backend,
-            ],
-            env,
-            cap,
-            timeoutS,
-          ),
+        (cap) => runOurWork(work, options.backend, env, cap, timeoutS),
         null,
         "ours",
         rowNotes,
@@ -366,19 +359,7 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
       const got: { outcome?: ProbeOutcome } = {};
       const ours = await side(
         async (cap) => {
-          const r = await runChild(
-            Deno.execPath(),
-            [
-              "run",
-              "-A",
-              `${BENCH_DIR}scaling_work.ts`,
-              JSON.stringify(work),
-              options.backend,
-            ],
-            env,
-            cap,
-            timeoutS,
-          );
+          const r = await runOurWork(work, options.backend, env, cap, timeoutS);
           if ("value" in r) got.outcome = r.value as unknown as ProbeOutcome;
           return r;
         },

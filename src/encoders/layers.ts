@@ -262,23 +262,9 @@ export function dropout(x: Tensor, rate: number, source: RandomSource): Tensor {
 }
 
 /**
- * Stochastic depth (`timm.DropPath`): during training, zeroes a residual
- * branch per sample with probability `rate` and rescales survivors by 1/(1-rate).
- * @param x the branch `[B, ...]`
- * @param rate the drop probability (0: `x` unchanged)
- * @param rng one generator for the batch (one draw per row, in order), or one per row; none: `x` unchanged
- * @returns `x` with dropped rows zeroed and the others scaled, same shape
- */
-export function dropPath(x: Tensor, rate: number, rng: RandomSource | undefined): Tensor {
-  if (rate <= 0 || !rng) return x;
-  const b = x.shape[0];
-  const mask = dropMask([b], 1 - rate, rng);
-  return tf.mul(x, tf.tensor(mask, [b, ...new Array(x.rank - 1).fill(1)]));
-}
-
-/**
- * A residual connection with stochastic depth on the branch: `x + dropPath(branch)`, the same draws as
- * {@link dropPath}, in one fused op that keeps no operand for the backward pass (`fusedResidual`).
+ * A residual connection with stochastic depth on the branch (`x + timm.DropPath(branch)`): each row's branch is
+ * dropped with probability `rate` and the survivors scaled by 1/(1-rate) (one {@link dropMask} draw per row), in one
+ * fused op that keeps no operand for the backward pass (`fusedResidual`).
  * @param x the residual stream `[B, ...]`
  * @param branch the branch, `x`'s shape
  * @param rate the drop probability (0, or no `rng`: a plain sum)
