@@ -100,6 +100,17 @@ export interface RefineParams {
    * process.
    */
   globalNegatives: boolean;
+  /**
+   * The pretrained vision encoder's learning rate relative to `optimizer.lr` (its new RETFound `proj` and every other
+   * new module keep 1). The authors: 1, one parameter group. Not a method setting of the paper.
+   */
+  visionLrScale: number;
+  /**
+   * Optimiser steps at the start during which the pretrained vision encoder's learning rate is 0 while its AdamW
+   * moments advance (a PyTorch parameter group at lr 0), so the new heads and cross-attention layers are no longer
+   * random when their gradients reach the pretrained features (LP-FT, Kumar et al., ICLR 2022). The authors: 0.
+   */
+  freezeVisionSteps: number;
 }
 
 /** Linear-probing settings that differ between runs (the head's protocol is {@link PROBE_HEAD}). */
@@ -220,6 +231,8 @@ export const AUTHORS: Readonly<RunParams> = deepFreeze<RunParams>({
     valFraction: 0.1,
     cacheBytes: 2 ** 30,
     globalNegatives: false,
+    visionLrScale: 1,
+    freezeVisionSteps: 0,
   },
   probe: { seeds: [0, 1, 2, 3, 4], mode: "faithful" },
   synth: { size: "small", seed: 0 },

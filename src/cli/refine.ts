@@ -181,6 +181,21 @@ const SPEC: CommandSpec = {
       description: `AdamW weight decay (the authors: ${AUTHORS.refine.optimizer.weightDecay}).`,
       default: String(CPU_DEMO.refine.optimizer.weightDecay),
     },
+    "vision-lr-scale": {
+      type: "string",
+      valueName: "<x>",
+      description: "The pretrained vision encoder's learning rate relative to --lr (new modules keep --lr; the " +
+        `authors: ${AUTHORS.refine.visionLrScale}, one parameter group).`,
+      default: String(CPU_DEMO.refine.visionLrScale),
+    },
+    "freeze-vision-steps": {
+      type: "string",
+      valueName: "<n>",
+      description: "First N optimiser steps with the pretrained vision encoder's learning rate at 0 (its AdamW " +
+        "moments advance), so the new heads and cross-attention layers warm up before they move it (LP-FT; the " +
+        `authors: ${AUTHORS.refine.freezeVisionSteps}).`,
+      default: String(CPU_DEMO.refine.freezeVisionSteps),
+    },
     schedule: {
       type: "string",
       valueName: "<kind>",
@@ -274,6 +289,8 @@ await runMain(async () => {
     checkpointEvery: int("checkpoint-every"),
     resume: !!v.resume,
     globalNegatives: !!v["global-negatives"],
+    visionLrScale: numberFlag(v, "vision-lr-scale", { min: 0 })!,
+    freezeVisionSteps: int("freeze-vision-steps"),
     maxSteps: v["max-steps"] !== undefined ? int("max-steps", 1) : undefined,
   };
   // A Hugging Face model folder holds its config.json and tokenizer: used (and said) when the flags are left out.

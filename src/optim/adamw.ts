@@ -158,6 +158,9 @@ interface PendingUpdate {
   hyper: AdamWConfig;
 }
 
+/** A parameter's learning rate relative to the step's (its group's share; 1 unless `lrScale` says otherwise). */
+type LrScale = (name: string) => number;
+
 /**
  * Throws if the update of one parameter would leave a non-finite value in the
  * weights or either moment. A cheap bound (root sums of squares) clears
@@ -217,21 +220,29 @@ function allFinite(x: Tensor): Tensor {
   return tf.min(tf.min(rows, 1));
 }
 
-/** Each parameter with a gradient, in parameter order, with its hyper-parameters (no decay for `noDecay` names). */
+/**
+ * Each parameter with a gradient, in parameter order, with its hyper-parameters (no decay for `noDecay` names) and its
+ * learning-rate scale.
+ */
 function pairGradients(
   params: Map<string, Variable>,
   grads: Map<string, Tensor>,
   config: AdamWConfig,
   noDecay?: (name: string) => boolean,
-): { name: string; p: Variable; g: Tensor; hyper: AdamWConfig }[] {
-  const out: { name: string; p: Variable; g: Tensor; hyper: AdamWConfig }[] = [];
+  lrScale?: LrScale,
+): { name: string; p: Variable; g: Tensor; hyper: AdamWConfig; scale: number }[] {
+  const out: { name: string; p: Variable; g: Tensor; hyper: AdamWConfig; scale: number }[] = [];
   for (const [name, p] of params) {
     const g = grads.get(name);
     if (!g) continue;
     if (g.size !== p.size) {
       throw new OptimizerError(`gradient of ${name} has ${g.size} values, the parameter ${p.size}`);
     }
-    out.push({ name, p, g, hyper: noDecay?.(name) ? { ...config, weightDecay: 0 } : config });
+    const scale = lrScale?.(name) ?? 1;
+    if (!(scale >= 0 && Number.isFinite(scale))) {
+      throw new OptimizerError(`learning-rate scale of ${name} is ${scale}; it must be finite and non-negative`);
+    }
+    out.push({ name, p, g, hyper: noDecay?.(name) ? { ...config, weightDecay: 0 } : config, scale });
   }
   return out;
 }
@@ -254,6 +265,8 @@ function pairGradients(
  * @param config Hyper-parameters.
  * @param lr Learning rate of this step (default `config.lr`).
  * @param noDecay Names exempt from weight decay.
+ * @param lrScale Each parameter's learning rate relative to `lr` (default 1; 0 freezes it while its moments still
+ *   advance, as a PyTorch parameter group at lr 0 would).
  * @throws {OptimizerError} A gradient has another size than its parameter; a gradient, weight or moment is
  *   non-finite; or the update would make one non-finite (it names the parameter, the index and the value).
  *   Nothing has been changed when it throws.
@@ -265,14 +278,16 @@ export function adamwStep(
   config: AdamWConfig,
   lr = config.lr,
   noDecay?: (name: string) => boolean,
+  lrScale?: LrScale,
 ): void {
   const t = state.step + 1;
   // Read each gradient in place: it is only read here, and dataSync() would keep its buffer from being reused.
-  const pending: PendingUpdate[] = pairGradients(params, grads, config, noDecay).map(({ name, p, g, hyper }) => ({
+  const pending = pairGradients(params, grads, config, noDecay, lrScale).map(({ name, p, g, hyper, scale }) => ({
     name,
     p,
     g: cpuValues(g) ?? (g.dataSync() as Float32Array),
     hyper,
+    lr: lr * scale,
   }));
   // Moments the device path left as tensors come back to the host (same values).
   for (const u of pending) hostMoments(state, u.name);
@@ -283,10 +298,10 @@ export function adamwStep(
     const m = state.m.get(u.name) ?? zeros;
     const v = state.v.get(u.name) ?? zeros;
     const fresh = m.length === 0 ? new Float32Array(w.length) : undefined;
-    checkUpdate(u, w, fresh ?? m, fresh ?? v, t, lr);
+    checkUpdate(u, w, fresh ?? m, fresh ?? v, t, u.lr);
   }
   state.step = t;
-  for (const { name, p, g, hyper } of pending) {
+  for (const { name, p, g, hyper, lr } of pending) {
     let m = state.m.get(name);
     let v = state.v.get(name);
     if (!m) state.m.set(name, m = new Float32Array(p.size));
@@ -307,6 +322,8 @@ export function adamwStep(
  * @param config Hyper-parameters.
  * @param lr Learning rate of this step (default `config.lr`).
  * @param noDecay Names exempt from weight decay.
+ * @param lrScale Each parameter's learning rate relative to `lr` (default 1; 0 freezes it while its moments still
+ *   advance, as a PyTorch parameter group at lr 0 would).
  * @returns When the update is applied.
  * @throws {OptimizerError} As {@link adamwStep}; nothing has been changed when it throws.
  */
@@ -317,9 +334,10 @@ export async function adamwStepAsync(
   config: AdamWConfig,
   lr = config.lr,
   noDecay?: (name: string) => boolean,
+  lrScale?: LrScale,
 ): Promise<void> {
-  if (tf.getBackend() === "cpu") adamwStep(params, grads, state, config, lr, noDecay);
-  else await adamwStepDevice(params, grads, state, config, lr, noDecay);
+  if (tf.getBackend() === "cpu") adamwStep(params, grads, state, config, lr, noDecay, lrScale);
+  else await adamwStepDevice(params, grads, state, config, lr, noDecay, lrScale);
 }
 
 interface DeviceUpdate {
@@ -327,6 +345,8 @@ interface DeviceUpdate {
   p: Variable;
   g: Tensor;
   hyper: AdamWConfig;
+  /** This parameter's learning rate (the step's times its scale). */
+  lr: number;
   /** Moments before the update (undefined: the first update), and whether they were uploaded for this step. */
   m0?: Tensor;
   v0?: Tensor;
@@ -345,6 +365,8 @@ interface DeviceUpdate {
  * @param config Hyper-parameters.
  * @param lr Learning rate of this step (default `config.lr`).
  * @param noDecay Names exempt from weight decay.
+ * @param lrScale Each parameter's learning rate relative to `lr` (default 1; 0 freezes it while its moments still
+ *   advance, as a PyTorch parameter group at lr 0 would).
  * @returns When the update is applied.
  * @throws {OptimizerError} As {@link adamwStep}; nothing has been changed when it throws.
  */
@@ -355,9 +377,17 @@ export async function adamwStepDevice(
   config: AdamWConfig,
   lr = config.lr,
   noDecay?: (name: string) => boolean,
+  lrScale?: LrScale,
 ): Promise<void> {
   const t = state.step + 1;
-  const pending: DeviceUpdate[] = pairGradients(params, grads, config, noDecay).map((u) => ({ ...u, uploaded: false }));
+  const pending: DeviceUpdate[] = pairGradients(params, grads, config, noDecay, lrScale).map((u) => ({
+    name: u.name,
+    p: u.p,
+    g: u.g,
+    hyper: u.hyper,
+    lr: lr * u.scale,
+    uploaded: false,
+  }));
   const device = state.device ?? { m: new Map<string, Tensor>(), v: new Map<string, Tensor>() };
   for (const u of pending) {
     u.m0 = device.m.get(u.name);
@@ -375,14 +405,14 @@ export async function adamwStepDevice(
     const produced = pending.map((u) => {
       const { beta1, beta2, eps, weightDecay } = u.hyper;
       const g = u.g.dtype === "float32" ? u.g.reshape(u.p.shape) : u.g.toFloat().reshape(u.p.shape);
-      const stepSize = lr / (1 - Math.pow(beta1, t));
+      const stepSize = u.lr / (1 - Math.pow(beta1, t));
       const sqrtBc2 = Math.sqrt(1 - Math.pow(beta2, t));
       const m = u.m0 ? u.m0.mul(beta1).add(g.mul(1 - beta1)) : g.mul(1 - beta1);
       // (√(1−β₂)·g)² rather than (1−β₂)·g·g: g² alone would overflow float32 for |g| > 1.8e19.
       const g2 = tf.square(g.mul(Math.sqrt(1 - beta2)));
       const v = u.v0 ? u.v0.mul(beta2).add(g2) : g2;
       // w·(1 − lr·wd) as w − w·(lr·wd): the same value, without rounding 1 − lr·wd to float32.
-      const decayed = weightDecay ? u.p.sub(u.p.mul(lr * weightDecay)) : u.p;
+      const decayed = weightDecay ? u.p.sub(u.p.mul(u.lr * weightDecay)) : u.p;
       const w = decayed.sub(m.mul(stepSize).div(v.sqrt().div(sqrtBc2).add(eps)));
       for (const x of [g, w, m, v]) checks.push(allFinite(x));
       return { w, m, v };
@@ -398,7 +428,7 @@ export async function adamwStepDevice(
   ];
   try {
     const finite = (await ok.data())[0] === 1;
-    if (!finite) await explainNonFinite(pending, produced, flags, t, lr);
+    if (!finite) await explainNonFinite(pending, produced, flags, t);
   } catch (err) {
     tf.dispose(temporaries());
     throw err;
@@ -427,7 +457,6 @@ async function explainNonFinite(
   produced: { w: Tensor; m: Tensor; v: Tensor }[],
   flags: Tensor,
   t: number,
-  lr: number,
 ): Promise<never> {
   const f = await flags.data();
   const k = f.findIndex((x) => x !== 1);
@@ -439,14 +468,14 @@ async function explainNonFinite(
   const m = (await read(u.m0)).slice();
   const v = (await read(u.v0)).slice();
   // The cpu path's own check names the value and index (its messages, its float64 arithmetic).
-  checkUpdate({ name: u.name, p: u.p, g, hyper: u.hyper }, w, m, v, t, lr);
+  checkUpdate({ name: u.name, p: u.p, g, hyper: u.hyper }, w, m, v, t, u.lr);
   // Float32 on the device overflowed where float64 on the host did not: name the produced value.
   const what = (["weights", "first moment", "second moment"] as const)[Math.max(0, (k % 4) - 1)];
   const x = await read(produced[i][what === "weights" ? "w" : what === "first moment" ? "m" : "v"]);
   const j = Math.max(0, firstNonFinite(x));
   throw new OptimizerError(
     `the AdamW update would make ${u.name} non-finite (its ${what} at index ${j} would become ${x[j]}, ` +
-      `learning rate ${lr}, gradient there ${g[j]})`,
+      `learning rate ${u.lr}, gradient there ${g[j]})`,
   );
 }
 

@@ -39,6 +39,7 @@ export {
   BEST_CHECKPOINT,
   LAST_CHECKPOINT,
   refine,
+  refineLrScale,
   type RefineOptions,
   type RefineResult,
   refineSettings,

@@ -117,6 +117,13 @@ export interface RefineOptions {
    * float32 summation order. Needs a CPU backend. In one process it changes nothing.
    */
   globalNegatives?: boolean;
+  /** The pretrained vision encoder's learning rate relative to the optimiser's (default 1, the authors'). */
+  visionLrScale?: number;
+  /**
+   * Optimiser steps at the start with the pretrained vision encoder's learning rate at 0, its moments advancing
+   * (default 0, the authors'; LP-FT's warm-up of the new modules, see `src/params.ts`).
+   */
+  freezeVisionSteps?: number;
 }
 
 /** What {@link refine} returns. */
@@ -288,7 +295,25 @@ export function refineSettings(options: Partial<RefineOptions>): RunParams["refi
     checkpointEvery: options.checkpointEvery,
     cacheBytes: options.cacheBytes,
     globalNegatives: options.globalNegatives,
+    visionLrScale: options.visionLrScale,
+    freezeVisionSteps: options.freezeVisionSteps,
   });
+}
+
+/**
+ * Each parameter's learning rate relative to the step's: the pretrained vision encoder's (not the new RETFound `proj`)
+ * is `visionLrScale`, or 0 during its first `freezeVisionSteps` steps; everything else 1.
+ * @param step the optimiser step about to be taken (0-based)
+ * @param s the run's settings
+ * @returns the scale by parameter name (as `modelParams` names them), or undefined when every scale is 1
+ */
+export function refineLrScale(
+  step: number,
+  s: Pick<RunParams["refine"], "visionLrScale" | "freezeVisionSteps">,
+): ((name: string) => number) | undefined {
+  const vision = step < s.freezeVisionSteps ? 0 : s.visionLrScale;
+  if (vision === 1) return undefined;
+  return (name) => name.startsWith("vision_encoder.") && !name.startsWith("vision_encoder.proj.") ? vision : 1;
 }
 
 /** The method settings taken from the default preset because `options` left them out, as a phrase (or ""). */
@@ -382,6 +407,12 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
   }
   if (micro < 2 && (weights.itc > 0 || weights.itm > 0)) {
     throw new RefineError("ITC/ITM need at least 2 pairs per (micro-)batch");
+  }
+  if (!(Number.isFinite(settings.visionLrScale) && settings.visionLrScale >= 0)) {
+    throw new RefineError(`the vision learning-rate scale must be finite and >= 0, got ${settings.visionLrScale}`);
+  }
+  if (!(Number.isInteger(settings.freezeVisionSteps) && settings.freezeVisionSteps >= 0)) {
+    throw new RefineError(`freezeVisionSteps must be an integer >= 0, got ${settings.freezeVisionSteps}`);
   }
   if (globalNegatives && micro < world.size) {
     throw new RefineError(
@@ -668,7 +699,7 @@ async function refineRanks(options: RefineOptions, world: Collective): Promise<R
         }
         // All or nothing: a non-finite gradient, or an update that would leave a non-finite weight, throws here.
         // On the cpu backend the host-array update; elsewhere the device path (one scalar read back).
-        if (grads) await adamwStepAsync(params, grads, state, opt, lr);
+        if (grads) await adamwStepAsync(params, grads, state, opt, lr, undefined, refineLrScale(loop.step, settings));
       } catch (err) {
         if (grads) tf.dispose([...grads.values()]);
         if (!(err instanceof RefineError)) throw err;

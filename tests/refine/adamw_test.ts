@@ -4,7 +4,8 @@ import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import type { Tensor, Variable } from "../../src/backend/tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
-import { ADAMW_DEFAULTS, adamwStep, createAdamWState, scheduledLr } from "../../src/refine/mod.ts";
+import { adamwStepDevice } from "../../src/optim/adamw.ts";
+import { ADAMW_DEFAULTS, adamwStep, createAdamWState, refineLrScale, scheduledLr } from "../../src/refine/mod.ts";
 
 const fx = readSafetensors(new URL("../fixtures/refine/adamw.safetensors", import.meta.url).pathname).tensors;
 const f = (k: string) => toFloat32(fx.get(k)!).slice(); // copies: the optimiser updates variables in place
@@ -29,6 +30,50 @@ for (const backend of ["cpu-onnx", "cpu"] as const) {
     for (const p of params.values()) p.dispose();
   });
 }
+
+for (const path of ["host", "device"] as const) {
+  Deno.test(`AdamW with a frozen parameter group follows torch (lr 0 for two steps, moments advancing; ${path} path)`, async () => {
+    await setupBackend({ backend: "cpu-onnx", log: null });
+    const w = tf.variable(tf.tensor(f("init_w"), [4, 3]), true, `adamw_frozen_w_${path}`);
+    const b = tf.variable(tf.tensor(f("init_b"), [3]), true, `adamw_frozen_b_${path}`);
+    // The trainer's own rule: the pretrained vision encoder is frozen, a new head (here: RETFound's proj) is not.
+    const params = new Map<string, Variable>([["vision_encoder.blocks.0.attn.qkv.weight", w], [
+      "vision_encoder.proj.bias",
+      b,
+    ]]);
+    const state = createAdamWState();
+    const settings = { visionLrScale: 1, freezeVisionSteps: 2 };
+    for (let i = 0; i < 5; i++) {
+      const grads = new Map<string, Tensor>([
+        ["vision_encoder.blocks.0.attn.qkv.weight", tf.tensor(f(`gw${i}`), [4, 3])],
+        ["vision_encoder.proj.bias", tf.tensor(f(`gb${i}`), [3])],
+      ]);
+      const config = { ...ADAMW_DEFAULTS, lr: 1e-2 };
+      const scale = refineLrScale(i, settings);
+      // The device path (WebGPU's: tf ops, moments as tensors) runs on cpu tensors too.
+      if (path === "host") adamwStep(params, grads, state, config, config.lr, undefined, scale);
+      else await adamwStepDevice(params, grads, state, config, config.lr, undefined, scale);
+      tf.dispose([...grads.values()]);
+      assertAllClose(w.dataSync(), f(`frozen_w_after${i}`), 1e-6, `frozen group after step ${i + 1}`);
+      assertAllClose(b.dataSync(), f(`frozen_b_after${i}`), 1e-6, `new head after step ${i + 1}`);
+    }
+    // The fixture's frozen steps left the weights as they were (so the test above checks a real freeze).
+    assertEquals(Array.from(f("frozen_w_after1")), Array.from(f("init_w")));
+    w.dispose();
+    b.dispose();
+  });
+}
+
+Deno.test("refineLrScale: every scale 1 is no scale; the frozen steps, then visionLrScale; new modules always 1", () => {
+  assertEquals(refineLrScale(0, { visionLrScale: 1, freezeVisionSteps: 0 }), undefined);
+  const s = { visionLrScale: 0.1, freezeVisionSteps: 3 };
+  assertEquals(refineLrScale(2, s)!("vision_encoder.blocks.0.mlp.fc1.weight"), 0);
+  assertEquals(refineLrScale(3, s)!("vision_encoder.blocks.0.mlp.fc1.weight"), 0.1);
+  assertEquals(refineLrScale(3, s)!("vision_encoder.patch_embed.proj.weight"), 0.1);
+  assertEquals(refineLrScale(2, s)!("vision_encoder.proj.weight"), 1);
+  assertEquals(refineLrScale(2, s)!("text_encoder.encoder.layer.0.crossattention.self.query.weight"), 1);
+  assertEquals(refineLrScale(2, s)!("heads.itm_head.weight"), 1);
+});
 
 Deno.test("learning-rate schedules: constant (authors) and warmup + half-cosine", () => {
   assertAlmostEquals(scheduledLr(1e-4, 500, { kind: "constant" }), 1e-4);
