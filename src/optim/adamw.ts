@@ -159,7 +159,7 @@ interface PendingUpdate {
 }
 
 /** A parameter's learning rate relative to the step's (its group's share; 1 unless `lrScale` says otherwise). */
-type LrScale = (name: string) => number;
+export type LrScale = (name: string) => number;
 
 /**
  * Throws if the update of one parameter would leave a non-finite value in the

@@ -21,6 +21,7 @@ export {
   adamwStepAsync,
   createAdamWState,
   disposeAdamWState,
+  type LrScale,
   type LrSchedule,
   scheduledLr,
 } from "../optim/adamw.ts";
