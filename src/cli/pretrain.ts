@@ -1,13 +1,16 @@
 /**
  * `deno task pretrain`: remakes the shipped stand-in foundation models under
  * data/models/ — three vision stand-ins (MAE on unlabelled synthetic B-scans)
- * and the text stand-in (MLM on synthetic reports). Deterministic; not part of
- * the default run.
+ * and the text stand-in (MLM on synthetic reports); `--objective findings`
+ * makes the weakly supervised stand-ins of the README's experiments.
+ * Deterministic; not part of the default run.
  */
 import { join } from "node:path";
 import { bertConfigToJson, bertPreset, bertStateDictForExport } from "../encoders/mod.ts";
 import { writeSafetensors } from "../io/mod.ts";
-import { pretrainStandin, STANDIN_SPECS, type StandinFamily } from "../pretrain/standins.ts";
+import { pretrainStandin, STANDIN_SPECS, type StandinFamily, type StandinSpec } from "../pretrain/standins.ts";
+import { type Finding, FINDINGS } from "../pretrain/findings.ts";
+import { UsageError } from "../util/errors.ts";
 import { STANDIN_DIR } from "../model/paths.ts";
 import { pretrainingReports, pretrainTextEncoder } from "../pretrain/text.ts";
 import { numberFlag, parseCli, runMain } from "../util/cli.ts";
@@ -32,7 +35,9 @@ await runMain(async () => {
       "Pretrains the stand-in foundation models shipped in data/models/: the RETFound-, VisionFM- and UrFound-like " +
       "vision transformers with image-only self-supervision on unlabelled synthetic B-scans (MAE for the RETFound- and UrFound-like ones, a contrastive objective for the VisionFM-like one), like the real models, and the text " +
       "stand-in BERT with masked language modelling on synthetic reports (text only, like bert-base-uncased). Every " +
-      "draw is seeded: the same command remakes the same weights.",
+      "draw is seeded: the same command remakes the same weights. --objective findings trains the vision stand-ins " +
+      "weakly supervised on the severities of a few findings instead (not image-only; stronger than raw pixels under " +
+      "a linear probe: README, Stand-in foundation models).",
     flags: {
       only: {
         type: "string",
@@ -47,10 +52,35 @@ await runMain(async () => {
         description: "Override the number of pretraining scans (for a quick run).",
       },
       epochs: { type: "string", valueName: "<n>", description: "Override the epochs (for a quick run)." },
+      objective: {
+        type: "string",
+        valueName: "<kind>",
+        description: "Override the vision stand-ins' objective (findings: weakly supervised on --findings; README, " +
+          "Stand-in foundation models).",
+        choices: ["mae", "contrastive", "findings"],
+      },
+      findings: {
+        type: "string",
+        valueName: "<list>",
+        description: `Findings taught by --objective findings, comma-separated, of: ${FINDINGS.join(", ")}.`,
+        default: "drusen,irf,rnflThinning",
+      },
+      augment: {
+        type: "string",
+        valueName: "<p>",
+        description: "Probability of a scanner-nuisance view (--objective findings).",
+        default: "0.5",
+      },
+      batch: { type: "string", valueName: "<n>", description: "Override the batch size." },
+      lr: { type: "string", valueName: "<x>", description: "Override the peak learning rate." },
       reports: { type: "string", valueName: "<n>", description: "Reports for the text stand-in.", default: "20000" },
       ...BACKEND_FLAG,
     },
-    examples: ["deno task pretrain", "deno task pretrain --only text"],
+    examples: [
+      "deno task pretrain",
+      "deno task pretrain --only text",
+      "deno task pretrain --only retfound --objective findings --batch 32 --epochs 10 --lr 5e-4 --out runs/standins",
+    ],
   });
   await backendFromFlags(values);
   const only = new Set(String(values.only).split(","));
@@ -58,18 +88,34 @@ await runMain(async () => {
   const bar = new ProgressBar({ intervalMs: Deno.stderr.isTerminal() ? 200 : 30000 });
   const images = numberFlag(values, "images", { integer: true, min: 64 });
   const epochs = numberFlag(values, "epochs", { integer: true, min: 1 });
+  const batchSize = numberFlag(values, "batch", { integer: true, min: 2 });
+  const lr = numberFlag(values, "lr", { min: 0 });
+  const objective = values.objective as StandinSpec["objective"] | undefined;
+  const findings = String(values.findings).split(",").map((f) => f.trim()) as Finding[];
+  for (const f of findings) {
+    if (!FINDINGS.includes(f)) throw new UsageError(`--findings: "${f}" is not one of ${FINDINGS.join(", ")}`);
+  }
+  const augment = numberFlag(values, "augment", { min: 0 })!;
+  if (augment > 1) throw new UsageError(`--augment: expected a probability in [0, 1], got ${augment}`);
   for (const family of Object.keys(STANDIN_SPECS) as StandinFamily[]) {
     if (!only.has(family)) continue;
     const r = await pretrainStandin(family, {
       out: join(out, `${family}-standin.safetensors`),
-      spec: { ...(images ? { images } : {}), ...(epochs ? { epochs } : {}) },
+      spec: {
+        ...(images ? { images } : {}),
+        ...(epochs ? { epochs } : {}),
+        ...(batchSize ? { batchSize } : {}),
+        ...(lr !== undefined ? { lr } : {}),
+        ...(objective ? { objective } : {}),
+        ...((objective ?? STANDIN_SPECS[family].objective) === "findings" ? { findings, augment } : {}),
+      },
       onProgress: bar.callback,
     });
     bar.finish();
     console.log(
-      `${family}: ${r.path} (MAE loss per epoch ${r.losses.map((l) => l.toFixed(3)).join(" ")}; ${
-        r.seconds.toFixed(0)
-      } s)`,
+      `${family}: ${r.path} (${objective ?? STANDIN_SPECS[family].objective} loss per epoch ${
+        r.losses.map((l) => l.toFixed(3)).join(" ")
+      }; ${r.seconds.toFixed(0)} s)`,
     );
   }
   if (only.has("text")) {

@@ -25,6 +25,21 @@ import type { Rng } from "../util/rng.ts";
 /** A finding of the synthetic generator (a key of {@link Pathology}). */
 export type Finding = keyof Pathology;
 
+/** Every finding of the synthetic generator, in {@link Pathology}'s order. */
+export const FINDINGS: readonly Finding[] = [
+  "drusen",
+  "irf",
+  "srf",
+  "ped",
+  "erm",
+  "hole",
+  "rnflThinning",
+  "ga",
+  "exudates",
+  "innerIschemia",
+  "traction",
+] satisfies (keyof Pathology)[];
+
 /**
  * The findings head: `Linear(2D → K)` on the `concat` representation.
  * @param vit the encoder being pretrained

@@ -2,6 +2,7 @@
 import { assert, assertEquals, assertThrows } from "../_assert.ts";
 import { numberFlag, parseCli } from "../../src/util/cli.ts";
 import { UsageError } from "../../src/util/errors.ts";
+import { readSafetensors } from "../../src/io/safetensors.ts";
 import { SYNTH_TINY } from "../refine/_tiny.ts";
 import { tinyFiles } from "../experiment/_tiny_files.ts";
 
@@ -49,7 +50,17 @@ for (
     ]],
     ["encode", ["--weights", "--arch", "--input", "--tokens", "--out", "--batch", "--heads", "--no-strict"]],
     ["synth", ["--out", "--seed", "--size", "--force"]],
-    ["pretrain", ["--only", "--out", "--images", "--epochs"]],
+    ["pretrain", [
+      "--only",
+      "--out",
+      "--images",
+      "--epochs",
+      "--objective",
+      "--findings",
+      "--augment",
+      "--batch",
+      "--lr",
+    ]],
     ["zeroshot", [
       "--run",
       "--tasks",
@@ -75,6 +86,36 @@ for (
     for (const f of [...flags, "--help"]) assert(r.stdout.includes(f), `${script} --help lacks ${f}`);
   });
 }
+
+Deno.test("pretrain --objective findings writes a stand-in taught the named findings; a bad finding is refused", async () => {
+  const out = await Deno.makeTempDir();
+  const bad = await cli("pretrain", ["--only", "urfound", "--objective", "findings", "--findings", "drusen,cyst"]);
+  assert(bad.code !== 0 && bad.stderr.includes('--findings: "cyst"'), bad.stderr);
+  const r = await cli("pretrain", [
+    "--only",
+    "urfound",
+    "--objective",
+    "findings",
+    "--findings",
+    "drusen,srf",
+    "--images",
+    "64",
+    "--epochs",
+    "1",
+    "--batch",
+    "32",
+    "--lr",
+    "5e-4",
+    "--out",
+    out,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(r.stdout.includes("findings loss per epoch"), r.stdout);
+  const provenance = JSON.parse(readSafetensors(`${out}/urfound-standin.safetensors`).metadata["retfiner.provenance"]);
+  assert(provenance.objective.includes("severities of drusen, srf"), provenance.objective);
+  assertEquals([provenance.batch, provenance.epochs, provenance.lr], [32, 1, 5e-4]);
+  await Deno.remove(out, { recursive: true });
+});
 
 Deno.test("refine on user pairs (manifest) with a config file, resumable, exporting the backbone", async () => {
   const f = await tinyFiles("visionfm");
