@@ -29,7 +29,7 @@ export const TEXT_STANDIN_CONFIG = bertPreset("small", {
 });
 
 await runMain(async () => {
-  const { values } = parseCli(Deno.args, {
+  const { values, given } = parseCli(Deno.args, {
     usage: "deno task pretrain",
     summary:
       "Pretrains the stand-in foundation models shipped in data/models/: the RETFound-, VisionFM- and UrFound-like " +
@@ -68,11 +68,12 @@ await runMain(async () => {
       augment: {
         type: "string",
         valueName: "<p>",
-        description: "Probability of a scanner-nuisance view (--objective findings).",
+        description: "Probability in [0, 1] of training on a scanner-nuisance view instead of the scan " +
+          "(--objective findings only).",
         default: "0.5",
       },
-      batch: { type: "string", valueName: "<n>", description: "Override the batch size." },
-      lr: { type: "string", valueName: "<x>", description: "Override the peak learning rate." },
+      batch: { type: "string", valueName: "<n>", description: "Override the vision stand-ins' batch size." },
+      lr: { type: "string", valueName: "<x>", description: "Override the vision stand-ins' peak learning rate." },
       reports: { type: "string", valueName: "<n>", description: "Reports for the text stand-in.", default: "20000" },
       ...BACKEND_FLAG,
     },
@@ -82,21 +83,54 @@ await runMain(async () => {
       "deno task pretrain --only retfound --objective findings --batch 32 --epochs 10 --lr 5e-4 --out runs/standins",
     ],
   });
-  await backendFromFlags(values);
-  const only = new Set(String(values.only).split(","));
+  // Every flag is checked before anything runs; a flag that would have no effect is refused, not ignored.
+  const only = new Set(String(values.only).split(",").map((f) => f.trim()));
+  const known = [...Object.keys(STANDIN_SPECS), "text"];
+  for (const f of only) {
+    if (!known.includes(f)) throw new UsageError(`--only: "${f}" is not one of ${known.join(", ")}`);
+  }
+  const vision = (Object.keys(STANDIN_SPECS) as StandinFamily[]).filter((f) => only.has(f));
   const out = String(values.out);
-  const bar = new ProgressBar({ intervalMs: Deno.stderr.isTerminal() ? 200 : 30000 });
   const images = numberFlag(values, "images", { integer: true, min: 64 });
   const epochs = numberFlag(values, "epochs", { integer: true, min: 1 });
   const batchSize = numberFlag(values, "batch", { integer: true, min: 2 });
   const lr = numberFlag(values, "lr", { min: 0 });
+  if (lr === 0) throw new UsageError("--lr: expected a learning rate above 0");
   const objective = values.objective as StandinSpec["objective"] | undefined;
   const findings = String(values.findings).split(",").map((f) => f.trim()) as Finding[];
   for (const f of findings) {
     if (!FINDINGS.includes(f)) throw new UsageError(`--findings: "${f}" is not one of ${FINDINGS.join(", ")}`);
   }
+  if (new Set(findings).size !== findings.length) {
+    throw new UsageError(`--findings: "${values.findings}" names a finding twice`);
+  }
   const augment = numberFlag(values, "augment", { min: 0 })!;
   if (augment > 1) throw new UsageError(`--augment: expected a probability in [0, 1], got ${augment}`);
+  if (vision.length === 0) {
+    for (const f of ["objective", "findings", "augment", "batch", "lr"]) {
+      if (given.has(f)) {
+        throw new UsageError(`--${f} applies to the vision stand-ins; --only ${values.only} trains none`);
+      }
+    }
+  }
+  if (!vision.some((f) => (objective ?? STANDIN_SPECS[f].objective) === "findings")) {
+    for (const f of ["findings", "augment"]) {
+      if (given.has(f)) throw new UsageError(`--${f} applies to --objective findings only`);
+    }
+  }
+  if (objective && !given.has("out")) {
+    throw new UsageError(
+      `--objective ${objective}: give --out <dir>; without it the shipped stand-ins in ${out} (made with their own ` +
+        "objectives, README: Stand-in foundation models) would be overwritten",
+    );
+  }
+  for (const f of vision) {
+    const b = batchSize ?? STANDIN_SPECS[f].batchSize;
+    const n = images ?? STANDIN_SPECS[f].images;
+    if (b > n) throw new UsageError(`--batch ${b} is larger than the ${n} pretraining scans (--images)`);
+  }
+  await backendFromFlags(values);
+  const bar = new ProgressBar({ intervalMs: Deno.stderr.isTerminal() ? 200 : 30000 });
   for (const family of Object.keys(STANDIN_SPECS) as StandinFamily[]) {
     if (!only.has(family)) continue;
     const r = await pretrainStandin(family, {

@@ -87,10 +87,24 @@ for (
   });
 }
 
-Deno.test("pretrain --objective findings writes a stand-in taught the named findings; a bad finding is refused", async () => {
+Deno.test("pretrain --objective findings writes a stand-in taught the named findings; flags without effect are refused", async () => {
   const out = await Deno.makeTempDir();
-  const bad = await cli("pretrain", ["--only", "urfound", "--objective", "findings", "--findings", "drusen,cyst"]);
-  assert(bad.code !== 0 && bad.stderr.includes('--findings: "cyst"'), bad.stderr);
+  // Refused before anything runs: an unknown finding, flags that would have no effect, the shipped files overwritten.
+  for (
+    const [args, message] of [
+      [
+        ["--only", "urfound", "--objective", "findings", "--findings", "drusen,cyst", "--out", out],
+        '--findings: "cyst"',
+      ],
+      [["--only", "urfound", "--augment", "0.3"], "--augment applies to --objective findings only"],
+      [["--only", "text", "--lr", "1e-3"], "--lr applies to the vision stand-ins"],
+      [["--only", "urfound", "--objective", "findings"], "give --out <dir>"],
+      [["--only", "urfound", "--images", "64", "--batch", "65"], "--batch 65 is larger than the 64"],
+    ] as [string[], string][]
+  ) {
+    const bad = await cli("pretrain", args);
+    assert(bad.code !== 0 && bad.stderr.includes(message), `${args.join(" ")}: ${bad.stderr}`);
+  }
   const r = await cli("pretrain", [
     "--only",
     "urfound",
