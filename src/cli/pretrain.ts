@@ -94,8 +94,7 @@ await runMain(async () => {
   const images = numberFlag(values, "images", { integer: true, min: 64 });
   const epochs = numberFlag(values, "epochs", { integer: true, min: 1 });
   const batchSize = numberFlag(values, "batch", { integer: true, min: 2 });
-  const lr = numberFlag(values, "lr", { min: 0 });
-  if (lr === 0) throw new UsageError("--lr: expected a learning rate above 0");
+  const lr = numberFlag(values, "lr", { above: 0 });
   const objective = values.objective as StandinSpec["objective"] | undefined;
   const findings = String(values.findings).split(",").map((f) => f.trim()) as Finding[];
   for (const f of findings) {
@@ -104,8 +103,8 @@ await runMain(async () => {
   if (new Set(findings).size !== findings.length) {
     throw new UsageError(`--findings: "${values.findings}" names a finding twice`);
   }
-  const augment = numberFlag(values, "augment", { min: 0 })!;
-  if (augment > 1) throw new UsageError(`--augment: expected a probability in [0, 1], got ${augment}`);
+  const augment = numberFlag(values, "augment", { min: 0, max: 1 })!;
+  const objectiveOf = (f: StandinFamily) => objective ?? STANDIN_SPECS[f].objective;
   if (vision.length === 0) {
     for (const f of ["objective", "findings", "augment", "batch", "lr"]) {
       if (given.has(f)) {
@@ -113,7 +112,7 @@ await runMain(async () => {
       }
     }
   }
-  if (!vision.some((f) => (objective ?? STANDIN_SPECS[f].objective) === "findings")) {
+  if (!vision.some((f) => objectiveOf(f) === "findings")) {
     for (const f of ["findings", "augment"]) {
       if (given.has(f)) throw new UsageError(`--${f} applies to --objective findings only`);
     }
@@ -131,8 +130,7 @@ await runMain(async () => {
   }
   await backendFromFlags(values);
   const bar = new ProgressBar({ intervalMs: Deno.stderr.isTerminal() ? 200 : 30000 });
-  for (const family of Object.keys(STANDIN_SPECS) as StandinFamily[]) {
-    if (!only.has(family)) continue;
+  for (const family of vision) {
     const r = await pretrainStandin(family, {
       out: join(out, `${family}-standin.safetensors`),
       spec: {
@@ -141,15 +139,15 @@ await runMain(async () => {
         ...(batchSize ? { batchSize } : {}),
         ...(lr !== undefined ? { lr } : {}),
         ...(objective ? { objective } : {}),
-        ...((objective ?? STANDIN_SPECS[family].objective) === "findings" ? { findings, augment } : {}),
+        ...(objectiveOf(family) === "findings" ? { findings, augment } : {}),
       },
       onProgress: bar.callback,
     });
     bar.finish();
     console.log(
-      `${family}: ${r.path} (${objective ?? STANDIN_SPECS[family].objective} loss per epoch ${
-        r.losses.map((l) => l.toFixed(3)).join(" ")
-      }; ${r.seconds.toFixed(0)} s)`,
+      `${family}: ${r.path} (${objectiveOf(family)} loss per epoch ${r.losses.map((l) => l.toFixed(3)).join(" ")}; ${
+        r.seconds.toFixed(0)
+      } s)`,
     );
   }
   if (only.has("text")) {

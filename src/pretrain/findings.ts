@@ -38,7 +38,7 @@ export const FINDINGS: readonly Finding[] = [
   "exudates",
   "innerIschemia",
   "traction",
-] satisfies (keyof Pathology)[];
+];
 
 /**
  * The findings head: `Linear(2D → K)` on the `concat` representation.

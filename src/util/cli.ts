@@ -150,21 +150,34 @@ export async function withConfigFile(
   return out;
 }
 
-/** Parses a numeric flag, throwing a {@link UsageError} that names it. */
+/**
+ * Parses a numeric flag, throwing a {@link UsageError} that names it.
+ * @param values the parsed flags
+ * @param name the flag's name, without `--`
+ * @param options `integer`; bounds `min` and `max` (inclusive) and `above` (exclusive)
+ * @returns the number, or `undefined` when the flag is absent
+ */
 export function numberFlag(
   values: FlagValues,
   name: string,
-  options: { integer?: boolean; min?: number } = {},
+  options: { integer?: boolean; min?: number; max?: number; above?: number } = {},
 ): number | undefined {
   const raw = values[name];
   if (raw === undefined) return undefined;
   const n = Number(raw);
+  const { integer, min, max, above } = options;
   if (
-    !Number.isFinite(n) || (options.integer && !Number.isInteger(n)) || (options.min !== undefined && n < options.min)
+    !Number.isFinite(n) || (integer && !Number.isInteger(n)) || (min !== undefined && n < min) ||
+    (max !== undefined && n > max) || (above !== undefined && n <= above)
   ) {
+    const bounds = [
+      min !== undefined ? `>= ${min}` : "",
+      above !== undefined ? `> ${above}` : "",
+      max !== undefined ? `<= ${max}` : "",
+    ].filter(Boolean);
     throw new UsageError(
-      `--${name}: expected ${options.integer ? "an integer" : "a number"}${
-        options.min !== undefined ? ` >= ${options.min}` : ""
+      `--${name}: expected ${integer ? "an integer" : "a number"}${
+        bounds.length ? ` ${bounds.join(" and ")}` : ""
       }, got "${raw}"`,
     );
   }

@@ -198,6 +198,10 @@ Deno.test("a negative number after a flag is its value, then validated (parseArg
   assertEquals(values.seed, "-1");
   assertThrows(() => parseCli(["--no-probe", "-5"], spec), /Unknown option '-5'/, UsageError); // takes no value
   assertThrows(() => numberFlag(values, "lr", { min: 0 }), /--lr: expected a number >= 0, got "-1e-3"/, UsageError);
+  assertThrows(() => numberFlag({ lr: "0" }, "lr", { above: 0 }), /--lr: expected a number > 0, got "0"/, UsageError);
+  assertThrows(() => numberFlag({ p: "1.5" }, "p", { min: 0, max: 1 }), /expected a number >= 0 and <= 1/, UsageError);
+  assertEquals(numberFlag({ p: "1" }, "p", { min: 0, max: 1 }), 1); // bounds are inclusive, `above` is not
+  assertEquals(numberFlag({ lr: "1e-9" }, "lr", { above: 0 }), 1e-9);
   assertThrows(
     () => numberFlag(values, "seed", { integer: true, min: 0 }),
     /--seed: expected an integer >= 0, got "-1"/,
