@@ -116,11 +116,13 @@ function halfOnePlusErf(x: number, e: number): number {
  */
 let vectorMath: VectorMath | undefined;
 const VECTOR_MIN = 4096;
+/** A pooled output like `x` for the vectorised library when it writes into one (else it returns its own copy). */
+const pooledFor = (x: Float32Array) => vectorMath?.writesOut ? allocFloat32(x.length) : undefined;
 
 function geluKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
   if (vectorMath && X.length >= VECTOR_MIN) {
-    return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.gelu(X));
+    return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.gelu(X, pooledFor(X)));
   }
   const Y = allocFloat32(X.length);
   for (let i = 0; i < X.length; i++) {
@@ -136,7 +138,7 @@ function geluGradKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
   const DY = vals(backend, inputs.dy!);
   if (vectorMath && X.length >= VECTOR_MIN) {
-    return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.geluGrad(DY, X));
+    return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.geluGrad(DY, X, pooledFor(X)));
   }
   const DX = allocFloat32(X.length);
   for (let i = 0; i < X.length; i++) {

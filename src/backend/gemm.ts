@@ -7,6 +7,7 @@
 import { createRequire } from "node:module";
 import { BackendError } from "../util/errors.ts";
 import { encodeModel, encodeSingleNodeModel } from "./onnx_proto.ts";
+import { openOrtCApi, type OrtIo } from "./ort_capi.ts";
 
 /** Shape of one batched product `C[i] = op(A[i]) · op(B[i])`. */
 export interface GemmSpec {
@@ -26,11 +27,6 @@ export interface GemmSpec {
   transA: boolean;
   /** B is stored as n×k and used transposed. */
   transB: boolean;
-  /**
-   * Add the product to what `out` holds (BLAS's beta = 1) instead of overwriting it; only where
-   * {@link Gemm.writesOut} says `out` is written. Used to fold a bias into the product.
-   */
-  accumulate?: boolean;
 }
 
 /** A GEMM implementation. */
@@ -39,24 +35,39 @@ export interface Gemm {
   readonly name: string;
   /**
    * Computes the batched product as a row-major `[batch, m, n]` array: into `out` when given and the
-   * implementation can write there (BLAS can; ONNX Runtime's binding always returns its own copy), else a new one.
+   * implementation can write there (see {@link Gemm.writesOut}), else a new one. With `bias` (length n, only where
+   * {@link Gemm.foldsBias} allows it) every output row starts as the bias and the product is added to it.
    */
-  matmul(a: Float32Array, b: Float32Array, spec: GemmSpec, out?: Float32Array): Float32Array;
+  matmul(a: Float32Array, b: Float32Array, spec: GemmSpec, out?: Float32Array, bias?: Float32Array): Float32Array;
   /** Whether `matmul` writes into an `out` given for this product (so callers may pass a pooled buffer). */
   writesOut?(spec: GemmSpec): boolean;
+  /** Whether `matmul` adds a row `bias` for this product. */
+  foldsBias?(spec: GemmSpec): boolean;
   /** Vectorised elementwise functions the same library offers, if any. */
   readonly vectorMath?: VectorMath;
 }
 
 /** Vectorised elementwise functions over flat float32 arrays. */
 export interface VectorMath {
+  /** Whether the functions write into an `out` given (so callers may pass a pooled buffer); else they return a copy. */
+  readonly writesOut: boolean;
   /** Exact GELU, `0.5·x·(1 + erf(x/√2))`. */
-  gelu(x: Float32Array): Float32Array;
+  gelu(x: Float32Array, out?: Float32Array): Float32Array;
   /** Its gradient: `dy · (Φ(x) + x·φ(x))`. */
-  geluGrad(dy: Float32Array, x: Float32Array): Float32Array;
+  geluGrad(dy: Float32Array, x: Float32Array, out?: Float32Array): Float32Array;
 }
 
 // ---------------------------------------------------------------- ONNX Runtime
+
+/**
+ * Runs one ONNX model: inputs in the model's order; returns its outputs in order, written into `outputs` where the
+ * runner can (the C API can; the npm binding always returns its own copies).
+ */
+type OrtRun = (inputs: OrtIo[], outputs: OrtOut[]) => Float32Array[];
+/** An output's dimensions, and the buffer to write it into (a new one when absent). */
+type OrtOut = { data?: Float32Array; dims: readonly number[] };
+/** Loads model bytes as an {@link OrtRun}. */
+type OrtLoader = (model: Uint8Array, inputNames: string[], outputNames: string[]) => OrtRun;
 
 interface OrtBinding {
   binding: { InferenceSession: new () => OrtNativeSession };
@@ -66,7 +77,7 @@ interface OrtNativeSession {
   loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
   run(feeds: object, fetches: object, options: object): Record<string, { data: Float32Array; dims: number[] }>;
 }
-type OrtTensorCtor = new (type: string, data: Float32Array, dims: number[]) => object;
+type OrtTensorCtor = new (type: string, data: Float32Array, dims: readonly number[]) => object;
 
 /**
  * ONNX Runtime's telemetry layer creates an empty `/tmp/mat-debug-<pid>.log`
@@ -82,15 +93,8 @@ function removeOrtTelemetryStub(): void {
   }
 }
 
-/**
- * Loads ONNX Runtime's native binding directly. Its `run` is synchronous (the
- * package's public API only wraps it in a promise), which is what a tfjs kernel
- * needs.
- * @param options the intra-op thread count
- * @returns a synchronous GEMM backed by ONNX Runtime's MatMul
- * @throws {BackendError} when onnxruntime-node cannot be loaded
- */
-export async function createOrtGemm(options: { threads?: number } = {}): Promise<Gemm> {
+/** Loads models through the `onnxruntime-node` binding (the fallback where the C API cannot be opened). */
+async function bindingLoader(threads: number): Promise<{ load: OrtLoader; version: string }> {
   let ort: { Tensor: OrtTensorCtor; env: { versions?: { common?: string } } };
   let native: OrtBinding;
   try {
@@ -101,91 +105,156 @@ export async function createOrtGemm(options: { threads?: number } = {}): Promise
   } catch (err) {
     throw new BackendError(`onnxruntime-node could not be loaded: ${(err as Error).message}`, { cause: err });
   }
-  const Tensor = ort.Tensor;
-  const sessions = new Map<string, OrtNativeSession>();
-  const load = (model: Uint8Array): OrtNativeSession => {
+  const load: OrtLoader = (model, inputNames, outputNames) => {
     const s = new native.binding.InferenceSession();
     s.loadModel(model.buffer, model.byteOffset, model.byteLength, {
       graphOptimizationLevel: "disabled",
-      intraOpNumThreads: options.threads ?? 0,
+      intraOpNumThreads: threads,
       interOpNumThreads: 1,
       executionMode: "sequential",
-      // ONNX Runtime's intra-op threads spin while they wait for work by default. Between two products the step runs
-      // JavaScript (tfjs's other kernels, the tape) on the main thread, which the spinning workers then compete with
-      // for the cores. And its memory-pattern planner re-plans whenever a session sees a new shape, which ours do at
-      // almost every call (one session serves every product). Both off, measured here on 2 cores: the stand-ins'
-      // refinement step 922 -> 562 ms, a ViT-B/16 2-block forward + backward 1.07 -> 0.68 s, encoding 8 images with
-      // ViT-B/16 2.61 -> 2.23 s.
+      // As the C API sessions (src/backend/ort_capi.ts): worker threads that sleep rather than spin, no memory planner.
       enableMemPattern: false,
       extra: { session: { intra_op: { allow_spinning: "0" } } },
     });
-    return s;
+    const fetches = Object.fromEntries(outputNames.map((n) => [n, null]));
+    return (inputs) => {
+      const feeds = Object.fromEntries(
+        inputNames.map((n, i) => [n, new ort.Tensor("float32", inputs[i].data, inputs[i].dims)]),
+      );
+      const result = s.run(feeds, fetches, {});
+      return outputNames.map((n) => result[n].data);
+    };
   };
-  const sessionFor = (transA: boolean, transB: boolean): OrtNativeSession => {
-    const key = `${+transA}${+transB}`;
-    let s = sessions.get(key);
-    if (!s) {
-      const model = encodeSingleNodeModel({
-        opType: "FusedMatMul",
-        domain: "com.microsoft",
-        inputs: [{ name: "A", rank: 3 }, { name: "B", rank: 3 }],
-        outputs: [{ name: "Y", rank: 3 }],
-        attributes: [
-          { name: "transA", int: transA ? 1 : 0 },
-          { name: "transB", int: transB ? 1 : 0 },
-          { name: "alpha", float: 1 },
-        ],
-      });
-      s = load(model);
-      sessions.set(key, s);
+  return { load, version: ort.env.versions?.common ?? "" };
+}
+
+/** Loads models through ONNX Runtime's C API, writing into the caller's output buffers. */
+function cApiLoader(threads: number): { load: OrtLoader; version: string } {
+  const capi = openOrtCApi();
+  const load: OrtLoader = (model, inputNames, outputNames) => {
+    const session = capi.session(model, inputNames, outputNames, threads);
+    return (inputs, outputs) => {
+      const filled = outputs.map((o) => ({
+        data: o.data ?? new Float32Array(o.dims.reduce((p, d) => p * d, 1)),
+        dims: o.dims,
+      }));
+      session.run(inputs, filled);
+      return filled.map((o) => o.data);
+    };
+  };
+  return { load, version: capi.version };
+}
+
+/** The exact GELU's gradient, `dY · (Φ(X) + X·φ(X))`, as an ONNX graph. */
+const GELU_GRAD_MODEL = () =>
+  encodeModel({
+    inputs: [{ name: "dY", rank: 1 }, { name: "X", rank: 1 }],
+    outputs: [{ name: "dX", rank: 1 }],
+    constants: { rsqrt2: Math.SQRT1_2, one: 1, half: 0.5, negHalf: -0.5, rsqrt2pi: 1 / Math.sqrt(2 * Math.PI) },
+    nodes: [
+      { opType: "Mul", inputs: ["X", "rsqrt2"], outputs: ["xs"] },
+      { opType: "Erf", inputs: ["xs"], outputs: ["erf"] },
+      { opType: "Add", inputs: ["erf", "one"], outputs: ["erf1"] },
+      { opType: "Mul", inputs: ["erf1", "half"], outputs: ["cdf"] }, // Φ(x)
+      { opType: "Mul", inputs: ["X", "X"], outputs: ["x2"] },
+      { opType: "Mul", inputs: ["x2", "negHalf"], outputs: ["e0"] },
+      { opType: "Exp", inputs: ["e0"], outputs: ["e1"] },
+      { opType: "Mul", inputs: ["e1", "rsqrt2pi"], outputs: ["pdf"] }, // φ(x)
+      { opType: "Mul", inputs: ["X", "pdf"], outputs: ["xpdf"] },
+      { opType: "Add", inputs: ["cdf", "xpdf"], outputs: ["d"] },
+      { opType: "Mul", inputs: ["dY", "d"], outputs: ["dX"] },
+    ],
+  });
+
+/**
+ * ONNX Runtime's MLAS: products through its `FusedMatMul` and the exact GELU and its gradient. Through the C API
+ * (src/backend/ort_capi.ts) where it opens, writing into pooled buffers; otherwise through the `onnxruntime-node`
+ * binding, whose `run` is synchronous (the package's public API only wraps it in a promise), which a tfjs kernel
+ * needs, and which returns fresh copies.
+ * @param options the intra-op thread count (0 or none: one per core); `api: "binding"` forces the binding
+ * @returns a synchronous GEMM backed by ONNX Runtime
+ * @throws {BackendError} when onnxruntime-node cannot be loaded
+ */
+export async function createOrtGemm(options: { threads?: number; api?: "c" | "binding" } = {}): Promise<Gemm> {
+  const threads = options.threads ?? 0;
+  let runtime: { load: OrtLoader; version: string } | undefined;
+  let via = "C API";
+  if (options.api !== "binding") {
+    try {
+      runtime = cApiLoader(threads);
+    } catch (err) {
+      if (options.api === "c") throw err;
     }
-    return s;
+  }
+  if (!runtime) {
+    runtime = await bindingLoader(threads);
+    via = "npm binding";
+  }
+  const { load } = runtime;
+  const writes = via === "C API";
+  const products = new Map<string, OrtRun>();
+  const productFor = (transA: boolean, transB: boolean): OrtRun => {
+    const key = `${+transA}${+transB}`;
+    let run = products.get(key);
+    if (!run) {
+      run = load(
+        encodeSingleNodeModel({
+          opType: "FusedMatMul",
+          domain: "com.microsoft",
+          inputs: [{ name: "A", rank: 3 }, { name: "B", rank: 3 }],
+          outputs: [{ name: "Y", rank: 3 }],
+          attributes: [
+            { name: "transA", int: transA ? 1 : 0 },
+            { name: "transB", int: transB ? 1 : 0 },
+            { name: "alpha", float: 1 },
+          ],
+        }),
+        ["A", "B"],
+        ["Y"],
+      );
+      products.set(key, run);
+    }
+    return run;
   };
-  let geluSession: OrtNativeSession | undefined;
-  let geluGradSession: OrtNativeSession | undefined;
+  let gelu: OrtRun | undefined;
+  let geluGrad: OrtRun | undefined;
   const vectorMath: VectorMath = {
-    gelu(x) {
+    writesOut: writes,
+    gelu(x, out) {
       // com.microsoft Gelu is the exact, erf-based GELU (MLAS's vectorised erf).
-      geluSession ??= load(encodeSingleNodeModel({
-        opType: "Gelu",
-        domain: "com.microsoft",
-        inputs: [{ name: "X", rank: 1 }],
-        outputs: [{ name: "Y", rank: 1 }],
-      }));
-      return geluSession.run({ X: new Tensor("float32", x, [x.length]) }, { Y: null }, {}).Y.data;
+      gelu ??= load(
+        encodeSingleNodeModel({
+          opType: "Gelu",
+          domain: "com.microsoft",
+          inputs: [{ name: "X", rank: 1 }],
+          outputs: [{ name: "Y", rank: 1 }],
+        }),
+        ["X"],
+        ["Y"],
+      );
+      return gelu([{ data: x, dims: [x.length] }], [{ data: out, dims: [x.length] }])[0];
     },
-    geluGrad(dy, x) {
-      geluGradSession ??= load(encodeModel({
-        inputs: [{ name: "dY", rank: 1 }, { name: "X", rank: 1 }],
-        outputs: [{ name: "dX", rank: 1 }],
-        constants: { rsqrt2: Math.SQRT1_2, one: 1, half: 0.5, negHalf: -0.5, rsqrt2pi: 1 / Math.sqrt(2 * Math.PI) },
-        nodes: [
-          { opType: "Mul", inputs: ["X", "rsqrt2"], outputs: ["xs"] },
-          { opType: "Erf", inputs: ["xs"], outputs: ["erf"] },
-          { opType: "Add", inputs: ["erf", "one"], outputs: ["erf1"] },
-          { opType: "Mul", inputs: ["erf1", "half"], outputs: ["cdf"] }, // Φ(x)
-          { opType: "Mul", inputs: ["X", "X"], outputs: ["x2"] },
-          { opType: "Mul", inputs: ["x2", "negHalf"], outputs: ["e0"] },
-          { opType: "Exp", inputs: ["e0"], outputs: ["e1"] },
-          { opType: "Mul", inputs: ["e1", "rsqrt2pi"], outputs: ["pdf"] }, // φ(x)
-          { opType: "Mul", inputs: ["X", "pdf"], outputs: ["xpdf"] },
-          { opType: "Add", inputs: ["cdf", "xpdf"], outputs: ["d"] },
-          { opType: "Mul", inputs: ["dY", "d"], outputs: ["dX"] },
-        ],
-      }));
-      const feeds = { dY: new Tensor("float32", dy, [dy.length]), X: new Tensor("float32", x, [x.length]) };
-      return geluGradSession.run(feeds, { dX: null }, {}).dX.data;
+    geluGrad(dy, x, out) {
+      geluGrad ??= load(GELU_GRAD_MODEL(), ["dY", "X"], ["dX"]);
+      return geluGrad([{ data: dy, dims: [dy.length] }, { data: x, dims: [x.length] }], [{
+        data: out,
+        dims: [x.length],
+      }])[0];
     },
   };
   return {
-    name: `onnxruntime-node ${ort.env.versions?.common ?? ""} (MLAS)`.replace("  ", " "),
+    name: `onnxruntime-node ${runtime.version} (MLAS, ${via})`.replace("  ", " "),
     vectorMath,
-    matmul(a, b, spec) {
-      const { batchA, batchB, m, n, k, transA, transB } = spec;
-      const A = new Tensor("float32", a, [batchA, transA ? k : m, transA ? m : k]);
-      const B = new Tensor("float32", b, [batchB, transB ? n : k, transB ? k : n]);
-      const out = sessionFor(transA, transB).run({ A, B }, { Y: null }, {});
-      return out.Y.data;
+    writesOut: () => writes,
+    matmul(a, b, spec, out) {
+      const { batch, batchA, batchB, m, n, k, transA, transB } = spec;
+      return productFor(transA, transB)(
+        [
+          { data: a, dims: [batchA, transA ? k : m, transA ? m : k] },
+          { data: b, dims: [batchB, transB ? n : k, transB ? k : n] },
+        ],
+        [{ data: out, dims: [batch, m, n] }],
+      )[0];
     },
   };
 }
@@ -272,10 +341,13 @@ export function createBlasGemm(path?: string, threads?: number): Gemm {
     return {
       name: `BLAS cblas_sgemm (${candidate})`,
       writesOut: () => true,
-      matmul(a, b, spec, out) {
+      foldsBias: () => true,
+      matmul(a, b, spec, out, bias) {
         const { batch, batchA, batchB, m, n, k, transA, transB } = spec;
         const c = out ?? new Float32Array(batch * m * n);
-        const beta = out && spec.accumulate ? 1 : 0;
+        // A bias is folded in by starting C at the bias rows and letting the GEMM add A·B (beta = 1).
+        if (bias) { for (let r = 0; r < batch * m; r++) c.set(bias, r * n); }
+        const beta = bias ? 1 : 0;
         const ta = transA ? CBLAS_TRANS : CBLAS_NO_TRANS;
         const tb = transB ? CBLAS_TRANS : CBLAS_NO_TRANS;
         const lda = transA ? m : k;
@@ -340,9 +412,10 @@ export function hybridGemm(ort: Gemm, blas: Gemm, minMultiplyAdds = HYBRID_BLAS_
   return {
     name: `${ort.name}; products of ≥ 2^${Math.log2(minMultiplyAdds).toFixed(0)} multiply-adds: ${blas.name}`,
     vectorMath: ort.vectorMath,
-    writesOut: large,
-    matmul(a, b, spec, out) {
-      return large(spec) ? blas.matmul(a, b, spec, out) : ort.matmul(a, b, spec);
+    writesOut: (spec) => large(spec) || !!ort.writesOut?.(spec),
+    foldsBias: (spec) => large(spec) || !!ort.foldsBias?.(spec),
+    matmul(a, b, spec, out, bias) {
+      return large(spec) ? blas.matmul(a, b, spec, out, bias) : ort.matmul(a, b, spec, out, bias);
     },
   };
 }

@@ -97,16 +97,11 @@ function gemmProduct(
     bv = broadcastBatches(bv, batchDimsB, outBatch, kA * n);
     batchB = batch;
   }
-  // With beta = 0 a GEMM overwrites its output, so a pooled (unzeroed) buffer is fine.
-  const spec = { batch, batchA, batchB, m, n, k: kA, transA, transB, accumulate: false };
+  // A GEMM overwrites its output, so a pooled (unzeroed) buffer is fine.
+  const spec = { batch, batchA, batchB, m, n, k: kA, transA, transB };
   const out = gemm.writesOut?.(spec) ? allocFloat32(batch * m * n) : undefined;
-  const biasAdded = !!(out && rowBias && rowBias.length === n);
-  if (biasAdded) {
-    // Fold the bias into the product: start C at the bias rows and let the GEMM add A·B (beta = 1).
-    for (let r = 0; r < batch * m; r++) out!.set(rowBias!, r * n);
-    spec.accumulate = true;
-  }
-  const values = gemm.matmul(av, bv, spec, out);
+  const biasAdded = !!(rowBias && rowBias.length === n && gemm.foldsBias?.(spec));
+  const values = gemm.matmul(av, bv, spec, out, biasAdded ? rowBias : undefined);
   return { values, shape: outShape, biasAdded };
 }
 

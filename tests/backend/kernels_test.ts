@@ -14,7 +14,10 @@ import { Rng } from "../../src/util/rng.ts";
 
 await setupBackend({ backend: "cpu", log: null });
 
-const gemms: { name: string; make: () => Promise<Gemm> | Gemm }[] = [{ name: "onnx", make: () => createOrtGemm() }];
+const gemms: { name: string; make: () => Promise<Gemm> | Gemm }[] = [
+  { name: "onnx", make: () => createOrtGemm({ api: "c" }) },
+  { name: "onnx-binding", make: () => createOrtGemm({ api: "binding" }) },
+];
 let blasError = "";
 try {
   createBlasGemm();
@@ -248,7 +251,7 @@ Deno.test({
       ...g,
       matmul: (a, b, spec, out) => (calls.push(name), g.matmul(a, b, spec, out)),
     });
-    const hybrid = hybridGemm(spy("ort", await createOrtGemm()), spy("blas", createBlasGemm()), 1000);
+    const hybrid = hybridGemm(spy("ort", await createOrtGemm({ api: "binding" })), spy("blas", createBlasGemm()), 1000);
     const spec = (m: number, n: number, k: number): GemmSpec => ({
       batch: 1,
       batchA: 1,
@@ -267,6 +270,12 @@ Deno.test({
     const c = hybrid.matmul(new Float32Array(100).fill(1), new Float32Array(200).fill(2), large, out);
     assertEquals(calls, ["ort", "blas"]);
     assert(c === out && out.every((v) => v === 20), "the large product was not written into the given buffer");
+    // Through ONNX Runtime's C API the small products, too, are written into the caller's buffer.
+    const viaC = hybridGemm(await createOrtGemm({ api: "c" }), createBlasGemm(), 1000);
+    assertEquals(viaC.writesOut!(small), true);
+    const smallOut = new Float32Array(20);
+    const d = viaC.matmul(new Float32Array(24).fill(1), new Float32Array(30).fill(0.5), small, smallOut);
+    assert(d === smallOut && smallOut.every((v) => v === 3), `small product via the C API: ${smallOut}`);
   },
 });
 
