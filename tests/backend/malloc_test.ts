@@ -28,3 +28,37 @@ Deno.test("a threshold the user set is left alone", { ignore: !glibc }, async ()
   const none = await run({});
   assertEquals(new TextDecoder().decode(none.stdout).trim(), "true");
 });
+
+const thpOnRequest = (() => {
+  try {
+    return /\[(always|madvise)\]/.test(Deno.readTextFileSync("/sys/kernel/mm/transparent_hugepage/enabled"));
+  } catch {
+    return false;
+  }
+})();
+
+/** The VmFlags of the mapping that holds `address`, from /proc/self/smaps. */
+function vmFlagsAt(address: bigint): string[] {
+  let inside = false;
+  for (const line of Deno.readTextFileSync("/proc/self/smaps").split("\n")) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (range) inside = BigInt(`0x${range[1]}`) <= address && address < BigInt(`0x${range[2]}`);
+    else if (inside && line.startsWith("VmFlags:")) return line.slice(8).trim().split(/\s+/);
+  }
+  throw new Error(`no mapping holds 0x${address.toString(16)}`);
+}
+
+Deno.test("new large pool buffers are marked for huge pages before their first write", { ignore: !glibc }, async () => {
+  const { allocFloat32 } = await import("../../src/backend/pool.ts");
+  const { enableHugePages } = await import("../../src/backend/malloc.ts");
+  await setupBackend({ backend: "cpu-onnx", log: null });
+  assertEquals(enableHugePages(), thpOnRequest);
+  const addressOf = (a: Float32Array) => BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(a)));
+  const large = allocFloat32(3 * 2 ** 20 + 17); // 12 MiB and a bit: never a pooled size elsewhere
+  const middle = addressOf(large) + BigInt(large.byteLength / 2);
+  assertEquals(vmFlagsAt(middle).includes("hg"), thpOnRequest, `VmFlags ${vmFlagsAt(middle).join(" ")}`);
+  large.fill(1); // still an ordinary, writable, zero-initialised array
+  assertEquals(large[large.length - 1], 1);
+  const fresh = allocFloat32(3 * 2 ** 20 + 19);
+  assertEquals(fresh.every((x) => x === 0), true);
+});
