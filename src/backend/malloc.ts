@@ -21,6 +21,7 @@
  */
 
 const M_MMAP_THRESHOLD = -3;
+const MADV_DONTNEED = 4;
 const MADV_HUGEPAGE = 14;
 /** x86-64's and arm64's (4 KiB-page kernels') transparent huge page. */
 const HUGE_PAGE_BYTES = 2 ** 21;
@@ -80,10 +81,24 @@ export function enableHugePages(): boolean {
  * @param array a freshly allocated array
  */
 export function adviseHugePages(array: ArrayBufferView): void {
-  if (!madvise || array.byteLength < HUGE_PAGE_BYTES) return;
+  if (array.byteLength >= HUGE_PAGE_BYTES) advise(array, MADV_HUGEPAGE);
+}
+
+/**
+ * Gives the whole pages of an array that nothing will read again back to the system now, rather than when V8
+ * collects it (which may be several hundred MB of garbage later). The array stays valid and reads as zeros. A no-op
+ * until {@link enableHugePages} succeeded.
+ * @param array an array no one holds but the caller, about to be dropped
+ */
+export function releasePages(array: ArrayBufferView): void {
+  if (array.byteLength >= 16 * PAGE_BYTES) advise(array, MADV_DONTNEED);
+}
+
+function advise(array: ArrayBufferView, advice: number): void {
+  if (!madvise) return;
   const start = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(array)));
   const page = BigInt(PAGE_BYTES);
   const from = (start + page - 1n) / page * page;
   const to = (start + BigInt(array.byteLength)) / page * page;
-  if (to > from) madvise(Deno.UnsafePointer.create(from), to - from, MADV_HUGEPAGE);
+  if (to > from) madvise(Deno.UnsafePointer.create(from), to - from, advice);
 }

@@ -17,7 +17,7 @@
  * @module
  */
 import { BackendError } from "../util/errors.ts";
-import { adviseHugePages } from "./malloc.ts";
+import { adviseHugePages, releasePages } from "./malloc.ts";
 
 type DataEntry = { values?: unknown; refCount: number };
 type CpuBackendInternals = {
@@ -77,6 +77,8 @@ export interface BufferPoolStats {
   limitBytes: number;
   /** The most bytes of pooled-size arrays that were in use at once. */
   liveHighWater: number;
+  /** Bytes of pooled-size arrays in use now (handed out, not yet back). */
+  liveBytes: number;
 }
 
 /**
@@ -84,7 +86,7 @@ export interface BufferPoolStats {
  * @returns buffers reused (hits), newly allocated (misses), returned to the pool and dropped
  */
 export function bufferPoolStats(): BufferPoolStats {
-  return { ...counters, pooledBytes, limitBytes: currentLimit(), liveHighWater };
+  return { ...counters, pooledBytes, limitBytes: currentLimit(), liveHighWater, liveBytes };
 }
 
 /**
@@ -139,6 +141,7 @@ function evictUntil(bytes: number): void {
     list.splice(list.indexOf(oldest), 1);
     pooledBytes -= oldest.byteLength;
     counters.dropped++;
+    releasePages(oldest);
   }
 }
 
@@ -149,6 +152,7 @@ function giveBack(values: Float32Array): void {
   const room = currentLimit() - liveBytes;
   if (values.byteLength > room) {
     counters.dropped++;
+    releasePages(values);
     return;
   }
   evictUntil(room - values.byteLength);

@@ -1,6 +1,8 @@
 /** The lean tape frees during the backward pass and gives the same gradients as tfjs's own. */
 import { assert, maxAbsDiff } from "../_assert.ts";
 import {
+  bufferPoolStats,
+  drainBufferPool,
   fusedGelu,
   fusedLayerNorm,
   fusedSoftmax,
@@ -111,3 +113,25 @@ Deno.test("lean tape: Reshape, Add, Sub, Sum, Mean, Slice, Concat and PadV2 keep
 });
 
 const SHAPE_ONLY_KERNELS = ["Reshape", "Add", "Sub", "Sum", "Mean", "Slice", "Concat", "PadV2"];
+
+Deno.test("a weight used many times: each use's gradient is freed once tfjs has added it to the sum", () => {
+  const uses = 16;
+  const w = rand([128, 128]); // 64 KiB: its gradients come from the buffer pool, which counts the bytes in use
+  const xs = Array.from(
+    { length: uses },
+    () => tf.tensor(Float32Array.from({ length: 128 }, () => rng.normal()), [1, 128]),
+  );
+  const f = () => tf.addN(xs.map((xi) => tf.sum(tf.matMul(xi, w)))) as tf.Scalar;
+  drainBufferPool(); // restarts the high-water mark from the bytes in use now
+  const start = bufferPoolStats().liveBytes;
+  const { value, grads } = tf.variableGrads(f, [w]);
+  const peak = bufferPoolStats().liveHighWater - start;
+  const wBytes = w.size * 4;
+  // tfjs alone keeps every use's gradient until the pass ends (≥ uses × the weight); freed, a few weights' worth.
+  assert(peak <= 4 * wBytes, `${peak} B of gradients at once during the backward pass, a weight is ${wBytes} B`);
+  // The sum is still right: d/dW Σ_i sum(x_i W) = Σ_i x_iᵀ 1.
+  const expected = tf.tidy(() => tf.matMul(tf.concat(xs, 0), tf.ones([uses, 128]), true, false));
+  const d = maxAbsDiff(grads[w.name].dataSync(), expected.dataSync());
+  assert(d < 1e-4, `accumulated gradient off by ${d}`);
+  tf.dispose([value, grads[w.name], expected, w, ...xs]);
+});

@@ -62,3 +62,29 @@ Deno.test("new large pool buffers are marked for huge pages before their first w
   const fresh = allocFloat32(3 * 2 ** 20 + 19);
   assertEquals(fresh.every((x) => x === 0), true);
 });
+
+Deno.test("a buffer the pool drops goes back to the system at once (reads as zeros), one it keeps does not", {
+  ignore: !glibc || !thpOnRequest,
+}, async () => {
+  const { installBufferPool } = await import("../../src/backend/pool.ts");
+  const { tf } = await import("../../src/backend/tf.ts");
+  await setupBackend({ backend: "cpu-onnx", log: null });
+  const n = 1 << 18; // 1 MiB: a pooled size
+  const valuesOf = (t: { dataId: object }) =>
+    (tf.backend() as unknown as { data: { get(id: object): { values: Float32Array } } }).data.get(t.dataId).values;
+  try {
+    installBufferPool(tf.backend(), 1 / 1024); // a 1 KiB cap: every returned buffer is dropped
+    const dropped = tf.add(tf.fill([n], 3), tf.fill([n], 4));
+    const droppedValues = valuesOf(dropped);
+    assertEquals(droppedValues[n / 2], 7);
+    dropped.dispose();
+    assertEquals(droppedValues[n / 2], 0, "the dropped buffer's pages were not released");
+    installBufferPool(tf.backend(), 64); // room for it: pooled, kept as it was
+    const kept = tf.add(tf.fill([n], 3), tf.fill([n], 4));
+    const keptValues = valuesOf(kept);
+    kept.dispose();
+    assertEquals(keptValues[n / 2], 7);
+  } finally {
+    installBufferPool(tf.backend());
+  }
+});
