@@ -111,8 +111,9 @@ function halfOnePlusErf(x: number, e: number): number {
 }
 
 /**
- * A vectorised library's GELU (ONNX Runtime's MLAS under `cpu-onnx`), used for
- * arrays at least this long; below it, a call's fixed cost outweighs the loop.
+ * A vectorised library's GELU and softmax (ONNX Runtime's MLAS under `cpu-onnx`, multi-threaded), used for arrays
+ * at least this long; below it, a call's fixed cost outweighs the loop. The softmax's `Math.exp` loop ran at about
+ * 10 ns per score: 27 % of encoding a ViT-B batch, which MLAS's takes to 1.43 s from 1.84 s (2 threads, 2026-12-02).
  */
 let vectorMath: VectorMath | undefined;
 const VECTOR_MIN = 4096;
@@ -165,6 +166,10 @@ function softmaxKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const M = mask ? vals(backend, mask) : undefined;
   const n = x!.shape[x!.shape.length - 1];
   const rows = X.length / n;
+  if (vectorMath?.softmax && X.length >= VECTOR_MIN && (!M || (x!.shape.length === 4 && mask!.shape.length === 4))) {
+    const maskIo = M ? { data: M, dims: mask!.shape } : undefined;
+    return backend.makeTensorInfo(x!.shape, "float32", vectorMath.softmax(X, x!.shape, scale, maskIo, pooledFor(X)));
+  }
   const Y = allocFloat32(X.length);
   for (let r = 0; r < rows; r++) {
     const o = r * n;

@@ -55,6 +55,17 @@ export interface VectorMath {
   gelu(x: Float32Array, out?: Float32Array): Float32Array;
   /** Its gradient: `dy · (Φ(x) + x·φ(x))`. */
   geluGrad(dy: Float32Array, x: Float32Array, out?: Float32Array): Float32Array;
+  /**
+   * `softmax(scale·x + mask)` over the last axis of `x` (`dims`); `mask`, if given, broadcasts against `x` by
+   * NumPy's rules (an attention mask `[B or 1, 1, Lq or 1, Lk]` against scores `[B, H, Lq, Lk]`).
+   */
+  softmax?(
+    x: Float32Array,
+    dims: readonly number[],
+    scale: number,
+    mask?: { data: Float32Array; dims: readonly number[] },
+    out?: Float32Array,
+  ): Float32Array;
 }
 
 // ---------------------------------------------------------------- ONNX Runtime
@@ -166,6 +177,18 @@ const GELU_GRAD_MODEL = () =>
     ],
   });
 
+/** `softmax(S·X + M)` over the last axis (or `softmax(S·X)` without `M`), as an ONNX graph. */
+const SOFTMAX_MODEL = (rank: number, masked: boolean) =>
+  encodeModel({
+    inputs: [{ name: "X", rank }, { name: "S", rank: 1 }, ...(masked ? [{ name: "M", rank }] : [])],
+    outputs: [{ name: "Y", rank }],
+    nodes: [
+      { opType: "Mul", inputs: ["X", "S"], outputs: [masked ? "xs" : "z"] },
+      ...(masked ? [{ opType: "Add", inputs: ["xs", "M"], outputs: ["z"] }] : []),
+      { opType: "Softmax", inputs: ["z"], outputs: ["Y"] }, // opset 13+: over the last axis
+    ],
+  });
+
 /**
  * ONNX Runtime's MLAS: products through its `FusedMatMul` and the exact GELU and its gradient. Through the C API
  * (src/backend/ort_capi.ts) where it opens, writing into pooled buffers; otherwise through the `onnxruntime-node`
@@ -218,6 +241,7 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
   };
   let gelu: OrtRun | undefined;
   let geluGrad: OrtRun | undefined;
+  const softmaxes = new Map<string, OrtRun>();
   const vectorMath: VectorMath = {
     writesOut: writes,
     gelu(x, out) {
@@ -240,6 +264,19 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
         data: out,
         dims: [x.length],
       }])[0];
+    },
+    softmax(x, dims, scale, mask, out) {
+      const key = `${dims.length}${mask ? "m" : ""}`;
+      let run = softmaxes.get(key);
+      if (!run) {
+        run = load(SOFTMAX_MODEL(dims.length, !!mask), ["X", "S", ...(mask ? ["M"] : [])], ["Y"]);
+        softmaxes.set(key, run);
+      }
+      return run([
+        { data: x, dims },
+        { data: Float32Array.of(scale), dims: [1] },
+        ...(mask ? [{ data: mask.data, dims: mask.dims }] : []),
+      ], [{ data: out, dims }])[0];
     },
   };
   return {

@@ -91,6 +91,23 @@ Deno.test("fused scaled/masked softmax equals tf.softmax(scale·x + mask), value
   compare("softmax causal mask", [x], (x) => fusedSoftmax(x, 1, fullMask as tf.Tensor));
 });
 
+Deno.test("ONNX Runtime's softmax (scores long enough for it) equals tf.softmax and the JavaScript kernel", () => {
+  const x = rand([2, 3, 30, 50], 3); // 9000 scores: past the vectorised path's minimum
+  const pad = tf.tensor(Float32Array.from({ length: 100 }, (_, i) => (i % 7 === 3 ? -10000 : 0)), [2, 1, 1, 50]);
+  const causal = tf.mul(tf.sub(1, tf.linalg.bandPart(tf.ones([30, 50]), -1, 0)), -10000).reshape([1, 1, 30, 50]);
+  compare("softmax long", [x], (x) => fusedSoftmax(x, 0.125));
+  compare("softmax long, pad mask", [x], (x) => fusedSoftmax(x, 0.125, pad));
+  compare("softmax long, causal mask", [x], (x) => fusedSoftmax(x, 1, causal as tf.Tensor));
+  for (const mask of [undefined, pad, causal as tf.Tensor]) {
+    const ort = fusedSoftmax(x, 0.125, mask).dataSync() as Float32Array;
+    installFusedKernels(null); // JavaScript loops
+    const js = fusedSoftmax(x, 0.125, mask).dataSync() as Float32Array;
+    installFusedKernels(activeVectorMath);
+    assert(maxAbsDiff(ort, js) < 1e-6, `softmax: ONNX Runtime and JavaScript differ by ${maxAbsDiff(ort, js)}`);
+    assert(!ort.every((v, i) => v === js[i]), "ORT path was not taken");
+  }
+});
+
 Deno.test("fused dropout with a byte mask equals x times the float mask, values and gradients bit for bit", () => {
   const x = rand([3, 5, 7]);
   const keep = 0.8;
