@@ -8,6 +8,7 @@
  * @module
  */
 import { BackendError } from "../util/errors.ts";
+import type { VectorMath } from "./gemm.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
 import {
   callOriginal,
@@ -19,6 +20,23 @@ import {
 } from "./cpu_kernel.ts";
 
 type KernelFunc = (args: KernelArgs) => TensorInfo;
+
+/**
+ * Chooses the library large same-length Add/Sub/Multiply/RealDiv go to (undefined: plain loops).
+ * @param math vectorised math that writes into the caller's buffer, or undefined
+ */
+export function setElementwiseVectorMath(math: VectorMath | undefined): void {
+  vectorBinary = math?.writesOut ? math.binary?.bind(math) : undefined;
+}
+
+/**
+ * A vectorised, multi-threaded library's elementwise arithmetic (ONNX Runtime's under `cpu-onnx`), used for two
+ * same-length operands of at least {@link VECTOR_BINARY_MIN} elements: the gradient sums of weights used in several
+ * passes and the residual stream. IEEE arithmetic, so the results are the loops' bit for bit.
+ */
+let vectorBinary: VectorMath["binary"];
+const VECTOR_BINARY_MIN = 1 << 16;
+const ORT_OP = { Add: "Add", Sub: "Sub", Multiply: "Mul", RealDiv: "Div" } as const;
 
 const originals: OriginalKernels = new Map();
 
@@ -98,6 +116,11 @@ function binaryKernel(
     const B = args.backend.data.get(b.dataId).values as Float32Array;
     const size = plan.out.reduce((x, y) => x * y, 1);
     const O = allocFloat32(size); // every element is written below
+    const ortOp = ORT_OP[name as keyof typeof ORT_OP];
+    if (vectorBinary && ortOp && size >= VECTOR_BINARY_MIN && A.length === size && B.length === size) {
+      vectorBinary(ortOp, A, B, O);
+      return args.backend.makeTensorInfo(plan.out, "float32", O);
+    }
     if (size > 0) {
       const { dims, stA, stB } = plan;
       const last = dims.length - 1;
@@ -398,12 +421,17 @@ const KERNELS: Record<string, KernelFunc> = {
   Sum: sumKernel,
 };
 
-/** Registers the fast elementwise kernels on `cpu` (idempotent). */
-export function installElementwiseKernels(): void {
+/**
+ * Registers the fast elementwise kernels on `cpu` (idempotent).
+ * @param math vectorised math for large same-length operands (see {@link setElementwiseVectorMath}), if any
+ */
+export function installElementwiseKernels(math?: VectorMath): void {
+  setElementwiseVectorMath(math);
   for (const [name, fn] of Object.entries(KERNELS)) overrideCpuKernel(originals, name, fn);
 }
 
 /** Restores tfjs's own kernels. */
 export function uninstallElementwiseKernels(): void {
+  vectorBinary = undefined;
   restoreCpuKernels(originals);
 }

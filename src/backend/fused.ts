@@ -11,7 +11,7 @@
  */
 import { tf } from "./tf.ts";
 import type { Tensor } from "./tf.ts";
-import { installElementwiseKernels, uninstallElementwiseKernels } from "./elementwise.ts";
+import { installElementwiseKernels, setElementwiseVectorMath, uninstallElementwiseKernels } from "./elementwise.ts";
 import type { VectorMath } from "./gemm.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
 
@@ -367,8 +367,9 @@ let installed = false;
  */
 export function installFusedKernels(math: VectorMath | null | undefined = vectorMath): void {
   vectorMath = math ?? undefined;
+  setElementwiseVectorMath(vectorMath);
   if (installed) return;
-  installElementwiseKernels();
+  installElementwiseKernels(vectorMath);
   const reg = registerCpuKernel;
   reg("RetfinerLayerNorm", layerNormKernel);
   reg("RetfinerLayerNormGrad", layerNormGradKernel);

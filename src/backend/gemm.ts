@@ -59,6 +59,8 @@ export interface VectorMath {
    * `softmax(scale·x + mask)` over the last axis of `x` (`dims`); `mask`, if given, broadcasts against `x` by
    * NumPy's rules (an attention mask `[B or 1, 1, Lq or 1, Lk]` against scores `[B, H, Lq, Lk]`).
    */
+  /** Elementwise `a op b` of two arrays of the same length (IEEE float32: bit-identical to a plain loop). */
+  binary?(op: "Add" | "Sub" | "Mul" | "Div", a: Float32Array, b: Float32Array, out?: Float32Array): Float32Array;
   softmax?(
     x: Float32Array,
     dims: readonly number[],
@@ -242,6 +244,7 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
   let gelu: OrtRun | undefined;
   let geluGrad: OrtRun | undefined;
   const softmaxes = new Map<string, OrtRun>();
+  const binaries = new Map<string, OrtRun>();
   const vectorMath: VectorMath = {
     writesOut: writes,
     gelu(x, out) {
@@ -264,6 +267,22 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
         data: out,
         dims: [x.length],
       }])[0];
+    },
+    binary(op, a, b, out) {
+      let run = binaries.get(op);
+      if (!run) {
+        run = load(
+          encodeModel({
+            inputs: [{ name: "A", rank: 1 }, { name: "B", rank: 1 }],
+            outputs: [{ name: "Y", rank: 1 }],
+            nodes: [{ opType: op, inputs: ["A", "B"], outputs: ["Y"] }],
+          }),
+          ["A", "B"],
+          ["Y"],
+        );
+        binaries.set(op, run);
+      }
+      return run([{ data: a, dims: [a.length] }, { data: b, dims: [b.length] }], [{ data: out, dims: [a.length] }])[0];
     },
     softmax(x, dims, scale, mask, out) {
       const key = `${dims.length}${mask ? "m" : ""}`;

@@ -275,6 +275,22 @@ Deno.test("fast UnsortedSegmentSum (gather's gradient) equals tfjs's, repeated a
   assert(maxAbsDiff(got.dataSync(), ref.dataSync()) < 1e-6);
 });
 
+Deno.test("large same-shape Add/Sub/Mul/Div (ONNX Runtime's under cpu-onnx) equal tfjs's bit for bit", () => {
+  const shape = [512, 300]; // past the vectorised path's minimum
+  const a = rand(shape);
+  const b = tf.add(tf.abs(rand(shape)), 0.5);
+  const ops = { add: tf.add, sub: tf.sub, mul: tf.mul, div: tf.div };
+  for (const [name, op] of Object.entries(ops)) {
+    for (const [x, y] of [[a, b], [a, a]]) {
+      uninstallFusedKernels();
+      const ref = op(x, y).dataSync() as Float32Array;
+      installFusedKernels(activeVectorMath);
+      const got = op(x, y).dataSync() as Float32Array;
+      assert(got.every((v, i) => Object.is(v, ref[i])), `${name}: not bit-identical to tfjs's kernel`);
+    }
+  }
+});
+
 Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV2 equal tfjs's", () => {
   const pairs: [number[], number[]][] = [
     [[3, 4], [3, 4]],
