@@ -53,25 +53,27 @@ export function returnLargeBuffersToSystem(): boolean {
 
 let madvise: ((addr: Deno.PointerValue, len: bigint, advice: number) => number) | null | undefined;
 
+let hugePages = false;
+
 /**
- * Turns on {@link adviseHugePages} (once per process): opens libc's `madvise` when the kernel offers transparent huge
- * pages on request.
- * @returns whether huge pages will be asked for (false: not Linux/glibc, no FFI permission, or THP off)
+ * Turns on {@link adviseHugePages} and {@link releasePages} (once per process): opens libc's `madvise`. Huge pages
+ * are asked for only where the kernel offers them on request and `RETFINER_HUGE_PAGES` is not `0`.
+ * @returns whether huge pages will be asked for (false: not Linux/glibc, no FFI permission, THP off, or turned off)
  */
 export function enableHugePages(): boolean {
-  if (madvise !== undefined) return madvise !== null;
+  if (madvise !== undefined) return hugePages;
   madvise = null;
   if (Deno.build.os !== "linux") return false;
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return false;
   try {
-    const mode = Deno.readTextFileSync("/sys/kernel/mm/transparent_hugepage/enabled");
-    if (!/\[(always|madvise)\]/.test(mode)) return false;
     const libc = Deno.dlopen("libc.so.6", { madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" } });
     madvise = (addr, len, advice) => libc.symbols.madvise(addr, len, advice);
+    const mode = Deno.readTextFileSync("/sys/kernel/mm/transparent_hugepage/enabled");
+    hugePages = /\[(always|madvise)\]/.test(mode) && Deno.env.get("RETFINER_HUGE_PAGES") !== "0";
   } catch {
-    // No THP knob (not Linux, a container without /sys) or not glibc: 4 KiB pages it is.
+    // Not glibc, or no THP knob (a container without /sys): 4 KiB pages it is.
   }
-  return madvise !== null;
+  return hugePages;
 }
 
 /**
@@ -81,7 +83,7 @@ export function enableHugePages(): boolean {
  * @param array a freshly allocated array
  */
 export function adviseHugePages(array: ArrayBufferView): void {
-  if (array.byteLength >= HUGE_PAGE_BYTES) advise(array, MADV_HUGEPAGE);
+  if (hugePages && array.byteLength >= HUGE_PAGE_BYTES) advise(array, MADV_HUGEPAGE);
 }
 
 /**
