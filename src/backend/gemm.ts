@@ -55,12 +55,12 @@ export interface VectorMath {
   gelu(x: Float32Array, out?: Float32Array): Float32Array;
   /** Its gradient: `dy · (Φ(x) + x·φ(x))`. */
   geluGrad(dy: Float32Array, x: Float32Array, out?: Float32Array): Float32Array;
+  /** Elementwise `a op b` of two arrays of the same length (IEEE float32: bit-identical to a plain loop). */
+  binary?(op: "Add" | "Sub" | "Mul" | "Div", a: Float32Array, b: Float32Array, out?: Float32Array): Float32Array;
   /**
    * `softmax(scale·x + mask)` over the last axis of `x` (`dims`); `mask`, if given, broadcasts against `x` by
    * NumPy's rules (an attention mask `[B or 1, 1, Lq or 1, Lk]` against scores `[B, H, Lq, Lk]`).
    */
-  /** Elementwise `a op b` of two arrays of the same length (IEEE float32: bit-identical to a plain loop). */
-  binary?(op: "Add" | "Sub" | "Mul" | "Div", a: Float32Array, b: Float32Array, out?: Float32Array): Float32Array;
   softmax?(
     x: Float32Array,
     dims: readonly number[],
