@@ -11,6 +11,7 @@
  */
 import { firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
+import { adviseHugePages } from "../backend/malloc.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
 import { OptimizerError } from "../util/errors.ts";
 import { assignValues } from "../encoders/layers.ts";
@@ -123,6 +124,13 @@ function cpuValues(v: Tensor): Float32Array | undefined {
   if (tf.getBackend() !== "cpu") return undefined;
   const values = (tf.backend() as unknown as CpuBackend).data.get(v.dataId).values;
   return values instanceof Float32Array ? values : undefined;
+}
+
+/** A zeroed moment array, on huge pages where the backend asks for them (it is written at once, all of it). */
+function newMoment(n: number): Float32Array {
+  const a = new Float32Array(n);
+  adviseHugePages(a);
+  return a;
 }
 
 /** Largest value a bound may reach before the exact check runs (float32's maximum is about 3.4e38). */
@@ -293,19 +301,23 @@ export function adamwStep(
   for (const u of pending) hostMoments(state, u.name);
   // First every check, then every write: a throw leaves parameters and state as they were.
   const zeros = new Float32Array(0);
+  // Moments that do not exist yet are zeros: one read-only zero array serves every parameter's first check.
+  const firstMoments = new Float32Array(
+    pending.reduce((n, u) => state.m.has(u.name) ? n : Math.max(n, u.p.size), 0),
+  );
   for (const u of pending) {
     const w = cpuValues(u.p) ?? (u.p.dataSync() as Float32Array);
     const m = state.m.get(u.name) ?? zeros;
     const v = state.v.get(u.name) ?? zeros;
-    const fresh = m.length === 0 ? new Float32Array(w.length) : undefined;
+    const fresh = m.length === 0 ? firstMoments.subarray(0, w.length) : undefined;
     checkUpdate(u, w, fresh ?? m, fresh ?? v, t, u.lr);
   }
   state.step = t;
   for (const { name, p, g, hyper, lr } of pending) {
     let m = state.m.get(name);
     let v = state.v.get(name);
-    if (!m) state.m.set(name, m = new Float32Array(p.size));
-    if (!v) state.v.set(name, v = new Float32Array(p.size));
+    if (!m) state.m.set(name, m = newMoment(p.size));
+    if (!v) state.v.set(name, v = newMoment(p.size));
     const inPlace = cpuValues(p);
     const w = inPlace ?? (p.dataSync() as Float32Array).slice();
     adamwUpdate(w, g, m, v, t, lr, hyper);
