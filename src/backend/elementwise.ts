@@ -117,7 +117,11 @@ function binaryKernel(
     const size = plan.out.reduce((x, y) => x * y, 1);
     const O = allocFloat32(size); // every element is written below
     const ortOp = ORT_OP[name as keyof typeof ORT_OP];
-    if (vectorBinary && ortOp && size >= VECTOR_BINARY_MIN && A.length === size && B.length === size) {
+    // Only real Float32Arrays: tfjs's Cast to float32 keeps an int32 or bool tensor's Int32Array/Uint8Array.
+    if (
+      vectorBinary && ortOp && size >= VECTOR_BINARY_MIN && A.length === size && B.length === size &&
+      A instanceof Float32Array && B instanceof Float32Array
+    ) {
       vectorBinary(ortOp, A, B, O);
       return args.backend.makeTensorInfo(plan.out, "float32", O);
     }

@@ -122,7 +122,7 @@ const pooledFor = (x: Float32Array) => vectorMath?.writesOut ? allocFloat32(x.le
 
 function geluKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
-  if (vectorMath && X.length >= VECTOR_MIN) {
+  if (vectorMath && X.length >= VECTOR_MIN && X instanceof Float32Array) {
     return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.gelu(X, pooledFor(X)));
   }
   const Y = allocFloat32(X.length);
@@ -138,7 +138,7 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 function geluGradKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, inputs.x!);
   const DY = vals(backend, inputs.dy!);
-  if (vectorMath && X.length >= VECTOR_MIN) {
+  if (vectorMath && X.length >= VECTOR_MIN && X instanceof Float32Array && DY instanceof Float32Array) {
     return backend.makeTensorInfo(inputs.x!.shape, "float32", vectorMath.geluGrad(DY, X, pooledFor(X)));
   }
   const DX = allocFloat32(X.length);
@@ -166,7 +166,12 @@ function softmaxKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const M = mask ? vals(backend, mask) : undefined;
   const n = x!.shape[x!.shape.length - 1];
   const rows = X.length / n;
-  if (vectorMath?.softmax && X.length >= VECTOR_MIN && (!M || (x!.shape.length === 4 && mask!.shape.length === 4))) {
+  // The vectorised path reads float32 bytes: tfjs's Cast to float32 may leave an Int32Array or Uint8Array behind.
+  const floats = X instanceof Float32Array && (!M || M instanceof Float32Array);
+  if (
+    vectorMath?.softmax && floats && X.length >= VECTOR_MIN &&
+    (!M || (x!.shape.length === 4 && mask!.shape.length === 4))
+  ) {
     const maskIo = M ? { data: M, dims: mask!.shape } : undefined;
     return backend.makeTensorInfo(x!.shape, "float32", vectorMath.softmax(X, x!.shape, scale, maskIo, pooledFor(X)));
   }

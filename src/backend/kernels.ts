@@ -53,6 +53,15 @@ function broadcastBatches(values: Float32Array, batchDims: number[], outDims: nu
   return out;
 }
 
+/**
+ * A float32 tensor's values as a Float32Array. tfjs's `Cast` to float32 keeps an int32 or bool tensor's
+ * Int32Array/Uint8Array under the float32 label, and the GEMMs read raw float32 bytes, so those are converted.
+ */
+function float32Values(backend: CpuBackend, t: TensorInfo): Float32Array {
+  const values = backend.data.get(t.dataId).values;
+  return values instanceof Float32Array ? values : Float32Array.from(values as ArrayLike<number>);
+}
+
 /** The product of two float32 tensor infos with the active GEMM; returns values and shape. */
 function gemmProduct(
   gemm: Gemm,
@@ -63,8 +72,8 @@ function gemmProduct(
   transB: boolean,
   rowBias?: Float32Array,
 ) {
-  const aValues = backend.data.get(a.dataId).values as Float32Array;
-  const bValues = backend.data.get(b.dataId).values as Float32Array;
+  const aValues = float32Values(backend, a);
+  const bValues = float32Values(backend, b);
   const ar = a.shape.length;
   const br = b.shape.length;
   const m = transA ? a.shape[ar - 1] : a.shape[ar - 2];
@@ -146,7 +155,7 @@ function fusedMatMulKernel(args: KernelArgs): TensorInfo {
   const outRank = Math.max(a!.shape.length, b!.shape.length);
   const rowBias = bias && bias.dtype === "float32" && bias.shape.length <= outRank &&
       bias.shape.slice(0, -1).every((d) => d === 1)
-    ? backend.data.get(bias.dataId).values as Float32Array
+    ? float32Values(backend, bias)
     : undefined;
   const product = gemmProduct(activeGemm, backend, a!, b!, !!attrs.transposeA, !!attrs.transposeB, rowBias);
   let current = backend.makeTensorInfo(product.shape, "float32", product.values);

@@ -56,7 +56,7 @@ function releasePending(): void {
     }
   }
   for (const t of dys) {
-    if (t && !t.isDisposed && (!passedOn.has(t) || (summed.includes(t) && !stored.has(t)))) {
+    if (t && !t.isDisposed && !passedOn.has(t)) {
       t.dispose();
       freedTensors++;
     }
@@ -139,12 +139,16 @@ export function installLeanTape(): void {
       const wrapped: Record<string, () => Tensor> = {};
       for (const [name, thunk] of Object.entries(thunks)) {
         wrapped[name] = () => {
+          const firstNewId = (this as unknown as { constructor: { nextTensorId: number } }).constructor.nextTensorId;
           const dx = thunk();
           passedOn.add(dx);
           // tfjs (tape.ts, backpropagateGradients) stores a tensor's first gradient and adds each later one to it.
+          // Only an addend this gradient function created is ours to free: a custom gradient may return a tensor it
+          // does not own (a constant, a weight), which tfjs only reads.
           const x = node.inputs?.[name];
-          if (x && reached.has(x.id)) summed.push(dx);
-          else {
+          if (x && reached.has(x.id)) {
+            if (dx.id >= firstNewId) summed.push(dx);
+          } else {
             if (x) reached.add(x.id);
             stored.add(dx);
           }

@@ -291,6 +291,29 @@ Deno.test("large same-shape Add/Sub/Mul/Div (ONNX Runtime's under cpu-onnx) equa
   }
 });
 
+Deno.test("float32 tensors cast from int32 or bool (tfjs keeps their integer arrays) take the right path", () => {
+  const n = 1 << 17; // past every vectorised path's minimum
+  const ints = tf.cast(tf.range(0, n, 1, "int32"), "float32");
+  const bools = tf.cast(tf.greater(rand([n]), 0), "float32");
+  const b = rand([n]);
+  for (const [label, x] of [["int32", ints], ["bool", bools]] as const) {
+    const plain = Float32Array.from(x.dataSync());
+    const sum = tf.add(x, b).dataSync();
+    const bv = b.dataSync();
+    assert(sum.every((v, i) => v === Math.fround(plain[i] + bv[i])), `Add of a cast ${label} tensor is wrong`);
+    const y = fusedGelu(x).dataSync();
+    assert(Math.abs(y[n - 1] - fusedGelu(tf.tensor1d([plain[n - 1]])).dataSync()[0]) < 1e-5, `GELU of ${label}`);
+    const prod = tf.matMul(tf.reshape(x, [n / 256, 256]), tf.ones([256, 2])).dataSync();
+    const want = plain.subarray(0, 256).reduce((p, q) => p + q, 0);
+    assert(Math.abs(prod[0] - want) <= 1e-3 * Math.max(1, Math.abs(want)), `matMul of a cast ${label} tensor`);
+  }
+  const scores = rand([2, 3, 40, 50]);
+  const castMask = tf.reshape(tf.cast(tf.greater(rand([2, 50]), 0), "float32"), [2, 1, 1, 50]);
+  const got = fusedSoftmax(scores, 0.5, castMask).dataSync() as Float32Array;
+  const want = tf.softmax(tf.add(tf.mul(scores, 0.5), tf.add(castMask, tf.zeros(castMask.shape)))).dataSync();
+  assert(maxAbsDiff(got, want as Float32Array) < 1e-6, "softmax with a mask cast from bool");
+});
+
 Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV2 equal tfjs's", () => {
   const pairs: [number[], number[]][] = [
     [[3, 4], [3, 4]],

@@ -135,3 +135,25 @@ Deno.test("a weight used many times: each use's gradient is freed once tfjs has 
   assert(d < 1e-4, `accumulated gradient off by ${d}`);
   tf.dispose([value, grads[w.name], expected, w, ...xs]);
 });
+
+Deno.test("a custom gradient may return a tensor it does not own: the lean tape leaves it alone", () => {
+  // tfjs adds the custom gradient's tensor into w's earlier gradient (from the Multiply by 3, whose backward runs
+  // first) and leaves it alone; the lean tape must too, also once the next node (the Multiply by 5) starts.
+  const constant = tf.ones([128, 128]); // owned by this test
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+    value: tf.mul(args[0] as tf.Tensor, 2),
+    gradFunc: () => constant,
+  }));
+  const w = rand([128, 128]);
+  const w2 = rand([128, 128]);
+  const f = () => {
+    const a = tf.mul(w2, 5);
+    const y = op(w) as tf.Tensor;
+    return tf.sum(tf.add(tf.add(y, tf.mul(w, 3)), a)) as tf.Scalar;
+  };
+  const { value, grads } = tf.variableGrads(f, [w, w2]);
+  assert(!constant.isDisposed, "the lean tape freed a tensor the custom gradient returned but does not own");
+  const d = maxAbsDiff(grads[w.name].dataSync(), new Float32Array(128 * 128).fill(4)); // 1 (the constant) + 3
+  assert(d === 0, `gradient off by ${d}`);
+  tf.dispose([value, grads[w.name], grads[w2.name], constant, w, w2]);
+});
