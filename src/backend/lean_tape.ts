@@ -42,6 +42,8 @@ let pending: { saved: Tensor[]; dys: Tensor[]; passedOn: Set<Tensor>; summed: Te
 let reached = new Set<number>();
 /** Gradients that tfjs stored as a tensor's first (so far only) gradient: they must stay. */
 let stored = new WeakSet<Tensor>();
+/** The gradient the caller passed in for the output (`tf.grads(f)(xs, dy)`), if any. */
+let callerDy: Tensor | undefined;
 let original: Pick<EngineInternals, "addTapeNode" | "gradients"> | undefined;
 let freedTensors = 0;
 
@@ -56,7 +58,7 @@ function releasePending(): void {
     }
   }
   for (const t of dys) {
-    if (t && !t.isDisposed && !passedOn.has(t)) {
+    if (t && !t.isDisposed && !passedOn.has(t) && t !== callerDy) {
       t.dispose();
       freedTensors++;
     }
@@ -113,12 +115,17 @@ export function installLeanTape(): void {
     if (this.state.gradientDepth === 0) {
       reached = new Set();
       stored = new WeakSet();
+      // The caller's dy (`tf.grads(f)(xs, dy)`) starts the pass as the output's gradient; it is the caller's to keep.
+      callerDy = args[2] as Tensor | undefined;
     }
     try {
       return gradients.apply(this, args);
     } finally {
       // tfjs's own clean-up has freed the last node's tensors; forget them so a later pass cannot touch them.
-      if (this.state.gradientDepth === 0) pending = undefined;
+      if (this.state.gradientDepth === 0) {
+        pending = undefined;
+        callerDy = undefined;
+      }
     }
   };
   engine.addTapeNode = function (this: EngineInternals, ...args: unknown[]) {

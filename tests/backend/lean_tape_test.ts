@@ -157,3 +157,12 @@ Deno.test("a custom gradient may return a tensor it does not own: the lean tape 
   assert(d === 0, `gradient off by ${d}`);
   tf.dispose([value, grads[w.name], grads[w2.name], constant, w, w2]);
 });
+
+Deno.test("the dy a caller passes to tf.grads stays the caller's", () => {
+  const x = rand([64, 64]);
+  const dy = tf.fill([64, 64], 0.5);
+  const [g] = tf.grads((t: tf.Tensor) => tf.mul(tf.mul(t, 2), 3))([x], dy);
+  assert(!dy.isDisposed, "the lean tape freed the caller's dy");
+  assert(maxAbsDiff(g.dataSync(), new Float32Array(64 * 64).fill(3)) === 0, "gradient wrong");
+  tf.dispose([g, dy, x]);
+});
