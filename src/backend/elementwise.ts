@@ -425,12 +425,8 @@ const KERNELS: Record<string, KernelFunc> = {
   Sum: sumKernel,
 };
 
-/**
- * Registers the fast elementwise kernels on `cpu` (idempotent).
- * @param math vectorised math for large same-length operands (see {@link setElementwiseVectorMath}), if any
- */
-export function installElementwiseKernels(math?: VectorMath): void {
-  setElementwiseVectorMath(math);
+/** Registers the fast elementwise kernels on `cpu` (idempotent); {@link setElementwiseVectorMath} picks their library. */
+export function installElementwiseKernels(): void {
   for (const [name, fn] of Object.entries(KERNELS)) overrideCpuKernel(originals, name, fn);
 }
 

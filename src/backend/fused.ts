@@ -374,7 +374,7 @@ export function installFusedKernels(math: VectorMath | null | undefined = vector
   vectorMath = math ?? undefined;
   setElementwiseVectorMath(vectorMath);
   if (installed) return;
-  installElementwiseKernels(vectorMath);
+  installElementwiseKernels();
   const reg = registerCpuKernel;
   reg("RetfinerLayerNorm", layerNormKernel);
   reg("RetfinerLayerNormGrad", layerNormGradKernel);

@@ -217,12 +217,17 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
   }
   const { load } = runtime;
   const writes = via === "C API";
-  const products = new Map<string, OrtRun>();
-  const productFor = (transA: boolean, transB: boolean): OrtRun => {
-    const key = `${+transA}${+transB}`;
-    let run = products.get(key);
-    if (!run) {
-      run = load(
+  // One ONNX Runtime session per model, loaded on first use (a product per transposition, a softmax per rank, …).
+  const sessions = new Map<string, OrtRun>();
+  const session = (key: string, model: () => Uint8Array, inputs: string[], outputs: string[]): OrtRun => {
+    let run = sessions.get(key);
+    if (!run) sessions.set(key, run = load(model(), inputs, outputs));
+    return run;
+  };
+  const productFor = (transA: boolean, transB: boolean): OrtRun =>
+    session(
+      `FusedMatMul ${+transA}${+transB}`,
+      () =>
         encodeSingleNodeModel({
           opType: "FusedMatMul",
           domain: "com.microsoft",
@@ -234,63 +239,55 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
             { name: "alpha", float: 1 },
           ],
         }),
-        ["A", "B"],
-        ["Y"],
-      );
-      products.set(key, run);
-    }
-    return run;
-  };
-  let gelu: OrtRun | undefined;
-  let geluGrad: OrtRun | undefined;
-  const softmaxes = new Map<string, OrtRun>();
-  const binaries = new Map<string, OrtRun>();
+      ["A", "B"],
+      ["Y"],
+    );
   const vectorMath: VectorMath = {
     writesOut: writes,
     gelu(x, out) {
       // com.microsoft Gelu is the exact, erf-based GELU (MLAS's vectorised erf).
-      gelu ??= load(
-        encodeSingleNodeModel({
-          opType: "Gelu",
-          domain: "com.microsoft",
-          inputs: [{ name: "X", rank: 1 }],
-          outputs: [{ name: "Y", rank: 1 }],
-        }),
+      const gelu = session(
+        "Gelu",
+        () =>
+          encodeSingleNodeModel({
+            opType: "Gelu",
+            domain: "com.microsoft",
+            inputs: [{ name: "X", rank: 1 }],
+            outputs: [{ name: "Y", rank: 1 }],
+          }),
         ["X"],
         ["Y"],
       );
       return gelu([{ data: x, dims: [x.length] }], [{ data: out, dims: [x.length] }])[0];
     },
     geluGrad(dy, x, out) {
-      geluGrad ??= load(GELU_GRAD_MODEL(), ["dY", "X"], ["dX"]);
+      const geluGrad = session("GeluGrad", GELU_GRAD_MODEL, ["dY", "X"], ["dX"]);
       return geluGrad([{ data: dy, dims: [dy.length] }, { data: x, dims: [x.length] }], [{
         data: out,
         dims: [x.length],
       }])[0];
     },
     binary(op, a, b, out) {
-      let run = binaries.get(op);
-      if (!run) {
-        run = load(
+      const run = session(
+        op,
+        () =>
           encodeModel({
             inputs: [{ name: "A", rank: 1 }, { name: "B", rank: 1 }],
             outputs: [{ name: "Y", rank: 1 }],
             nodes: [{ opType: op, inputs: ["A", "B"], outputs: ["Y"] }],
           }),
-          ["A", "B"],
-          ["Y"],
-        );
-        binaries.set(op, run);
-      }
+        ["A", "B"],
+        ["Y"],
+      );
       return run([{ data: a, dims: [a.length] }, { data: b, dims: [b.length] }], [{ data: out, dims: [a.length] }])[0];
     },
     softmax(x, dims, scale, mask, out) {
-      const key = `${dims.length}${mask ? "m" : ""}`;
-      let run = softmaxes.get(key);
-      if (!run) {
-        run = load(SOFTMAX_MODEL(dims.length, !!mask), ["X", "S", ...(mask ? ["M"] : [])], ["Y"]);
-        softmaxes.set(key, run);
-      }
+      const run = session(
+        `Softmax rank ${dims.length}${mask ? " masked" : ""}`,
+        () => SOFTMAX_MODEL(dims.length, !!mask),
+        ["X", "S", ...(mask ? ["M"] : [])],
+        ["Y"],
+      );
       return run([
         { data: x, dims },
         { data: Float32Array.of(scale), dims: [1] },

@@ -12,8 +12,9 @@
  * touch, a few microseconds each on these virtual machines (up to 12 µs measured), about a million times per ViT-B +
  * BERT-base step. {@link adviseHugePages} asks for transparent huge pages (`madvise(MADV_HUGEPAGE)`) on each new large
  * buffer before it is first written, so one fault maps 2 MiB: measured on that step (2 threads, 2026-12-02), faults
- * per step 0.98 M -> 0.32 M and 24.7 -> 17.8 s (the same effect as `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which
- * only works when set before the process starts). Only where the kernel offers huge pages on request
+ * per step 0.98 M -> 0.42 M and 24.7 -> 16.6-18.5 s (about what `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` gives, which
+ * only works when set before the process starts). {@link releasePages} hands the pages of buffers the pool drops back
+ * at once. Only where the kernel offers huge pages on request
  * (`/sys/kernel/mm/transparent_hugepage/enabled` is `madvise` or `always`).
  *
  * Linux with glibc only, and only with FFI permission; a threshold the user set (`MALLOC_MMAP_THRESHOLD_`) is kept.
@@ -77,9 +78,9 @@ export function enableHugePages(): boolean {
 }
 
 /**
- * Asks for transparent huge pages over the whole 2 MiB-aligned part of a new, not yet written array of at least
- * 2 MiB. Advice only: memory use is unchanged (a huge page is only used where 2 MiB of the array cover it), and a
- * refusal is ignored. A no-op until {@link enableHugePages} succeeded.
+ * Asks for transparent huge pages over the whole pages of a new, not yet written array of at least 2 MiB. Advice
+ * only: memory use is unchanged (the kernel maps a huge page only where an aligned 2 MiB lies inside the array), and a
+ * refusal is ignored. A no-op unless {@link enableHugePages} returned true.
  * @param array a freshly allocated array
  */
 export function adviseHugePages(array: ArrayBufferView): void {
@@ -89,7 +90,7 @@ export function adviseHugePages(array: ArrayBufferView): void {
 /**
  * Gives the whole pages of an array that nothing will read again back to the system now, rather than when V8
  * collects it (which may be several hundred MB of garbage later). The array stays valid and reads as zeros. A no-op
- * until {@link enableHugePages} succeeded.
+ * until {@link enableHugePages} has opened `madvise` (whether or not huge pages are on).
  * @param array an array no one holds but the caller, about to be dropped
  */
 export function releasePages(array: ArrayBufferView): void {
