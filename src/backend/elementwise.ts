@@ -10,6 +10,7 @@
 import { BackendError } from "../util/errors.ts";
 import type { VectorMath } from "./gemm.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
+import { grain, parallelFor } from "./threads.ts";
 import {
   callOriginal,
   type KernelArgs,
@@ -261,19 +262,10 @@ function sumKernel(args: KernelArgs): TensorInfo {
   const keepSize = redSize === 0 ? outShape.reduce((s, d) => s * d, 1) : total / redSize;
   const out = allocFloat32(keepSize, total === 0); // written in full below unless x is empty
   if (total > 0) {
-    if (isSuffix) {
-      for (let r = 0; r < keepSize; r++) {
-        let s = 0;
-        const o = r * redSize;
-        for (let i = 0; i < redSize; i++) s += X[o + i];
-        out[r] = s;
-      }
-    } else {
+    if (isSuffix) parallelFor("sumTrailing", [X, out], [redSize], keepSize, grain(redSize));
+    else {
       const acc = new Float64Array(keepSize);
-      for (let r = 0; r < redSize; r++) {
-        const o = r * keepSize;
-        for (let i = 0; i < keepSize; i++) acc[i] += X[o + i];
-      }
+      parallelFor("sumLeading", [X, acc], [redSize, keepSize], keepSize, grain(redSize));
       out.set(acc);
     }
   }

@@ -14,11 +14,14 @@ import type { Tensor } from "./tf.ts";
 import { installElementwiseKernels, setElementwiseVectorMath, uninstallElementwiseKernels } from "./elementwise.ts";
 import type { VectorMath } from "./gemm.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
+import { grain, offHeap, parallelFor } from "./threads.ts";
 
 import { type CpuBackend, registerCpuKernel, type TensorInfo } from "./cpu_kernel.ts";
 import type { KernelArgs } from "./cpu_kernel.ts";
 
 const vals = (b: CpuBackend, t: TensorInfo) => b.data.get(t.dataId).values as Float32Array;
+/** An absent gamma or beta, for the range kernels. */
+const EMPTY = new Float32Array(0);
 
 // ------------------------------------------------------------------ erf coefficients (Abramowitz & Stegun 7.1.26, |err| < 1.5e-7, as tfjs)
 const ERF_P = 0.3275911;
@@ -27,73 +30,29 @@ const A1 = 0.254829592, A2 = -0.284496736, A3 = 1.421413741, A4 = -1.453152027, 
 // ------------------------------------------------------------------ LayerNorm
 function layerNormKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const { x, gamma, beta } = inputs;
-  const eps = attrs!.eps as number;
   const X = vals(backend, x!);
-  const G = gamma ? vals(backend, gamma) : undefined;
-  const Bv = beta ? vals(backend, beta) : undefined;
   const d = x!.shape[x!.shape.length - 1];
-  const rows = X.length / d;
   const Y = allocFloat32(X.length);
-  for (let r = 0; r < rows; r++) {
-    const o = r * d;
-    let mean = 0;
-    for (let i = 0; i < d; i++) mean += X[o + i];
-    mean /= d;
-    let v = 0;
-    for (let i = 0; i < d; i++) {
-      const c = X[o + i] - mean;
-      v += c * c;
-    }
-    const rstd = 1 / Math.sqrt(v / d + eps);
-    for (let i = 0; i < d; i++) {
-      let y = (X[o + i] - mean) * rstd;
-      if (G) y *= G[i];
-      if (Bv) y += Bv[i];
-      Y[o + i] = y;
-    }
-  }
+  const G = gamma ? vals(backend, gamma) : EMPTY;
+  const Bv = beta ? vals(backend, beta) : EMPTY;
+  parallelFor("layerNorm", [X, Y, G, Bv], [d, attrs!.eps as number], X.length / d, grain(d));
   return backend.makeTensorInfo(x!.shape, "float32", Y);
 }
 
 function layerNormGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo[] {
   const { dy, x, gamma } = inputs;
-  const eps = attrs!.eps as number;
   const X = vals(backend, x!);
   const DY = vals(backend, dy!);
-  const G = gamma ? vals(backend, gamma) : undefined;
+  const G = gamma ? vals(backend, gamma) : EMPTY;
   const d = x!.shape[x!.shape.length - 1];
   const rows = X.length / d;
   const DX = allocFloat32(X.length);
+  const stats = new Float64Array(2 * rows); // each row's mean and 1/std, for the affine gradients
   const DG = new Float64Array(d);
   const DB = new Float64Array(d);
-  const xhat = new Float32Array(d);
-  for (let r = 0; r < rows; r++) {
-    const o = r * d;
-    let mean = 0;
-    for (let i = 0; i < d; i++) mean += X[o + i];
-    mean /= d;
-    let v = 0;
-    for (let i = 0; i < d; i++) {
-      const c = X[o + i] - mean;
-      v += c * c;
-    }
-    const rstd = 1 / Math.sqrt(v / d + eps);
-    let sumG = 0;
-    let sumGx = 0;
-    for (let i = 0; i < d; i++) {
-      const xh = (X[o + i] - mean) * rstd;
-      xhat[i] = xh;
-      const g = DY[o + i] * (G ? G[i] : 1);
-      sumG += g;
-      sumGx += g * xh;
-      DG[i] += DY[o + i] * xh;
-      DB[i] += DY[o + i];
-    }
-    for (let i = 0; i < d; i++) {
-      const g = DY[o + i] * (G ? G[i] : 1);
-      DX[o + i] = rstd * (g - sumG / d - (xhat[i] * sumGx) / d);
-    }
-  }
+  parallelFor("layerNormGradInput", [X, DY, G, DX, stats], [d, attrs!.eps as number], rows, grain(d));
+  // γ's and β's gradients sum over rows: split over columns, each summed in row order (any thread count, same bits).
+  parallelFor("layerNormGradAffine", [X, DY, stats, DG, DB], [d, rows], d, grain(rows));
   return [
     backend.makeTensorInfo(x!.shape, "float32", DX),
     backend.makeTensorInfo([d], "float32", Float32Array.from(DG)),
@@ -203,11 +162,7 @@ function softmaxGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const DY = vals(backend, inputs.dy!);
   const n = inputs.y!.shape[inputs.y!.shape.length - 1];
   const DX = allocFloat32(Y.length);
-  for (let o = 0; o < Y.length; o += n) {
-    let dot = 0;
-    for (let i = 0; i < n; i++) dot += DY[o + i] * Y[o + i];
-    for (let i = 0; i < n; i++) DX[o + i] = scale * Y[o + i] * (DY[o + i] - dot);
-  }
+  parallelFor("softmaxGrad", [Y, DY, DX], [n, scale], Y.length / n, grain(n));
   return backend.makeTensorInfo(inputs.y!.shape, "float32", DX);
 }
 
@@ -290,7 +245,7 @@ function dropoutKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const K = backend.data.get(keep!.dataId).values as Uint8Array;
   const scale = Math.fround(attrs!.scale as number);
   const Y = allocFloat32(X.length);
-  for (let i = 0; i < X.length; i++) Y[i] = X[i] * (K[i] ? scale : 0); // x·0, not 0: signed zeros as x·mask
+  parallelFor("dropout", [X, K, Y], [scale], X.length, grain(1));
   return backend.makeTensorInfo(x!.shape, "float32", Y);
 }
 
@@ -305,16 +260,11 @@ function residualKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, x!);
   const Bv = vals(backend, branch!);
   const Y = allocFloat32(X.length);
-  if (!scale) {
-    for (let i = 0; i < X.length; i++) Y[i] = X[i] + Bv[i];
-  } else {
+  if (!scale) parallelFor("add", [X, Bv, Y], [], X.length, grain(1));
+  else {
     const S = vals(backend, scale);
     const per = X.length / S.length;
-    for (let r = 0, i = 0; r < S.length; r++) {
-      const s = S[r];
-      // The scaled branch is rounded to float32 before the sum, as tfjs's Multiply then Add.
-      for (const end = i + per; i < end; i++) Y[i] = X[i] + Math.fround(Bv[i] * s);
-    }
+    parallelFor("residualScaled", [X, Bv, offHeap(S), Y], [per], S.length, grain(per));
   }
   return backend.makeTensorInfo(x!.shape, "float32", Y);
 }
@@ -325,10 +275,7 @@ function rowScaleKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const S = vals(backend, scale!);
   const per = D.length / S.length;
   const Y = allocFloat32(D.length);
-  for (let r = 0, i = 0; r < S.length; r++) {
-    const s = S[r];
-    for (const end = i + per; i < end; i++) Y[i] = D[i] * s;
-  }
+  parallelFor("rowScale", [D, offHeap(S), Y], [per], S.length, grain(per));
   return backend.makeTensorInfo(dy!.shape, "float32", Y);
 }
 
@@ -348,16 +295,7 @@ function headsKernel(split: boolean) {
     const L = split ? a1 : a2;
     const d = split ? a2 / H : a3;
     const Y = allocFloat32(X.length);
-    for (let bi = 0; bi < b; bi++) {
-      for (let h = 0; h < H; h++) {
-        for (let l = 0; l < L; l++) {
-          const merged = ((bi * L + l) * H + h) * d; // [B, L, H, d]
-          const heads = ((bi * H + h) * L + l) * d; // [B, H, L, d]
-          const [from, to] = split ? [merged, heads] : [heads, merged];
-          for (let i = 0; i < d; i++) Y[to + i] = X[from + i];
-        }
-      }
-    }
+    parallelFor("heads", [X, Y], [split ? 1 : 0, H, L, d], b * H, grain(L * d));
     return backend.makeTensorInfo(split ? [b, H, L, d] : [b, L, H * d], "float32", Y);
   };
 }

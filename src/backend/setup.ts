@@ -25,6 +25,7 @@ import { installBufferPool, uninstallBufferPool } from "./pool.ts";
 import { installLeanTape, uninstallLeanTape } from "./lean_tape.ts";
 import { enableHugePages, returnLargeBuffersToSystem } from "./malloc.ts";
 import { useWebGpu } from "./webgpu.ts";
+import { startThreads, stopThreads } from "./threads.ts";
 
 /** The backends this package knows, in `auto` order. */
 export const BACKENDS = ["tfjs-node-gpu", "webgpu", "tfjs-node", "cpu-onnx", "cpu-blas", "cpu"] as const;
@@ -96,7 +97,7 @@ async function tryNative(pkg: "@tensorflow/tfjs-node-gpu" | "@tensorflow/tfjs-no
   }
 }
 
-async function useCpu(gemm: Gemm | undefined): Promise<void> {
+async function useCpu(gemm: Gemm | undefined, threads: number | undefined): Promise<void> {
   if (!(await tf.setBackend("cpu"))) throw new BackendError(`tfjs "cpu" backend did not initialise`);
   // tfjs prints a banner recommending tfjs-node on first use; we already report our choice.
   (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
@@ -107,6 +108,7 @@ async function useCpu(gemm: Gemm | undefined): Promise<void> {
     installLeanTape();
     returnLargeBuffersToSystem();
     enableHugePages();
+    startThreads(threads);
   } else {
     // Plain `cpu` is tfjs as shipped: its own kernels and composite ops.
     uninstallCpuExtras();
@@ -161,6 +163,7 @@ function uninstallCpuExtras(): void {
   uninstallFusedKernels();
   uninstallBufferPool();
   uninstallLeanTape();
+  stopThreads();
 }
 
 async function setupOne(
@@ -194,16 +197,16 @@ async function setupOne(
       // back to the npm binding (fresh copies of every output) do the large products go to a BLAS.
       const blas = ort.writesOut?.(PROBE_SPEC) ? undefined : optimisedBlas(threads);
       const gemm = blas ? hybridGemm(ort, blas) : ort;
-      await useCpu(gemm);
+      await useCpu(gemm, threads);
       return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
     }
     case "cpu-blas": {
       const gemm = createBlasGemm(undefined, threads);
-      await useCpu(gemm);
+      await useCpu(gemm, threads);
       return { name, tfBackend: "cpu", matmul: gemm.name, skipped: [] };
     }
     case "cpu":
-      await useCpu(undefined);
+      await useCpu(undefined, threads);
       return { name, tfBackend: "cpu", matmul: "tfjs JavaScript loops (slow)", skipped: [] };
   }
 }

@@ -15,7 +15,8 @@ import { adviseHugePages } from "../backend/malloc.ts";
 import type { Tensor, Variable } from "../backend/tf.ts";
 import { OptimizerError } from "../util/errors.ts";
 import { assignValues } from "../encoders/layers.ts";
-import { type AdamWHyper, adamwUpdate } from "../util/optim.ts";
+import { adamwFactors, type AdamWHyper, adamwUpdate } from "../util/optim.ts";
+import { grain, parallelFor } from "../backend/threads.ts";
 import { AUTHORS, type OptimizerParams } from "../params.ts";
 
 export type { AdamWHyper };
@@ -320,7 +321,9 @@ export function adamwStep(
     if (!v) state.v.set(name, v = newMoment(p.size));
     const inPlace = cpuValues(p);
     const w = inPlace ?? (p.dataSync() as Float32Array).slice();
-    adamwUpdate(w, g, m, v, t, lr, hyper);
+    // Spread over the cpu backend's threads where the gradient is a plain float32 array (same bits either way).
+    if (g instanceof Float32Array) parallelFor("adamw", [w, g, m, v], adamwFactors(t, lr, hyper), w.length, grain(1));
+    else adamwUpdate(w, g, m, v, t, lr, hyper);
     if (!inPlace) assignValues(p, w);
   }
 }
