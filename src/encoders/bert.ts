@@ -246,6 +246,46 @@ export interface BertInputs {
   attentionMask: Tensor;
   /** Image tokens `[B, N, hidden]` to cross-attend to; omit for text-only. */
   encoderHiddenStates?: Tensor;
+  /**
+   * Instead of `encoderHiddenStates`: the cross-attention keys and values of a set of images, projected once by
+   * {@link crossKeyValues} and shared by several passes (RetFiner's ITM, MLM and GM attend to the same images; the
+   * projections are the same whoever uses them). Each text row attends to the image `imageRows[row]` (default: row
+   * `row`).
+   */
+  crossKeyValues?: CrossKeyValues;
+  /** For `crossKeyValues`: which image each of the B text rows attends to (int32 `[B]`). */
+  imageRows?: Tensor | Int32Array;
+}
+
+/** Every layer's cross-attention keys and values of a set of images, split into heads: `[B_img, heads, N, d]` each. */
+export interface CrossKeyValues {
+  keys: Tensor[];
+  values: Tensor[];
+}
+
+/**
+ * Projects image tokens to every layer's cross-attention keys and values once, for passes that attend to the same
+ * images ({@link BertInputs.crossKeyValues}). The same numbers as the projections inside {@link bertEncode}; their
+ * gradients add up over the passes that use them.
+ * @param model a BERT with cross-attention
+ * @param image image tokens `[B_img, N, hidden]`
+ * @returns per layer, keys and values `[B_img, heads, N, hidden / heads]`
+ * @throws {EncoderError} when the model has no cross-attention or the tokens have the wrong shape
+ */
+export function crossKeyValues(model: BertModel, image: Tensor): CrossKeyValues {
+  const c = model.config;
+  if (!c.addCrossAttention) throw new EncoderError("this BERT has no cross-attention blocks");
+  if (image.rank !== 3 || image.shape[2] !== c.hiddenSize) {
+    throw new EncoderError(`image tokens must be [B, N, ${c.hiddenSize}] to cross-attend, got [${image.shape}]`);
+  }
+  const keys: Tensor[] = [];
+  const values: Tensor[] = [];
+  for (let i = 0; i < c.numHiddenLayers; i++) {
+    const prefix = `bert.encoder.layer.${i}.crossattention.self`;
+    keys.push(splitHeads(linearP(model.params, `${prefix}.key`, image), c.numAttentionHeads));
+    values.push(splitHeads(linearP(model.params, `${prefix}.value`, image), c.numAttentionHeads));
+  }
+  return { keys, values };
 }
 
 /** Options of a BERT forward pass. */
@@ -283,11 +323,12 @@ export function extendedAttentionMask(mask: Tensor): Tensor {
   return tf.mul(tf.sub(1, ext), -10000);
 }
 
+/** An attention block; `kv` is the tokens keys and values are projected from, or the projected keys and values. */
 function attentionBlock(
   model: BertModel,
   prefix: string,
   hidden: Tensor,
-  kvSource: Tensor,
+  kv: Tensor | { k: Tensor; v: Tensor },
   mask: Tensor | undefined,
   options: BertForwardOptions,
   probsOut?: Tensor[],
@@ -295,8 +336,8 @@ function attentionBlock(
   const p = model.params;
   const heads = model.config.numAttentionHeads;
   const q = splitHeads(linearP(p, `${prefix}.self.query`, hidden), heads);
-  const k = splitHeads(linearP(p, `${prefix}.self.key`, kvSource), heads);
-  const v = splitHeads(linearP(p, `${prefix}.self.value`, kvSource), heads);
+  const k = "k" in kv ? kv.k : splitHeads(linearP(p, `${prefix}.self.key`, kv), heads);
+  const v = "v" in kv ? kv.v : splitHeads(linearP(p, `${prefix}.self.value`, kv), heads);
   const { context, probs } = attention(
     q,
     k,
@@ -338,10 +379,27 @@ export function bertEncode(model: BertModel, inputs: BertInputs, options: BertFo
   h = dropout(h, c.hiddenDropoutProb, options);
   const selfMask = extendedAttentionMask(inputs.attentionMask);
   const image = inputs.encoderHiddenStates;
+  const shared = inputs.crossKeyValues;
+  if (image && shared) throw new EncoderError("give image tokens or their cross-attention keys and values, not both");
   if (image && (image.rank !== 3 || image.shape[0] !== B || image.shape[2] !== c.hiddenSize)) {
     throw new EncoderError(`image tokens must be [${B}, N, ${c.hiddenSize}] to cross-attend, got [${image.shape}]`);
   }
   if (image && !c.addCrossAttention) throw new EncoderError("this BERT has no cross-attention blocks");
+  const rows = inputs.imageRows;
+  if (shared && (shared.keys.length !== c.numHiddenLayers || (!rows && shared.keys[0].shape[0] !== B))) {
+    throw new EncoderError(
+      `cross-attention keys must be ${c.numHiddenLayers} layers of [${B}, ...] (or come with imageRows), got ` +
+        `${shared.keys.length} of [${shared.keys[0]?.shape}]`,
+    );
+  }
+  if (rows && (rows instanceof Int32Array ? rows.length : rows.size) !== B) {
+    throw new EncoderError(`imageRows must name one image per text row (${B})`);
+  }
+  /** Layer i's keys and values for this pass's rows. */
+  const sharedKv = (i: number) => {
+    const pick = (t: Tensor) => (rows ? tf.gather(t, rows) : t);
+    return { k: pick(shared!.keys[i]), v: pick(shared!.values[i]) };
+  };
   for (let i = 0; i < c.numHiddenLayers; i++) {
     const lp = `bert.encoder.layer.${i}`;
     // One tidy per layer frees its intermediates when it is done (the tape keeps what gradients need). Attention
@@ -351,12 +409,12 @@ export function bertEncode(model: BertModel, inputs: BertInputs, options: BertFo
     const [next, ...maps] = tf.tidy(() => {
       let x = attentionBlock(model, `${lp}.attention`, h, h, selfMask, options, options.selfAttentionOut && selfMaps);
       // §1.4: cross-attention runs only when image tokens are given; the encoder mask is all ones.
-      if (image) {
+      if (image || shared) {
         x = attentionBlock(
           model,
           `${lp}.crossattention`,
           x,
-          image,
+          image ?? sharedKv(i),
           undefined,
           options,
           options.crossAttentionOut && crossMaps,

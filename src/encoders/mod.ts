@@ -53,6 +53,8 @@ export {
   bertParamShapes,
   clsToken,
   createBert,
+  type CrossKeyValues,
+  crossKeyValues,
   extendedAttentionMask,
   mlmLogits,
 } from "./bert.ts";

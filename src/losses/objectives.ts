@@ -7,7 +7,15 @@
 import { firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
-import { bertEncode, type BertForwardOptions, type BertModel, clsToken, mlmLogits } from "../encoders/bert.ts";
+import {
+  bertEncode,
+  type BertForwardOptions,
+  type BertInputs,
+  type BertModel,
+  clsToken,
+  type CrossKeyValues,
+  mlmLogits,
+} from "../encoders/bert.ts";
 import { linearP, type Params } from "../encoders/layers.ts";
 import { RefineError } from "../util/errors.ts";
 import { Rng } from "../util/rng.ts";
@@ -349,7 +357,9 @@ export interface ItmCandidates {
  * @param heads the model's heads (`itm_head`)
  * @param textIds token ids `[B, L]`
  * @param textMask padding mask `[B, L]`
- * @param imageTokens the refinement tokens `[B, 1+N, W]`
+ * @param imageTokens the refinement tokens `[B, 1+N, W]`, or their cross-attention keys and values from
+ *   `crossKeyValues` (shared with the other passes; the 3B rows then gather them instead of projecting 3B images;
+ *   not with `candidates`)
  * @param negatives from {@link sampleHardNegatives} (indices into this batch), or from
  *   {@link sampleHardNegativesSharded} (indices into `candidates`)
  * @param options training mode (dropout) and its generator (one per row: the B positive pairs, then the B pairs with
@@ -364,7 +374,7 @@ export function itmLoss(
   heads: Params,
   textIds: Tensor,
   textMask: Tensor,
-  imageTokens: Tensor,
+  imageTokens: Tensor | CrossKeyValues,
   negatives: HardNegatives | DeviceHardNegatives,
   options: BertForwardOptions = {},
   candidates?: ItmCandidates,
@@ -372,16 +382,22 @@ export function itmLoss(
   const B = textIds.shape[0];
   const indices = (x: number[] | Tensor) => (Array.isArray(x) ? Int32Array.from(x) : x);
   const negText = indices(negatives.negText);
-  const pool = candidates ?? { textIds, textMask, imageTokens };
+  const pool = candidates ?? { textIds, textMask };
   const texts = tf.concat([textIds, textIds, tf.gather(pool.textIds, negText)], 0);
   const masks = tf.concat([textMask, textMask, tf.gather(pool.textMask, negText)], 0);
-  const images = tf.concat(
-    [imageTokens, tf.gather(pool.imageTokens, indices(negatives.negImage)), imageTokens],
-    0,
-  );
-  const cls = clsToken(
-    bertEncode(bert, { inputIds: texts, attentionMask: masks, encoderHiddenStates: images }, options),
-  );
+  const negImage = indices(negatives.negImage);
+  let images: Pick<BertInputs, "encoderHiddenStates" | "crossKeyValues" | "imageRows">;
+  if (imageTokens instanceof tf.Tensor) {
+    const poolImages = candidates?.imageTokens ?? imageTokens;
+    images = { encoderHiddenStates: tf.concat([imageTokens, tf.gather(poolImages, negImage), imageTokens], 0) };
+  } else {
+    if (candidates) {
+      throw new RefineError("ITM over a sharded batch needs the image tokens, not shared keys and values");
+    }
+    const own = tf.range(0, B, 1, "int32");
+    images = { crossKeyValues: imageTokens, imageRows: tf.concat([own, tf.cast(negImage, "int32"), own], 0) };
+  }
+  const cls = clsToken(bertEncode(bert, { inputIds: texts, attentionMask: masks, ...images }, options));
   const labels = new Int32Array(3 * B);
   labels.fill(1, 0, B);
   return crossEntropy(itmHead(heads, cls), labels, 0, candidates?.denominator);
@@ -395,7 +411,8 @@ export function itmLoss(
  * @param maskedIds masked token ids `[B, L]` (from `maskTokens`)
  * @param labels original ids at masked positions, −100 elsewhere, row-major `[B, L]`
  * @param attentionMask `[B, L]` (MLM) or `[B, L, L]` (GM, from `causalPaddingMask`)
- * @param imageTokens the refinement tokens `[B, 1+N, W]`
+ * @param imageTokens the refinement tokens `[B, 1+N, W]`, or their cross-attention keys and values from
+ *   `crossKeyValues` (shared with the other passes)
  * @param options training mode (dropout) and its generator
  * @param maskedInBatch what the sum of the cross-entropies is divided by (default: the positions masked here). A
  *   data-parallel rank holding part of a global batch passes the positions masked in the whole global batch, so that
@@ -408,11 +425,14 @@ export function maskedTokenLoss(
   maskedIds: Tensor,
   labels: Int32Array,
   attentionMask: Tensor,
-  imageTokens: Tensor,
+  imageTokens: Tensor | CrossKeyValues,
   options: BertForwardOptions = {},
   maskedInBatch?: number,
 ): Tensor {
-  const seq = bertEncode(bert, { inputIds: maskedIds, attentionMask, encoderHiddenStates: imageTokens }, options);
+  const images = imageTokens instanceof tf.Tensor
+    ? { encoderHiddenStates: imageTokens }
+    : { crossKeyValues: imageTokens };
+  const seq = bertEncode(bert, { inputIds: maskedIds, attentionMask, ...images }, options);
   const H = seq.shape[2] as number;
   const positions: number[] = [];
   const targets: number[] = [];

@@ -7,7 +7,7 @@
  */
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
-import { bertEncode, clsToken } from "../encoders/bert.ts";
+import { bertEncode, clsToken, crossKeyValues } from "../encoders/bert.ts";
 import { imagesTensor, vitRefineTokens } from "../encoders/vit.ts";
 import { causalPaddingMask, GM_PROB, IGNORE_INDEX, maskTokens, MLM_PROB } from "../losses/masker.ts";
 import {
@@ -163,6 +163,9 @@ export function retfinerLosses(
   const mask = tf.tensor(batch.attentionMask, [B, L], "int32");
   // Image tokens the text encoder cross-attends to (RETFound: after norm and proj, §1.2).
   const imageTokens = vitRefineTokens(vit, images, opts("vit"));
+  // Every layer's cross-attention keys and values of these images, projected once for ITM, MLM and GM (they attend
+  // to the same images; projecting per pass did it five times: ITM's 3B rows, then MLM, then GM).
+  const crossKV = weights.itm > 0 || weights.mlm > 0 || weights.gm > 0 ? crossKeyValues(bert, imageTokens) : undefined;
   const terms: Partial<Record<Objective, Tensor>> = {};
   const offset = global ? shardOffset(global.shard.counts, global.shard.world.rank) : 0;
   const globalRows = global ? global.samples.length : B;
@@ -202,7 +205,7 @@ export function retfinerLosses(
         const negatives = tf.getBackend() === "webgpu"
           ? sampleHardNegativesOnDevice(simI2T, B, negRngs)
           : sampleHardNegatives(simI2T.dataSync() as Float32Array, B, negRngs);
-        terms.itm = itmLoss(bert, heads, ids, mask, imageTokens, negatives, itmOpts());
+        terms.itm = itmLoss(bert, heads, ids, mask, crossKV!, negatives, itmOpts());
       }
     }
   }
@@ -221,12 +224,12 @@ export function retfinerLosses(
   };
   if (weights.mlm > 0) {
     const m = masked("mlm", MLM_PROB);
-    terms.mlm = maskedTokenLoss(bert, m.inputIds, m.labels, mask, imageTokens, opts("mlm"), m.inBatch);
+    terms.mlm = maskedTokenLoss(bert, m.inputIds, m.labels, mask, crossKV!, opts("mlm"), m.inBatch);
   }
   if (weights.gm > 0) {
     const m = masked("gm", GM_PROB);
     const causal = tf.tensor(causalPaddingMask(batch.attentionMask, B, L), [B, L, L]);
-    terms.gm = maskedTokenLoss(bert, m.inputIds, m.labels, causal, imageTokens, opts("gm"), m.inBatch);
+    terms.gm = maskedTokenLoss(bert, m.inputIds, m.labels, causal, crossKV!, opts("gm"), m.inBatch);
   }
   let total: Tensor = tf.scalar(0);
   for (const k of OBJECTIVES) if (terms[k]) total = tf.add(total, tf.mul(terms[k]!, weights[k]));

@@ -4,7 +4,7 @@ import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { scoped } from "../_tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
-import { bertEncode, loadBert, mlmLogits } from "../../src/encoders/mod.ts";
+import { bertEncode, crossKeyValues, loadBert, mlmLogits } from "../../src/encoders/mod.ts";
 import { EncoderError } from "../../src/util/errors.ts";
 import { assertThrows } from "../_assert.ts";
 
@@ -42,6 +42,47 @@ Deno.test("BERT with cross-attention matches PyTorch: text-only, multimodal, cau
       "gm",
     );
     await check("mlm logits", mlmLogits(model, multi), "mlm_logits");
+  });
+});
+
+Deno.test("cross-attention keys and values projected once and gathered per pass: PyTorch's outputs, the same gradients", async () => {
+  const { model } = loadBert(`${dir}bert_tiny_pytorch_model.bin`, `${dir}bert_tiny_config.json`);
+  await scoped(async () => {
+    const shared = bertEncode(model, {
+      inputIds: ids,
+      attentionMask: mask,
+      crossKeyValues: crossKeyValues(model, image),
+    });
+    await check("multimodal, shared keys and values", shared, "multimodal");
+    // Rows that attend to other images (ITM's negatives): gathering projected keys and values equals projecting the
+    // gathered tokens, in value and in the gradients w.r.t. the images and every weight.
+    const rows = Int32Array.from([1, 0, 1, 1]);
+    const ids4 = tf.concat([ids, ids], 0), mask4 = tf.concat([mask, mask], 0);
+    const weights = [...model.params.values()].filter((v) => v.trainable) as tf.Variable[];
+    const project = (img: tf.Tensor) =>
+      bertEncode(model, { inputIds: ids4, attentionMask: mask4, encoderHiddenStates: tf.gather(img, rows) });
+    const gather = (img: tf.Tensor) =>
+      bertEncode(model, {
+        inputIds: ids4,
+        attentionMask: mask4,
+        crossKeyValues: crossKeyValues(model, img),
+        imageRows: rows,
+      });
+    const w = tf.randomNormal([4, 8, 32], 0, 1, "float32", 5);
+    const grads = (f: (img: tf.Tensor) => tf.Tensor) => {
+      const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(f(image), w)) as tf.Scalar, weights);
+      const dImage = tf.grad((img: tf.Tensor) => tf.sum(tf.mul(f(img), w)))(image);
+      return { value, grads, dImage };
+    };
+    const a = grads(project), b = grads(gather);
+    assert(Math.abs((await a.value.data())[0] - (await b.value.data())[0]) < 1e-4, "value");
+    assert(maxAbsDiff(await a.dImage.data(), await b.dImage.data()) < 1e-5, "gradient w.r.t. the image tokens");
+    const keyGrad = Object.keys(a.grads).find((k) => k.includes("crossattention.self.key.weight"))!;
+    assert(keyGrad, "the cross-attention key weight has a gradient");
+    for (const k of Object.keys(a.grads)) {
+      const d = maxAbsDiff(await a.grads[k].data(), await b.grads[k].data());
+      assert(d < 1e-5, `gradient of ${k}: max |diff| ${d}`);
+    }
   });
 });
 

@@ -4,7 +4,7 @@ import { RefineError } from "../../src/util/errors.ts";
 import { setupBackend } from "../../src/backend/mod.ts";
 import { tf } from "../../src/backend/tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
-import { loadBert } from "../../src/encoders/mod.ts";
+import { crossKeyValues, loadBert } from "../../src/encoders/mod.ts";
 import { makeParam, type Params } from "../../src/encoders/layers.ts";
 import {
   causalPaddingMask,
@@ -95,6 +95,16 @@ Deno.test("ITM matches PyTorch over 3B pairs with the given negatives", async ()
     },
   );
   assertAlmostEquals((await loss.data())[0], f("itm.loss")[0], 1e-5, "itm loss");
+  // The refinement step projects the images' cross-attention keys and values once and gathers ITM's 3B rows.
+  const shared = itmLoss(
+    bert,
+    heads,
+    t("itm.input_ids", "int32"),
+    t("itm.attention_mask", "int32"),
+    crossKeyValues(bert, t("itm.image_tokens")),
+    { negImage: Array.from(f("itm.neg_image")), negText: Array.from(f("itm.neg_text")) },
+  );
+  assertAlmostEquals((await shared.data())[0], f("itm.loss")[0], 1e-5, "itm loss, shared keys and values");
 });
 
 Deno.test("MLM (bidirectional) and GM (causal mask) match PyTorch on fixed masked ids", async () => {
@@ -106,6 +116,11 @@ Deno.test("MLM (bidirectional) and GM (causal mask) match PyTorch on fixed maske
   assertAllClose(causal, f("gm.causal_mask"), 0, "causal mask");
   const gm = maskedTokenLoss(bert, masked, labels, tf.tensor(causal, [3, 8, 8]), t("itm.image_tokens"));
   assertAlmostEquals((await gm.data())[0], f("gm.loss")[0], 1e-5, "gm loss");
+  const kv = crossKeyValues(bert, t("itm.image_tokens"));
+  const mlmShared = maskedTokenLoss(bert, masked, labels, t("itm.attention_mask", "int32"), kv);
+  assertAlmostEquals((await mlmShared.data())[0], f("mlm.loss")[0], 1e-5, "mlm loss, shared keys and values");
+  const gmShared = maskedTokenLoss(bert, masked, labels, tf.tensor(causal, [3, 8, 8]), kv);
+  assertAlmostEquals((await gmShared.data())[0], f("gm.loss")[0], 1e-5, "gm loss, shared keys and values");
 });
 
 Deno.test("cross-entropy with label smoothing equals PyTorch's definition", async () => {
