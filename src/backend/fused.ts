@@ -14,7 +14,7 @@ import type { Tensor } from "./tf.ts";
 import { installElementwiseKernels, setElementwiseVectorMath, uninstallElementwiseKernels } from "./elementwise.ts";
 import type { VectorMath } from "./gemm.ts";
 import { allocFloat32, allocLike } from "./pool.ts";
-import { grain, offHeap, parallelFor } from "./threads.ts";
+import { COPY_GRAIN, grain, offHeap, parallelFor } from "./threads.ts";
 
 import { type CpuBackend, registerCpuKernel, type TensorInfo } from "./cpu_kernel.ts";
 import type { KernelArgs } from "./cpu_kernel.ts";
@@ -245,7 +245,7 @@ function dropoutKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
   const K = backend.data.get(keep!.dataId).values as Uint8Array;
   const scale = Math.fround(attrs!.scale as number);
   const Y = allocFloat32(X.length);
-  parallelFor("dropout", [X, K, Y], [scale], X.length, grain(1));
+  parallelFor("dropout", [X, K, Y], [scale], X.length, COPY_GRAIN);
   return backend.makeTensorInfo(x!.shape, "float32", Y);
 }
 
@@ -260,11 +260,11 @@ function residualKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const X = vals(backend, x!);
   const Bv = vals(backend, branch!);
   const Y = allocFloat32(X.length);
-  if (!scale) parallelFor("add", [X, Bv, Y], [], X.length, grain(1));
+  if (!scale) parallelFor("add", [X, Bv, Y], [], X.length, COPY_GRAIN);
   else {
     const S = vals(backend, scale);
     const per = X.length / S.length;
-    parallelFor("residualScaled", [X, Bv, offHeap(S), Y], [per], S.length, grain(per));
+    parallelFor("residualScaled", [X, Bv, offHeap(S), Y], [per], S.length, Math.ceil(COPY_GRAIN / per));
   }
   return backend.makeTensorInfo(x!.shape, "float32", Y);
 }
@@ -275,7 +275,7 @@ function rowScaleKernel({ inputs, backend }: KernelArgs): TensorInfo {
   const S = vals(backend, scale!);
   const per = D.length / S.length;
   const Y = allocFloat32(D.length);
-  parallelFor("rowScale", [D, offHeap(S), Y], [per], S.length, grain(per));
+  parallelFor("rowScale", [D, offHeap(S), Y], [per], S.length, Math.ceil(COPY_GRAIN / per));
   return backend.makeTensorInfo(dy!.shape, "float32", Y);
 }
 
@@ -295,7 +295,7 @@ function headsKernel(split: boolean) {
     const L = split ? a1 : a2;
     const d = split ? a2 / H : a3;
     const Y = allocFloat32(X.length);
-    parallelFor("heads", [X, Y], [split ? 1 : 0, H, L, d], b * H, grain(L * d));
+    parallelFor("heads", [X, Y], [split ? 1 : 0, H, L, d], b * H, Math.ceil(COPY_GRAIN / (L * d)));
     return backend.makeTensorInfo(split ? [b, H, L, d] : [b, L, H * d], "float32", Y);
   };
 }
