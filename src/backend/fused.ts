@@ -300,6 +300,28 @@ function headsKernel(split: boolean) {
   };
 }
 
+// ------------------------------------------------------------------ cross-entropy with label smoothing, per row
+function crossEntropyKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo[] {
+  const { logits, targets } = inputs;
+  const X = vals(backend, logits!);
+  const T = backend.data.get(targets!.dataId).values as Int32Array;
+  const [N, C] = logits!.shape;
+  const loss = new Float32Array(N), lse = new Float32Array(N);
+  parallelFor("crossEntropy", [X, T, loss, lse], [C, attrs!.smoothing as number], N, grain(4 * C));
+  return [backend.makeTensorInfo([N], "float32", loss), backend.makeTensorInfo([N], "float32", lse)];
+}
+
+function crossEntropyGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const { logits, targets, lse, dy } = inputs;
+  const X = vals(backend, logits!);
+  const [N, C] = logits!.shape;
+  const DX = allocFloat32(X.length);
+  const T = backend.data.get(targets!.dataId).values as Int32Array;
+  const arrays = [X, T, offHeap(vals(backend, lse!)), offHeap(vals(backend, dy!)), DX];
+  parallelFor("crossEntropyGrad", arrays, [C, attrs!.smoothing as number], N, grain(4 * C));
+  return backend.makeTensorInfo([N, C], "float32", DX);
+}
+
 let installed = false;
 
 /**
@@ -320,6 +342,8 @@ export function installFusedKernels(math: VectorMath | null | undefined = vector
   reg("RetfinerGeluGrad", geluGradKernel);
   reg("RetfinerSoftmax", softmaxKernel);
   reg("RetfinerSoftmaxGrad", softmaxGradKernel);
+  reg("RetfinerCrossEntropy", crossEntropyKernel);
+  reg("RetfinerCrossEntropyGrad", crossEntropyGradKernel);
   originalTranspose = tf.getKernel("Transpose", "cpu");
   reg("Transpose", transposeKernel);
   originalSegmentSum = tf.getKernel("UnsortedSegmentSum", "cpu");
@@ -401,6 +425,21 @@ export function installFusedKernels(math: VectorMath | null | undefined = vector
     }),
   });
   tf.registerGradient({
+    kernelName: "RetfinerCrossEntropy",
+    inputsToSave: ["logits", "targets"],
+    outputsToSave: [false, true],
+    gradFunc: (dy, saved, attrs) => {
+      const [logits, targets, lse] = saved as Tensor[];
+      // Only the losses are differentiated; the log-sum-exps are saved for this gradient.
+      const dLoss = Array.isArray(dy) ? dy[0] : dy;
+      return {
+        logits: () =>
+          tf.engine().runKernel("RetfinerCrossEntropyGrad", { logits, targets, lse, dy: dLoss }, attrs) as Tensor,
+        targets: () => tf.zerosLike(targets),
+      };
+    },
+  });
+  tf.registerGradient({
     kernelName: "RetfinerMaskedSoftmax",
     inputsToSave: ["mask"],
     outputsToSave: [true],
@@ -433,6 +472,8 @@ export function uninstallFusedKernels(): void {
       "RetfinerSoftmax",
       "RetfinerMaskedSoftmax",
       "RetfinerSoftmaxGrad",
+      "RetfinerCrossEntropy",
+      "RetfinerCrossEntropyGrad",
       "RetfinerDropout",
       "RetfinerSplitHeads",
       "RetfinerMergeHeads",
@@ -507,6 +548,36 @@ export function fusedSoftmax(x: Tensor, scale: number, mask?: Tensor): Tensor {
     let s = scale === 1 ? x : tf.mul(x, scale);
     if (mask) s = tf.add(s, mask);
     return tf.softmax(s);
+  });
+}
+
+/**
+ * Cross-entropy of each row, with label smoothing: PyTorch's `F.cross_entropy(logits, targets, reduction="none",
+ * label_smoothing=ε)`, i.e. `(1 − ε)·(−log p_t) + ε·mean_j(−log p_j)`. On `cpu` one kernel each way, in float64 per
+ * row, on every thread, saving the logits and one log-sum-exp per row for the gradient (tfjs's `logSoftmax` with a
+ * one-hot product saves the log-probabilities and the one-hot matrix, each as large as the logits: the generative
+ * objective's are `[B·L, vocabulary]`); elsewhere tfjs's ops. A target outside `[0, C)` adds no likelihood term.
+ * @param logits `[N, C]`
+ * @param targets N class indices
+ * @param labelSmoothing ε in [0, 1)
+ * @returns the N losses `[N]`
+ */
+export function fusedCrossEntropy(logits: Tensor, targets: Int32Array, labelSmoothing: number): Tensor {
+  const [n, c] = logits.shape;
+  if (fusedAvailable(logits) && logits.rank === 2 && targets.length === n) {
+    return tf.tidy(() => {
+      const t = tf.tensor1d(targets, "int32");
+      const [loss] = tf.engine().runKernel("RetfinerCrossEntropy", { logits, targets: t }, {
+        smoothing: labelSmoothing,
+      }) as Tensor[];
+      return loss;
+    });
+  }
+  return tf.tidy(() => {
+    const logp = tf.logSoftmax(logits);
+    const nll = tf.neg(tf.sum(tf.mul(logp, tf.oneHot(tf.tensor1d(targets, "int32"), c)), 1));
+    if (labelSmoothing === 0) return nll;
+    return tf.add(tf.mul(nll, 1 - labelSmoothing), tf.mul(tf.neg(tf.mean(logp, 1)), labelSmoothing));
   });
 }
 

@@ -48,6 +48,7 @@ export {
 } from "./pool.ts";
 export { installLeanTape, leanTapeFreed, uninstallLeanTape } from "./lean_tape.ts";
 export {
+  fusedCrossEntropy,
   fusedDropout,
   fusedGelu,
   fusedLayerNorm,

@@ -205,6 +205,51 @@ function sumTrailing(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: nu
   }
 }
 
+/**
+ * Cross-entropy with label smoothing over rows (PyTorch's `F.cross_entropy(..., reduction="none",
+ * label_smoothing=ε)`): arrays `[logits, targets (Int32Array), loss, lse]` (`loss`, `lse`: one value per row), scalars
+ * `[C, ε]`. `lse = log Σ exp(x)`, `loss = (1 − ε)·(lse − x_t) + ε·(lse − mean x)`, in float64 per row; a target outside
+ * `[0, C)` contributes no likelihood term (a one-hot row of zeros, as the composite op gives).
+ */
+function crossEntropy(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: number, hi: number): void {
+  const X = f32(a, 0), T = a[1] as Int32Array, loss = f32(a, 2), lse = f32(a, 3);
+  const C = s[0] | 0, eps = s[1];
+  for (let r = lo; r < hi; r++) {
+    const o = r * C;
+    let max = -Infinity, sum = 0;
+    for (let j = 0; j < C; j++) if (X[o + j] > max) max = X[o + j];
+    for (let j = 0; j < C; j++) sum += Math.exp(X[o + j] - max);
+    const l = max + Math.log(sum);
+    let mean = 0;
+    if (eps !== 0) {
+      for (let j = 0; j < C; j++) mean += X[o + j];
+      mean /= C;
+    }
+    const t = T[r];
+    const nll = t >= 0 && t < C ? l - X[o + t] : 0;
+    loss[r] = (1 - eps) * nll + (eps !== 0 ? eps * (l - mean) : 0);
+    lse[r] = l;
+  }
+}
+
+/**
+ * The gradient of {@link crossEntropy} over rows: arrays `[logits, targets, lse, dLoss, dLogits]`, scalars `[C, ε]`;
+ * `dx_j = dLoss_r · (softmax_j − (1 − ε)·[j = t] − ε/C)` (without the `[j = t]` term for a target outside `[0, C)`,
+ * whose likelihood term is absent: then `ε·(softmax_j − 1/C)`).
+ */
+function crossEntropyGrad(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: number, hi: number): void {
+  const X = f32(a, 0), T = a[1] as Int32Array, lse = f32(a, 2), DL = f32(a, 3), DX = f32(a, 4);
+  const C = s[0] | 0, eps = s[1];
+  for (let r = lo; r < hi; r++) {
+    const o = r * C;
+    const g = DL[r], l = lse[r], t = T[r];
+    const valid = t >= 0 && t < C;
+    const w = valid ? 1 : eps; // the softmax's weight: (1 − ε) + ε, or ε alone
+    for (let j = 0; j < C; j++) DX[o + j] = g * (w * Math.exp(X[o + j] - l) - eps / C);
+    if (valid) DX[o + t] -= g * (1 - eps);
+  }
+}
+
 /** The kernels by name; a worker finds them by their index in {@link RANGE_KERNEL_NAMES}. */
 export const RANGE_KERNELS = {
   layerNorm,
@@ -219,6 +264,8 @@ export const RANGE_KERNELS = {
   adamw,
   sumLeading,
   sumTrailing,
+  crossEntropy,
+  crossEntropyGrad,
 } as const satisfies Record<string, RangeKernel>;
 
 /** A kernel's name. */

@@ -7,6 +7,7 @@
 import { firstNonFinite } from "../util/finite.ts";
 import { tf } from "../backend/tf.ts";
 import type { Tensor } from "../backend/tf.ts";
+import { fusedCrossEntropy } from "../backend/fused.ts";
 import {
   bertEncode,
   type BertForwardOptions,
@@ -38,16 +39,9 @@ export const ITC_LABEL_SMOOTHING = 0.1;
  * @returns the mean loss (sum / denominator), a scalar
  */
 export function crossEntropy(logits: Tensor, targets: Int32Array, labelSmoothing = 0, denominator?: number): Tensor {
-  return tf.tidy(() => {
-    const [n, c] = logits.shape;
-    const d = denominator ?? n;
-    const logp = tf.logSoftmax(logits);
-    const onehot = tf.oneHot(tf.tensor1d(targets, "int32"), c);
-    const nll = tf.neg(tf.sum(tf.mul(logp, onehot), 1));
-    if (labelSmoothing === 0) return tf.div(tf.sum(nll), d);
-    const smooth = tf.neg(tf.mean(logp, 1));
-    return tf.div(tf.sum(tf.add(tf.mul(nll, 1 - labelSmoothing), tf.mul(smooth, labelSmoothing))), d);
-  });
+  return tf.tidy(() =>
+    tf.div(tf.sum(fusedCrossEntropy(logits, targets, labelSmoothing)), denominator ?? logits.shape[0])
+  );
 }
 
 /** What {@link itcLoss} returns. */

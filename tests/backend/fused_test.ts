@@ -3,6 +3,7 @@ import { assert, assertEquals, assertThrows, maxAbsDiff } from "../_assert.ts";
 import {
   activeMatMulGemm,
   currentBackend,
+  fusedCrossEntropy,
   fusedDropout,
   fusedGelu,
   fusedLayerNorm,
@@ -58,6 +59,21 @@ Deno.test("fused LayerNorm equals the composite (moments) version, with and with
   const b = rand([16]);
   compare("ln affine", [x, g, b], (x, g, b) => fusedLayerNorm(x, g, b, 1e-6));
   compare("ln plain", [x], (x) => fusedLayerNorm(x, undefined, undefined, 1e-12));
+});
+
+Deno.test("fused cross-entropy equals logSoftmax with a one-hot product, values and gradients, smoothed or not", () => {
+  const logits = rand([37, 53], 3);
+  const targets = Int32Array.from({ length: 37 }, (_, i) => (i === 5 ? -100 : (i * 7) % 53)); // one ignored row
+  for (const eps of [0, 0.1]) compare(`ce ε=${eps}`, [logits], (x) => fusedCrossEntropy(x, targets, eps), 1e-5);
+  // Against the definition in float64 for one row: (1 − ε)(lse − x_t) + ε(lse − mean x).
+  const x = logits.dataSync(), row = 3, C = 53, t = targets[row];
+  let max = -Infinity, sum = 0, mean = 0;
+  for (let j = 0; j < C; j++) max = Math.max(max, x[row * C + j]);
+  for (let j = 0; j < C; j++) (sum += Math.exp(x[row * C + j] - max)), (mean += x[row * C + j] / C);
+  const lse = max + Math.log(sum);
+  const want = 0.9 * (lse - x[row * C + t]) + 0.1 * (lse - mean);
+  const got = fusedCrossEntropy(logits, targets, 0.1).dataSync()[row];
+  assert(Math.abs(got - want) < 1e-5, `row ${row}: ${got} vs ${want}`);
 });
 
 Deno.test("fused GELU equals 0.5·x·(1+erf(x/√2)) from tfjs ops, values and gradients", () => {

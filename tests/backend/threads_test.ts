@@ -5,6 +5,7 @@
  */
 import { assert, assertEquals, assertThrows } from "../_assert.ts";
 import {
+  fusedCrossEntropy,
   fusedDropout,
   fusedLayerNorm,
   fusedMergeHeads,
@@ -55,6 +56,7 @@ Deno.test("every shared kernel gives the same bits on one thread and on two, and
   );
   const branch = rand([B, L, D]);
   const rowScale = tf.tensor(Float32Array.from({ length: B }, (_, i) => (i % 3 === 0 ? 0 : 1.25)), [B, 1, 1]);
+  const ceTargets = Int32Array.from({ length: 600 }, (_, i) => (i * 31) % 700);
   const cases: [string, tf.Tensor[], (...t: tf.Tensor[]) => tf.Tensor][] = [
     ["LayerNorm (x, γ, β)", [x, gamma, beta], (x, g, b) => fusedLayerNorm(x, g, b, 1e-6)],
     ["LayerNorm without affine", [x], (x) => fusedLayerNorm(x, undefined, undefined, 1e-12)],
@@ -63,6 +65,7 @@ Deno.test("every shared kernel gives the same bits on one thread and on two, and
     ["residual", [x, branch], (x, b) => fusedResidual(x, b)],
     ["drop-path residual", [x, branch], (x, b) => fusedResidual(x, b, rowScale.dataSync() as Float32Array)],
     ["split and merge heads", [x], (x) => fusedMergeHeads(tf.mul(fusedSplitHeads(x, H), 2))],
+    ["cross-entropy with label smoothing", [rand([600, 700], 3)], (z) => fusedCrossEntropy(z, ceTargets, 0.1)],
     ["sums over leading and trailing axes", [x], (x) => tf.add(tf.sum(x, [0, 1]), tf.sum(x, 2).sum())],
   ];
   for (const [label, xs, f] of cases) {
