@@ -50,6 +50,12 @@ export interface ScalingRow {
   unit: string;
   ours: SideResult | null;
   torch: SideResult | null;
+  /**
+   * Thread groups above 1 thread: PyTorch again with OpenMP at `threads` and OpenBLAS at 1. With both pools at
+   * `threads` (what `THREAD_ENV` gives every side) they oversubscribe the cores, which costs PyTorch much on small
+   * kernels, so its faster setting is the fair comparison there.
+   */
+  torchOneBlas?: SideResult | null;
   /** Why a side is missing. */
   notes: string[];
 }
@@ -266,7 +272,22 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
           rowNotes,
         )
         : null;
-      m = { ours, torch, notes: rowNotes };
+      const oneBlas = torchOk && threads > 1 && (group === "threads" || group === "standin")
+        ? await side(
+          (cap) =>
+            runChild(
+              "/usr/bin/python3",
+              [TORCH, JSON.stringify({ threads, jobs: [{ kind: "refine_step", repeats, ...cfg }] })],
+              { ...env, OPENBLAS_NUM_THREADS: "1" },
+              cap,
+              timeoutS,
+            ),
+          null,
+          "PyTorch (OpenBLAS 1 thread)",
+          rowNotes,
+        )
+        : undefined;
+      m = { ours, torch, ...(oneBlas !== undefined ? { torchOneBlas: oneBlas } : {}), notes: rowNotes };
       memo.set(key, m);
     }
     const row: ScalingRow = { group, label, threads, units: cfg.batch, unit: "pair", ...m };
@@ -428,6 +449,8 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
 /** Derived numbers of a row: ratios, and within its group the thread speed-up or the growth against the first row. */
 export interface ScalingDerived {
   speed_vs_torch: number | null;
+  /** Against PyTorch's faster thread setting (both pools at n, or OpenMP n with OpenBLAS 1) where both were run. */
+  speed_vs_torch_best: number | null;
   rss_vs_torch: number | null;
   /** Seconds per unit, ours and PyTorch's. */
   per_unit: { ours: number | null; torch: number | null };
@@ -447,8 +470,10 @@ export function deriveRow(rows: ScalingRow[], row: ScalingRow): ScalingDerived {
   const first = rows.find((r) => r.group === row.group)!;
   const div = (a: number | undefined, b: number | undefined) => (a && b ? a / b : null);
   const threadGroup = row.group === "threads" || row.group === "standin";
+  const best = Math.min(row.torch?.seconds ?? Infinity, row.torchOneBlas?.seconds ?? Infinity);
   return {
     speed_vs_torch: div(row.torch?.seconds, row.ours?.seconds),
+    speed_vs_torch_best: Number.isFinite(best) ? div(best, row.ours?.seconds) : null,
     rss_vs_torch: div(row.ours?.peak_rss_mib, row.torch?.peak_rss_mib),
     per_unit: {
       ours: row.ours ? row.ours.seconds / row.units : null,
@@ -483,6 +508,9 @@ export function scalingJson(rows: ScalingRow[], row: ScalingRow, backend: string
     ours_s: row.ours?.seconds ?? null,
     torch_s: row.torch?.seconds ?? null,
     speed_vs_torch: d.speed_vs_torch,
+    ...(row.torchOneBlas !== undefined
+      ? { torch_openblas1_s: row.torchOneBlas?.seconds ?? null, speed_vs_torch_best: d.speed_vs_torch_best }
+      : {}),
     ours_peak_rss_mib: row.ours ? Math.round(row.ours.peak_rss_mib) : null,
     torch_peak_rss_mib: row.torch ? Math.round(row.torch.peak_rss_mib) : null,
     rss_vs_torch: d.rss_vs_torch,
@@ -524,6 +552,13 @@ export function formatScaling(r: ScalingReport): string {
           x(d.speed_vs_torch).padStart(6)
         } ${mem(row.ours).padStart(9)} ${mem(row.torch).padStart(11)} ${x(d.rss_vs_torch).padStart(6)}`,
       );
+      if (row.torchOneBlas !== undefined) {
+        lines.push(
+          `    PyTorch with OpenBLAS at 1 thread: ${
+            s(row.torchOneBlas?.seconds)
+          } s; against PyTorch's faster setting ours ${x(d.speed_vs_torch_best)}`,
+        );
+      }
       for (const n of row.notes) lines.push(`    note: ${n}`);
     }
     if (g === "threads" || g === "standin") {

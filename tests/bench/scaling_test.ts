@@ -53,3 +53,18 @@ Deno.test("each scaling row is one flat JSON object with its ratios", () => {
   assertEquals((big.notes as string[]).length, 1);
   JSON.parse(JSON.stringify(big));
 });
+
+Deno.test("thread rows compare with PyTorch's faster setting too (OpenBLAS at 1 thread) where it was run", () => {
+  const standin: ScalingRow = {
+    ...row("standin", "stand-ins b16, 2 threads", 2, 16, side(0.3, 600), side(0.9, 470)),
+    torchOneBlas: side(0.27, 470),
+  };
+  const rows = [row("standin", "stand-ins b16, 1 thread", 1, 16, side(0.33, 600), side(0.33, 470)), standin];
+  const t = formatScaling({ backend: "cpu-onnx", quick: false, rows, notes: [] });
+  assert(t.includes("PyTorch with OpenBLAS at 1 thread: 0.270 s; against PyTorch's faster setting ours 0.90x"), t);
+  const j = scalingJson(rows, standin, "cpu-onnx");
+  assertEquals(j.speed_vs_torch, 0.9 / 0.3);
+  assertEquals(j.torch_openblas1_s, 0.27);
+  assertEquals(j.speed_vs_torch_best, 0.27 / 0.3);
+  assertEquals(scalingJson(rows, rows[0], "cpu-onnx").speed_vs_torch_best, undefined, "not run at 1 thread");
+});
