@@ -21,6 +21,20 @@ export type RangeKernel = (a: readonly ArrayBufferView[], s: ArrayLike<number>, 
 
 const f32 = (a: readonly ArrayBufferView[], i: number) => a[i] as Float32Array;
 
+/** Mean and 1/√(biased variance + eps) of `X[o, o + d)`, in float64, into `out[at]` and `out[at + 1]`. */
+function rowMoments(X: Float32Array, o: number, d: number, eps: number, out: Float64Array, at: number): void {
+  let mean = 0;
+  for (let i = 0; i < d; i++) mean += X[o + i];
+  mean /= d;
+  let v = 0;
+  for (let i = 0; i < d; i++) {
+    const c = X[o + i] - mean;
+    v += c * c;
+  }
+  out[at] = mean;
+  out[at + 1] = 1 / Math.sqrt(v / d + eps);
+}
+
 /**
  * LayerNorm forward over rows: arrays `[X, Y, gamma?, beta?]` (gamma, beta: length-0 arrays when absent), scalars
  * `[d, eps]`; `Y = (X − mean) / √(var + eps) · gamma + beta` per row of `d` values, in float64 like PyTorch's CPU
@@ -30,17 +44,11 @@ function layerNorm(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: numb
   const X = f32(a, 0), Y = f32(a, 1), G = f32(a, 2), Bv = f32(a, 3);
   const d = s[0] | 0, eps = s[1];
   const hasG = G.length > 0, hasB = Bv.length > 0;
+  const stats = new Float64Array(2);
   for (let r = lo; r < hi; r++) {
     const o = r * d;
-    let mean = 0;
-    for (let i = 0; i < d; i++) mean += X[o + i];
-    mean /= d;
-    let v = 0;
-    for (let i = 0; i < d; i++) {
-      const c = X[o + i] - mean;
-      v += c * c;
-    }
-    const rstd = 1 / Math.sqrt(v / d + eps);
+    rowMoments(X, o, d, eps, stats, 0);
+    const mean = stats[0], rstd = stats[1];
     for (let i = 0; i < d; i++) {
       let y = (X[o + i] - mean) * rstd;
       if (hasG) y *= G[i];
@@ -62,17 +70,8 @@ function layerNormGradInput(a: readonly ArrayBufferView[], s: ArrayLike<number>,
   const hasG = G.length > 0;
   for (let r = lo; r < hi; r++) {
     const o = r * d;
-    let mean = 0;
-    for (let i = 0; i < d; i++) mean += X[o + i];
-    mean /= d;
-    let v = 0;
-    for (let i = 0; i < d; i++) {
-      const c = X[o + i] - mean;
-      v += c * c;
-    }
-    const rstd = 1 / Math.sqrt(v / d + eps);
-    stats[2 * r] = mean;
-    stats[2 * r + 1] = rstd;
+    rowMoments(X, o, d, eps, stats, 2 * r);
+    const mean = stats[2 * r], rstd = stats[2 * r + 1];
     let sumG = 0;
     let sumGx = 0;
     for (let i = 0; i < d; i++) {
