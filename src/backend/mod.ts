@@ -2,9 +2,9 @@
  * Compute backends: one call sets up TensorFlow.js on the fastest available
  * backend and says which. On a CPU the `cpu` backend gets matrix products from
  * ONNX Runtime's MLAS or a system BLAS instead of tfjs's JavaScript loops,
- * fused kernels for the transformer's elementwise work, a pool that recycles
- * kernel output buffers (so V8 is not made to collect garbage every 64 MB),
- * and a backward pass that frees saved tensors as it goes, as PyTorch does.
+ * fused kernels for the transformer's elementwise work (on every core, through a
+ * pool of worker threads), a pool that recycles kernel output buffers (so V8
+ * is not made to collect garbage every 64 MB), and a backward pass that frees saved tensors as it goes, as PyTorch does.
  *
  * @example
  * ```ts
@@ -47,6 +47,7 @@ export {
   uninstallBufferPool,
 } from "./pool.ts";
 export { installLeanTape, leanTapeFreed, uninstallLeanTape } from "./lean_tape.ts";
+export { sharedJobs, startThreads, stopThreads, threadCount } from "./threads.ts";
 export {
   fusedCrossEntropy,
   fusedDropout,

@@ -24,8 +24,9 @@ import { Worker } from "node:worker_threads";
 import { BackendError } from "../util/errors.ts";
 import { RANGE_KERNEL_NAMES, RANGE_KERNELS, type RangeKernelName } from "./range_kernels.ts";
 
-/** Most arrays and scalars one job carries. */
+/** Most arrays one job carries. */
 export const MAX_ARRAYS = 8;
+/** Most scalars one job carries. */
 export const MAX_SCALARS = 8;
 /** Int32 slots of a worker's control block: job sequence number, done sequence, ready flag, error flag. */
 export const CTRL = { seq: 0, done: 1, ready: 2, failed: 3 } as const;
