@@ -4,7 +4,8 @@
  * ONNX Runtime's MLAS or a system BLAS instead of tfjs's JavaScript loops,
  * fused kernels for the transformer's elementwise work (on every core, through a
  * pool of worker threads), a pool that recycles kernel output buffers (so V8
- * is not made to collect garbage every 64 MB), and a backward pass that frees saved tensors as it goes, as PyTorch does.
+ * is not made to collect garbage every 64 MB), and a backward pass that frees
+ * saved tensors as it goes, as PyTorch does.
  *
  * @example
  * ```ts
