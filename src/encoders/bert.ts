@@ -323,12 +323,22 @@ export function extendedAttentionMask(mask: Tensor): Tensor {
   return tf.mul(tf.sub(1, ext), -10000);
 }
 
-/** An attention block; `kv` is the tokens keys and values are projected from, or the projected keys and values. */
+/** Projected keys and values `[rows, heads, N, d]` for `rows` consecutive query rows. */
+interface KvPart {
+  rows: number;
+  k: Tensor;
+  v: Tensor;
+}
+
+/**
+ * An attention block; `kv` is the tokens keys and values are projected from, or projected keys and values for
+ * consecutive parts of the batch (each part attends to its own; cross-attention with shared keys and values only).
+ */
 function attentionBlock(
   model: BertModel,
   prefix: string,
   hidden: Tensor,
-  kv: Tensor | { k: Tensor; v: Tensor },
+  kv: Tensor | KvPart[],
   mask: Tensor | undefined,
   options: BertForwardOptions,
   probsOut?: Tensor[],
@@ -336,22 +346,69 @@ function attentionBlock(
   const p = model.params;
   const heads = model.config.numAttentionHeads;
   const q = splitHeads(linearP(p, `${prefix}.self.query`, hidden), heads);
-  const k = "k" in kv ? kv.k : splitHeads(linearP(p, `${prefix}.self.key`, kv), heads);
-  const v = "v" in kv ? kv.v : splitHeads(linearP(p, `${prefix}.self.value`, kv), heads);
-  const { context, probs } = attention(
-    q,
-    k,
-    v,
-    mask,
-    (x) => dropout(x, model.config.attentionProbsDropoutProb, options),
-  );
-  if (probsOut) probsOut.push(probs);
+  const parts = Array.isArray(kv) ? kv : [{
+    rows: q.shape[0],
+    k: splitHeads(linearP(p, `${prefix}.self.key`, kv), heads),
+    v: splitHeads(linearP(p, `${prefix}.self.value`, kv), heads),
+  }];
+  if (parts.length > 1 && mask) throw new EncoderError("attention over parts of a batch takes no mask");
+  const contexts: Tensor[] = [];
+  const maps: Tensor[] = [];
+  let row = 0;
+  for (const part of parts) {
+    const qp = parts.length === 1 ? q : tf.slice(q, [row, 0, 0, 0], [part.rows, -1, -1, -1]);
+    // Per-row dropout generators follow their rows; one generator draws the parts in row order, as the whole batch.
+    const rng = options.rng && !(options.rng instanceof Rng) ? options.rng.slice(row, row + part.rows) : options.rng;
+    const { context, probs } = attention(
+      qp,
+      part.k,
+      part.v,
+      mask,
+      (x) => dropout(x, model.config.attentionProbsDropoutProb, { ...options, rng }),
+    );
+    contexts.push(context);
+    maps.push(probs);
+    row += part.rows;
+  }
+  const context = contexts.length === 1 ? contexts[0] : tf.concat(contexts, 0);
+  if (probsOut) probsOut.push(maps.length === 1 ? maps[0] : tf.concat(maps, 0));
   const out = dropout(
     linearP(p, `${prefix}.output.dense`, mergeHeads(context)),
     model.config.hiddenDropoutProb,
     options,
   );
   return layerNormP(p, `${prefix}.output.LayerNorm`, residual(hidden, out), model.config.layerNormEps);
+}
+
+/**
+ * Splits B text rows into consecutive segments by the images they attend to: a run of `images` rows attending to
+ * images 0, 1, …, images − 1 in order needs no gather; other rows are gathered (all of them when `rows` is a tensor,
+ * which cannot be read synchronously on every backend).
+ */
+function imageSegments(
+  rows: Tensor | Int32Array | undefined,
+  B: number,
+  images: number,
+): { rows: number; gather?: Tensor | Int32Array }[] {
+  if (!rows) return [{ rows: B }];
+  if (!(rows instanceof Int32Array)) return [{ rows: B, gather: rows }];
+  const out: { rows: number; gather?: Int32Array }[] = [];
+  let start = 0; // first row of the pending gathered segment
+  const identityAt = (s: number) => {
+    if (s + images > B) return false;
+    for (let j = 0; j < images; j++) if (rows[s + j] !== j) return false;
+    return true;
+  };
+  for (let s = 0; s < B;) {
+    if (identityAt(s)) {
+      if (s > start) out.push({ rows: s - start, gather: rows.slice(start, s) });
+      out.push({ rows: images });
+      s += images;
+      start = s;
+    } else s++;
+  }
+  if (B > start) out.push({ rows: B - start, gather: rows.slice(start, B) });
+  return out;
 }
 
 /**
@@ -395,11 +452,15 @@ export function bertEncode(model: BertModel, inputs: BertInputs, options: BertFo
   if (rows && (rows instanceof Int32Array ? rows.length : rows.size) !== B) {
     throw new EncoderError(`imageRows must name one image per text row (${B})`);
   }
+  // Which rows attend to which images: runs of rows that attend to images 0…n−1 in order (ITM's positive pairs and
+  // its pairs with a negative text) use the shared keys and values as they are; the rest gather theirs.
+  const segments = shared ? imageSegments(rows, B, shared.keys[0].shape[0]) : [];
   /** Layer i's keys and values for this pass's rows. */
-  const sharedKv = (i: number) => {
-    const pick = (t: Tensor) => (rows ? tf.gather(t, rows) : t);
-    return { k: pick(shared!.keys[i]), v: pick(shared!.values[i]) };
-  };
+  const sharedKv = (i: number): KvPart[] =>
+    segments.map((seg) => {
+      const pick = (t: Tensor) => (seg.gather ? tf.gather(t, seg.gather) : t);
+      return { rows: seg.rows, k: pick(shared!.keys[i]), v: pick(shared!.values[i]) };
+    });
   for (let i = 0; i < c.numHiddenLayers; i++) {
     const lp = `bert.encoder.layer.${i}`;
     // One tidy per layer frees its intermediates when it is done (the tape keeps what gradients need). Attention

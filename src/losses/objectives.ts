@@ -388,8 +388,12 @@ export function itmLoss(
     if (candidates) {
       throw new RefineError("ITM over a sharded batch needs the image tokens, not shared keys and values");
     }
-    const own = tf.range(0, B, 1, "int32");
-    images = { crossKeyValues: imageTokens, imageRows: tf.concat([own, tf.cast(negImage, "int32"), own], 0) };
+    // Rows 0…B−1 and 2B…3B−1 attend to their own images: the shared keys and values serve them without a copy.
+    const own = Int32Array.from({ length: B }, (_, i) => i);
+    const imageRows = negImage instanceof Int32Array
+      ? Int32Array.from([...own, ...negImage, ...own])
+      : tf.concat([tf.tensor1d(own, "int32"), tf.cast(negImage, "int32"), tf.tensor1d(own, "int32")], 0);
+    images = { crossKeyValues: imageTokens, imageRows };
   }
   const cls = clsToken(bertEncode(bert, { inputIds: texts, attentionMask: masks, ...images }, options));
   const labels = new Int32Array(3 * B);

@@ -6,6 +6,7 @@ import { scoped } from "../_tf.ts";
 import { readSafetensors, toFloat32 } from "../../src/io/mod.ts";
 import { bertEncode, crossKeyValues, loadBert, mlmLogits } from "../../src/encoders/mod.ts";
 import { EncoderError } from "../../src/util/errors.ts";
+import { Rng } from "../../src/util/rng.ts";
 import { assertThrows } from "../_assert.ts";
 
 await setupBackend({ log: null });
@@ -83,6 +84,21 @@ Deno.test("cross-attention keys and values projected once and gathered per pass:
       const d = maxAbsDiff(await a.grads[k].data(), await b.grads[k].data());
       assert(d < 1e-5, `gradient of ${k}: max |diff| ${d}`);
     }
+    // Training mode: rows 1–2 attend to images 0, 1 in order (the shared keys serve them as they are), rows 0 and 3
+    // gather; per-row dropout generators must follow their rows through that split, so the outputs agree.
+    const train = (inputs: Parameters<typeof bertEncode>[1]) =>
+      bertEncode(model, inputs, { training: true, rng: [0, 1, 2, 3].map((r) => new Rng(100 + r)) });
+    const d = maxAbsDiff(
+      await train({ inputIds: ids4, attentionMask: mask4, encoderHiddenStates: tf.gather(image, rows) }).data(),
+      await train({
+        inputIds: ids4,
+        attentionMask: mask4,
+        crossKeyValues: crossKeyValues(model, image),
+        imageRows: rows,
+      })
+        .data(),
+    );
+    assert(d < 1e-5, `training mode: max |diff| ${d}`);
   });
 });
 
