@@ -84,13 +84,20 @@ export function startThreads(threads?: number): number {
     const base = k * SLOT_BYTES;
     const worker = new Worker(new URL("./thread_worker.ts", import.meta.url), { workerData: { sab, base } });
     worker.unref();
-    workers.push({
+    const w: PoolWorker = {
       worker,
       ctrl: new Int32Array(sab, base, CTRL_INTS),
       job: new Float64Array(sab, base + CTRL_INTS * 4, JOB_DOUBLES),
       error: new Uint8Array(sab, base + CTRL_INTS * 4 + JOB_DOUBLES * 8, ERROR_BYTES),
       seq: 0,
+    };
+    // A worker that cannot start (its module did not load) leaves the pool, and says so: kernels run on fewer threads.
+    worker.on("error", (err: unknown) => {
+      Atomics.store(w.ctrl, CTRL.ready, 0);
+      workers = workers.filter((x) => x !== w);
+      console.error(`thread pool: a worker stopped (${(err as Error)?.message ?? err}); kernels use fewer threads`);
     });
+    workers.push(w);
   }
   return n;
 }
