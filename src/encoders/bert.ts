@@ -259,7 +259,9 @@ export interface BertInputs {
 
 /** Every layer's cross-attention keys and values of a set of images, split into heads: `[B_img, heads, N, d]` each. */
 export interface CrossKeyValues {
+  /** Layer i's keys `[B_img, heads, N, d]`, one per layer. */
   keys: Tensor[];
+  /** Layer i's values `[B_img, heads, N, d]`, one per layer. */
   values: Tensor[];
 }
 

@@ -40,23 +40,26 @@ function diffs(
   a: Map<string, Float32Array>,
   b: Map<string, Float32Array>,
   skip: (name: string) => boolean = () => false,
-): { rel: number; abs: number } {
+): { rel: number; abs: number; over: number } {
   assertEquals([...a.keys()].sort(), [...b.keys()].sort());
   let rel = 0;
   let abs = 0;
+  let over = 0;
   for (const [k, x] of a) {
     if (skip(k)) continue;
     const y = b.get(k)!;
     let d = 0;
     let s = 0;
     for (let i = 0; i < x.length; i++) {
-      d = Math.max(d, Math.abs(x[i] - y[i]));
+      const e = Math.abs(x[i] - y[i]);
+      d = Math.max(d, e);
+      if (e > GLOBAL_TOLERANCE) over++;
       s = Math.max(s, Math.abs(y[i]));
     }
     rel = Math.max(rel, d / Math.max(s, 1e-12));
     abs = Math.max(abs, d);
   }
-  return { rel, abs };
+  return { rel, abs, over };
 }
 
 function maxRelDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
@@ -152,7 +155,12 @@ Deno.test(
  * batch 8, but not its float32 sums: a gradient that one process accumulates inside one matrix product (over the 8
  * rows of a similarity matrix, or the 24 ITM pairs) is here two partial products added by the allreduce, and the
  * similarities come from [4, 8] products instead of one [8, 8]. The losses then agree to about 1e-7 relative and
- * the weights, after 6 AdamW steps at lr 1e-3, to under 1e-6 (measured 6.2e-7): {@link GLOBAL_TOLERANCE}.
+ * the weights, after 6 AdamW steps at lr 1e-3, to under 1e-6 (measured 6.2e-7): {@link GLOBAL_TOLERANCE}. With the
+ * fused cross-entropy and the shared cross-attention keys and values (other summation orders) one weight of the
+ * ~200k, whose gradient is near AdamW's ε, differed by 9.6e-6 after 6 steps with accumulation (every other one under
+ * 1e-7): AdamW's first steps are about lr · sign(g), so rounding in a near-zero gradient moves that weight by up to
+ * the learning rate. So at most {@link ISOLATED} weights may exceed the tolerance, and none by more than
+ * {@link LOOSE_TOLERANCE}, a tenth of one step.
  *
  * Except attention key biases (ViT `qkv.bias`, whose middle third is the key bias; BERT `key.bias`): a key bias adds
  * the same q·b to every logit of a softmax row, so its gradient is zero up to rounding, and AdamW (which divides by
@@ -161,6 +169,10 @@ Deno.test(
  * mean, another rank's dropout or negatives) moves weights by about the learning rate, 1e-3, per step.
  */
 const GLOBAL_TOLERANCE = 5e-6;
+/** See {@link GLOBAL_TOLERANCE}. */
+const ISOLATED = 3;
+/** See {@link GLOBAL_TOLERANCE}. */
+const LOOSE_TOLERANCE = 1e-4;
 /** See {@link GLOBAL_TOLERANCE}. */
 const KEY_BIAS_TOLERANCE = 5e-4;
 const keyBias = (name: string) => /(qkv|key)\.bias$/.test(name);
@@ -188,7 +200,7 @@ Deno.test(
       console.log(
         `global negatives, 2 ranks vs 1 process, ${what} after 6 steps: max abs ${d.abs} (key biases ${k.abs})`,
       );
-      assert(d.abs <= GLOBAL_TOLERANCE, `${what}: max abs difference ${d.abs}`);
+      assert(d.over <= ISOLATED && d.abs <= LOOSE_TOLERANCE, `${what}: max abs difference ${d.abs} (${d.over} over)`);
       assert(k.abs <= KEY_BIAS_TOLERANCE, `${what}: key biases' max abs difference ${k.abs}`);
     }
     const [a, b] = [await stepLosses(`${root}/two`), await stepLosses(`${root}/one`)];
@@ -218,7 +230,7 @@ Deno.test(
     const d = diffs(a, b, keyBias);
     const k = diffs(a, b, (n) => !keyBias(n));
     console.log(`global negatives, accumulate 2, 2 ranks vs 1 process: max abs ${d.abs} (key biases ${k.abs})`);
-    assert(d.abs <= GLOBAL_TOLERANCE, `max abs difference ${d.abs}`);
+    assert(d.over <= ISOLATED && d.abs <= LOOSE_TOLERANCE, `max abs difference ${d.abs} (${d.over} over)`);
     assert(k.abs <= KEY_BIAS_TOLERANCE, `key biases' max abs difference ${k.abs}`);
   },
 );
