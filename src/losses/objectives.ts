@@ -352,8 +352,8 @@ export interface ItmCandidates {
  * @param textIds token ids `[B, L]`
  * @param textMask padding mask `[B, L]`
  * @param imageTokens the refinement tokens `[B, 1+N, W]`, or their cross-attention keys and values from
- *   `crossKeyValues` (shared with the other passes; the 3B rows then gather them instead of projecting 3B images;
- *   not with `candidates`)
+ *   `crossKeyValues` (shared with the other passes: the pairs with a negative image gather theirs, the others use
+ *   them as they are, instead of projecting 3B images; not with `candidates`)
  * @param negatives from {@link sampleHardNegatives} (indices into this batch), or from
  *   {@link sampleHardNegativesSharded} (indices into `candidates`)
  * @param options training mode (dropout) and its generator (one per row: the B positive pairs, then the B pairs with
