@@ -306,9 +306,9 @@ function crossEntropyKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo[
   const X = vals(backend, logits!);
   const T = backend.data.get(targets!.dataId).values as Int32Array;
   const [N, C] = logits!.shape;
-  const loss = new Float32Array(N), lse = new Float32Array(N);
+  const loss = new Float32Array(N), lse = new Float32Array(2 * N); // log-sum-exp as float32 + remainder
   parallelFor("crossEntropy", [X, T, loss, lse], [C, attrs!.smoothing as number], N, grain(4 * C));
-  return [backend.makeTensorInfo([N], "float32", loss), backend.makeTensorInfo([N], "float32", lse)];
+  return [backend.makeTensorInfo([N], "float32", loss), backend.makeTensorInfo([N, 2], "float32", lse)];
 }
 
 function crossEntropyGradKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
@@ -554,7 +554,7 @@ export function fusedSoftmax(x: Tensor, scale: number, mask?: Tensor): Tensor {
 /**
  * Cross-entropy of each row, with label smoothing: PyTorch's `F.cross_entropy(logits, targets, reduction="none",
  * label_smoothing=ε)`, i.e. `(1 − ε)·(−log p_t) + ε·mean_j(−log p_j)`. On `cpu` one kernel each way, in float64 per
- * row, on every thread, saving the logits and one log-sum-exp per row for the gradient (tfjs's `logSoftmax` with a
+ * row, on every thread, saving the logits and each row's log-sum-exp (to about 48 bits) for the gradient (tfjs's `logSoftmax` with a
  * one-hot product saves the log-probabilities and the one-hot matrix, each as large as the logits: the generative
  * objective's are `[B·L, vocabulary]`); elsewhere tfjs's ops. A target outside `[0, C)` adds no likelihood term.
  * @param logits `[N, C]`

@@ -206,9 +206,10 @@ function sumTrailing(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: nu
 
 /**
  * Cross-entropy with label smoothing over rows (PyTorch's `F.cross_entropy(..., reduction="none",
- * label_smoothing=ε)`): arrays `[logits, targets (Int32Array), loss, lse]` (`loss`, `lse`: one value per row), scalars
- * `[C, ε]`. `lse = log Σ exp(x)`, `loss = (1 − ε)·(lse − x_t) + ε·(lse − mean x)`, in float64 per row; a target outside
- * `[0, C)` contributes no likelihood term (a one-hot row of zeros, as the composite op gives).
+ * label_smoothing=ε)`): arrays `[logits, targets (Int32Array), loss, lse]` (`loss`: one value per row; `lse`: two per
+ * row, the float64 log-sum-exp split into a float32 and its float32 remainder, so the gradient gets it to about 48
+ * bits), scalars `[C, ε]`. `lse = log Σ exp(x)`, `loss = (1 − ε)·(lse − x_t) + ε·(lse − mean x)`, in float64 per row;
+ * a target outside `[0, C)` contributes no likelihood term (a one-hot row of zeros, as the composite op gives).
  */
 function crossEntropy(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: number, hi: number): void {
   const X = f32(a, 0), T = a[1] as Int32Array, loss = f32(a, 2), lse = f32(a, 3);
@@ -227,12 +228,15 @@ function crossEntropy(a: readonly ArrayBufferView[], s: ArrayLike<number>, lo: n
     const t = T[r];
     const nll = t >= 0 && t < C ? l - X[o + t] : 0;
     loss[r] = (1 - eps) * nll + (eps !== 0 ? eps * (l - mean) : 0);
-    lse[r] = l;
+    const hi = Math.fround(l);
+    lse[2 * r] = hi;
+    lse[2 * r + 1] = l - hi;
   }
 }
 
 /**
- * The gradient of {@link crossEntropy} over rows: arrays `[logits, targets, lse, dLoss, dLogits]`, scalars `[C, ε]`;
+ * The gradient of {@link crossEntropy} over rows: arrays `[logits, targets, lse (two per row), dLoss, dLogits]`,
+ * scalars `[C, ε]`;
  * `dx_j = dLoss_r · (softmax_j − (1 − ε)·[j = t] − ε/C)` (without the `[j = t]` term for a target outside `[0, C)`,
  * whose likelihood term is absent: then `ε·(softmax_j − 1/C)`).
  */
@@ -241,11 +245,12 @@ function crossEntropyGrad(a: readonly ArrayBufferView[], s: ArrayLike<number>, l
   const C = s[0] | 0, eps = s[1];
   for (let r = lo; r < hi; r++) {
     const o = r * C;
-    const g = DL[r], l = lse[r], t = T[r];
+    const g = DL[r], hi = lse[2 * r], lo = lse[2 * r + 1], t = T[r];
     const valid = t >= 0 && t < C;
     const w = valid ? 1 : eps; // the softmax's weight: (1 − ε) + ε, or ε alone
-    for (let j = 0; j < C; j++) DX[o + j] = g * (w * Math.exp(X[o + j] - l) - eps / C);
-    if (valid) DX[o + t] -= g * (1 - eps);
+    for (let j = 0; j < C; j++) DX[o + j] = g * (w * Math.exp(X[o + j] - hi - lo) - eps / C);
+    // The target's entry in one expression (one rounding to float32, not two).
+    if (valid) DX[o + t] = g * (Math.exp(X[o + t] - hi - lo) - eps / C - (1 - eps));
   }
 }
 

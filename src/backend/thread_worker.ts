@@ -18,7 +18,7 @@ const SPINS = 2000;
 
 function view(i: number): ArrayBufferView {
   const o = JOB.first + 3 * i;
-  const addr = job[o], bytes = job[o + 1] | 0;
+  const addr = job[o], bytes = job[o + 1]; // no `| 0`: arrays may exceed 2 GiB
   const T = ARRAY_TYPES[job[o + 2] | 0];
   if (bytes === 0) return new T(0);
   const buffer = new Deno.UnsafePointerView(Deno.UnsafePointer.create(BigInt(addr))!).getArrayBuffer(bytes);

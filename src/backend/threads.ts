@@ -168,7 +168,7 @@ function post(
   }
   const s0 = JOB.first + 3 * MAX_ARRAYS;
   for (let i = 0; i < scalars.length; i++) job[s0 + i] = scalars[i];
-  w.seq++;
+  w.seq = (w.seq % 0x3fffffff) + 1; // stays positive: a negative sequence number tells the worker to stop
   Atomics.store(w.ctrl, CTRL.seq, w.seq);
   Atomics.notify(w.ctrl, CTRL.seq);
 }
@@ -199,6 +199,8 @@ export function grain(perItem: number): number {
 const WAIT_LIMIT_MS = 120_000;
 
 function wait(w: PoolWorker): void {
+  // Stopped by another worker's timeout: no use waiting for this one's answer.
+  if (!workers.includes(w)) throw new BackendError("thread pool: stopped while a job was running");
   let spins = 0;
   while (Atomics.load(w.ctrl, CTRL.done) !== w.seq) {
     if (++spins < 1 << 16) continue;
@@ -242,7 +244,7 @@ export function parallelFor(
   const fn = RANGE_KERNELS[kernel];
   const ready = workers.length ? workers.filter((w) => Atomics.load(w.ctrl, CTRL.ready) === 1) : workers;
   const t = Math.min(ready.length + 1, Math.floor(n / Math.max(1, grain)));
-  if (!(t > 1) || !arrays.every(shareable) || scalars.length > MAX_SCALARS) {
+  if (!(t > 1) || !arrays.every(shareable) || arrays.length > MAX_ARRAYS || scalars.length > MAX_SCALARS) {
     fn(arrays, scalars, 0, n);
     return;
   }
