@@ -257,35 +257,20 @@ export async function measureScaling(options: ScalingOptions): Promise<ScalingRe
         "ours",
         rowNotes,
       );
+      /** PyTorch's step under `torchEnv`, in a fresh process. */
+      const runTorch = (torchEnv: Record<string, string>) => (cap: number) =>
+        runChild(
+          "/usr/bin/python3",
+          [TORCH, JSON.stringify({ threads, jobs: [{ kind: "refine_step", repeats, ...cfg }] })],
+          torchEnv,
+          cap,
+          timeoutS,
+        );
       const torch = torchOk
-        ? await side(
-          (cap) =>
-            runChild(
-              "/usr/bin/python3",
-              [TORCH, JSON.stringify({ threads, jobs: [{ kind: "refine_step", repeats, ...cfg }] })],
-              env,
-              cap,
-              timeoutS,
-            ),
-          group === "batch" ? project((r) => r.torch) : null,
-          "PyTorch",
-          rowNotes,
-        )
+        ? await side(runTorch(env), group === "batch" ? project((r) => r.torch) : null, "PyTorch", rowNotes)
         : null;
       const oneBlas = torchOk && threads > 1 && (group === "threads" || group === "standin")
-        ? await side(
-          (cap) =>
-            runChild(
-              "/usr/bin/python3",
-              [TORCH, JSON.stringify({ threads, jobs: [{ kind: "refine_step", repeats, ...cfg }] })],
-              { ...env, OPENBLAS_NUM_THREADS: "1" },
-              cap,
-              timeoutS,
-            ),
-          null,
-          "PyTorch (OpenBLAS 1 thread)",
-          rowNotes,
-        )
+        ? await side(runTorch({ ...env, OPENBLAS_NUM_THREADS: "1" }), null, "PyTorch (OpenBLAS 1 thread)", rowNotes)
         : undefined;
       m = { ours, torch, ...(oneBlas !== undefined ? { torchOneBlas: oneBlas } : {}), notes: rowNotes };
       memo.set(key, m);
