@@ -388,6 +388,47 @@ Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV
   check("slice grad (pad)", () => g([x])[0]);
 });
 
+Deno.test("fast Concat, and Slice/SplitV copying long runs, equal tfjs's bit for bit on every axis and dtype", () => {
+  const check = (label: string, f: () => tf.Tensor) => {
+    uninstallFusedKernels();
+    const ref = f();
+    installFusedKernels();
+    const got = f();
+    assertEquals(got.shape, ref.shape, label);
+    assertEquals(got.dtype, ref.dtype, label);
+    assertEquals(Array.from(got.dataSync()), Array.from(ref.dataSync()), label);
+  };
+  assertEquals(tf.getKernel("Concat", "cpu")?.kernelFunc.name, "concatKernel"); // ours, not tfjs's, is under test
+  // Rows of 3·70 values: runs past the length where copies switch to TypedArray.set, and short ones.
+  const parts = [rand([2, 3, 70]), rand([2, 1, 70]), rand([2, 0, 70]), rand([2, 4, 70])];
+  check("concat axis 1", () => tf.concat(parts, 1));
+  const [a, b, c] = [rand([2, 3, 5]), rand([2, 3, 2]), rand([1, 3, 5])];
+  check("concat axis -1", () => tf.concat([a, b], -1));
+  check("concat axis 0", () => tf.concat([c, a], 0));
+  check("concat one input", () => tf.concat([b], 1));
+  check(
+    "concat int32",
+    () => tf.concat([tf.tensor([[1, 2], [3, 4]], undefined, "int32"), tf.tensor([[5], [6]], undefined, "int32")], 1),
+  );
+  check(
+    "concat bool",
+    () =>
+      tf.concat([tf.tensor([[true], [false]], undefined, "bool"), tf.tensor([[false], [true]], undefined, "bool")], 1),
+  );
+  check(
+    "concat float32 cast from int32",
+    () => tf.concat([tf.cast(tf.tensor([[1, 2]], undefined, "int32"), "float32"), b.reshape([1, 12])], 1),
+  );
+  const x = rand([3, 4, 130]);
+  check("slice long runs", () => tf.slice(x, [1, 1, 0], [2, 3, 130]));
+  check("slice long inner runs", () => tf.slice(x, [0, 0, 3], [3, 4, 100]));
+  check("split long runs", () => tf.split(x, [100, 30], 2)[0]);
+  // The qkv split's gradient is a Concat over the last axis.
+  const g = tf.grads((t: tf.Tensor) => tf.sum(tf.mul(tf.split(t, 3, 2)[1], 2)));
+  const qkv = rand([2, 5, 192]);
+  check("split grad", () => g([qkv])[0]);
+});
+
 Deno.test("fast GatherV2 equals tfjs's on several axes and index shapes", () => {
   const x = rand([4, 5, 3]);
   for (const [axis, ind] of [[0, [3, 0, 3]], [1, [[4, 0], [2, 2]]], [2, [1]], [-1, [2, 0, 1, 1]]] as const) {
