@@ -188,6 +188,24 @@ for (const g of gemms) {
     }
   });
 
+  if (g.name.startsWith("onnx")) {
+    Deno.test(`${g.name} folds a row bias into the product call, bit for bit the product plus a float32 Add`, async () => {
+      const gemm = await g.make();
+      assert(gemm.foldsBias?.({ batch: 1, batchA: 1, batchB: 1, m: 2, n: 2, k: 2, transA: false, transB: false }));
+      const rng = new Rng(4);
+      for (const [m, k, n] of [[37, 128, 512], [300, 64, 96]]) {
+        const [a, b, bias] = [randomTensor(rng, [m, k]), randomTensor(rng, [n, k]), randomTensor(rng, [n])];
+        installMatMulKernels(gemm);
+        const folded = tf.fused.matMul({ a, b, transposeB: true, bias });
+        const product = tf.matMul(a, b, false, true);
+        restoreMatMulKernels();
+        const added = tf.add(product, bias); // tfjs's own Add: one float32 rounding per element
+        assertEquals(Array.from(folded.dataSync()), Array.from(added.dataSync()), `${m}x${k}x${n}`);
+        tf.dispose([a, b, bias, folded, product, added]);
+      }
+    });
+  }
+
   Deno.test(`${g.name} gradients through tf.variableGrads match tfjs`, async () => {
     const gemm = await g.make();
     const rng = new Rng(3);
