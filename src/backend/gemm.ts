@@ -225,9 +225,8 @@ export async function createOrtGemm(options: { threads?: number; api?: "c" | "bi
     if (!run) sessions.set(key, run = load(model(), inputs, outputs));
     return run;
   };
-  // `A·B`, or `A·B + bias` over the last axis: the product, then ONNX Runtime's vectorised Add, the same float32
-  // sums as adding the bias afterwards, one call and one pass over the output fewer (issue 22: the stand-ins' step
-  // spent 7 % of its time adding biases in a JavaScript loop).
+  // `A·B`, or `A·B + bias` over the last axis: the product, then ONNX Runtime's vectorised Add in the same call. The
+  // same float32 sums as adding the bias afterwards, without a JavaScript pass over every biased product's output.
   const productFor = (transA: boolean, transB: boolean, bias: boolean): OrtRun =>
     session(
       `FusedMatMul ${+transA}${+transB}${bias ? " + bias" : ""}`,
