@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { bertConfigToJson, bertPreset, bertStateDictForExport } from "../encoders/mod.ts";
 import { writeSafetensors } from "../io/mod.ts";
 import { pretrainStandin, STANDIN_SPECS, type StandinFamily, type StandinSpec } from "../pretrain/standins.ts";
-import { type Finding, FINDINGS } from "../pretrain/findings.ts";
+import { type Finding, FINDINGS, type FindingTargets } from "../pretrain/findings.ts";
+import { REPORTED_SEVERITY } from "../dataset/synth/reports.ts";
 import { UsageError } from "../util/errors.ts";
 import { STANDIN_DIR } from "../model/paths.ts";
 import { pretrainingReports, pretrainTextEncoder } from "../pretrain/text.ts";
@@ -65,6 +66,14 @@ await runMain(async () => {
         description: `Findings taught by --objective findings, comma-separated, of: ${FINDINGS.join(", ")}.`,
         default: "drusen,irf,rnflThinning",
       },
+      targets: {
+        type: "string",
+        valueName: "<kind>",
+        description: "What --objective findings teaches of each finding: its severity (a soft target), or only its " +
+          `presence as a report states it (severity above ${REPORTED_SEVERITY}), leaving the severity words to the reports.`,
+        choices: ["severity", "presence"],
+        default: "severity",
+      },
       augment: {
         type: "string",
         valueName: "<p>",
@@ -106,14 +115,14 @@ await runMain(async () => {
   const augment = numberFlag(values, "augment", { min: 0, max: 1 })!;
   const objectiveOf = (f: StandinFamily) => objective ?? STANDIN_SPECS[f].objective;
   if (vision.length === 0) {
-    for (const f of ["objective", "findings", "augment", "batch", "lr"]) {
+    for (const f of ["objective", "findings", "augment", "targets", "batch", "lr"]) {
       if (given.has(f)) {
         throw new UsageError(`--${f} applies to the vision stand-ins; --only ${values.only} trains none`);
       }
     }
   }
   if (!vision.some((f) => objectiveOf(f) === "findings")) {
-    for (const f of ["findings", "augment"]) {
+    for (const f of ["findings", "augment", "targets"]) {
       if (given.has(f)) throw new UsageError(`--${f} applies to --objective findings only`);
     }
   }
@@ -139,7 +148,7 @@ await runMain(async () => {
         ...(batchSize ? { batchSize } : {}),
         ...(lr !== undefined ? { lr } : {}),
         ...(objective ? { objective } : {}),
-        ...(objectiveOf(family) === "findings" ? { findings, augment } : {}),
+        ...(objectiveOf(family) === "findings" ? { findings, augment, targets: values.targets as FindingTargets } : {}),
       },
       onProgress: bar.callback,
     });

@@ -20,6 +20,7 @@ import type { Tensor, Variable } from "../backend/tf.ts";
 import { initLinearTrunc, linearP, type Params, uniqueScope } from "../encoders/layers.ts";
 import { featureDim, vitFeatures, type VitModel } from "../encoders/vit.ts";
 import type { Pathology } from "../dataset/synth/render.ts";
+import { REPORTED_SEVERITY } from "../dataset/synth/reports.ts";
 import type { Rng } from "../util/rng.ts";
 
 /** A finding of the synthetic generator (a key of {@link Pathology}). */
@@ -54,14 +55,30 @@ export function createFindingsHead(vit: VitModel, findings: readonly Finding[], 
 }
 
 /**
- * Severity targets of a batch, row-major `[B, K]`.
+ * What the findings head learns: each finding's `severity` in [0, 1] (a soft target), or only its `presence` (1 where
+ * a report would name it, severity above {@link REPORTED_SEVERITY}; else 0), which leaves the severity words to the
+ * reports.
+ */
+export type FindingTargets = "severity" | "presence";
+
+/**
+ * Targets of a batch, row-major `[B, K]`.
  * @param pathologies each scan's severities
  * @param findings the K findings taught
+ * @param kind severities, or presence as 0/1 (default: severity)
  * @returns the targets in [0, 1]
  */
-export function findingTargets(pathologies: readonly Pathology[], findings: readonly Finding[]): Float32Array {
+export function findingTargets(
+  pathologies: readonly Pathology[],
+  findings: readonly Finding[],
+  kind: FindingTargets = "severity",
+): Float32Array {
   const out = new Float32Array(pathologies.length * findings.length);
-  pathologies.forEach((p, b) => findings.forEach((f, k) => (out[b * findings.length + k] = p[f])));
+  pathologies.forEach((p, b) =>
+    findings.forEach((f, k) =>
+      out[b * findings.length + k] = kind === "presence" ? (p[f] > REPORTED_SEVERITY ? 1 : 0) : p[f]
+    )
+  );
   return out;
 }
 

@@ -19,7 +19,15 @@ import type { ProgressCallback } from "../util/progress.ts";
 import { Rng } from "../util/rng.ts";
 import { createMae, type MaeDecoderConfig, maeLoss, maeParams } from "./mae.ts";
 import { contrastiveLoss, createProjector, nuisanceView, projectorParams } from "./contrastive.ts";
-import { createFindingsHead, type Finding, findingsHeadParams, findingsLoss, findingTargets } from "./findings.ts";
+import {
+  createFindingsHead,
+  type Finding,
+  findingsHeadParams,
+  findingsLoss,
+  type FindingTargets,
+  findingTargets,
+} from "./findings.ts";
+import { REPORTED_SEVERITY } from "../dataset/synth/reports.ts";
 import type { Pathology } from "../dataset/synth/render.ts";
 import { createVit, imagesTensor } from "../encoders/vit.ts";
 import { standinPath } from "../model/paths.ts";
@@ -54,6 +62,8 @@ export interface StandinSpec {
   objective: "findings" | "mae" | "contrastive";
   /** The findings taught (`findings` objective only). */
   findings?: readonly Finding[];
+  /** What the findings head learns of each (`findings` objective; default severity). */
+  targets?: FindingTargets;
   /** Probability of a scanner-nuisance view instead of the scan itself (`findings` objective). */
   augment?: number;
 }
@@ -218,7 +228,7 @@ export async function pretrainStandin(
           const g = images[idx[k]];
           put(batch, k, aug.uniform() < (spec.augment ?? 0) ? nuisanceView(g.slice(), S, aug) : g);
         }
-        const targets = findingTargets(idx.map((i) => pathologies[i]), findings);
+        const targets = findingTargets(idx.map((i) => pathologies[i]), findings, spec.targets);
         loss = () =>
           findingsLoss(
             encoder,
@@ -283,13 +293,18 @@ export async function pretrainStandin(
     "retfiner.provenance": JSON.stringify({
       made_by: "deno task pretrain",
       objective: spec.objective === "findings"
-        ? `weakly supervised: BCE on the severities of ${findings.join(", ")} through a linear head on the concat ` +
+        ? `weakly supervised: BCE on the ${
+          spec.targets === "presence" ? `presence (severity > ${REPORTED_SEVERITY})` : "severities"
+        } ` +
+          `of ${findings.join(", ")} through a linear head on the concat ` +
           `features; scanner-nuisance views with p ${spec.augment ?? 0}; fixed sin-cos position embeddings`
         : spec.objective === "mae"
         ? "MAE, mask ratio 0.75, norm_pix_loss, fixed sin-cos position embeddings"
         : "contrastive views (InfoNCE, tau 0.2) over scanner-nuisance augmentations, fixed sin-cos position embeddings",
       data: `${spec.images} synthetic B-scans (seed ${spec.seed}), ${spec.vit.imgSize} px` +
-        (spec.objective === "findings" ? ", with the severities of the taught findings" : ", unlabelled"),
+        (spec.objective === "findings"
+          ? `, with the ${spec.targets ?? "severity"} of the taught findings`
+          : ", unlabelled"),
       epochs: spec.epochs,
       batch: spec.batchSize,
       lr: spec.lr,

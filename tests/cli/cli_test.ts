@@ -97,6 +97,7 @@ Deno.test("pretrain --objective findings writes a stand-in taught the named find
         '--findings: "cyst"',
       ],
       [["--only", "urfound", "--augment", "0.3"], "--augment applies to --objective findings only"],
+      [["--only", "urfound", "--targets", "presence"], "--targets applies to --objective findings only"],
       [["--only", "text", "--lr", "1e-3"], "--lr applies to the vision stand-ins"],
       [["--only", "urfound", "--objective", "findings"], "give --out <dir>"],
       [["--only", "urfound", "--images", "64", "--batch", "65"], "--batch 65 is larger than the 64"],

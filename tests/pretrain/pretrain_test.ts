@@ -8,6 +8,7 @@ import { infoNce } from "../../src/pretrain/contrastive.ts";
 import { pretrainStandin } from "../../src/pretrain/standins.ts";
 import { findingTargets } from "../../src/pretrain/findings.ts";
 import { healthy } from "../../src/dataset/synth/render.ts";
+import { writeReport } from "../../src/dataset/synth/reports.ts";
 import { pretrainingReports, pretrainTextEncoder } from "../../src/pretrain/text.ts";
 import { bertPreset } from "../../src/encoders/mod.ts";
 import { Rng } from "../../src/util/rng.ts";
@@ -97,4 +98,18 @@ Deno.test("findings targets are the severities of the taught findings, row-major
   const a = { ...healthy(), drusen: 0.5, rnflThinning: 0.25 };
   const b = { ...healthy(), irf: 0.75 };
   assertEquals([...findingTargets([a, b], ["drusen", "irf", "rnflThinning"])], [0.5, 0, 0.25, 0, 0.75, 0]);
+});
+
+Deno.test("presence targets are 1 exactly where a report names the finding", () => {
+  const taught = ["drusen", "irf", "rnflThinning"] as const;
+  const a = { ...healthy(), drusen: 0.5, irf: 0.12, rnflThinning: 0.13 };
+  const b = { ...healthy(), irf: 0.75, rnflThinning: 0.05 };
+  assertEquals([...findingTargets([a, b], taught, "presence")], [1, 0, 1, 0, 1, 0]);
+  // The same threshold as the report writer: a finding at 0.12 is not named, one at 0.13 is.
+  const namesIrf = (irf: number) =>
+    /(mild|small|subtle|minimal) (intraretinal|cystoid)|cystoid spaces/.test(
+      writeReport({ ...healthy(), irf }, "normal", "OD", new Rng(3)),
+    );
+  assert(!namesIrf(0.12));
+  assert(namesIrf(0.13));
 });

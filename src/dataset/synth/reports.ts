@@ -12,6 +12,9 @@ import type { Diagnosis } from "./diseases.ts";
 
 type Sev = "mild" | "moderate" | "severe";
 
+/** Severity above which a report names a finding (as present, with a severity word); at or below it, absent. */
+export const REPORTED_SEVERITY = 0.12;
+
 function grade(v: number): Sev {
   return v < 0.4 ? "mild" : v < 0.7 ? "moderate" : "severe";
 }
@@ -109,7 +112,7 @@ export function writeReport(pathology: Pathology, diagnosis: Diagnosis, eye: "OD
   const keys = Object.keys(POSITIVE) as (keyof Pathology)[];
   for (const k of keys) {
     const v = pathology[k];
-    if (v > 0.12) positives.push(pick(POSITIVE[k]).replace("{s}", pick(SEVERITY_WORDS[grade(v)])));
+    if (v > REPORTED_SEVERITY) positives.push(pick(POSITIVE[k]).replace("{s}", pick(SEVERITY_WORDS[grade(v)])));
     else if (rng.uniform() < 0.3) negatives.push(pick(NEGATIVE[k]));
   }
   rng.shuffle(positives);
