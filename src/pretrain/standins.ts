@@ -303,7 +303,7 @@ export async function pretrainStandin(
         : "contrastive views (InfoNCE, tau 0.2) over scanner-nuisance augmentations, fixed sin-cos position embeddings",
       data: `${spec.images} synthetic B-scans (seed ${spec.seed}), ${spec.vit.imgSize} px` +
         (spec.objective === "findings"
-          ? `, with the ${spec.targets ?? "severity"} of the taught findings`
+          ? `, with the ${spec.targets === "presence" ? "presence" : "severities"} of the taught findings`
           : ", unlabelled"),
       epochs: spec.epochs,
       batch: spec.batchSize,

@@ -191,16 +191,30 @@ for (const g of gemms) {
   if (g.name.startsWith("onnx")) {
     Deno.test(`${g.name} folds a row bias into the product call, bit for bit the product plus a float32 Add`, async () => {
       const gemm = await g.make();
-      assert(gemm.foldsBias?.({ batch: 1, batchA: 1, batchB: 1, m: 2, n: 2, k: 2, transA: false, transB: false }));
+      // Counts the products that reach the GEMM with a bias, so the test fails if the kernels stop folding.
+      let biased = 0;
+      const spy: Gemm = {
+        ...gemm,
+        name: gemm.name,
+        matmul: (a, b, spec, out, bias) => (bias && biased++, gemm.matmul(a, b, spec, out, bias)),
+      };
       const rng = new Rng(4);
-      for (const [m, k, n] of [[37, 128, 512], [300, 64, 96]]) {
-        const [a, b, bias] = [randomTensor(rng, [m, k]), randomTensor(rng, [n, k]), randomTensor(rng, [n])];
-        installMatMulKernels(gemm);
-        const folded = tf.fused.matMul({ a, b, transposeB: true, bias });
-        const product = tf.matMul(a, b, false, true);
+      const cases = [
+        [[37, 128], [512, 128], false, true],
+        [[300, 64], [64, 96], false, false],
+        [[3, 40, 20], [40, 24], true, false], // batched, A transposed
+      ] as const;
+      for (const [as, bs, ta, tb] of cases) {
+        const n = bs[tb ? 0 : 1];
+        const [a, b, bias] = [randomTensor(rng, [...as]), randomTensor(rng, [...bs]), randomTensor(rng, [n])];
+        installMatMulKernels(spy);
+        const before = biased;
+        const folded = tf.fused.matMul({ a, b, transposeA: ta, transposeB: tb, bias });
+        assertEquals(biased, before + 1, `${as} x ${bs}: the bias went to the GEMM`);
+        const product = tf.matMul(a, b, ta, tb);
         restoreMatMulKernels();
         const added = tf.add(product, bias); // tfjs's own Add: one float32 rounding per element
-        assertEquals(Array.from(folded.dataSync()), Array.from(added.dataSync()), `${m}x${k}x${n}`);
+        assertEquals(Array.from(folded.dataSync()), Array.from(added.dataSync()), `${as} x ${bs}`);
         tf.dispose([a, b, bias, folded, product, added]);
       }
     });

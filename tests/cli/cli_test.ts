@@ -57,6 +57,7 @@ for (
       "--epochs",
       "--objective",
       "--findings",
+      "--targets",
       "--augment",
       "--batch",
       "--lr",

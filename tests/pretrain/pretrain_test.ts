@@ -100,6 +100,35 @@ Deno.test("findings targets are the severities of the taught findings, row-major
   assertEquals([...findingTargets([a, b], ["drusen", "irf", "rnflThinning"])], [0.5, 0, 0.25, 0, 0.75, 0]);
 });
 
+Deno.test("pretraining with presence targets trains on them and says so in the provenance", async () => {
+  const dir = await Deno.makeTempDir();
+  const run = (targets: "severity" | "presence") =>
+    pretrainStandin("urfound", {
+      out: `${dir}/${targets}.safetensors`,
+      spec: {
+        vit: vitPreset("urfound", { imgSize: 32, patchSize: 8, embedDim: 32, depth: 2, numHeads: 2 }),
+        images: 64,
+        epochs: 1,
+        batchSize: 32,
+        objective: "findings",
+        findings: ["drusen", "rnflThinning"],
+        targets,
+        augment: 0,
+        lr: 2e-3,
+      },
+    });
+  const [severity, presence] = [await run("severity"), await run("presence")];
+  // The same scans, initialisation and batches: only the targets differ, so the losses must too.
+  assert(severity.losses[0] !== presence.losses[0], `${severity.losses} vs ${presence.losses}`);
+  const provenance = (t: string) =>
+    JSON.parse(readSafetensors(`${dir}/${t}.safetensors`).metadata["retfiner.provenance"]);
+  assert(provenance("presence").objective.includes("presence (severity > 0.12) of drusen, rnflThinning"));
+  assert(provenance("presence").data.endsWith("with the presence of the taught findings"));
+  assert(provenance("severity").objective.includes("severities of drusen, rnflThinning"));
+  assert(provenance("severity").data.endsWith("with the severities of the taught findings"));
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("presence targets are 1 exactly where a report names the finding", () => {
   const taught = ["drusen", "irf", "rnflThinning"] as const;
   const a = { ...healthy(), drusen: 0.5, irf: 0.12, rnflThinning: 0.13 };
