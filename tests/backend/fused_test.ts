@@ -349,6 +349,18 @@ Deno.test("float32 tensors cast from int32 or bool (tfjs keeps their integer arr
   assert(maxAbsDiff(got, want as Float32Array) < 1e-6, "softmax with a mask cast from bool");
 });
 
+/** Runs `f` with tfjs's own kernels, then with ours, and compares: shape, dtype, values within `tol` (0: bit for bit). */
+function againstTfjs(label: string, f: () => tf.Tensor, tol: number) {
+  uninstallFusedKernels();
+  const ref = f();
+  installFusedKernels();
+  const got = f();
+  assertEquals(got.shape, ref.shape, label);
+  assertEquals(got.dtype, ref.dtype, label);
+  if (tol === 0) assertEquals(Array.from(got.dataSync()), Array.from(ref.dataSync()), label);
+  else assert(maxAbsDiff(got.dataSync(), ref.dataSync()) < tol, label);
+}
+
 Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV2 equal tfjs's", () => {
   const pairs: [number[], number[]][] = [
     [[3, 4], [3, 4]],
@@ -361,14 +373,7 @@ Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV
     [[0, 3], [3]],
   ];
   const ops = [tf.add, tf.sub, tf.mul, tf.div] as const;
-  const check = (label: string, f: () => tf.Tensor) => {
-    uninstallFusedKernels();
-    const ref = f();
-    installFusedKernels();
-    const got = f();
-    assertEquals(got.shape, ref.shape, label);
-    assert(maxAbsDiff(got.dataSync(), ref.dataSync()) < 1e-5, label);
-  };
+  const check = (label: string, f: () => tf.Tensor) => againstTfjs(label, f, 1e-5);
   for (const [sa, sb] of pairs) {
     const a = rand(sa);
     const b = tf.add(tf.abs(rand(sb)), 0.5);
@@ -389,15 +394,7 @@ Deno.test("fast Add/Sub/Mul/Div (with broadcasting), Sum, Slice, SplitV and PadV
 });
 
 Deno.test("fast Concat, and Slice/SplitV copying long runs, equal tfjs's bit for bit on every axis and dtype", () => {
-  const check = (label: string, f: () => tf.Tensor) => {
-    uninstallFusedKernels();
-    const ref = f();
-    installFusedKernels();
-    const got = f();
-    assertEquals(got.shape, ref.shape, label);
-    assertEquals(got.dtype, ref.dtype, label);
-    assertEquals(Array.from(got.dataSync()), Array.from(ref.dataSync()), label);
-  };
+  const check = (label: string, f: () => tf.Tensor) => againstTfjs(label, f, 0);
   assertEquals(tf.getKernel("Concat", "cpu")?.kernelFunc.name, "concatKernel"); // ours, not tfjs's, is under test
   // Rows of 3·70 values: runs past the length where copies switch to TypedArray.set, and short ones.
   const parts = [rand([2, 3, 70]), rand([2, 1, 70]), rand([2, 0, 70]), rand([2, 4, 70])];
