@@ -7,13 +7,17 @@
  */
 import { figurePng } from "../src/probe/chart.ts";
 
-/** One stand-in's run: mean BAcc of its baseline and of raw pixels, and the mean gain with its 95 % CI over tasks. */
+/**
+ * One stand-in's run: mean BAcc of its baseline and of raw pixels, and the mean gain with its 95 % CI over tasks
+ * (`left`: label on the marker's left).
+ */
 const RUNS = [
   { name: "RETFound-like MAE (shipped)", base: 35.5, pixels: 49.4, gain: 6.3, lo: 2.8, hi: 10.3 },
   { name: "VisionFM-like f3", base: 46.9, pixels: 49.9, gain: 6.3, lo: 2.7, hi: 9.8 },
+  { name: "RETFound-like f3, presence", base: 51.9, pixels: 49.4, gain: 2.4, lo: -0.8, hi: 5.6, left: true },
   { name: "UrFound-like f3", base: 52.2, pixels: 49.2, gain: 1.2, lo: -1.5, hi: 4.5 },
   { name: "RETFound-like f3", base: 56.0, pixels: 49.4, gain: -0.6, lo: -3.0, hi: 1.6 },
-  { name: "RETFound-like f6", base: 60.1, pixels: 49.4, gain: -3.2, lo: -5.2, hi: -1.2 },
+  { name: "RETFound-like f6", base: 60.1, pixels: 49.4, gain: -3.2, lo: -5.2, hi: -1.2, left: true },
 ];
 
 const figure = {
@@ -23,7 +27,7 @@ const figure = {
     x: RUNS.map((r) => r.base - r.pixels),
     y: RUNS.map((r) => r.gain),
     text: RUNS.map((r) => r.name),
-    textposition: RUNS.map((_, i) => (i === RUNS.length - 1 ? "middle left" : "middle right")),
+    textposition: RUNS.map((r) => ("left" in r ? "middle left" : "middle right")),
     textfont: { size: 11 },
     error_y: {
       type: "data",
