@@ -227,10 +227,7 @@ export function keepMask(shape: readonly number[], keep: number, source: RandomS
   const mask = new Uint8Array(size);
   const rows = shape[0] ?? 1;
   const per = rows ? size / rows : 0;
-  for (let r = 0; r < rows; r++) {
-    const rng = rowRng(source, r);
-    for (let i = r * per; i < (r + 1) * per; i++) mask[i] = rng.uniform() < keep ? 1 : 0;
-  }
+  for (let r = 0; r < rows; r++) rowRng(source, r).fillBelow(mask, r * per, (r + 1) * per, keep);
   return mask;
 }
 

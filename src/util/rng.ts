@@ -114,6 +114,44 @@ export class Rng {
   }
 
   /**
+   * Writes 1 into `out[from, to)` where a {@link Rng.uniform} draw is below `p`, else 0: the same draws, in the same
+   * order, leaving the generator in the same state as calling `uniform()` once per entry, about 4× faster (the state
+   * stays in local variables; a dropout mask for the stand-ins' refinement step is about 3 million draws).
+   * @param out the mask to fill
+   * @param from first index written
+   * @param to one past the last index written
+   * @param p the probability of a 1
+   */
+  fillBelow(out: Uint8Array, from: number, to: number, p: number): void {
+    const s = this.#s;
+    // int32 locals carry the same 32 bits as the Uint32Array words; every operation below is on bits.
+    let s0 = s[0] | 0, s1 = s[1] | 0, s2 = s[2] | 0, s3 = s[3] | 0;
+    for (let i = from; i < to; i++) {
+      const hi = (Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0) >>> 5; // nextU32, as in the method above
+      let t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = rotl(s3, 11) | 0;
+      const lo = (Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0) >>> 6;
+      t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = rotl(s3, 11) | 0;
+      out[i] = (hi * 67108864 + lo) / 9007199254740992 < p ? 1 : 0;
+    }
+    s[0] = s0;
+    s[1] = s1;
+    s[2] = s2;
+    s[3] = s3;
+  }
+
+  /**
    * A uniform number in (0, 1) with 32 random bits: cheaper than {@link Rng.uniform}, for noise.
    * @returns a number in (0, 1), never 0 (safe under `log`)
    */

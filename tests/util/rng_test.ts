@@ -262,3 +262,23 @@ Deno.test("shuffle and permutation: a permutation, in place, every position unif
   assertEquals(orders.size, 720, "every one of the 6! orders occurs");
   assertAlmostEquals(at.reduce((s, v) => s + v, 0), trials, 0);
 });
+
+Deno.test("fillBelow draws what uniform() would, entry by entry, and leaves the same state", () => {
+  for (const [seed, p, n] of [[0, 0.9, 1000], [7, 0.5, 333], [123456, 1, 10], [99, 1e-3, 2000], [5, 0.9, 0]] as const) {
+    const a = new Rng(seed, "mask");
+    const b = Rng.fromState(a.state());
+    const got = new Uint8Array(n + 4).fill(7);
+    a.fillBelow(got, 2, n + 2, p);
+    const want = new Uint8Array(n + 4).fill(7);
+    for (let i = 2; i < n + 2; i++) want[i] = b.uniform() < p ? 1 : 0;
+    assertEquals(got, want, `seed ${seed}, p ${p}`);
+    assertEquals(a.state(), b.state());
+  }
+  // A state with high bits set in every word (negative as int32) takes the same path.
+  const high = Rng.fromState([0xffffffff, 0x80000001, 0xdeadbeef, 0x90000000]);
+  const ref = Rng.fromState(high.state());
+  const m = new Uint8Array(64);
+  high.fillBelow(m, 0, 64, 0.5);
+  assertEquals([...m], Array.from({ length: 64 }, () => (ref.uniform() < 0.5 ? 1 : 0)));
+  assertEquals(high.state(), ref.state());
+});
