@@ -127,23 +127,20 @@ export class Rng {
     // int32 locals carry the same 32 bits as the Uint32Array words; every operation below is on bits.
     let s0 = s[0] | 0, s1 = s[1] | 0, s2 = s[2] | 0, s3 = s[3] | 0;
     for (let i = from; i < to; i++) {
-      const hi = (Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0) >>> 5; // nextU32, as in the method above
-      let t = s1 << 9;
-      s2 ^= s0;
-      s3 ^= s1;
-      s1 ^= s2;
-      s0 ^= s3;
-      s2 ^= t;
-      s3 = rotl(s3, 11) | 0;
-      const lo = (Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0) >>> 6;
-      t = s1 << 9;
-      s2 ^= s0;
-      s3 ^= s1;
-      s1 ^= s2;
-      s0 ^= s3;
-      s2 ^= t;
-      s3 = rotl(s3, 11) | 0;
-      out[i] = (hi * 67108864 + lo) / 9007199254740992 < p ? 1 : 0;
+      let u = 0;
+      for (let d = 0; d < 2; d++) {
+        // nextU32, as in the method above; uniform() keeps 27 bits of the first draw and 26 of the second.
+        const r = Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0;
+        u = d === 0 ? (r >>> 5) * 67108864 : u + (r >>> 6);
+        const t = s1 << 9;
+        s2 ^= s0;
+        s3 ^= s1;
+        s1 ^= s2;
+        s0 ^= s3;
+        s2 ^= t;
+        s3 = rotl(s3, 11) | 0;
+      }
+      out[i] = u / 9007199254740992 < p ? 1 : 0;
     }
     s[0] = s0;
     s[1] = s1;
