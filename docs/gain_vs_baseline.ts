@@ -17,6 +17,7 @@ const RUNS = [
   { name: "RETFound-like f3, presence", base: 51.9, pixels: 49.4, gain: 2.4, lo: -0.8, hi: 5.6, left: true },
   { name: "UrFound-like f3", base: 52.2, pixels: 49.2, gain: 1.2, lo: -1.5, hi: 4.5 },
   { name: "RETFound-like f3", base: 56.0, pixels: 49.4, gain: -0.6, lo: -3.0, hi: 1.6 },
+  { name: "RETFound-like f6, presence", base: 58.0, pixels: 49.4, gain: -1.7, lo: -5.0, hi: 1.4 },
   { name: "RETFound-like f6", base: 60.1, pixels: 49.4, gain: -3.2, lo: -5.2, hi: -1.2, left: true },
 ];
 
