@@ -115,8 +115,8 @@ export class Rng {
 
   /**
    * Writes 1 into `out[from, to)` where a {@link Rng.uniform} draw is below `p`, else 0: the same draws, in the same
-   * order, leaving the generator in the same state as calling `uniform()` once per entry, about 4× faster (the state
-   * stays in local variables; a dropout mask for the stand-ins' refinement step is about 3 million draws).
+   * order, leaving the generator in the same state as calling `uniform()` once per entry, about 3× faster (the state
+   * stays in local variables: 13 → 4 ns per entry, measured 2026-12-02).
    * @param out the mask to fill
    * @param from first index written
    * @param to one past the last index written
